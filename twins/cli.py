@@ -1,0 +1,173 @@
+"""The ``twins`` command line. Every command is a thin shell over ``twins.api``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from twins import paths
+
+app = typer.Typer(
+    help="""twins: digital twins of customers (people and machines).
+
+A typical session, from a raw log to twins and models, all tracked in MLflow:
+
+  twins ingest configs/sources/complete_journey.yaml       # raw log -> canonical events + quarantine
+  twins build configs/sources/complete_journey.yaml --as-of 2017-09-30
+  twins twin show 1 --source complete_journey             # one customer's state
+  twins run configs/pipelines/tafeng_next_basket.yaml --set params.seeds=[0]
+
+Your own log needs only a source config (see README.md, "Bring your own log").
+Outputs go to $TWINS_HOME (default ./.twins); runs go to MLflow (default SQLite in $TWINS_HOME,
+or $MLFLOW_TRACKING_URI). Open the UI with:  twins ui""",
+    no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False, add_completion=False,
+)
+twin_app = typer.Typer(help="Look twins up in the twin store.", no_args_is_help=True)
+app.add_typer(twin_app, name="twin")
+console = Console(stderr=True)
+
+Overrides = Annotated[Optional[list[str]], typer.Option("--set", help="override a config key: --set key.sub=value (YAML value)")]
+Track = Annotated[bool, typer.Option("--track/--no-track", help="log the run to MLflow")]
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _spinner() -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True)
+
+
+@app.command()
+def ingest(source: Annotated[Path, typer.Argument(help="source config YAML, e.g. configs/sources/cdnow.yaml")],
+           overrides: Overrides = None, track: Track = True) -> None:
+    """Read a raw log through its source config into canonical events; bad rows go to quarantine.
+
+    Prints rows in = accepted + quarantined (per reason). Writes $TWINS_HOME/events/<name>/
+    {events,quarantine}.parquet and report.json.
+    """
+    from twins import api
+
+    try:
+        with _spinner() as progress:
+            progress.add_task(f"ingesting {source}")
+            report = api.ingest(source, overrides, track=track)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        _fail(exc)
+    console.print(report.summary(), highlight=False)
+    console.print(f"events: {report.events_path}\nquarantine: {report.quarantine_path}", highlight=False)
+
+
+@app.command()
+def build(source: Annotated[Path, typer.Argument(help="source config YAML (ingested first with `twins ingest`)")],
+          as_of: Annotated[str, typer.Option("--as-of", help="ISO date/time; only events strictly before it count; 'end' = after the last event")] = "end",
+          category_column: Annotated[Optional[str], typer.Option(help="item attribute for the category mix, e.g. item_department")] = None,
+          discount_columns: Annotated[Optional[list[str]], typer.Option("--discount-column", help="events column holding a discount (repeatable)")] = None,
+          overrides: Overrides = None, track: Track = True) -> None:
+    """Build every customer's twin as of a date and store a versioned snapshot."""
+    from twins import api
+    from twins.twin.customer import TwinParams
+
+    params = TwinParams(category_column=category_column, discount_columns=discount_columns or [])
+    try:
+        with _spinner() as progress:
+            progress.add_task(f"building twins as of {as_of}")
+            snap = api.build(source, as_of, params, overrides, track=track)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    m = snap.manifest
+    console.print(f"{m['rows']:,} twins of {m['source']} as of {m['as_of'] or 'end'} -> {snap.path}", highlight=False)
+
+
+@twin_app.command("show")
+def twin_show(twin_id: Annotated[str, typer.Argument(help="customer id")],
+              source: Annotated[str, typer.Option(help="source name (the `name:` in its config)")],
+              snapshot: Annotated[Optional[str], typer.Option(help="'<as_of>/<version>'; default the latest")] = None,
+              as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False) -> None:
+    """Show one twin's state."""
+    from twins import api
+
+    try:
+        state = api.twin(twin_id, source, snapshot)
+    except (KeyError, FileNotFoundError) as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps(state, default=_jsonable, indent=2))
+        return
+    table = Table(title=f"twin {twin_id} ({source})", show_header=False)
+    for key, value in state.items():
+        table.add_row(key, _short(value))
+    Console().print(table)
+
+
+@twin_app.command("list")
+def twin_list(source: Annotated[str, typer.Option(help="source name")]) -> None:
+    """List stored snapshots of a source."""
+    from twins.twin.store import TwinStore
+
+    for snap in TwinStore(paths.store_dir()).snapshots(source):
+        typer.echo(snap)
+
+
+@app.command()
+def run(pipeline: Annotated[Path, typer.Argument(help="pipeline config YAML, e.g. configs/pipelines/tafeng_next_basket.yaml")],
+        overrides: Overrides = None) -> None:
+    """Run a named pipeline end to end (ingest -> twins -> train -> evaluate -> export) as one MLflow run."""
+    from twins import api
+
+    try:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
+            task = progress.add_task(f"running {pipeline}")
+
+            def on_node(node, seconds: float) -> None:
+                progress.console.print(f"  done {node.name} ({seconds:.1f} s)", highlight=False)
+                progress.update(task, description=f"running {pipeline} (after {node.name})")
+
+            catalog = api.run(pipeline, overrides, on_node=on_node)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        _fail(exc)
+    for line in catalog.get("summary_lines", []):
+        typer.echo(line)
+    console.print(f"MLflow run {catalog['run_id']} in {_tracking_hint()}", highlight=False)
+
+
+@app.command()
+def ui(port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000) -> None:
+    """Open the MLflow UI on the local store (blocks; Ctrl-C to stop)."""
+    import os
+    import subprocess
+
+    from twins import tracking
+
+    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking.tracking_uri(), "--host", "127.0.0.1", "--port", str(port)]
+    console.print(" ".join(cmd), highlight=False)
+    raise typer.Exit(subprocess.call(cmd, env=env))
+
+
+def _tracking_hint() -> str:
+    from twins import tracking
+
+    return f"{tracking.tracking_uri()} (open it with `twins ui`)"
+
+
+def _jsonable(value):
+    return value.isoformat() if isinstance(value, (datetime, date)) else str(value)
+
+
+def _short(value) -> str:
+    text = json.dumps(value, default=_jsonable) if isinstance(value, (list, dict)) else str(value)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""Data: canonical schema, source configs, readers, ingest with quarantine, event access."""

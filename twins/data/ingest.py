@@ -1,0 +1,315 @@
+"""Ingest: raw files -> canonical events + quarantine, reconciled (rows in = accepted + quarantined).
+
+Pure expression builders (``canonical_frame``, ``with_reasons``) do the work; ``ingest`` is the I/O edge.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import polars as pl
+
+from twins.data import readers
+from twins.data.schema import CANONICAL, EVENT_TYPES, FILE_COLUMN, QUARANTINE_REASON, ROW_COLUMN
+from twins.data.source import AttributeTable, SourceConfig
+
+#: Quarantine reasons, in the order they are tested (a row gets the first that applies).
+REASONS = ("missing_item", "unparsable_time", "bad_order", "bad_quantity", "bad_price",
+           "non_finite", "negative_value", "absurd_quantity", "absurd_price", "bad_event_type", "future_event",
+           "non_product", "duplicate_line", "overlap_duplicate")
+
+_FILE_IDX = "_file_idx"
+
+
+class ReconciliationError(RuntimeError):
+    """Rows in != accepted + quarantined: something would have been lost. Never expected; report it."""
+
+
+@dataclass
+class IngestReport:
+    source: str
+    files: list[str]
+    rows_in: int
+    accepted: int
+    quarantined: dict[str, int]
+    guest_rows: int
+    returns: int
+    customers: int
+    events_path: str
+    quarantine_path: str
+    seconds: float
+    per_file_rows: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def quarantined_total(self) -> int:
+        return sum(self.quarantined.values())
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(self.quarantined.items(), key=lambda kv: -kv[1])) or "none"
+        return (f"{self.source}: rows in {self.rows_in:,} = accepted {self.accepted:,} + quarantined "
+                f"{self.quarantined_total:,} ({reasons}); guest rows {self.guest_rows:,} (kept out of twins), "
+                f"returns {self.returns:,}, customers {self.customers:,}; {self.seconds:.2f} s")
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"quarantined_total": self.quarantined_total}
+
+
+# ----------------------------------------------------------------------------------------------- pure parts
+
+def _to_float(col: str, dtype: pl.DataType) -> pl.Expr:
+    e = pl.col(col)
+    if dtype == pl.String:
+        e = e.str.strip_chars().str.replace_all(",", "", literal=True)
+    return e.cast(pl.Float64, strict=False)
+
+
+def _to_time(col: str, dtype: pl.DataType, cfg: SourceConfig) -> pl.Expr:
+    e = pl.col(col)
+    tz = cfg.time.timezone
+    if isinstance(dtype, pl.Datetime):
+        e = e if dtype.time_zone else e.dt.replace_time_zone(tz, ambiguous="earliest", non_existent="null")
+    elif dtype == pl.Date:
+        e = e.cast(pl.Datetime("us")).dt.replace_time_zone(tz)
+    else:
+        e = e.cast(pl.String).str.strip_chars().str.to_datetime(cfg.time.format, strict=False, time_unit="us")
+        e = e.dt.replace_time_zone(tz, ambiguous="earliest", non_existent="null")
+    return e.dt.convert_time_zone("UTC").cast(CANONICAL["event_time"])
+
+
+def _str(col: str) -> pl.Expr:
+    return pl.col(col).cast(pl.String).str.strip_chars()
+
+
+def canonical_frame(lf: pl.LazyFrame, cfg: SourceConfig, file_idx: int, file_name: str, fmt: str,
+                    file_constants: dict[str, str]) -> pl.LazyFrame:
+    """Map one file's raw columns onto canonical columns; keeps raw values (as text) for the quarantine
+    and helper flags (``_bad_*``) for ``with_reasons``."""
+    schema = lf.collect_schema()
+    m, c = cfg.columns, cfg.constants
+    row_offset = 2 if fmt in ("csv", "whitespace") and cfg.csv.has_header else 1  # 1-based line numbers
+    lf = lf.with_row_index(ROW_COLUMN, offset=row_offset).with_columns(
+        pl.lit(file_name).alias(FILE_COLUMN), pl.lit(file_idx, pl.Int32).alias(_FILE_IDX))
+
+    def mapped_or_const(canon: str, parse) -> pl.Expr:
+        if canon in m:
+            return parse(m[canon], schema[m[canon]])
+        if canon in c:
+            return pl.lit(c[canon]).cast(CANONICAL[canon])
+        return pl.lit(None, CANONICAL[canon])
+
+    exprs: dict[str, pl.Expr] = {
+        "customer_id": mapped_or_const("customer_id", lambda col, _: _str(col)),
+        "item_id": mapped_or_const("item_id", lambda col, _: _str(col)),
+        "quantity": mapped_or_const("quantity", _to_float),
+        "unit_price": mapped_or_const("unit_price", _to_float),
+        "amount": mapped_or_const("amount", _to_float),
+        "event_time": mapped_or_const("event_time", lambda col, dt: _to_time(col, dt, cfg)),
+        "event_type": mapped_or_const("event_type", lambda col, _: _str(col).str.to_lowercase()),
+        "text": mapped_or_const("text", lambda col, _: pl.col(col).cast(pl.String)),
+        "channel": mapped_or_const("channel", lambda col, _: _str(col)),
+        "actor": mapped_or_const("actor", lambda col, _: _str(col).str.to_lowercase()),
+    }
+    raw_ids = {k: _str(m[k]) for k in ("basket_id",) if k in m}
+    flags = {
+        "_bad_time": pl.col(m["event_time"]).is_not_null() & exprs["event_time"].is_null() if "event_time" in m else pl.lit(False),
+        "_bad_qty": pl.col(m["quantity"]).is_not_null() & exprs["quantity"].is_null() if "quantity" in m else pl.lit(False),
+        "_bad_price": pl.any_horizontal([pl.col(m[k]).is_not_null() & exprs[k].is_null() for k in ("unit_price", "amount") if k in m] or [pl.lit(False)]),
+        "_order": pl.col(cfg.order_column).cast(pl.Int64, strict=False) if cfg.order_column else pl.lit(None, pl.Int64),
+        "_bad_order": (pl.col(cfg.order_column).is_not_null() & pl.col(cfg.order_column).cast(pl.Int64, strict=False).is_null()) if cfg.order_column else pl.lit(False),
+    }
+    is_return = pl.lit(False)
+    if cfg.returns.negative_quantity:
+        is_return = is_return | (exprs["quantity"] < 0).fill_null(False) | (exprs["amount"] < 0).fill_null(False)
+    if cfg.returns.id_prefix:
+        id_col = cfg.returns.id_column or m.get("basket_id")
+        if id_col:
+            is_return = is_return | _str(id_col).str.starts_with(cfg.returns.id_prefix).fill_null(False)
+    if cfg.returns.flag_column:
+        is_return = is_return | _str(cfg.returns.flag_column).is_in(cfg.returns.flag_values).fill_null(False)
+
+    raw_cols = sorted({*m.values(), *cfg.extra_columns, *([cfg.order_column] if cfg.order_column else [])})
+    lf = lf.with_columns(
+        **{k: v for k, v in exprs.items()}, **raw_ids, **flags, _is_return=is_return,
+        **{f"raw:{col}": pl.col(col).cast(pl.String) for col in raw_cols},
+    )
+    qty, price, amount = pl.col("quantity"), pl.col("unit_price"), pl.col("amount")
+    lf = lf.with_columns(
+        event_type=pl.when(pl.col("_is_return")).then(pl.lit("return"))
+        .otherwise(pl.col("event_type").fill_null("purchase")),
+        quantity=qty.abs(), amount=amount.abs(), actor=pl.col("actor").fill_null("unknown"),
+    ).with_columns(
+        unit_price=pl.when(price.is_null() & pl.col("quantity").is_not_null() & (pl.col("quantity") != 0))
+        .then(pl.col("amount") / pl.col("quantity")).otherwise(price),
+    ).with_columns(
+        amount=pl.when(pl.col("amount").is_null()).then(pl.col("quantity") * pl.col("unit_price")).otherwise(pl.col("amount")),
+    )
+    guests = pl.col("customer_id").is_null() | (pl.col("customer_id") == "")
+    if cfg.guest_customer_ids:
+        guests = guests | pl.col("customer_id").is_in(cfg.guest_customer_ids)
+    lf = lf.with_columns(customer_id=pl.when(guests).then(None).otherwise(pl.col("customer_id")))
+    extras = {col: pl.col(col) for col in cfg.extra_columns}
+    consts = {k: pl.lit(v) for k, v in file_constants.items()}
+    return lf.with_columns(**extras, **consts)
+
+
+def with_reasons(lf: pl.LazyFrame, cfg: SourceConfig, not_after: datetime) -> pl.LazyFrame:
+    """Add the quarantine ``reason`` (null for accepted rows): the first failed check, in REASONS order."""
+    v = cfg.validation
+    is_purchase = pl.col("event_type").is_in(["purchase", "return"])
+    qty, price, amount = pl.col("quantity"), pl.col("unit_price"), pl.col("amount")
+    numbers = [qty, price, amount]
+    non_finite = pl.any_horizontal([(e.is_nan() | e.is_infinite()).fill_null(False) for e in numbers])
+    negative = pl.any_horizontal([(e < 0).fill_null(False) for e in (price,)])
+    excluded = pl.lit(False)
+    if cfg.exclude.item_codes:
+        excluded = excluded | pl.col("item_id").is_in(cfg.exclude.item_codes).fill_null(False)
+    if cfg.exclude.item_pattern:
+        excluded = excluded | pl.col("item_id").str.contains(cfg.exclude.item_pattern).fill_null(False)
+    checks: list[tuple[str, pl.Expr]] = [
+        ("missing_item", is_purchase & pl.col("item_id").is_null() & pl.lit("item_id" in cfg.columns)),
+        ("unparsable_time", pl.col("_bad_time") | (pl.lit("event_time" in cfg.columns) & pl.col("event_time").is_null())),
+        ("bad_order", pl.col("_bad_order") | (pl.lit(cfg.order_column is not None) & pl.col("_order").is_null())),
+        ("bad_quantity", pl.col("_bad_qty")),
+        ("bad_price", pl.col("_bad_price")),
+        ("non_finite", non_finite),
+        ("negative_value", negative),
+        ("absurd_quantity", (qty > v.max_quantity).fill_null(False)),
+        ("absurd_price", (price > v.max_unit_price).fill_null(False)),
+        ("bad_event_type", ~pl.col("event_type").is_in(list(EVENT_TYPES)) | ~pl.col("actor").is_in(["human", "machine", "unknown"])),
+        ("future_event", (pl.col("event_time") > pl.lit(not_after, CANONICAL["event_time"])).fill_null(False)),
+        ("non_product", excluded),
+    ]
+    reason = pl.lit(None, pl.String)
+    for name, cond in reversed(checks):
+        reason = pl.when(cond).then(pl.lit(name)).otherwise(reason)
+    return lf.with_columns(reason.alias(QUARANTINE_REASON))
+
+
+def finish(lf: pl.LazyFrame, cfg: SourceConfig) -> pl.LazyFrame:
+    """Across all files: basket ids and order, duplicate lines (first occurrence wins, by file then row)."""
+    if "basket_id" not in cfg.columns:
+        key = pl.col("_order").cast(pl.String) if cfg.order_column else pl.col("event_time").dt.to_string("%Y-%m-%dT%H:%M:%S%.f")
+        lf = lf.with_columns(basket_id=pl.col("customer_id").fill_null("guest") + "|" + pl.col(_FILE_IDX).cast(pl.String) + "|" + key)
+    if cfg.order_column:
+        lf = lf.with_columns(basket_seq=pl.when(pl.col(QUARANTINE_REASON).is_null())
+                             .then(pl.struct(_FILE_IDX, "_order").rank("dense").over("customer_id") - 1))
+    else:
+        lf = lf.with_columns(basket_seq=pl.lit(None, pl.Int64))
+    if cfg.validation.duplicates == "quarantine":
+        key_cols = [c for c in CANONICAL if c != "basket_seq"] + cfg.extra_columns
+        ok = pl.col(QUARANTINE_REASON).is_null()
+        h = pl.when(ok).then(pl.struct(key_cols).hash(seed=7))
+        lf = lf.with_columns(_h=h).with_columns(
+            _dup=ok & ~pl.col("_h").is_first_distinct(),
+            _first_file=pl.col(_FILE_IDX).min().over("_h"),
+        ).with_columns(**{QUARANTINE_REASON: pl.when(pl.col("_dup") & (pl.col("_first_file") == pl.col(_FILE_IDX)))
+                          .then(pl.lit("duplicate_line"))
+                          .when(pl.col("_dup")).then(pl.lit("overlap_duplicate"))
+                          .otherwise(pl.col(QUARANTINE_REASON))})
+    return lf
+
+
+def attribute_frame(table: AttributeTable, key_name: str, prefix: str, cfg: SourceConfig) -> pl.LazyFrame:
+    """An item or customer attribute table keyed like the canonical events; its key must be unique."""
+    path = cfg.resolve(table.path)
+    attrs = readers.scan(path, readers.detect_format(path, table.format), table.csv)
+    readers.check_columns(path, attrs, {f"{prefix}{c}": c for c in [table.key, *table.columns]}, table.csv)
+    attrs = attrs.select(pl.col(table.key).cast(pl.String).str.strip_chars().alias(key_name),
+                         *[pl.col(c).alias(f"{prefix}{c}") for c in table.columns])
+    dupes = attrs.group_by(key_name).len().filter(pl.col("len") > 1).head(3).collect()
+    if dupes.height:
+        raise readers.SourceError(f"{path}: key column {table.key!r} is not unique (e.g. {dupes[key_name].to_list()}); "
+                                  f"an attribute table needs one row per key: de-duplicate it first")
+    return attrs
+
+
+# ----------------------------------------------------------------------------------------------- I/O edge
+
+def plan(cfg: SourceConfig, not_after: datetime | None = None) -> tuple[pl.LazyFrame, list[tuple[Path, str]]]:
+    """The lazy ingest plan over all files (with ``reason``) and the (path, format) of each file."""
+    not_after = not_after or cfg.validation.not_after or datetime.now(timezone.utc)
+    if not_after.tzinfo is None:
+        not_after = not_after.replace(tzinfo=timezone.utc)
+    needed = dict(cfg.columns)
+    for col in cfg.extra_columns:
+        needed[f"extra:{col}"] = col
+    if cfg.order_column:
+        needed["order_column"] = cfg.order_column
+    if cfg.returns.flag_column:
+        needed["returns.flag_column"] = cfg.returns.flag_column
+    if cfg.returns.id_column:
+        needed["returns.id_column"] = cfg.returns.id_column
+    frames, files = [], []
+    for i, spec in enumerate(cfg.files):
+        path = cfg.resolve(spec.path)
+        fmt = readers.detect_format(path, cfg.format)
+        raw = readers.scan(path, fmt, cfg.csv)
+        readers.check_columns(path, raw, needed, cfg.csv)
+        frames.append(with_reasons(canonical_frame(raw, cfg, i, path.name, fmt, spec.constants), cfg, not_after))
+        files.append((path, fmt))
+    lf = finish(pl.concat(frames, how="diagonal_relaxed"), cfg)
+    return lf, files
+
+
+def ingest(cfg: SourceConfig, out_dir: str | Path, not_after: datetime | None = None) -> IngestReport:
+    """Run the ingest: write ``events.parquet``, ``quarantine.parquet``, ``report.json`` and the attribute
+    tables (``items.parquet``, ``customers.parquet``) into ``out_dir`` (atomically: a failed run leaves the
+    previous output in place). Raises SourceError on unreadable input."""
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    lf, files = plan(cfg, not_after)
+    extras = list(dict.fromkeys([*cfg.extra_columns, *(k for f in cfg.files for k in f.constants)]))
+    ok = pl.col(QUARANTINE_REASON).is_null()
+    events = lf.filter(ok).select(*[pl.col(c).cast(t) for c, t in CANONICAL.items()], *extras)
+    attributes = {name: attribute_frame(table, key, prefix, cfg) for name, table, key, prefix in
+                  (("items", cfg.item_attributes, "item_id", "item_"),
+                   ("customers", cfg.customer_attributes, "customer_id", "customer_")) if table is not None}
+    raw_cols = [c for c in lf.collect_schema().names() if c.startswith("raw:")]
+    quarantine = lf.filter(~ok).select(FILE_COLUMN, ROW_COLUMN, QUARANTINE_REASON,
+                                       *[pl.col(c).alias(c.removeprefix("raw:")) for c in raw_cols])
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    sinks = [events.sink_parquet(tmp / "events.parquet", lazy=True),
+             quarantine.sink_parquet(tmp / "quarantine.parquet", lazy=True),
+             *[frame.sink_parquet(tmp / f"{name}.parquet", lazy=True) for name, frame in attributes.items()]]
+    try:
+        pl.collect_all(sinks, engine="streaming")
+    except pl.exceptions.PolarsError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise readers.SourceError(f"source {cfg.name}: reading failed: {readers._first_line(exc)} "
+                                  f"(check the files' format, separator and encoding in the source config)") from None
+    per_file = {str(p): readers.count_rows(p, fmt, cfg.csv) for p, fmt in files}
+    stats = pl.scan_parquet(tmp / "events.parquet").select(
+        pl.len().alias("n"), pl.col("customer_id").is_null().sum().alias("guests"),
+        (pl.col("event_type") == "return").sum().alias("returns"), pl.col("customer_id").n_unique().alias("customers"),
+        pl.col("customer_id").null_count().alias("nulls")).collect().row(0, named=True)
+    reasons = pl.scan_parquet(tmp / "quarantine.parquet").group_by(QUARANTINE_REASON).len().collect()
+    report = IngestReport(
+        source=cfg.name, files=[str(p) for p, _ in files], rows_in=sum(per_file.values()), accepted=stats["n"],
+        quarantined={r: n for r, n in reasons.iter_rows()}, guest_rows=stats["guests"], returns=stats["returns"],
+        customers=stats["customers"] - (1 if stats["nulls"] else 0),
+        events_path=str(out_dir / "events.parquet"), quarantine_path=str(out_dir / "quarantine.parquet"),
+        seconds=time.perf_counter() - t0, per_file_rows=per_file)
+    if report.rows_in != report.accepted + report.quarantined_total:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ReconciliationError(f"{cfg.name}: rows in {report.rows_in} != accepted {report.accepted} + "
+                                  f"quarantined {report.quarantined_total}; output not written")
+    (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
+    _replace_dir(tmp, out_dir)
+    return report
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    """Swap ``tmp`` into ``out_dir`` with renames, so readers never see a half-written folder."""
+    old = out_dir.with_name(f".{out_dir.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,120 @@
+"""The twin store: versioned Parquet snapshots per source and kind, with a fast look-up by id.
+
+Layout under the store root::
+
+    <source>/<kind>/<as_of>/<version>/twins.parquet   rows sorted by id
+    <source>/<kind>/<as_of>/<version>/manifest.json   rows, columns, parameters, creation time
+    <source>/<kind>/LATEST                             "<as_of>/<version>" of the newest snapshot
+
+Snapshots are written to a temporary folder and renamed into place, and LATEST is replaced atomically, so a
+reader never sees a half-written snapshot and a killed writer leaves the previous one intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+
+class TwinNotFound(KeyError):
+    """No twin with that id in the snapshot."""
+
+
+def _as_of_label(as_of: datetime | None) -> str:
+    return "end" if as_of is None else as_of.astimezone(timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
+
+
+@dataclass
+class Snapshot:
+    """One stored snapshot; ``get`` looks a twin up by id through an index built on first use."""
+
+    path: Path
+    id_column: str = "customer_id"
+
+    def __post_init__(self) -> None:
+        self._frame: pl.DataFrame | None = None
+        self._index: dict[str, int] | None = None
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return json.loads((self.path / "manifest.json").read_text())
+
+    @property
+    def frame(self) -> pl.DataFrame:
+        if self._frame is None:
+            self._frame = pl.read_parquet(self.path / "twins.parquet")
+        return self._frame
+
+    def get(self, twin_id: str) -> dict[str, Any]:
+        if self._index is None:
+            self._index = {k: i for i, k in enumerate(self.frame[self.id_column].to_list())}
+        try:
+            return self.frame.row(self._index[str(twin_id)], named=True)
+        except KeyError:
+            raise TwinNotFound(f"no twin {twin_id!r} in snapshot {self.path}") from None
+
+
+class TwinStore:
+    """Versioned twin snapshots under ``root`` (see the module docstring for the layout)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def write(self, twins: pl.DataFrame, source: str, kind: str = "customer", as_of: datetime | None = None,
+              params: dict[str, Any] | None = None, id_column: str = "customer_id") -> Snapshot:
+        """Store a new snapshot and point LATEST at it."""
+        if twins[id_column].is_duplicated().any():
+            raise ValueError(f"twins have duplicate {id_column} values; a snapshot needs one row per id")
+        now = datetime.now(timezone.utc)
+        rel = f"{_as_of_label(as_of)}/v{now.strftime('%Y%m%dT%H%M%S%fZ')}"
+        final = self.root / source / kind / rel
+        tmp = final.with_name(f".{final.name}.tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        twins.sort(id_column).write_parquet(tmp / "twins.parquet", row_group_size=16_384)
+        manifest = {"source": source, "kind": kind, "as_of": None if as_of is None else as_of.isoformat(),
+                    "version": final.name, "created": now.isoformat(), "rows": twins.height, "id_column": id_column,
+                    "columns": {c: str(t) for c, t in twins.schema.items()}, "params": params or {}}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        tmp.rename(final)
+        latest = self.root / source / kind / "LATEST"
+        latest_tmp = latest.with_name(".LATEST.tmp")
+        latest_tmp.write_text(rel)
+        os.replace(latest_tmp, latest)
+        return Snapshot(final, id_column)
+
+    def snapshots(self, source: str, kind: str = "customer") -> list[str]:
+        """Stored snapshots as ``<as_of>/<version>``, oldest first."""
+        base = self.root / source / kind
+        if not base.exists():
+            return []
+        return sorted(f"{d.parent.name}/{d.name}" for d in base.glob("*/v*") if (d / "manifest.json").exists())
+
+    def open(self, source: str, kind: str = "customer", snapshot: str | None = None) -> Snapshot:
+        """Open ``snapshot`` (``<as_of>/<version>``) or the latest one."""
+        base = self.root / source / kind
+        if snapshot is None:
+            latest = base / "LATEST"
+            if not latest.exists():
+                raise FileNotFoundError(f"no {kind} twins for source {source!r} under {self.root}: run `twins build` first")
+            snapshot = latest.read_text().strip()
+        path = base / snapshot
+        if not (path / "manifest.json").exists():
+            raise FileNotFoundError(f"no snapshot {snapshot!r} for {source!r}; stored: {self.snapshots(source, kind)}")
+        return Snapshot(path, json.loads((path / "manifest.json").read_text())["id_column"])
+
+    def sources(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.exists() else []
+
+    def prune(self, source: str, kind: str = "customer", keep: int = 5) -> list[str]:
+        """Delete all but the newest ``keep`` snapshots; returns what was removed."""
+        gone = self.snapshots(source, kind)[:-keep] if keep > 0 else []
+        for rel in gone:
+            shutil.rmtree(self.root / source / kind / rel)
+        return gone
