@@ -8,7 +8,7 @@ Model outputs (purchase outlook, churn, emotion, machine-likeness) join the twin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import polars as pl
 
@@ -36,37 +36,33 @@ def _as_of_filter(events: pl.LazyFrame, as_of: datetime | None) -> pl.LazyFrame:
 
 def baskets(events: pl.LazyFrame) -> pl.LazyFrame:
     """One row per (customer, basket) with its time, order, value and size; ``rank`` 0 = the latest."""
-    buy, ret = pl.col("event_type") == "purchase", pl.col("event_type") == "return"
-    return (events.filter(pl.col("customer_id").is_not_null() & (buy | ret))
+    return (events.filter(pl.col("customer_id").is_not_null() & (pl.col("event_type") == "purchase"))
             .group_by("customer_id", "basket_id")
             .agg(time=pl.col("event_time").min(), seq=pl.col("basket_seq").min(),
-                 spend=pl.when(pl.col("amount").is_not_null().any()).then(pl.col("amount").filter(buy).sum()),
-                 returned=pl.when(pl.col("amount").is_not_null().any()).then(pl.col("amount").filter(ret).sum()),
-                 n_items=pl.col("item_id").filter(buy).n_unique(), is_purchase=buy.any())
-            .filter(pl.col("is_purchase"))
+                 spend=pl.when(pl.col("amount").is_not_null().any()).then(pl.col("amount").sum()),
+                 n_items=pl.col("item_id").n_unique())
             .with_columns(rank=pl.struct("time", "seq", "basket_id").rank("ordinal", descending=True)
                           .over("customer_id").cast(pl.Int64) - 1))
 
 
 def _basket_stats(b: pl.LazyFrame, as_of: datetime | None) -> pl.LazyFrame:
+    """Counts, spend and timing per customer; recency and tenure are measured to ``as_of``."""
     day = pl.col("time").dt.truncate("1d")
     gap = pl.col("time").sort().diff().dt.total_microseconds() / DAY_US
-    ref = pl.lit(as_of, pl.Datetime("us", "UTC")) if as_of else pl.col("time").max()
+    ref = pl.lit(as_of, pl.Datetime("us", "UTC"))
     mean_gap, std_gap = gap.mean(), gap.std()
     return (b.group_by("customer_id").agg(
         first_purchase=pl.col("time").min(), last_purchase=pl.col("time").max(),
         baskets=pl.len().cast(pl.Int64), repeat_purchase_days=(day.n_unique() - 1).cast(pl.Int64),
-        spend_total=pl.col("spend").sum(), returned_total=pl.col("returned").sum(),
+        spend_total=pl.when(pl.col("spend").is_not_null().any()).then(pl.col("spend").sum()),
         basket_value_mean=pl.col("spend").mean(), items_per_basket=pl.col("n_items").mean(),
         ipt_mean_days=mean_gap, ipt_std_days=std_gap,
-        _ref=ref.max() if as_of is None else ref.first(),
+        _ref=ref,
     ).with_columns(
         recency_days=(pl.col("_ref") - pl.col("last_purchase")).dt.total_microseconds() / DAY_US,
         tenure_days=(pl.col("_ref") - pl.col("first_purchase")).dt.total_microseconds() / DAY_US,
-        monetary=pl.col("spend_total") - pl.col("returned_total"),
         ipt_cv=pl.col("ipt_std_days") / pl.col("ipt_mean_days"),
         burstiness=(pl.col("ipt_std_days") - pl.col("ipt_mean_days")) / (pl.col("ipt_std_days") + pl.col("ipt_mean_days")),
-        return_rate=pl.when(pl.col("spend_total") > 0).then(pl.col("returned_total") / pl.col("spend_total")),
         naive_next_purchase=pl.col("last_purchase") + pl.duration(microseconds=(pl.col("ipt_mean_days") * DAY_US).cast(pl.Int64)),
     ).drop("_ref"))
 
@@ -101,14 +97,23 @@ def _discounts(events: pl.LazyFrame, p: TwinParams) -> pl.LazyFrame:
         discount_share=(disc.sum() / (disc.sum() + pl.col("amount").sum())))
 
 
+def _returns(events: pl.LazyFrame) -> pl.LazyFrame:
+    ret = events.filter(pl.col("customer_id").is_not_null() & (pl.col("event_type") == "return"))
+    return ret.group_by("customer_id").agg(return_lines=pl.len().cast(pl.Int64), returned_total=pl.col("amount").sum())
+
+
 def _messages(events: pl.LazyFrame) -> pl.LazyFrame:
     msg = events.filter(pl.col("customer_id").is_not_null() & (pl.col("event_type") == "message"))
     return msg.group_by("customer_id").agg(messages=pl.len().cast(pl.Int64), last_message=pl.col("event_time").max())
 
 
 def build_customer_twins(events: pl.LazyFrame, as_of: datetime | None = None, params: TwinParams | None = None) -> pl.DataFrame:
-    """Customer twins as of ``as_of`` (None: after the last event), one row per customer, sorted by id."""
+    """Customer twins as of ``as_of``, one row per customer, sorted by id. ``as_of=None`` means just after
+    the last event (or, for order-only sources, all baskets, with the time-based fields left empty)."""
     p = params or TwinParams()
+    if as_of is None:
+        last = events.select(pl.col("event_time").max()).collect().item()
+        as_of = None if last is None else last + timedelta(microseconds=1)
     ev = _as_of_filter(events, as_of)
     names = ev.collect_schema().names()
     b = baskets(ev)
@@ -124,9 +129,15 @@ def build_customer_twins(events: pl.LazyFrame, as_of: datetime | None = None, pa
         parts.append(_discounts(ev, p))
     ids = ev.filter(pl.col("customer_id").is_not_null()).select("customer_id").unique()
     twins = ids
-    for part in [*parts, _messages(ev)]:
+    for part in [*parts, _returns(ev), _messages(ev)]:
         twins = twins.join(part, on="customer_id", how="left")
     ref = as_of.replace(tzinfo=as_of.tzinfo or timezone.utc) if as_of else None
-    twins = twins.with_columns(as_of=pl.lit(ref, pl.Datetime("us", "UTC")),
-                               messages=pl.col("messages").fill_null(0), baskets=pl.col("baskets").fill_null(0))
+    twins = twins.with_columns(
+        as_of=pl.lit(ref, pl.Datetime("us", "UTC")), messages=pl.col("messages").fill_null(0),
+        baskets=pl.col("baskets").fill_null(0), return_lines=pl.col("return_lines").fill_null(0),
+        returned_total=pl.when(pl.col("spend_total").is_not_null()).then(pl.col("returned_total").fill_null(0.0)),
+    ).with_columns(
+        monetary=pl.col("spend_total") - pl.col("returned_total"),
+        return_rate=pl.when(pl.col("spend_total") > 0).then(pl.col("returned_total") / pl.col("spend_total")),
+    )
     return twins.sort("customer_id").collect(engine="streaming")
