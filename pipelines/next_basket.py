@@ -22,9 +22,14 @@ from twins.twin.customer import TwinParams, build_customer_twins
 from twins.twin.store import Snapshot, TwinStore
 
 TAGS = {"protocol": "next-basket: last basket target, users random 72/8/20 per seed"}
-MODELS = {"g_topfreq": GTopFreq, "p_topfreq": PTopFreq, "gp_topfreq": GPTopFreq}
+#: name -> estimator factory. "_rc" variants break ties between a user's items by first purchase, as the
+#: Reality Check code does; the others by global popularity (the exportable form).
+MODELS = {"g_topfreq": GTopFreq, "p_topfreq": PTopFreq, "gp_topfreq": GPTopFreq,
+          "p_topfreq_rc": lambda: PTopFreq(tie_break="first"), "gp_topfreq_rc": lambda: GPTopFreq(tie_break="first")}
+EXPORTABLE = {"gp_topfreq"}
 DEFAULTS: dict[str, Any] = {"seeds": [0, 1, 2], "fractions": [0.72, 0.08, 0.20], "ks": [10, 20],
-                            "models": list(MODELS), "export": {"model": "gp_topfreq", "seed": 0, "max_history_items": 1024}}
+                            "models": list(MODELS), "export": {"model": "gp_topfreq", "seed": 0, "k": 100,
+                                                               "max_history_items": 1024}}
 
 
 def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -35,7 +40,18 @@ def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
     bad = [m for m in p["models"] if m not in MODELS]
     if bad:
         raise ValueError(f"params.models: unknown {bad}; available {sorted(MODELS)}")
+    p["export"] = DEFAULTS["export"] | (params.get("export") or {})
+    if p["export"]["model"] not in EXPORTABLE:
+        raise ValueError(f"params.export.model: {p['export']['model']!r} cannot be exported; exportable: {sorted(EXPORTABLE)}")
     return p
+
+
+def _split(baskets: dict[str, list[list[str]]], seed: int, fractions) -> tuple[dict, dict, dict]:
+    """(train histories, test histories, test targets) for one seed."""
+    histories, targets, _ = split_history_target(baskets)
+    split = split_users(histories, seed, fractions)
+    return ({u: histories[u] for u in split["train"]}, {u: histories[u] for u in split["test"]},
+            {u: targets[u] for u in split["test"]})
 
 
 # --------------------------------------------------------------------------------------------- edge nodes
@@ -59,16 +75,12 @@ def load_baskets(source: SourceConfig, report: IngestReport) -> dict[str, list[l
 def evaluate_baselines(baskets: dict[str, list[list[str]]], params: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per (model, seed): test metrics of each baseline fitted on that seed's training users."""
     p = resolve_params(params)
-    histories, targets, _ = split_history_target(baskets)
     rows = []
     for seed in p["seeds"]:
-        split = split_users(histories, seed, p["fractions"])
-        train = {u: histories[u] for u in split["train"]}
-        test = {u: histories[u] for u in split["test"]}
+        train, test, targets = _split(baskets, seed, p["fractions"])
         for name in p["models"]:
             model = MODELS[name]().fit(train)
-            recs = model.recommend(test, max(p["ks"]))
-            metrics = evaluate_rankings(recs, {u: targets[u] for u in test}, test, ks=p["ks"])
+            metrics = evaluate_rankings(model.recommend(test, max(p["ks"])), targets, test, ks=p["ks"])
             rows.append({"model": name, "seed": seed, **metrics})
     return rows
 
@@ -90,3 +102,74 @@ def format_table(summary: dict[str, dict[str, tuple[float, float]]], ks: list[in
     for model, metrics in summary.items():
         lines.append(f"| {model} | " + " | ".join(f"{metrics[c][0]:.4f} ± {metrics[c][1]:.4f}" for c in cols) + " |")
     return lines
+
+
+# --------------------------------------------------------------------------------------------- export + logging
+
+def export_model(source: SourceConfig, baskets: dict[str, list[list[str]]], params: dict[str, Any]) -> dict[str, Any]:
+    """Fit the export model on one seed's training users, export it, and check that the torch-free runtime's
+    test Recall@10 equals the estimator's (the ranking-parity half of DESIGN §6; value parity runs in export)."""
+    from twins.models.topfreq_torch import export_gp_topfreq
+    from twins.runtime import load
+
+    p = resolve_params(params)
+    e = p["export"]
+    train, test, targets = _split(baskets, e["seed"], p["fractions"])
+    model = MODELS[e["model"]]().fit(train)
+    k = min(p["ks"])
+    expected = evaluate_rankings(model.recommend(test, k), targets, test, ks=[k])
+    out = paths.models_dir() / f"{source.name}-{e['model']}"
+    export_gp_topfreq(model, out, k=e["k"], max_history_items=e["max_history_items"], name=f"{source.name}-{e['model']}",
+                      metrics={f"test/recall@{k}": expected[f"recall@{k}"]}, overwrite=True)
+    users = list(test)
+    got = load(out).recommend([test[u] for u in users], k=k)
+    onnx_metrics = evaluate_rankings({u: [i for i, _ in r] for u, r in zip(users, got)}, targets, test, ks=[k])
+    if onnx_metrics[f"recall@{k}"] != expected[f"recall@{k}"]:
+        raise AssertionError(f"ONNX recall@{k} {onnx_metrics[f'recall@{k}']} != PyTorch-free estimator "
+                             f"{expected[f'recall@{k}']}: the bundle does not reproduce the model")
+    return {"bundle": str(out), "model": e["model"], "seed": e["seed"], f"recall@{k}": expected[f"recall@{k}"],
+            f"onnx_recall@{k}": onnx_metrics[f"recall@{k}"]}
+
+
+def log_results(rows: list[dict[str, Any]], exported: dict[str, Any], report: IngestReport, snapshot: Snapshot,
+                source: SourceConfig, params: dict[str, Any], mlflow) -> list[str]:
+    """Log ingest counts, twins, per-(model, seed) child runs, the mean ± std table and the ONNX bundle."""
+    import onnx
+
+    from twins import tracking
+    from twins.api import log_ingest
+
+    p = resolve_params(params)
+    log_ingest(mlflow, source, report)
+    mlflow.log_metric("twins", snapshot.manifest["rows"])
+    mlflow.log_dict(snapshot.manifest, "twins/manifest.json")
+    for r in rows:
+        with tracking.run("", f"{r['model']}-seed{r['seed']}", nested=True,
+                          tags={"model": r["model"], "seed": str(r["seed"]), "dataset": source.name, **TAGS}):
+            mlflow.log_params({"model": r["model"], "seed": r["seed"], "fractions": str(p["fractions"])})
+            tracking.log_metrics(mlflow, {f"test/{k}": v for k, v in r.items() if k not in ("model", "seed")})
+    summary = summarise(rows)
+    for model, metrics in summary.items():
+        tracking.log_metrics(mlflow, {f"{model}/test/{k}": mean for k, (mean, _) in metrics.items()})
+    table = format_table(summary, p["ks"])
+    mlflow.log_text("\n".join([f"protocol: {TAGS['protocol']}; seeds {p['seeds']}", "", *table]), "results/table.md")
+    bundle = Path(exported["bundle"])
+    mlflow.log_artifacts(str(bundle), "bundle")
+    mlflow.onnx.log_model(onnx.load(str(bundle / "model.onnx")), name="model")
+    tracking.log_metrics(mlflow, {f"export/{k}": v for k, v in exported.items() if "recall" in k})
+    k = min(p["ks"])
+    return [report.summary(), f"twins: {snapshot.manifest['rows']:,} -> {snapshot.path}",
+            f"test metrics, mean ± std over seeds {p['seeds']} ({TAGS['protocol']}):", *table,
+            f"ONNX bundle ({exported['model']}, seed {exported['seed']}): {bundle}; "
+            f"runtime recall@{k} {exported['onnx_recall@' + str(k)]:.4f} = estimator's"]
+
+
+def pipeline() -> Pipeline:
+    return Pipeline("next_basket", [
+        node(ingest_events, "source", "report"),
+        node(build_twins, ("source", "as_of", "twin_params", "report"), "snapshot"),
+        node(load_baskets, ("source", "report"), "baskets"),
+        node(evaluate_baselines, ("baskets", "params"), "rows"),
+        node(export_model, ("source", "baskets", "params"), "exported"),
+        node(log_results, ("rows", "exported", "report", "snapshot", "source", "params", "mlflow"), "summary_lines"),
+    ])

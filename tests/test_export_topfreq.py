@@ -14,6 +14,9 @@ from twins.models import GPTopFreq
 from twins.models.topfreq_torch import FrequencyScorer, export_gp_topfreq
 from twins.runtime import BundleError, NextBasketBundle, load
 
+# torch.onnx's exporter warns about its own use of a deprecated torch API
+pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec:FutureWarning")
+
 N_ITEMS = 40
 TOP_K = 25
 

@@ -1,4 +1,7 @@
-"""Next-basket metrics against hand-computed values. log2(2) = 1, log2(3) = 1.5849..., log2(4) = 2, log2(5) = 2.3219..."""
+"""Next-basket metrics against hand-computed values.
+
+log2(2) = 1, log2(3) = 1.58496, log2(4) = 2, log2(5) = 2.32193.
+"""
 
 import math
 

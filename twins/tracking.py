@@ -77,11 +77,24 @@ def log_params(mlflow, params: dict[str, Any]) -> None:
     mlflow.log_params(flat)
 
 
+def metric_key(name: str) -> str:
+    """MLflow forbids '@' in metric names: ``test/recall@10`` is logged as ``test/recall_at_10``."""
+    return name.replace("@", "_at_")
+
+
+def log_metrics(mlflow, metrics: dict[str, float]) -> None:
+    mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items() if v is not None})
+
+
 def log_dataset(mlflow, path: str | Path, name: str, context: str, targets: str | None = None) -> None:
     """``mlflow.log_input`` for a Parquet file (schema and digest from a small head, source = its path)."""
+    import warnings
+
     import polars as pl
     from mlflow.data.pandas_dataset import from_pandas
 
     head = pl.read_parquet(path, n_rows=1000).to_pandas()
-    ds = from_pandas(head, source=str(Path(path).resolve()), name=name, targets=targets)
-    mlflow.log_input(ds, context=context)
+    with warnings.catch_warnings():  # mlflow's notes on source resolution and integer columns are not actionable here
+        warnings.simplefilter("ignore", UserWarning)
+        ds = from_pandas(head, source=str(Path(path).resolve()), name=name, targets=targets)
+        mlflow.log_input(ds, context=context)

@@ -6,6 +6,7 @@ Pure expression builders (``canonical_frame``, ``with_reasons``) do the work; ``
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -64,7 +65,10 @@ class IngestReport:
 def _to_float(col: str, dtype: pl.DataType) -> pl.Expr:
     e = pl.col(col)
     if dtype == pl.String:
-        e = e.str.strip_chars().str.replace_all(",", "", literal=True)
+        # drop thousands separators ("1,234.50") only; a decimal comma ("2,50") stays unparsable (bad_*)
+        # rather than silently becoming 250
+        e = e.str.strip_chars()
+        e = pl.when(e.str.contains(r"^[+-]?\d{1,3}(,\d{3})+(\.\d*)?$")).then(e.str.replace_all(",", "", literal=True)).otherwise(e)
     return e.cast(pl.Float64, strict=False)
 
 
@@ -73,11 +77,14 @@ def _to_time(col: str, dtype: pl.DataType, cfg: SourceConfig) -> pl.Expr:
     tz = cfg.time.timezone
     if isinstance(dtype, pl.Datetime):
         e = e if dtype.time_zone else e.dt.replace_time_zone(tz, ambiguous="earliest", non_existent="null")
-    elif dtype == pl.Date:
-        e = e.cast(pl.Datetime("us")).dt.replace_time_zone(tz)
+    elif dtype == pl.Date:  # the start of the local day (01:00 where a DST change skips midnight)
+        day = e.cast(pl.Datetime("us"))
+        e = pl.coalesce([d.dt.replace_time_zone(tz, ambiguous="earliest", non_existent="null")
+                         for d in (day, day + pl.duration(hours=1))])
     else:
         e = e.cast(pl.String).str.strip_chars().str.to_datetime(cfg.time.format, strict=False, time_unit="us")
-        e = e.dt.replace_time_zone(tz, ambiguous="earliest", non_existent="null")
+        if not re.search(r"%[:#]*z", cfg.time.format or ""):  # with %z the offset fixes the instant (parsed as UTC)
+            e = e.dt.replace_time_zone(tz, ambiguous="earliest", non_existent="null")
     return e.dt.convert_time_zone("UTC").cast(CANONICAL["event_time"])
 
 
@@ -133,8 +140,9 @@ def canonical_frame(lf: pl.LazyFrame, cfg: SourceConfig, file_idx: int, file_nam
         is_return = is_return | _str(cfg.returns.flag_column).is_in(cfg.returns.flag_values).fill_null(False)
 
     raw_cols = sorted({*m.values(), *cfg.extra_columns, *([cfg.order_column] if cfg.order_column else [])})
+    negative_qty = (exprs["quantity"] < 0).fill_null(False) | (exprs["amount"] < 0).fill_null(False)
     lf = lf.with_columns(
-        **{k: v for k, v in exprs.items()}, **raw_ids, **flags, _is_return=is_return,
+        **{k: v for k, v in exprs.items()}, **raw_ids, **flags, _is_return=is_return, _negative_qty=negative_qty,
         **{f"raw:{col}": pl.col(col).cast(pl.String) for col in raw_cols},
     )
     qty, price, amount = pl.col("quantity"), pl.col("unit_price"), pl.col("amount")
@@ -164,7 +172,8 @@ def with_reasons(lf: pl.LazyFrame, cfg: SourceConfig, not_after: datetime) -> pl
     qty, price, amount = pl.col("quantity"), pl.col("unit_price"), pl.col("amount")
     numbers = [qty, price, amount]
     non_finite = pl.any_horizontal([(e.is_nan() | e.is_infinite()).fill_null(False) for e in numbers])
-    negative = pl.any_horizontal([(e < 0).fill_null(False) for e in (price,)])
+    # quantity and amount are made positive for returns; a negative one that marks no return is an error
+    negative = (price < 0).fill_null(False) | (pl.col("_negative_qty") & ~pl.col("_is_return"))
     excluded = pl.lit(False)
     if cfg.exclude.item_codes:
         excluded = excluded | pl.col("item_id").is_in(cfg.exclude.item_codes).fill_null(False)
@@ -193,11 +202,15 @@ def with_reasons(lf: pl.LazyFrame, cfg: SourceConfig, not_after: datetime) -> pl
 def finish(lf: pl.LazyFrame, cfg: SourceConfig) -> pl.LazyFrame:
     """Across all files: basket ids and order, duplicate lines (first occurrence wins, by file then row)."""
     if "basket_id" not in cfg.columns:
-        key = pl.col("_order").cast(pl.String) if cfg.order_column else pl.col("event_time").dt.to_string("%Y-%m-%dT%H:%M:%S%.f")
-        lf = lf.with_columns(basket_id=pl.col("customer_id").fill_null("guest") + "|" + pl.col(_FILE_IDX).cast(pl.String) + "|" + key)
+        # order numbers may restart in every file; a time is the same instant in any file (so overlapping
+        # files still yield the same basket ids and their copies are found as overlap_duplicate)
+        key = (pl.col(_FILE_IDX).cast(pl.String) + "|" + pl.col("_order").cast(pl.String) if cfg.order_column
+               else pl.col("event_time").dt.to_string("%Y-%m-%dT%H:%M:%S%.f"))
+        lf = lf.with_columns(basket_id=pl.col("customer_id").fill_null("guest") + "|" + key)
     if cfg.order_column:
+        # rank accepted rows only, so that a quarantined basket leaves no gap in 0..n-1
         lf = lf.with_columns(basket_seq=pl.when(pl.col(QUARANTINE_REASON).is_null())
-                             .then(pl.struct(_FILE_IDX, "_order").rank("dense").over("customer_id") - 1))
+                             .then(pl.struct(_FILE_IDX, "_order")).rank("dense").over("customer_id") - 1)
     else:
         lf = lf.with_columns(basket_seq=pl.lit(None, pl.Int64))
     if cfg.validation.duplicates == "quarantine":
@@ -282,8 +295,7 @@ def ingest(cfg: SourceConfig, out_dir: str | Path, not_after: datetime | None = 
         pl.collect_all(sinks, engine="streaming")
     except pl.exceptions.PolarsError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise readers.SourceError(f"source {cfg.name}: reading failed: {readers._first_line(exc)} "
-                                  f"(check the files' format, separator and encoding in the source config)") from None
+        raise _read_error(cfg, files, exc) from None
     per_file = {str(p): readers.count_rows(p, fmt, cfg.csv) for p, fmt in files}
     stats = pl.scan_parquet(tmp / "events.parquet").select(
         pl.len().alias("n"), pl.col("customer_id").is_null().sum().alias("guests"),
@@ -303,6 +315,27 @@ def ingest(cfg: SourceConfig, out_dir: str | Path, not_after: datetime | None = 
     (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
     _replace_dir(tmp, out_dir)
     return report
+
+
+def _read_error(cfg: SourceConfig, files: list[tuple[Path, str]], exc: Exception) -> readers.SourceError:
+    """The streaming run does not say which file failed: read each one alone to name it."""
+    now = datetime.now(timezone.utc)
+    for i, (path, fmt) in enumerate(files):
+        frame = with_reasons(canonical_frame(readers.scan(path, fmt, cfg.csv), cfg, i, path.name, fmt, {}), cfg, now)
+        try:
+            frame.select(pl.all().null_count()).collect(engine="streaming")
+        except pl.exceptions.PolarsError as file_exc:
+            return readers.read_error(path, fmt, file_exc)
+    for table in (cfg.item_attributes, cfg.customer_attributes):
+        if table is not None:
+            path = cfg.resolve(table.path)
+            fmt = readers.detect_format(path, table.format)
+            try:
+                readers.scan(path, fmt, table.csv).select(pl.all().null_count()).collect(engine="streaming")
+            except pl.exceptions.PolarsError as file_exc:
+                return readers.read_error(path, fmt, file_exc)
+    return readers.SourceError(f"source {cfg.name}: reading failed: {readers._first_line(exc)} "
+                               f"(check the files' format, separator and encoding in the source config)")
 
 
 def _replace_dir(tmp: Path, out_dir: Path) -> None:

@@ -121,5 +121,25 @@ def _read_basket_json(path: Path) -> pl.DataFrame:
                         schema={"customer": pl.String, "basket_index": pl.Int64, "item": pl.String, "split": pl.String})
 
 
+def read_error(path: Path, fmt: Format, exc: BaseException) -> SourceError:
+    """A SourceError for a failure while reading ``path`` (found only when rows are parsed), with the fix."""
+    text = str(exc).lower()
+    if "utf-8" in text or "utf8" in text:
+        fix = ("the file is not UTF-8: re-encode it (e.g. `iconv -f latin1 -t utf-8`) or set "
+               "`csv: {encoding: utf8-lossy}` in the source config")
+    elif "more fields" in text:
+        fix = ("a line has more fields than the header: quote values that contain the separator, "
+               "or set `csv: {separator: ...}` in the source config")
+    elif "properly escaped" in text or "quote" in text:
+        fix = ("a quoted field is never closed (is the file truncated?): re-export it, or set "
+               "`csv: {quote_char: null}` in the source config if quotes are part of the data")
+    elif "time zone" in text:
+        fix = ("the timestamps carry a UTC offset: set `time: {format: ...}` with %z "
+               "(e.g. '%Y-%m-%dT%H:%M:%S%z') in the source config")
+    else:
+        fix = "check `format:` and the `csv:` options (separator, quote_char, encoding) in the source config"
+    return SourceError(f"{path}: cannot be read as {fmt}: {_first_line(exc)}; {fix}")
+
+
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -65,12 +65,12 @@ def export_bundle(
 ) -> Path:
     """Export ``module`` to ``out_dir/model.onnx`` and write ``out_dir/manifest.json``; return ``out_dir``.
 
-    ``dynamic_axes`` maps an input name to ``{axis: dimension name}``, e.g. ``{"history": {0: "batch",
-    1: "sequence"}}``; axes sharing a name share a size. Uses the dynamo exporter (``torch.onnx.export(...,
-    dynamo=True)``, which needs onnxscript). Example inputs must not have size 0 or 1 on a dynamic axis (the
-    exporter would specialise it). The bundle is assembled in a temporary folder next to ``out_dir`` and renamed
-    into place, so a reader never sees a half-written bundle. An existing ``out_dir`` is an error unless
-    ``overwrite``.
+    ``dynamic_axes`` maps a ``forward`` argument name to ``{axis: dimension name}``, e.g. ``{"history": {0:
+    "batch", 1: "sequence"}}``; axes sharing a name share a size. ``input_names`` name the ONNX inputs (use the
+    argument names). Uses the dynamo exporter (``torch.onnx.export(..., dynamo=True)``, which needs onnxscript);
+    example inputs must not have size 0 or 1 on a dynamic axis (the exporter would specialise it). The bundle is
+    assembled in a temporary folder next to ``out_dir`` and renamed into place, so a reader never sees a
+    half-written bundle. An existing ``out_dir`` is an error unless ``overwrite``.
     """
     missing = [key for key in REQUIRED_MANIFEST_KEYS if key not in manifest]
     if missing:
