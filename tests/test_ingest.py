@@ -430,7 +430,7 @@ def test_failing_ingest_leaves_the_previous_output_intact(tmp_path):
     with pytest.raises(SourceError, match="'price' \\(for unit_price\\)"):
         ingest(source(tmp_path, "t.csv"), out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "t.csv"]  # no temporary folders left behind
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temporary folders left
     assert read_report(out)["accepted"] == first.accepted == 2
 
 

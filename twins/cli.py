@@ -125,7 +125,7 @@ def run(pipeline: Annotated[Path, typer.Argument(help="pipeline config YAML, e.g
     from twins import api
 
     try:
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True) as progress:
             task = progress.add_task(f"running {pipeline}")
 
             def on_node(node, seconds: float) -> None:

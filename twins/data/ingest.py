@@ -230,11 +230,15 @@ def finish(lf: pl.LazyFrame, cfg: SourceConfig) -> pl.LazyFrame:
 def attribute_frame(table: AttributeTable, key_name: str, prefix: str, cfg: SourceConfig) -> pl.LazyFrame:
     """An item or customer attribute table keyed like the canonical events; its key must be unique."""
     path = cfg.resolve(table.path)
-    attrs = readers.scan(path, readers.detect_format(path, table.format), table.csv)
+    fmt = readers.detect_format(path, table.format)
+    attrs = readers.scan(path, fmt, table.csv)
     readers.check_columns(path, attrs, {f"{prefix}{c}": c for c in [table.key, *table.columns]}, table.csv)
     attrs = attrs.select(pl.col(table.key).cast(pl.String).str.strip_chars().alias(key_name),
                          *[pl.col(c).alias(f"{prefix}{c}") for c in table.columns])
-    dupes = attrs.group_by(key_name).len().filter(pl.col("len") > 1).head(3).collect()
+    try:
+        dupes = attrs.group_by(key_name).len().filter(pl.col("len") > 1).head(3).collect()
+    except pl.exceptions.PolarsError as exc:
+        raise readers.read_error(path, fmt, exc) from None
     if dupes.height:
         raise readers.SourceError(f"{path}: key column {table.key!r} is not unique (e.g. {dupes[key_name].to_list()}); "
                                   f"an attribute table needs one row per key: de-duplicate it first")

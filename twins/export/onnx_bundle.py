@@ -7,10 +7,12 @@ opset and the sha256 of ``model.onnx``.
 """
 
 import hashlib
+import logging
 import json
 import shutil
 import tempfile
 import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,9 @@ import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
+
+# The exporter logs one warning per torchvision op when torchvision is absent (it is not a dependency).
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
@@ -89,7 +94,8 @@ def export_bundle(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         model_path = tmp / MODEL_FILE
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecation notes from inside the exporter
             program = torch.onnx.export(
                 module.eval(),
                 example_inputs,

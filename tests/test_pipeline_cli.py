@@ -1,0 +1,119 @@
+"""The spine end to end on a tiny generated source: CLI ingest/build/twin show, and `twins run` of the
+next-basket pipeline (ingest -> twins -> baselines -> evaluate -> ONNX -> MLflow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from twins import api, config
+from twins.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def tiny_baskets(tmp_path) -> Path:
+    """60 customers with 3-6 baskets each over 40 items, popular items drawn more often."""
+    rng = np.random.default_rng(0)
+    p = 1 / np.arange(1, 41)
+    data = {str(u): [[int(i) for i in rng.choice(40, size=rng.integers(1, 5), replace=False, p=p / p.sum())]
+                     for _ in range(rng.integers(3, 7))] for u in range(60)}
+    path = tmp_path / "baskets.json"
+    path.write_text(json.dumps(data))
+    (tmp_path / "source.yaml").write_text(
+        "name: tiny\nfiles: [{path: baskets.json}]\nformat: basket_json\n"
+        "columns: {customer_id: customer, item_id: item}\norder_column: basket_index\n")
+    (tmp_path / "pipeline.yaml").write_text(
+        "pipeline: next_basket\nexperiment: tiny-nbr\nsource: source.yaml\nas_of: end\n"
+        "params: {seeds: [0, 1], ks: [5, 10], models: [g_topfreq, gp_topfreq], export: {model: gp_topfreq, k: 20}}\n")
+    return tmp_path
+
+
+@pytest.fixture
+def tiny_log(tmp_path) -> Path:
+    (tmp_path / "log.csv").write_text(
+        "order,cust,sku,qty,price,ts\n"
+        "o1,a,milk,1,2.5,2024-01-01 10:00:00\n"
+        "o1,a,bread,2,1.0,2024-01-01 10:00:00\n"
+        "o2,a,milk,1,2.5,2024-01-05 09:00:00\n"
+        "o3,b,tea,1,4.0,2024-01-03 12:00:00\n"
+        "o4,b,tea,x,4.0,2024-01-09 12:00:00\n")
+    (tmp_path / "shop.yaml").write_text(
+        "name: shop\nfiles: [{path: log.csv}]\n"
+        "columns: {customer_id: cust, basket_id: order, item_id: sku, quantity: qty, unit_price: price, event_time: ts}\n"
+        "validation: {not_after: 2025-01-01T00:00:00Z}\n")
+    return tmp_path
+
+
+def test_help_teaches():
+    out = runner.invoke(app, ["--help"])
+    assert out.exit_code == 0
+    for word in ("ingest", "build", "twin", "run", "README.md", "TWINS_HOME", "MLFLOW_TRACKING_URI"):
+        assert word in out.output
+
+
+def test_cli_ingest_build_show(tiny_log):
+    out = runner.invoke(app, ["ingest", str(tiny_log / "shop.yaml"), "--no-track"])
+    assert out.exit_code == 0, out.output
+    assert "rows in 5 = accepted 4 + quarantined 1 (bad_quantity 1)" in out.output
+    out = runner.invoke(app, ["build", str(tiny_log / "shop.yaml"), "--as-of", "2024-01-04", "--no-track"])
+    assert out.exit_code == 0, out.output
+    assert "2 twins of shop as of 2024-01-04" in out.output
+    out = runner.invoke(app, ["twin", "show", "a", "--source", "shop", "--json"])
+    assert out.exit_code == 0, out.output
+    a = json.loads(out.output)
+    assert a["baskets"] == 1 and a["spend_total"] == pytest.approx(4.5)   # o2 is after as_of
+    out = runner.invoke(app, ["twin", "show", "nobody", "--source", "shop"])
+    assert out.exit_code == 2 and "no twin 'nobody'" in out.output
+
+
+def test_cli_reports_config_errors_without_traceback(tiny_log):
+    out = runner.invoke(app, ["ingest", str(tiny_log / "shop.yaml"), "--set", "columns.item_id=SKU", "--no-track"])
+    assert out.exit_code == 2
+    assert "missing column(s) 'SKU' (for item_id)" in out.output and "Traceback" not in out.output
+    out = runner.invoke(app, ["ingest", str(tiny_log / "shop.yaml"), "--set", "validation.max_quantity=lots", "--no-track"])
+    assert out.exit_code == 2 and "validation.max_quantity" in out.output
+
+
+def test_overrides_and_env_interpolation(tmp_path, monkeypatch):
+    tree = config.apply_overrides({"a": {"b": 1}}, ["a.b=2", "a.c=[1, 2]", "d=true"])
+    assert tree == {"a": {"b": 2, "c": [1, 2]}, "d": True}
+    monkeypatch.setenv("DATA_X", "/data")
+    assert config.interpolate({"p": "${DATA_X}/f", "q": "${NOPE_X:-dflt}/g"}) == {"p": "/data/f", "q": "dflt/g"}
+    with pytest.raises(config.ConfigError, match="NOPE_Y is not set"):
+        config.interpolate("${NOPE_Y}")
+
+
+def test_run_next_basket_pipeline_end_to_end(tiny_baskets, twins_home):
+    import mlflow
+
+    from twins import tracking
+    from twins.runtime import load
+
+    catalog = api.run(tiny_baskets / "pipeline.yaml")
+    rows = catalog["rows"]
+    assert {(r["model"], r["seed"]) for r in rows} == {(m, s) for m in ("g_topfreq", "gp_topfreq") for s in (0, 1)}
+    assert all(0 <= r["recall@10"] <= 1 and r["n_users"] == 12 for r in rows)
+    # the bundle answers like the estimator, without torch
+    exported = catalog["exported"]
+    assert exported["onnx_recall@5"] == exported["recall@5"]
+    bundle = load(exported["bundle"])
+    assert len(bundle.recommend_one([["0", "1"], ["0"]], k=5)) == 5
+    # twins stored and tracked
+    assert api.twin("0", "tiny")["baskets"] >= 3
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    assert tracking.tracking_uri() == f"sqlite:///{(twins_home / 'mlflow.db').resolve()}"
+    run = mlflow.get_run(catalog["run_id"])
+    assert run.data.tags["dataset"] == "tiny" and "protocol" in run.data.tags and run.data.tags["git_sha"]
+    assert run.data.metrics["rows/in"] == sum(len(b) for b in json.loads((tiny_baskets / "baskets.json").read_text()).values() for b in b)
+    assert "gp_topfreq/test/recall_at_10" in run.data.metrics
+    assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.name == "tiny-events"
+    children = mlflow.search_runs(experiment_names=["tiny-nbr"], filter_string=f"tags.mlflow.parentRunId = '{catalog['run_id']}'")
+    assert len(children) == 4
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(catalog["run_id"])}
+    assert {"config", "results", "bundle", "ingest", "twins"} <= artifacts
