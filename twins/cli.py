@@ -39,7 +39,7 @@ Track = Annotated[bool, typer.Option("--track/--no-track", help="log the run to 
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 

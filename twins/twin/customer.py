@@ -68,12 +68,13 @@ def _basket_stats(b: pl.LazyFrame, as_of: datetime | None) -> pl.LazyFrame:
 
 
 def _item_profile(events: pl.LazyFrame, b: pl.LazyFrame, p: TwinParams) -> pl.LazyFrame:
-    """Decayed repeat frequency per (customer, item): sum over baskets holding it of decay**rank."""
+    """Decayed repeat frequency per (customer, item): sum over baskets holding it of decay**rank, rounded to
+    1e-12 so that the summation order of a parallel engine cannot reorder tied items."""
     lines = (events.filter(pl.col("customer_id").is_not_null() & (pl.col("event_type") == "purchase"))
              .select("customer_id", "basket_id", "item_id").unique()
              .join(b.select("customer_id", "basket_id", "rank"), on=["customer_id", "basket_id"]))
     weights = (lines.group_by("customer_id", "item_id")
-               .agg(weight=pl.lit(p.item_decay, pl.Float64).pow(pl.col("rank")).sum(), baskets_with_item=pl.len()))
+               .agg(weight=pl.lit(p.item_decay, pl.Float64).pow(pl.col("rank")).sum().round(12), baskets_with_item=pl.len()))
     return (weights.group_by("customer_id").agg(
         distinct_items=pl.len().cast(pl.Int64),
         repeat_item_share=(pl.col("baskets_with_item") > 1).mean(),
