@@ -121,29 +121,25 @@ def canonical_frame(lf: pl.LazyFrame, cfg: SourceConfig, file_idx: int, file_nam
         "channel": mapped_or_const("channel", lambda col, _: _str(col)),
         "actor": mapped_or_const("actor", lambda col, _: _str(col).str.to_lowercase()),
     }
-    raw_ids = {k: _str(m[k]) for k in ("basket_id",) if k in m}
-    flags = {
-        "_bad_time": pl.col(m["event_time"]).is_not_null() & exprs["event_time"].is_null() if "event_time" in m else pl.lit(False),
-        "_bad_qty": pl.col(m["quantity"]).is_not_null() & exprs["quantity"].is_null() if "quantity" in m else pl.lit(False),
-        "_bad_price": pl.any_horizontal([pl.col(m[k]).is_not_null() & exprs[k].is_null() for k in ("unit_price", "amount") if k in m] or [pl.lit(False)]),
-        "_order": pl.col(cfg.order_column).cast(pl.Int64, strict=False) if cfg.order_column else pl.lit(None, pl.Int64),
-        "_bad_order": (pl.col(cfg.order_column).is_not_null() & pl.col(cfg.order_column).cast(pl.Int64, strict=False).is_null()) if cfg.order_column else pl.lit(False),
-    }
-    is_return = pl.lit(False)
-    if cfg.returns.negative_quantity:
-        is_return = is_return | (exprs["quantity"] < 0).fill_null(False) | (exprs["amount"] < 0).fill_null(False)
+    raw_cols = sorted({*m.values(), *cfg.extra_columns, *([cfg.order_column] if cfg.order_column else [])})
+    order = pl.col(cfg.order_column).cast(pl.Int64, strict=False) if cfg.order_column else pl.lit(None, pl.Int64)
+    # parse once; the flags below compare parsed values with the raw text kept for the quarantine
+    lf = lf.with_columns(**exprs, **{k: _str(m[k]) for k in ("basket_id",) if k in m}, _order=order,
+                         **{f"raw:{col}": pl.col(col).cast(pl.String) for col in raw_cols})
+    failed = lambda canon: (pl.col(f"raw:{m[canon]}").is_not_null() & pl.col(canon).is_null()) if canon in m else pl.lit(False)  # noqa: E731
+    negative_qty = (pl.col("quantity") < 0).fill_null(False) | (pl.col("amount") < 0).fill_null(False)
+    is_return = negative_qty if cfg.returns.negative_quantity else pl.lit(False)
     if cfg.returns.id_prefix:
         id_col = cfg.returns.id_column or m.get("basket_id")
         if id_col:
-            is_return = is_return | _str(id_col).str.starts_with(cfg.returns.id_prefix).fill_null(False)
+            is_return = is_return | pl.col(f"raw:{id_col}" if id_col in raw_cols else id_col).cast(pl.String) \
+                .str.strip_chars().str.starts_with(cfg.returns.id_prefix).fill_null(False)
     if cfg.returns.flag_column:
         is_return = is_return | _str(cfg.returns.flag_column).is_in(cfg.returns.flag_values).fill_null(False)
-
-    raw_cols = sorted({*m.values(), *cfg.extra_columns, *([cfg.order_column] if cfg.order_column else [])})
-    negative_qty = (exprs["quantity"] < 0).fill_null(False) | (exprs["amount"] < 0).fill_null(False)
     lf = lf.with_columns(
-        **{k: v for k, v in exprs.items()}, **raw_ids, **flags, _is_return=is_return, _negative_qty=negative_qty,
-        **{f"raw:{col}": pl.col(col).cast(pl.String) for col in raw_cols},
+        _bad_time=failed("event_time"), _bad_qty=failed("quantity"), _bad_price=failed("unit_price") | failed("amount"),
+        _bad_order=(pl.col(f"raw:{cfg.order_column}").is_not_null() & pl.col("_order").is_null()) if cfg.order_column else pl.lit(False),
+        _is_return=is_return, _negative_qty=negative_qty,
     )
     qty, price, amount = pl.col("quantity"), pl.col("unit_price"), pl.col("amount")
     lf = lf.with_columns(
@@ -200,7 +196,7 @@ def with_reasons(lf: pl.LazyFrame, cfg: SourceConfig, not_after: datetime) -> pl
 
 
 def finish(lf: pl.LazyFrame, cfg: SourceConfig) -> pl.LazyFrame:
-    """Across all files: basket ids and order, duplicate lines (first occurrence wins, by file then row)."""
+    """Across all files: basket ids, and basket order for order-only sources."""
     if "basket_id" not in cfg.columns:
         # order numbers may restart in every file; a time is the same instant in any file (so overlapping
         # files still yield the same basket ids and their copies are found as overlap_duplicate)
@@ -213,18 +209,22 @@ def finish(lf: pl.LazyFrame, cfg: SourceConfig) -> pl.LazyFrame:
                              .then(pl.struct(_FILE_IDX, "_order")).rank("dense").over("customer_id") - 1)
     else:
         lf = lf.with_columns(basket_seq=pl.lit(None, pl.Int64))
-    if cfg.validation.duplicates == "quarantine":
-        key_cols = [c for c in CANONICAL if c != "basket_seq"] + cfg.extra_columns
-        ok = pl.col(QUARANTINE_REASON).is_null()
-        h = pl.when(ok).then(pl.struct(key_cols).hash(seed=7))
-        lf = lf.with_columns(_h=h).with_columns(
-            _dup=ok & ~pl.col("_h").is_first_distinct(),
-            _first_file=pl.col(_FILE_IDX).min().over("_h"),
-        ).with_columns(**{QUARANTINE_REASON: pl.when(pl.col("_dup") & (pl.col("_first_file") == pl.col(_FILE_IDX)))
-                          .then(pl.lit("duplicate_line"))
-                          .when(pl.col("_dup")).then(pl.lit("overlap_duplicate"))
-                          .otherwise(pl.col(QUARANTINE_REASON))})
     return lf
+
+
+def duplicate_rows(raws: list[pl.LazyFrame], key_cols: list[str]) -> list[tuple[pl.Series, pl.Series]]:
+    """Exact copies of raw lines, per file: (0-based row numbers of ``duplicate_line``, of ``overlap_duplicate``).
+
+    The first occurrence (by file, then row) is kept; a copy is an overlap_duplicate when its line first appeared
+    in an earlier file. Only a 64-bit hash of each line's mapped columns is held in memory (a false match among
+    10M lines has p ~ 3e-6), so the main pass can stream. A copy of a bad line is bad for the same reason; that
+    reason wins over the duplicate one."""
+    keys = pl.concat([raw.select(pl.lit(i, pl.Int32).alias("f"), pl.struct(key_cols).hash(seed=7).alias("h"))
+                      .with_row_index("r") for i, raw in enumerate(raws)]).collect(engine="streaming")
+    keys = keys.with_columns(dup=~pl.col("h").is_first_distinct(), in_file=~pl.struct("h", "f").is_first_distinct())
+    keys = keys.filter(pl.col("dup"))
+    return [(k.filter(pl.col("in_file"))["r"], k.filter(~pl.col("in_file"))["r"])
+            for k in (keys.filter(pl.col("f") == i) for i in range(len(raws)))]
 
 
 def attribute_frame(table: AttributeTable, key_name: str, prefix: str, cfg: SourceConfig) -> pl.LazyFrame:
@@ -248,7 +248,8 @@ def attribute_frame(table: AttributeTable, key_name: str, prefix: str, cfg: Sour
 # ----------------------------------------------------------------------------------------------- I/O edge
 
 def plan(cfg: SourceConfig, not_after: datetime | None = None) -> tuple[pl.LazyFrame, list[tuple[Path, str]]]:
-    """The lazy ingest plan over all files (with ``reason``) and the (path, format) of each file."""
+    """The ingest plan over all files (lazy, with ``reason``) and the (path, format) of each file. Finding
+    duplicate lines is the one eager pass (over hashes only)."""
     not_after = not_after or cfg.validation.not_after or datetime.now(timezone.utc)
     if not_after.tzinfo is None:
         not_after = not_after.replace(tzinfo=timezone.utc)
@@ -261,16 +262,30 @@ def plan(cfg: SourceConfig, not_after: datetime | None = None) -> tuple[pl.LazyF
         needed["returns.flag_column"] = cfg.returns.flag_column
     if cfg.returns.id_column:
         needed["returns.id_column"] = cfg.returns.id_column
-    frames, files = [], []
-    for i, spec in enumerate(cfg.files):
+    raws, files = [], []
+    for spec in cfg.files:
         path = cfg.resolve(spec.path)
         fmt = readers.detect_format(path, cfg.format)
-        raw = readers.scan(path, fmt, cfg.csv)
-        readers.check_columns(path, raw, needed, cfg.csv)
-        frames.append(with_reasons(canonical_frame(raw, cfg, i, path.name, fmt, spec.constants), cfg, not_after))
+        raws.append(readers.scan(path, fmt, cfg.csv))
+        readers.check_columns(path, raws[-1], needed, cfg.csv)
         files.append((path, fmt))
-    lf = finish(pl.concat(frames, how="diagonal_relaxed"), cfg)
-    return lf, files
+    try:
+        dups = duplicate_rows(raws, sorted(set(needed.values()))) if cfg.validation.duplicates == "quarantine" else None
+    except pl.exceptions.PolarsError as exc:
+        raise _read_error(cfg, files, exc) from None
+    frames = []
+    for i, (raw, spec, (path, fmt)) in enumerate(zip(raws, cfg.files, files)):
+        lf = with_reasons(canonical_frame(raw, cfg, i, path.name, fmt, spec.constants), cfg, not_after)
+        if dups is not None:
+            offset = 2 if fmt in ("csv", "whitespace") and cfg.csv.has_header else 1
+            same, earlier = (rows + offset for rows in dups[i])
+            reason = pl.col(QUARANTINE_REASON)
+            lf = lf.with_columns(**{QUARANTINE_REASON: pl.when(reason.is_null() & pl.col(ROW_COLUMN).is_in(same.implode()))
+                                    .then(pl.lit("duplicate_line"))
+                                    .when(reason.is_null() & pl.col(ROW_COLUMN).is_in(earlier.implode()))
+                                    .then(pl.lit("overlap_duplicate")).otherwise(reason)})
+        frames.append(lf)
+    return finish(pl.concat(frames, how="diagonal_relaxed"), cfg), files
 
 
 def ingest(cfg: SourceConfig, out_dir: str | Path, not_after: datetime | None = None) -> IngestReport:
