@@ -117,3 +117,13 @@ def test_run_next_basket_pipeline_end_to_end(tiny_baskets, twins_home):
     assert len(children) == 4
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(catalog["run_id"])}
     assert {"config", "results", "bundle", "ingest", "twins"} <= artifacts
+
+
+def test_tracking_uri_default_is_absolute_sqlite_and_env_wins(twins_home, monkeypatch, tmp_path):
+    from twins import tracking
+
+    assert tracking.tracking_uri() == f"sqlite:///{(twins_home / 'mlflow.db').resolve()}"
+    assert tracking.artifact_location() == (twins_home / "mlartifacts").resolve().as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert tracking.tracking_uri() == "http://127.0.0.1:5999" and tracking.artifact_location() is None
+    assert tracking.metric_key("test/recall@10") == "test/recall_at_10"
