@@ -32,7 +32,7 @@ or $MLFLOW_TRACKING_URI). Open the UI with:  twins ui""",
 )
 twin_app = typer.Typer(help="Look twins up in the twin store.", no_args_is_help=True)
 app.add_typer(twin_app, name="twin")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # paths and messages stay on one line, greppable in logs
 
 Overrides = Annotated[Optional[list[str]], typer.Option("--set", help="override a config key: --set key.sub=value (YAML value)")]
 Track = Annotated[bool, typer.Option("--track/--no-track", help="log the run to MLflow")]
