@@ -10,16 +10,16 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from twins import paths
+from twins import api, paths
 from twins.data.events import baskets_by_customer, scan_events
-from twins.data.ingest import IngestReport, ingest
+from twins.data.ingest import IngestReport
 from twins.data.source import SourceConfig
 from twins.evaluate.metrics import evaluate_rankings
 from twins.evaluate.next_basket import split_history_target, split_users
 from twins.models.topfreq import GPTopFreq, GTopFreq, PTopFreq
 from twins.pipeline import Pipeline, node
-from twins.twin.customer import TwinParams, build_customer_twins
-from twins.twin.store import Snapshot, TwinStore
+from twins.twin.customer import TwinParams
+from twins.twin.store import Snapshot
 
 TAGS = {"protocol": "next-basket: last basket target, users random 72/8/20 per seed"}
 #: name -> estimator factory. "_rc" variants break ties between a user's items by first purchase, as the
@@ -57,13 +57,11 @@ def _split(baskets: dict[str, list[list[str]]], seed: int, fractions) -> tuple[d
 # --------------------------------------------------------------------------------------------- edge nodes
 
 def ingest_events(source: SourceConfig) -> IngestReport:
-    return ingest(source, paths.events_dir(source.name))
+    return api.ingest(source, track=False)  # the parent run logs the report in log_results
 
 
 def build_twins(source: SourceConfig, as_of, twin_params: TwinParams, report: IngestReport) -> Snapshot:
-    twins = build_customer_twins(scan_events(paths.events_dir(source.name), with_attributes=bool(twin_params.category_column)),
-                                 as_of, twin_params)
-    return TwinStore(paths.store_dir()).write(twins, source.name, "customer", as_of, params=vars(twin_params))
+    return api.build(source, as_of, twin_params, track=False)
 
 
 def load_baskets(source: SourceConfig, report: IngestReport) -> dict[str, list[list[str]]]:
@@ -137,10 +135,9 @@ def log_results(rows: list[dict[str, Any]], exported: dict[str, Any], report: In
     import onnx
 
     from twins import tracking
-    from twins.api import log_ingest
 
     p = resolve_params(params)
-    log_ingest(mlflow, source, report)
+    api.log_ingest(mlflow, source, report)
     mlflow.log_metric("twins", snapshot.manifest["rows"])
     mlflow.log_dict(snapshot.manifest, "twins/manifest.json")
     for r in rows:

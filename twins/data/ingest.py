@@ -92,14 +92,18 @@ def _str(col: str) -> pl.Expr:
     return pl.col(col).cast(pl.String).str.strip_chars()
 
 
+def _first_line(fmt: str, cfg: SourceConfig) -> int:
+    """The 1-based file line of the first data row (after a header line for text formats)."""
+    return 2 if fmt in ("csv", "whitespace") and cfg.csv.has_header else 1
+
+
 def canonical_frame(lf: pl.LazyFrame, cfg: SourceConfig, file_idx: int, file_name: str, fmt: str,
                     file_constants: dict[str, str]) -> pl.LazyFrame:
     """Map one file's raw columns onto canonical columns; keeps raw values (as text) for the quarantine
     and helper flags (``_bad_*``) for ``with_reasons``."""
     schema = lf.collect_schema()
     m, c = cfg.columns, cfg.constants
-    row_offset = 2 if fmt in ("csv", "whitespace") and cfg.csv.has_header else 1  # 1-based line numbers
-    lf = lf.with_row_index(ROW_COLUMN, offset=row_offset).with_columns(
+    lf = lf.with_row_index(ROW_COLUMN, offset=_first_line(fmt, cfg)).with_columns(
         pl.lit(file_name).alias(FILE_COLUMN), pl.lit(file_idx, pl.Int32).alias(_FILE_IDX))
 
     def mapped_or_const(canon: str, parse) -> pl.Expr:
@@ -277,8 +281,7 @@ def plan(cfg: SourceConfig, not_after: datetime | None = None) -> tuple[pl.LazyF
     for i, (raw, spec, (path, fmt)) in enumerate(zip(raws, cfg.files, files)):
         lf = with_reasons(canonical_frame(raw, cfg, i, path.name, fmt, spec.constants), cfg, not_after)
         if dups is not None:
-            offset = 2 if fmt in ("csv", "whitespace") and cfg.csv.has_header else 1
-            same, earlier = (rows + offset for rows in dups[i])
+            same, earlier = (rows + _first_line(fmt, cfg) for rows in dups[i])
             reason = pl.col(QUARANTINE_REASON)
             lf = lf.with_columns(**{QUARANTINE_REASON: pl.when(reason.is_null() & pl.col(ROW_COLUMN).is_in(same.implode()))
                                     .then(pl.lit("duplicate_line"))
