@@ -225,10 +225,15 @@ def duplicate_rows(raws: list[pl.LazyFrame], key_cols: list[str]) -> list[tuple[
     reason wins over the duplicate one."""
     keys = pl.concat([raw.select(pl.lit(i, pl.Int32).alias("f"), pl.struct(key_cols).hash(seed=7).alias("h"))
                       .with_row_index("r") for i, raw in enumerate(raws)]).collect(engine="streaming")
-    keys = keys.with_columns(dup=~pl.col("h").is_first_distinct(), in_file=~pl.struct("h", "f").is_first_distinct())
-    keys = keys.filter(pl.col("dup"))
-    return [(k.filter(pl.col("in_file"))["r"], k.filter(~pl.col("in_file"))["r"])
-            for k in (keys.filter(pl.col("f") == i) for i in range(len(raws)))]
+    first = keys["h"].is_first_distinct()
+    copies = keys.filter(~first)
+    if copies.height:
+        origin = keys.filter(first & pl.col("h").is_in(copies["h"].unique().implode())).select("h", first_f="f")
+        copies = copies.join(origin, on="h", how="left", maintain_order="left")
+    else:
+        copies = copies.with_columns(first_f=pl.col("f"))
+    in_file = pl.col("first_f") == pl.col("f")
+    return [(k.filter(in_file)["r"], k.filter(~in_file)["r"]) for k in (copies.filter(pl.col("f") == i) for i in range(len(raws)))]
 
 
 def attribute_frame(table: AttributeTable, key_name: str, prefix: str, cfg: SourceConfig) -> pl.LazyFrame:
@@ -310,8 +315,8 @@ def ingest(cfg: SourceConfig, out_dir: str | Path, not_after: datetime | None = 
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    sinks = [events.sink_parquet(tmp / "events.parquet", lazy=True),
-             quarantine.sink_parquet(tmp / "quarantine.parquet", lazy=True),
+    sinks = [events.sink_parquet(tmp / "events.parquet", compression="lz4", lazy=True),
+             quarantine.sink_parquet(tmp / "quarantine.parquet", compression="lz4", lazy=True),
              *[frame.sink_parquet(tmp / f"{name}.parquet", lazy=True) for name, frame in attributes.items()]]
     try:
         pl.collect_all(sinks, engine="streaming")
