@@ -108,6 +108,8 @@ def test_run_next_basket_pipeline_end_to_end(tiny_baskets, twins_home):
     assert api.twin("0", "tiny")["baskets"] >= 3
     mlflow.set_tracking_uri(tracking.tracking_uri())
     assert tracking.tracking_uri() == f"sqlite:///{(twins_home / 'mlflow.db').resolve()}"
+    assert mlflow.get_experiment_by_name("tiny-nbr").artifact_location == (twins_home / "mlartifacts").resolve().as_uri()
+    assert not (Path.cwd() / "mlruns").exists()
     run = mlflow.get_run(catalog["run_id"])
     assert run.data.tags["dataset"] == "tiny" and "protocol" in run.data.tags and run.data.tags["git_sha"]
     assert run.data.metrics["rows/in"] == sum(len(b) for b in json.loads((tiny_baskets / "baskets.json").read_text()).values() for b in b)

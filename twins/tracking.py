@@ -45,9 +45,13 @@ def setup(experiment: str):
     """Point mlflow at the store and select (or create) ``experiment``; returns the mlflow module."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
+    user_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    uri, artifacts = tracking_uri(), artifact_location()
+    mlflow.set_tracking_uri(uri)
+    if user_uri is None:  # mlflow exports the URI to the environment; keep $TWINS_HOME in charge of the default
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
     if mlflow.get_experiment_by_name(experiment) is None:
-        mlflow.create_experiment(experiment, artifact_location=artifact_location())
+        mlflow.create_experiment(experiment, artifact_location=artifacts)
     mlflow.set_experiment(experiment)
     return mlflow
 
