@@ -1,0 +1,122 @@
+"""The calibration-holdout protocol for "when, how many, how much" (DESIGN §4, the BTYD convention).
+
+Fit on events before a cut-off; predict, per customer seen before the cut-off, the number of purchase days
+and the spend in the following horizon. Purchases on the same (UTC) day count once, as in the BG/NBD
+literature. Customers first seen after the cut-off are not scored (their count is reported).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import polars as pl
+
+DAY_US = 86_400 * 1_000_000
+
+
+def purchase_days(events: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per (customer, UTC day) with purchases: the day and the day's net spend (purchases − returns)."""
+    buy = pl.col("event_type") == "purchase"
+    return (events.filter(pl.col("customer_id").is_not_null() & pl.col("event_type").is_in(["purchase", "return"]))
+            .with_columns(day=pl.col("event_time").dt.truncate("1d"))
+            .group_by("customer_id", "day")
+            .agg(spend=pl.when(buy).then(pl.col("amount")).otherwise(-pl.col("amount")).sum(), buys=buy.any())
+            .filter(pl.col("buys")).drop("buys"))
+
+
+def summarise(days: pl.LazyFrame, cutoff: datetime, horizon_days: float, unit_days: float = 7.0) -> pl.DataFrame:
+    """Per customer first seen before ``cutoff``: BTYD calibration summary and holdout actuals.
+
+    Columns: ``x`` repeat purchase days, ``t_x`` time of the last purchase day since the first, ``T`` age at the
+    cut-off (all in ``unit_days`` units); ``n_days`` purchase days in calibration; ``m`` mean spend of the
+    repeat purchase days (null for x = 0); ``spend_cal``; ``last_window_count`` / ``last_window_spend``
+    in [cutoff − horizon, cutoff) for the persistence baseline; ``actual_count`` / ``actual_spend`` in
+    [cutoff, cutoff + horizon)."""
+    cutoff = cutoff if cutoff.tzinfo else cutoff.replace(tzinfo=timezone.utc)
+    c = pl.lit(cutoff, pl.Datetime("us", "UTC"))
+    end = pl.lit(cutoff + timedelta(days=horizon_days), pl.Datetime("us", "UTC"))
+    start_last = pl.lit(cutoff - timedelta(days=horizon_days), pl.Datetime("us", "UTC"))
+    units = lambda e: e.dt.total_microseconds() / (DAY_US * unit_days)  # noqa: E731
+    cal, hold = pl.col("day") < c, (pl.col("day") >= c) & (pl.col("day") < end)
+    last = (pl.col("day") >= start_last) & cal
+    out = (days.group_by("customer_id").agg(
+        first=pl.col("day").filter(cal).min(), last=pl.col("day").filter(cal).max(),
+        n_days=cal.sum().cast(pl.Int64), spend_cal=pl.col("spend").filter(cal).sum(),
+        repeat_spend=pl.col("spend").filter(cal & (pl.col("day") > pl.col("day").filter(cal).min())).sum(),
+        last_window_count=last.sum().cast(pl.Int64), last_window_spend=pl.col("spend").filter(last).sum(),
+        actual_count=hold.sum().cast(pl.Int64), actual_spend=pl.col("spend").filter(hold).sum(),
+    ).filter(pl.col("n_days") > 0).with_columns(
+        x=(pl.col("n_days") - 1).cast(pl.Float64),
+        t_x=units(pl.col("last") - pl.col("first")),
+        T=units(c - pl.col("first")),
+    ).with_columns(m=pl.when(pl.col("x") > 0).then(pl.col("repeat_spend") / pl.col("x")))
+        .drop("repeat_spend").sort("customer_id"))
+    return out.collect()
+
+
+# ------------------------------------------------------------------------------------------------ baselines
+
+def persistence(summary: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Predict the last horizon-length window again: (count, spend)."""
+    return summary["last_window_count"].to_numpy().astype(float), summary["last_window_spend"].to_numpy()
+
+
+def rate_extrapolation(summary: pl.DataFrame, horizon_days: float, unit_days: float = 7.0) -> tuple[np.ndarray, np.ndarray]:
+    """Repeat-purchase rate since the first purchase (x / T) times the horizon; spend = count x mean day spend."""
+    t = horizon_days / unit_days
+    x, T = summary["x"].to_numpy(), summary["T"].to_numpy()
+    count = np.where(T > 0, x / np.maximum(T, 1e-9), 0.0) * t
+    day_spend = summary["spend_cal"].to_numpy() / summary["n_days"].to_numpy()
+    return count, count * day_spend
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+def _ranks(v: np.ndarray) -> np.ndarray:
+    """Average ranks (1-based), ties sharing their mean rank."""
+    order = np.argsort(v, kind="mergesort")
+    ranks = np.empty(len(v))
+    sv = v[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sv)) + 1]
+    ends = np.r_[starts[1:], len(v)]
+    for s, e in zip(starts, ends):
+        ranks[order[s:e]] = (s + e + 1) / 2
+    return ranks
+
+
+def auc(score: np.ndarray, label: np.ndarray) -> float:
+    """ROC AUC by the Mann-Whitney statistic (ties count one half); NaN when only one class is present."""
+    label = np.asarray(label, bool)
+    n_pos, n_neg = label.sum(), (~label).sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    r = _ranks(np.asarray(score, float))
+    return float((r[label].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def regression_metrics(pred: np.ndarray, actual: np.ndarray) -> dict[str, float]:
+    """MAE, RMSE, Pearson, Spearman and sum(pred)/sum(actual)."""
+    pred, actual = np.asarray(pred, float), np.asarray(actual, float)
+    if pred.shape != actual.shape or not np.isfinite(pred).all():
+        raise ValueError("predictions must be finite and one per customer")
+    err = pred - actual
+    return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean())),
+            "pearson": _pearson(pred, actual), "spearman": _pearson(_ranks(pred), _ranks(actual)),
+            "sum_ratio": float(pred.sum() / actual.sum()) if actual.sum() else float("nan")}
+
+
+def outlook_metrics(count: np.ndarray, spend: np.ndarray, summary: pl.DataFrame, p_any: np.ndarray | None = None) -> dict[str, float]:
+    """Count and spend metrics against the holdout, and the AUC for P(>= 1 purchase) (the count when no
+    probability is given)."""
+    actual_count = summary["actual_count"].to_numpy()
+    out = {f"count/{k}": v for k, v in regression_metrics(count, actual_count).items()}
+    out |= {f"spend/{k}": v for k, v in regression_metrics(spend, summary["actual_spend"].to_numpy()).items()}
+    out["any/auc"] = auc(count if p_any is None else p_any, actual_count > 0)
+    return out
