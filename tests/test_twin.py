@@ -36,7 +36,7 @@ def test_hand_computed_twin():
         line(None, "g1", "milk", 1, 2.0),                      # a guest: no twin
         line("b", "b9", "tea", 20, 5.0),                       # on as_of: excluded
     ])
-    tw = build_customer_twins(ev, datetime(2024, 1, 21, tzinfo=UTC), TwinParams(item_decay=0.5))
+    tw = build_customer_twins(ev, datetime(2024, 1, 21, tzinfo=UTC), TwinParams(item_decay=0.5, outlook_horizon_days=None))
     assert tw["customer_id"].to_list() == ["a"]
     a = tw.row(0, named=True)
     assert a["baskets"] == 3 and a["repeat_purchase_days"] == 2
@@ -89,6 +89,31 @@ def test_no_event_at_or_after_as_of_changes_any_twin(seed):
     # and the twin really moves once as_of passes the future events
     later = build_customer_twins(events(past + future), as_of + timedelta(days=90), params)
     assert not later.select("customer_id", "baskets").equals(after.select("customer_id", "baskets"))
+
+
+def test_purchase_outlook_in_the_twin():
+    rng = np.random.default_rng(3)
+    as_of = datetime(2024, 4, 1, tzinfo=UTC)
+    tw = build_customer_twins(events(random_events(rng, 1500, datetime(2024, 1, 1, tzinfo=UTC), 90)), as_of,
+                              TwinParams(outlook_horizon_days=28))
+    cols = ["expected_purchases", "expected_spend", "p_alive", "churn_risk", "p_any_purchase"]
+    assert tw.select(pl.all_horizontal(pl.col(cols).is_finite()).all()).item()
+    assert tw.select(((pl.col("p_alive") + pl.col("churn_risk") - 1).abs() < 1e-12).all()).item()
+    assert tw.select(pl.col("p_alive").is_between(0, 1).all() & pl.col("p_any_purchase").is_between(0, 1).all()).item()
+    assert tw.select((pl.col("next_purchase_low") <= pl.col("next_purchase")).all()
+                     & (pl.col("next_purchase") <= pl.col("next_purchase_high")).all()
+                     & (pl.col("next_purchase_low") >= as_of).all()).item()
+    # a customer who bought more often is expected to buy more
+    top = tw.sort("baskets").tail(5)["expected_purchases"].mean()
+    low = tw.sort("baskets").head(5)["expected_purchases"].mean()
+    assert top > low
+
+
+def test_outlook_off_without_repeat_buyers():
+    ev = events([line("a", "b1", "milk", 0), line("b", "b2", "tea", 1)])
+    with pytest.warns(RuntimeWarning, match="no repeat purchases"):
+        tw = build_customer_twins(ev, datetime(2024, 1, 5, tzinfo=UTC))
+    assert tw.height == 2 and "expected_purchases" not in tw.columns
 
 
 def test_order_only_source_builds_as_of_end():

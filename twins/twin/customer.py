@@ -7,6 +7,7 @@ Model outputs (purchase outlook, churn, emotion, machine-likeness) join the twin
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -24,6 +25,7 @@ class TwinParams:
     category_column: str | None = None   # e.g. item_department, from the source's item attribute table
     top_categories: int = 5
     discount_columns: list[str] = field(default_factory=list)  # e.g. [retail_disc, coupon_disc]
+    outlook_horizon_days: float | None = 91.0  # purchase outlook (BG/NBD + Gamma-Gamma) over this horizon; None: off
 
 
 def _as_of_filter(events: pl.LazyFrame, as_of: datetime | None) -> pl.LazyFrame:
@@ -108,6 +110,17 @@ def _messages(events: pl.LazyFrame) -> pl.LazyFrame:
     return msg.group_by("customer_id").agg(messages=pl.len().cast(pl.Int64), last_message=pl.col("event_time").max())
 
 
+def _outlook(events: pl.LazyFrame, as_of: datetime, horizon_days: float) -> pl.LazyFrame:
+    """The purchase outlook columns, or none when the data cannot support the models (e.g. no repeat buyer)."""
+    from twins.twin.outlook import OutlookParams, customer_outlook
+
+    try:
+        return customer_outlook(events, as_of, OutlookParams(horizon_days=horizon_days)).lazy()
+    except ValueError as exc:
+        warnings.warn(f"twins without a purchase outlook: {exc}", RuntimeWarning, stacklevel=3)
+        return events.select("customer_id").unique()
+
+
 def build_customer_twins(events: pl.LazyFrame, as_of: datetime | None = None, params: TwinParams | None = None) -> pl.DataFrame:
     """Customer twins as of ``as_of``, one row per customer, sorted by id. ``as_of=None`` means just after
     the last event (or, for order-only sources, all baskets, with the time-based fields left empty)."""
@@ -129,6 +142,8 @@ def build_customer_twins(events: pl.LazyFrame, as_of: datetime | None = None, pa
             raise ValueError(f"twin.discount_columns {missing} are not events columns; have {names}")
         parts.append(_discounts(ev, p))
     ids = ev.filter(pl.col("customer_id").is_not_null()).select("customer_id").unique()
+    if p.outlook_horizon_days and as_of is not None:
+        parts.append(_outlook(ev, as_of, p.outlook_horizon_days))
     twins = ids
     for part in [*parts, _returns(ev), _messages(ev)]:
         twins = twins.join(part, on="customer_id", how="left")

