@@ -1,5 +1,8 @@
 """Torch-free inference on exported bundles (numpy + onnxruntime only)."""
 
-from twins.runtime.bundle import Bundle, BundleError, NextBasketBundle, load
+from twins.runtime.bundle import TASKS, Bundle, BundleError, NextBasketBundle, load
+from twins.runtime.outlook import OutlookBundle
 
-__all__ = ["Bundle", "BundleError", "NextBasketBundle", "load"]
+TASKS["purchase_outlook"] = OutlookBundle
+
+__all__ = ["Bundle", "BundleError", "NextBasketBundle", "OutlookBundle", "load"]

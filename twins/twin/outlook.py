@@ -36,7 +36,7 @@ def waiting_time_quantile(q: float | np.ndarray, r: float, alpha: float, x: np.n
 def customer_outlook(events: pl.LazyFrame, as_of: datetime, params: OutlookParams | None = None) -> pl.DataFrame:
     """Per customer with a purchase before ``as_of``: ``expected_purchases``, ``expected_spend``, ``p_alive``,
     ``churn_risk`` (1 − P(alive)), ``p_any_purchase`` in the horizon, and ``next_purchase`` (median, given alive)
-    with ``next_purchase_low`` / ``next_purchase_high``. Models are fitted on events before ``as_of`` only."""
+    with ``next_purchase_low`` / ``next_purchase_high`` (null beyond 100 years). Models are fitted on events before ``as_of`` only."""
     p = params or OutlookParams()
     as_of = as_of if as_of.tzinfo else as_of.replace(tzinfo=timezone.utc)
     s = summarise(purchase_days(events.filter(pl.col("event_time") < as_of)), as_of, p.horizon_days, p.unit_days)
@@ -55,12 +55,15 @@ def customer_outlook(events: pl.LazyFrame, as_of: datetime, params: OutlookParam
     m = s["m"].fill_null(0.0).to_numpy()
     try:
         gg = GammaGammaModel().fit(x[repeat], m[repeat])
-        per_day = np.asarray(gg.expected_spend_per_transaction(np.where(repeat, x, 0), np.where(repeat, m, 0)), float)
+        # Gamma-Gamma needs a positive mean spend: where m <= 0, the population mean per purchase day
+        per_day = np.asarray(gg.expected_spend_per_transaction(np.where(m > 0, x, 0), np.maximum(m, 0.0)), float)
     except (ValueError, ConvergenceError):  # too few or too uniform repeat buyers: the mean spend per purchase day
         per_day = np.full(len(x), s["spend_cal"].sum() / s["n_days"].sum())
     r, alpha = bg.params_["r"], bg.params_["alpha"]
     lo, mid, hi = (waiting_time_quantile(q, r, alpha, x, T) for q in ((1 - p.interval) / 2, 0.5, (1 + p.interval) / 2))
-    to_time = lambda w: [as_of + timedelta(days=float(v) * p.unit_days) for v in w]  # noqa: E731
+    # a next purchase further than 100 years out is not expected: null
+    to_time = lambda w: [as_of + timedelta(days=float(v) * p.unit_days) if v * p.unit_days <= 36_525 else None  # noqa: E731
+                         for v in w]
     p_alive = np.asarray(bg.p_alive(x, t_x, T), float)
     return s.select("customer_id").with_columns(
         expected_purchases=pl.Series(count), expected_spend=pl.Series(count * per_day),

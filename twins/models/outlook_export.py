@@ -1,0 +1,67 @@
+"""The purchase outlook (BG/NBD + Gamma-Gamma closed forms) as one module, exported as an ONNX bundle that the
+torch-free runtime (``twins.runtime.OutlookBundle``) feeds from a customer's raw purchase history."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from twins.export import check_parity, export_bundle
+from twins.models.btyd import BetaGeoModel, GammaGammaModel
+
+TASK = "purchase_outlook"
+INPUTS = ("x", "t_x", "T", "m", "t")
+OUTPUTS = ("expected_purchases", "p_alive", "p_any_purchase", "expected_spend", "next_low", "next_median", "next_high")
+
+
+class OutlookScorer(nn.Module):
+    """``forward(x, t_x, T, m, t)`` on float64 ``[batch]`` tensors (repeat purchase days, time of the last, age,
+    mean spend of the repeat days, horizon; model time units) -> expected purchase days and spend in the horizon,
+    P(alive), P(>= 1 purchase), and the quantiles (``interval`` low, median, high) of the time to the next
+    purchase of an alive customer: (α+T)((1−q)^(−1/(r+x)) − 1), the Lomax waiting time of the rate posterior.
+    Gamma-Gamma needs a positive mean spend: where m <= 0 the spend per purchase day is the population mean."""
+
+    def __init__(self, bgnbd: BetaGeoModel, gamma_gamma: GammaGammaModel, interval: float = 0.8) -> None:
+        super().__init__()
+        self.counts = bgnbd.scoring_module()
+        self.spend = gamma_gamma.scoring_module()
+        q = torch.tensor([(1 - interval) / 2, 0.5, (1 + interval) / 2], dtype=torch.float64)
+        self.register_buffer("quantiles", q)
+
+    def forward(self, x, t_x, T, m, t):
+        expected, p_alive, p_any = self.counts(x, t_x, T, t)
+        spend = expected * self.spend(torch.where(m > 0, x, torch.zeros_like(x)), m)  # m <= 0: population mean
+        shape, scale = (self.counts.r + x).unsqueeze(1), (self.counts.alpha + T).unsqueeze(1)
+        wait = scale * (torch.pow(1.0 - self.quantiles, -1.0 / shape) - 1.0)
+        return expected, p_alive, p_any, spend, wait[:, 0], wait[:, 1], wait[:, 2]
+
+
+def export_outlook(bgnbd: BetaGeoModel, gamma_gamma: GammaGammaModel, out_dir: str | Path, *, horizon_days: float,
+                   unit_days: float = 7.0, interval: float = 0.8, name: str = "purchase-outlook", version: str = "1",
+                   metrics: dict[str, float] | None = None, run_id: str | None = None, overwrite: bool = False) -> Path:
+    """Export the outlook of fitted models, check parity at several batch sizes, return the bundle folder."""
+    scorer = OutlookScorer(bgnbd, gamma_gamma, interval)
+    manifest = {
+        "name": name, "version": version, "task": TASK, "model": "BG/NBD + Gamma-Gamma",
+        "params": {"bgnbd": bgnbd.params_, "gamma_gamma": gamma_gamma.params_},
+        "preprocessing": {"unit_days": unit_days, "horizon_days": horizon_days, "interval": interval,
+                          "purchase_day": "UTC calendar day; several purchases on one day count once",
+                          "m": "mean net spend of the repeat purchase days (the first day excluded)"},
+        "metrics": dict(metrics or {}), "training_run_id": run_id,
+    }
+
+    def batch(n: int, seed: int) -> tuple[torch.Tensor, ...]:
+        g = torch.Generator().manual_seed(seed)
+        T = torch.rand(n, generator=g, dtype=torch.float64) * 50 + 0.5
+        t_x = T * torch.rand(n, generator=g, dtype=torch.float64)
+        x = torch.randint(0, 40, (n,), generator=g).to(torch.float64)
+        t_x = torch.where(x > 0, t_x, torch.zeros_like(t_x))
+        m = torch.where(x > 0, torch.rand(n, generator=g, dtype=torch.float64) * 80 + 1, torch.zeros_like(t_x))
+        return x, t_x, T, m, torch.full((n,), horizon_days / unit_days, dtype=torch.float64)
+
+    path = export_bundle(scorer, batch(8, 0), out_dir, manifest, input_names=INPUTS, output_names=OUTPUTS,
+                         dynamic_axes={k: {0: "batch"} for k in INPUTS}, overwrite=overwrite)
+    check_parity(scorer, path, [batch(n, n) for n in (1, 5, 64)], atol=1e-6)
+    return path
