@@ -24,7 +24,8 @@ from twins.data.events import scan_events
 from twins.data.ingest import ingest
 from twins.data.source import load_source
 from twins.evaluate.outlook import outlook_metrics, persistence, purchase_days, rate_extrapolation, summarise
-from twins.models.btyd import BetaGeoModel, GammaGammaModel, ModifiedBetaGeoModel
+from twins.models.btyd import BetaGeoModel, ModifiedBetaGeoModel
+from twins.twin.outlook import fit_outlook, predict_outlook
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,17 +50,10 @@ SETTINGS = [
 
 
 def btyd(model_cls, s: pl.DataFrame, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
-    """(expected purchase days, expected spend, P(>= 1 purchase), (count model, Gamma-Gamma)) from a BTYD count
-    model + Gamma-Gamma."""
-    x, t_x, T = (s[c].to_numpy() for c in ("x", "t_x", "T"))
-    model = model_cls().fit(x, t_x, T)
-    count = np.asarray(model.expected_purchases(t, x, t_x, T), float)
-    p_any = np.asarray(model.p_at_least_one(t, x, t_x, T), float)
-    repeat = (s["x"] > 0) & (s["m"] > 0)
-    gg = GammaGammaModel().fit(s.filter(repeat)["x"].to_numpy(), s.filter(repeat)["m"].to_numpy())
-    m = s["m"].fill_null(0.0).to_numpy()
-    per_day = np.asarray(gg.expected_spend_per_transaction(np.where(m > 0, x, 0), np.maximum(m, 0)), float)
-    return count, count * per_day, p_any, (model, gg)
+    """(expected purchase days, expected spend, P(>= 1 purchase), (count model, Gamma-Gamma))."""
+    counts, spend = fit_outlook(s, model_cls)
+    count, expected_spend, p_any, _ = predict_outlook(s, counts, spend, t)
+    return count, expected_spend, p_any, (counts, spend)
 
 
 def calibration_plot(pred: np.ndarray, actual: np.ndarray, title: str, path: Path) -> None:

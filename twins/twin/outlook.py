@@ -15,7 +15,9 @@ import numpy as np
 import polars as pl
 
 from twins.evaluate.outlook import purchase_days, summarise
-from twins.models.btyd import BetaGeoModel, ConvergenceError, GammaGammaModel
+from twins.models.btyd import BetaGeoModel, ConvergenceError, GammaGammaModel, ModifiedBetaGeoModel
+
+CountModel = BetaGeoModel | ModifiedBetaGeoModel
 
 #: Shrinkage used when the unpenalised BG/NBD is not identified by the data (few customers, no sign of dropout).
 FALLBACK_PENALIZER = 0.01
@@ -33,42 +35,62 @@ def waiting_time_quantile(q: float | np.ndarray, r: float, alpha: float, x: np.n
     return (alpha + T) * ((1.0 - np.asarray(q)) ** (-1.0 / (r + x)) - 1.0)
 
 
+def fit_outlook(summary: pl.DataFrame, count_model: type[CountModel] = BetaGeoModel) -> tuple[CountModel, GammaGammaModel | None]:
+    """Fit a BTYD count model on a calibration summary (``twins.evaluate.outlook.summarise``), with a small
+    penalty when the data leave it unidentified, and Gamma-Gamma on the repeat buyers (None when they are too
+    few or too uniform for it)."""
+    x, t_x, T = (summary[c].to_numpy() for c in ("x", "t_x", "T"))
+    if not (x > 0).any():
+        raise ValueError("no repeat purchases in the calibration period: purchase rates cannot be estimated")
+    try:
+        counts = count_model().fit(x, t_x, T)
+    except ConvergenceError:
+        counts = count_model(penalizer=FALLBACK_PENALIZER).fit(x, t_x, T)
+    m = summary["m"].fill_null(0.0).to_numpy()
+    repeat = (x > 0) & (m > 0)
+    try:
+        return counts, GammaGammaModel().fit(x[repeat], m[repeat])
+    except (ValueError, ConvergenceError):
+        return counts, None
+
+
+def predict_outlook(summary: pl.DataFrame, counts: CountModel, spend: GammaGammaModel | None,
+                    t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(expected purchase days, expected spend, P(>= 1 purchase), P(alive)) over ``t`` model time units. Spend
+    per purchase day is Gamma-Gamma's (the population mean where the repeat mean m <= 0), or the calibration mean
+    spend per purchase day when there is no Gamma-Gamma model."""
+    x, t_x, T = (summary[c].to_numpy() for c in ("x", "t_x", "T"))
+    m = summary["m"].fill_null(0.0).to_numpy()
+    count = np.asarray(counts.expected_purchases(t, x, t_x, T), float)
+    if spend is None:
+        per_day = np.full(len(x), summary["spend_cal"].sum() / summary["n_days"].sum())
+    else:
+        per_day = np.asarray(spend.expected_spend_per_transaction(np.where(m > 0, x, 0), np.maximum(m, 0.0)), float)
+    return (count, count * per_day, np.asarray(counts.p_at_least_one(t, x, t_x, T), float),
+            np.asarray(counts.p_alive(x, t_x, T), float))
+
+
 def customer_outlook(events: pl.LazyFrame, as_of: datetime, params: OutlookParams | None = None) -> pl.DataFrame:
     """Per customer with a purchase before ``as_of``: ``expected_purchases``, ``expected_spend``, ``p_alive``,
     ``churn_risk`` (1 − P(alive)), ``p_any_purchase`` in the horizon, and ``next_purchase`` (median, given alive)
-    with ``next_purchase_low`` / ``next_purchase_high`` (null beyond 100 years). Models are fitted on events before ``as_of`` only."""
+    with ``next_purchase_low`` / ``next_purchase_high`` (null beyond 100 years). Models are fitted on events
+    before ``as_of`` only."""
     p = params or OutlookParams()
     as_of = as_of if as_of.tzinfo else as_of.replace(tzinfo=timezone.utc)
     s = summarise(purchase_days(events.filter(pl.col("event_time") < as_of)), as_of, p.horizon_days, p.unit_days)
     if s.height == 0:
         raise ValueError(f"no purchases before {as_of.isoformat()}: nothing to fit the outlook on")
-    x, t_x, T = (s[c].to_numpy() for c in ("x", "t_x", "T"))
-    t = p.horizon_days / p.unit_days
-    if not (x > 0).any():
-        raise ValueError(f"no repeat purchases before {as_of.isoformat()}: purchase rates cannot be estimated")
-    try:
-        bg = BetaGeoModel().fit(x, t_x, T)
-    except ConvergenceError:
-        bg = BetaGeoModel(penalizer=FALLBACK_PENALIZER).fit(x, t_x, T)
-    count = np.asarray(bg.expected_purchases(t, x, t_x, T), float)
-    repeat = (x > 0) & (s["m"].fill_null(0.0).to_numpy() > 0)
-    m = s["m"].fill_null(0.0).to_numpy()
-    try:
-        gg = GammaGammaModel().fit(x[repeat], m[repeat])
-        # Gamma-Gamma needs a positive mean spend: where m <= 0, the population mean per purchase day
-        per_day = np.asarray(gg.expected_spend_per_transaction(np.where(m > 0, x, 0), np.maximum(m, 0.0)), float)
-    except (ValueError, ConvergenceError):  # too few or too uniform repeat buyers: the mean spend per purchase day
-        per_day = np.full(len(x), s["spend_cal"].sum() / s["n_days"].sum())
-    r, alpha = bg.params_["r"], bg.params_["alpha"]
+    counts, spend = fit_outlook(s)
+    count, expected_spend, p_any, p_alive = predict_outlook(s, counts, spend, p.horizon_days / p.unit_days)
+    x, T = s["x"].to_numpy(), s["T"].to_numpy()
+    r, alpha = counts.params_["r"], counts.params_["alpha"]
     lo, mid, hi = (waiting_time_quantile(q, r, alpha, x, T) for q in ((1 - p.interval) / 2, 0.5, (1 + p.interval) / 2))
     # a next purchase further than 100 years out is not expected: null
     to_time = lambda w: [as_of + timedelta(days=float(v) * p.unit_days) if v * p.unit_days <= 36_525 else None  # noqa: E731
                          for v in w]
-    p_alive = np.asarray(bg.p_alive(x, t_x, T), float)
     return s.select("customer_id").with_columns(
-        expected_purchases=pl.Series(count), expected_spend=pl.Series(count * per_day),
-        p_alive=pl.Series(p_alive), churn_risk=pl.Series(1.0 - p_alive),
-        p_any_purchase=pl.Series(np.asarray(bg.p_at_least_one(t, x, t_x, T), float)),
+        expected_purchases=pl.Series(count), expected_spend=pl.Series(expected_spend),
+        p_alive=pl.Series(p_alive), churn_risk=pl.Series(1.0 - p_alive), p_any_purchase=pl.Series(p_any),
         next_purchase=pl.Series(to_time(mid), dtype=pl.Datetime("us", "UTC")),
         next_purchase_low=pl.Series(to_time(lo), dtype=pl.Datetime("us", "UTC")),
         next_purchase_high=pl.Series(to_time(hi), dtype=pl.Datetime("us", "UTC")),
