@@ -16,6 +16,7 @@ from twins.data.ingest import IngestReport
 from twins.data.source import SourceConfig
 from twins.evaluate.metrics import evaluate_rankings
 from twins.evaluate.next_basket import split_history_target, split_users
+from twins.models.tifuknn import TIFUKNN
 from twins.models.topfreq import GPTopFreq, GTopFreq, PTopFreq
 from twins.pipeline import Pipeline, node
 from twins.twin.customer import TwinParams
@@ -25,7 +26,8 @@ TAGS = {"protocol": "next-basket: last basket target, users random 72/8/20 per s
 #: name -> estimator factory. "_rc" variants break ties between a user's items by first purchase, as the
 #: Reality Check code does; the others by global popularity (the exportable form).
 MODELS = {"g_topfreq": GTopFreq, "p_topfreq": PTopFreq, "gp_topfreq": GPTopFreq,
-          "p_topfreq_rc": lambda: PTopFreq(tie_break="first"), "gp_topfreq_rc": lambda: GPTopFreq(tie_break="first")}
+          "p_topfreq_rc": lambda: PTopFreq(tie_break="first"), "gp_topfreq_rc": lambda: GPTopFreq(tie_break="first"),
+          "tifuknn": TIFUKNN}
 EXPORTABLE = {"gp_topfreq"}
 DEFAULTS: dict[str, Any] = {"seeds": [0, 1, 2], "fractions": [0.72, 0.08, 0.20], "ks": [10, 20],
                             "models": list(MODELS), "export": {"model": "gp_topfreq", "seed": 0, "k": 100,
