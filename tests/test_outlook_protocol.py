@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from twins.data.schema import CANONICAL
-from twins.evaluate.outlook import auc, outlook_metrics, persistence, purchase_days, rate_extrapolation, regression_metrics, summarise
+from twins.evaluate.outlook import auc, blend_weight, outlook_metrics, persistence, purchase_days, rate_extrapolation, regression_metrics, summarise
 
 UTC = timezone.utc
 D0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -65,3 +65,11 @@ def test_outlook_metrics_keys():
     s = pl.DataFrame({"actual_count": [0, 2], "actual_spend": [0.0, 10.0]})
     m = outlook_metrics(np.array([0.5, 1.5]), np.array([1.0, 9.0]), s)
     assert m["count/mae"] == pytest.approx(0.5) and m["spend/mae"] == pytest.approx(1.0) and m["any/auc"] == 1.0
+
+
+def test_blend_weight_by_hand():
+    actual = np.array([2.0, 4.0])
+    a, b = np.array([4.0, 4.0]), np.array([0.0, 4.0])
+    # w a + (1-w) b = [4w, 4]: MAE = |4w - 2| / 2, lowest at w = 0.5
+    assert blend_weight(a, b, actual) == pytest.approx(0.5)
+    assert blend_weight(b, b, actual) == 0.0                 # all weights tie: the smallest

@@ -71,6 +71,14 @@ def rate_extrapolation(summary: pl.DataFrame, horizon_days: float, unit_days: fl
     return count, count * day_spend
 
 
+def blend_weight(a: np.ndarray, b: np.ndarray, actual: np.ndarray, steps: int = 21) -> float:
+    """The weight w in [0, 1] (on a grid of ``steps``) whose blend w·a + (1−w)·b has the lowest MAE against
+    ``actual``; ties go to the smaller w. Fit it on a window that ends before the evaluation cut-off."""
+    grid = np.linspace(0.0, 1.0, steps)
+    maes = [np.abs(w * a + (1 - w) * b - actual).mean() for w in grid]
+    return float(grid[int(np.argmin(maes))])
+
+
 # ------------------------------------------------------------------------------------------------ metrics
 
 def _ranks(v: np.ndarray) -> np.ndarray:
