@@ -16,7 +16,7 @@ from twins.data.ingest import IngestReport
 from twins.data.source import SourceConfig
 from twins.evaluate.metrics import evaluate_rankings
 from twins.evaluate.next_basket import split_history_target, split_users
-from twins.models.tifuknn import TIFUKNN
+from twins.models.tifuknn import TIFUKNN, tune_tifuknn
 from twins.models.topfreq import GPTopFreq, GTopFreq, PTopFreq
 from twins.pipeline import Pipeline, node
 from twins.twin.customer import TwinParams
@@ -28,6 +28,8 @@ TAGS = {"protocol": "next-basket: last basket target, users random 72/8/20 per s
 MODELS = {"g_topfreq": GTopFreq, "p_topfreq": PTopFreq, "gp_topfreq": GPTopFreq,
           "p_topfreq_rc": lambda: PTopFreq(tie_break="first"), "gp_topfreq_rc": lambda: GPTopFreq(tie_break="first"),
           "tifuknn": TIFUKNN}
+#: models whose hyper-parameters are chosen on the validation users (grid in twins.models.tifuknn.DEFAULT_GRID)
+TUNED = {"tifuknn_tuned"}
 EXPORTABLE = {"gp_topfreq"}
 DEFAULTS: dict[str, Any] = {"seeds": [0, 1, 2], "fractions": [0.72, 0.08, 0.20], "ks": [10, 20],
                             "models": list(MODELS), "export": {"model": "gp_topfreq", "seed": 0, "k": 100,
@@ -39,9 +41,9 @@ def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"params: unknown key(s) {sorted(unknown)}; next_basket takes {sorted(DEFAULTS)}")
     p = DEFAULTS | params
-    bad = [m for m in p["models"] if m not in MODELS]
+    bad = [m for m in p["models"] if m not in MODELS and m not in TUNED]
     if bad:
-        raise ValueError(f"params.models: unknown {bad}; available {sorted(MODELS)}")
+        raise ValueError(f"params.models: unknown {bad}; available {sorted([*MODELS, *TUNED])}")
     p["export"] = DEFAULTS["export"] | (params.get("export") or {})
     if p["export"]["model"] not in EXPORTABLE:
         raise ValueError(f"params.export.model: {p['export']['model']!r} cannot be exported; exportable: {sorted(EXPORTABLE)}")
@@ -50,10 +52,24 @@ def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
 
 def _split(baskets: dict[str, list[list[str]]], seed: int, fractions) -> tuple[dict, dict, dict]:
     """(train histories, test histories, test targets) for one seed."""
+    parts = _split_all(baskets, seed, fractions)
+    return parts["train"][0], parts["test"][0], parts["test"][1]
+
+
+def _split_all(baskets: dict[str, list[list[str]]], seed: int, fractions) -> dict[str, tuple[dict, dict]]:
+    """{train|valid|test: (histories, targets)} for one seed."""
     histories, targets, _ = split_history_target(baskets)
-    split = split_users(histories, seed, fractions)
-    return ({u: histories[u] for u in split["train"]}, {u: histories[u] for u in split["test"]},
-            {u: targets[u] for u in split["test"]})
+    return {name: ({u: histories[u] for u in users}, {u: targets[u] for u in users})
+            for name, users in split_users(histories, seed, fractions).items()}
+
+
+def _fit(name: str, parts: dict[str, tuple[dict, dict]]):
+    """Fit model ``name`` on the training users; tuned models pick hyper-parameters on the validation users."""
+    train = parts["train"][0]
+    if name == "tifuknn_tuned":
+        best, _ = tune_tifuknn(train, *parts["valid"])
+        return TIFUKNN(**best).fit(train)
+    return MODELS[name]().fit(train)
 
 
 # --------------------------------------------------------------------------------------------- edge nodes
@@ -73,13 +89,15 @@ def load_baskets(source: SourceConfig, report: IngestReport) -> dict[str, list[l
 # --------------------------------------------------------------------------------------------- pure nodes
 
 def evaluate_baselines(baskets: dict[str, list[list[str]]], params: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per (model, seed): test metrics of each baseline fitted on that seed's training users."""
+    """One row per (model, seed): test metrics of each baseline fitted on that seed's training users (and, for
+    tuned models, with hyper-parameters chosen on its validation users)."""
     p = resolve_params(params)
     rows = []
     for seed in p["seeds"]:
-        train, test, targets = _split(baskets, seed, p["fractions"])
+        parts = _split_all(baskets, seed, p["fractions"])
+        test, targets = parts["test"]
         for name in p["models"]:
-            model = MODELS[name]().fit(train)
+            model = _fit(name, parts)
             metrics = evaluate_rankings(model.recommend(test, max(p["ks"])), targets, test, ks=p["ks"])
             rows.append({"model": name, "seed": seed, **metrics})
     return rows

@@ -30,7 +30,7 @@ def tiny_baskets(tmp_path) -> Path:
         "columns: {customer_id: customer, item_id: item}\norder_column: basket_index\n")
     (tmp_path / "pipeline.yaml").write_text(
         "pipeline: next_basket\nexperiment: tiny-nbr\nsource: source.yaml\nas_of: end\n"
-        "params: {seeds: [0, 1], ks: [5, 10], models: [g_topfreq, gp_topfreq], export: {model: gp_topfreq, k: 20}}\n")
+        "params: {seeds: [0, 1], ks: [5, 10], models: [g_topfreq, gp_topfreq, tifuknn_tuned], export: {model: gp_topfreq, k: 20}}\n")
     return tmp_path
 
 
@@ -97,7 +97,7 @@ def test_run_next_basket_pipeline_end_to_end(tiny_baskets, twins_home):
 
     catalog = api.run(tiny_baskets / "pipeline.yaml")
     rows = catalog["rows"]
-    assert {(r["model"], r["seed"]) for r in rows} == {(m, s) for m in ("g_topfreq", "gp_topfreq") for s in (0, 1)}
+    assert {(r["model"], r["seed"]) for r in rows} == {(m, s) for m in ("g_topfreq", "gp_topfreq", "tifuknn_tuned") for s in (0, 1)}
     assert all(0 <= r["recall@10"] <= 1 and r["n_users"] == 12 for r in rows)
     # the bundle answers like the estimator, without torch
     exported = catalog["exported"]
@@ -116,7 +116,7 @@ def test_run_next_basket_pipeline_end_to_end(tiny_baskets, twins_home):
     assert "gp_topfreq/test/recall_at_10" in run.data.metrics
     assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.name == "tiny-events"
     children = mlflow.search_runs(experiment_names=["tiny-nbr"], filter_string=f"tags.mlflow.parentRunId = '{catalog['run_id']}'")
-    assert len(children) == 4
+    assert len(children) == 6
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(catalog["run_id"])}
     assert {"config", "results", "bundle", "ingest", "twins"} <= artifacts
 
