@@ -237,13 +237,16 @@ def duplicate_rows(raws: list[pl.LazyFrame], key_cols: list[str]) -> list[tuple[
 
 
 def attribute_frame(table: AttributeTable, key_name: str, prefix: str, cfg: SourceConfig) -> pl.LazyFrame:
-    """An item or customer attribute table keyed like the canonical events; its key must be unique."""
+    """An item or customer attribute table keyed like the canonical events: its ``columns`` (the key must be
+    unique) or, with ``count_as``, the number of rows per key."""
     path = cfg.resolve(table.path)
     fmt = readers.detect_format(path, table.format)
     attrs = readers.scan(path, fmt, table.csv)
     readers.check_columns(path, attrs, {f"{prefix}{c}": c for c in [table.key, *table.columns]}, table.csv)
-    attrs = attrs.select(pl.col(table.key).cast(pl.String).str.strip_chars().alias(key_name),
-                         *[pl.col(c).alias(f"{prefix}{c}") for c in table.columns])
+    key = pl.col(table.key).cast(pl.String).str.strip_chars().alias(key_name)
+    if table.count_as:
+        return attrs.group_by(key).agg(pl.len().cast(pl.Int64).alias(f"{prefix}{table.count_as}"))
+    attrs = attrs.select(key, *[pl.col(c).alias(f"{prefix}{c}") for c in table.columns])
     try:
         dupes = attrs.group_by(key_name).len().filter(pl.col("len") > 1).head(3).collect()
     except pl.exceptions.PolarsError as exc:
@@ -252,6 +255,17 @@ def attribute_frame(table: AttributeTable, key_name: str, prefix: str, cfg: Sour
         raise readers.SourceError(f"{path}: key column {table.key!r} is not unique (e.g. {dupes[key_name].to_list()}); "
                                   f"an attribute table needs one row per key: de-duplicate it first")
     return attrs
+
+
+def attribute_tables(tables: list[AttributeTable], key_name: str, prefix: str, cfg: SourceConfig) -> pl.LazyFrame:
+    """Several attribute tables of one kind joined on the key: a key missing from a ``columns`` table gets nulls
+    there, and 0 in a ``count_as`` column."""
+    frames = [attribute_frame(t, key_name, prefix, cfg) for t in tables]
+    out = frames[0]
+    for frame in frames[1:]:
+        out = out.join(frame, on=key_name, how="full", coalesce=True)
+    counts = [f"{prefix}{t.count_as}" for t in tables if t.count_as]
+    return out.with_columns(pl.col(counts).fill_null(0)) if counts else out
 
 
 # ----------------------------------------------------------------------------------------------- I/O edge
@@ -306,9 +320,9 @@ def ingest(cfg: SourceConfig, out_dir: str | Path, not_after: datetime | None = 
     extras = list(dict.fromkeys([*cfg.extra_columns, *(k for f in cfg.files for k in f.constants)]))
     ok = pl.col(QUARANTINE_REASON).is_null()
     events = lf.filter(ok).select(*[pl.col(c).cast(t) for c, t in CANONICAL.items()], *extras)
-    attributes = {name: attribute_frame(table, key, prefix, cfg) for name, table, key, prefix in
+    attributes = {name: attribute_tables(tables, key, prefix, cfg) for name, tables, key, prefix in
                   (("items", cfg.item_attributes, "item_id", "item_"),
-                   ("customers", cfg.customer_attributes, "customer_id", "customer_")) if table is not None}
+                   ("customers", cfg.customer_attributes, "customer_id", "customer_")) if tables}
     raw_cols = [c for c in lf.collect_schema().names() if c.startswith("raw:")]
     quarantine = lf.filter(~ok).select(FILE_COLUMN, ROW_COLUMN, QUARANTINE_REASON,
                                        *[pl.col(c).alias(c.removeprefix("raw:")) for c in raw_cols])
@@ -353,14 +367,13 @@ def _read_error(cfg: SourceConfig, files: list[tuple[Path, str]], exc: Exception
             frame.select(pl.all().null_count()).collect(engine="streaming")
         except pl.exceptions.PolarsError as file_exc:
             return readers.read_error(path, fmt, file_exc)
-    for table in (cfg.item_attributes, cfg.customer_attributes):
-        if table is not None:
-            path = cfg.resolve(table.path)
-            fmt = readers.detect_format(path, table.format)
-            try:
-                readers.scan(path, fmt, table.csv).select(pl.all().null_count()).collect(engine="streaming")
-            except pl.exceptions.PolarsError as file_exc:
-                return readers.read_error(path, fmt, file_exc)
+    for table in [*cfg.item_attributes, *cfg.customer_attributes]:
+        path = cfg.resolve(table.path)
+        fmt = readers.detect_format(path, table.format)
+        try:
+            readers.scan(path, fmt, table.csv).select(pl.all().null_count()).collect(engine="streaming")
+        except pl.exceptions.PolarsError as file_exc:
+            return readers.read_error(path, fmt, file_exc)
     return readers.SourceError(f"source {cfg.name}: reading failed: {readers._first_line(exc)} "
                                f"(check the files' format, separator and encoding in the source config)")
 

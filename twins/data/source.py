@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from twins import config
 from twins.data.schema import EVENT_TYPES, MAPPABLE
@@ -69,13 +69,22 @@ class Validation(_Strict):
 
 
 class AttributeTable(_Strict):
-    """An item or customer table joined onto the events by key (columns prefixed ``item_`` / ``customer_``)."""
+    """An item or customer table joined onto the events by key (columns prefixed ``item_`` / ``customer_``):
+    either ``columns`` taken from a table with one row per key, or ``count_as``: the number of rows per key
+    (e.g. campaigns a household received, coupons offered on a product)."""
 
     path: str
     key: str
-    columns: list[str]
+    columns: list[str] = Field(default_factory=list)
+    count_as: str | None = Field(None, pattern=r"^[A-Za-z0-9_]+$")
     format: Format | None = None
     csv: CsvOptions = Field(default_factory=CsvOptions)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "AttributeTable":
+        if bool(self.columns) == bool(self.count_as):
+            raise ValueError(f"{self.path}: give either columns (one row per key) or count_as (rows per key), not both or neither")
+        return self
 
 
 class SourceConfig(_Strict):
@@ -93,9 +102,16 @@ class SourceConfig(_Strict):
     exclude: Exclusions = Field(default_factory=Exclusions)
     guest_customer_ids: list[str] = Field(default_factory=list, description="ids meaning 'no customer' besides null/empty")
     validation: Validation = Field(default_factory=Validation)
-    item_attributes: AttributeTable | None = None
-    customer_attributes: AttributeTable | None = None
+    item_attributes: list[AttributeTable] = Field(default_factory=list, description="one table or a list")
+    customer_attributes: list[AttributeTable] = Field(default_factory=list, description="one table or a list")
     base_dir: Path = Field(Path("."), description="relative paths resolve against this (the config's folder)")
+
+    @field_validator("item_attributes", "customer_attributes", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        if value is None:
+            return []
+        return [value] if isinstance(value, (dict, AttributeTable)) else value
 
     @model_validator(mode="after")
     def _check(self) -> "SourceConfig":
