@@ -62,7 +62,7 @@ def test_manifest(bundle_dir, fitted):
     assert manifest["task"] == "next_basket" and manifest["opset"] >= 17
     assert manifest["inputs"] == [{"name": "history", "dtype": "int64", "shape": ["batch", "sequence"]}]
     assert manifest["outputs"] == [
-        {"name": "scores", "dtype": "float32", "shape": ["batch", TOP_K]},
+        {"name": "scores", "dtype": "float64", "shape": ["batch", TOP_K]},
         {"name": "indices", "dtype": "int64", "shape": ["batch", TOP_K]},
     ]
     assert manifest["vocabulary"] == sorted(model.popularity_)

@@ -17,14 +17,15 @@ class FrequencyScorer(nn.Module):
 
     Input ``history``: int64 ``[B, L]``, the model indices of the items of all history baskets (each basket
     deduplicated, so a count is a number of baskets), flattened and padded with 0. Index 0 is the pad/unknown
-    slot; ``vocabulary[i]`` has index ``i + 1``. Outputs ``(scores [B, k] float32, indices [B, k] int64)``.
+    slot; ``vocabulary[i]`` has index ``i + 1``. Outputs ``(scores [B, k] float64, indices [B, k] int64)``.
 
     score(item) = number of history entries equal to the item + ``prior[item]``. The prior lies in (0, 1) and
     falls with the item's global rank (popularity desc, item id asc): the user's items come first, ordered by count
     then popularity, and the rest is filled by popularity, as ``GPTopFreq(tie_break="popularity")`` does. Priors
     are distinct, so no two items tie and the order is the same in PyTorch and ONNX Runtime. A rank (not the raw
-    popularity) is used so that equally popular items do not tie; in float32 it is exact while a count stays
-    below about 2**23 / (n_items + 1) (about 700 for 12,000 items). ``prior[0]`` is -inf, masking the pad slot.
+    popularity) is used so that equally popular items do not tie. Scores are float64: count + prior is exact while
+    a count stays below 2**52 / (n_items + 1); in float32 that bound was 2**23 / (n_items + 1), only ~120 baskets for
+    Complete Journey's 68k items, which heavy households exceed. ``prior[0]`` is -inf, masking the pad slot.
     """
 
     def __init__(self, prior: torch.Tensor, vocabulary: Sequence[Hashable], k: int) -> None:
@@ -33,7 +34,7 @@ class FrequencyScorer(nn.Module):
             raise ValueError(f"prior must have shape ({len(vocabulary) + 1},), got {tuple(prior.shape)}")
         if not 1 <= k <= len(vocabulary):
             raise ValueError(f"k must be in [1, {len(vocabulary)}], got {k}")
-        self.register_buffer("prior", prior.to(torch.float32))
+        self.register_buffer("prior", prior.to(torch.float64))
         self.vocabulary = list(vocabulary)
         self.k = k
 
@@ -48,7 +49,7 @@ class FrequencyScorer(nn.Module):
         n_items = len(vocabulary)
         rank = {item: r for r, item in enumerate(estimator.ranking_)}
         prior = [float("-inf")] + [(n_items - rank[item]) / (n_items + 1) for item in vocabulary]
-        return cls(torch.tensor(prior, dtype=torch.float32), vocabulary, min(k, n_items))
+        return cls(torch.tensor(prior, dtype=torch.float64), vocabulary, min(k, n_items))
 
     def forward(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         counts = self.prior.new_zeros((history.shape[0], self.prior.shape[0]))
