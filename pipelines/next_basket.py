@@ -16,6 +16,7 @@ from twins.data.ingest import IngestReport
 from twins.data.source import SourceConfig
 from twins.evaluate.metrics import evaluate_rankings
 from twins.evaluate.next_basket import split_history_target, split_users
+from twins.models.rerank import CandidateReranker
 from twins.models.tifuknn import TIFUKNN, tune_tifuknn
 from twins.models.topfreq import GPTopFreq, GTopFreq, PTopFreq
 from twins.pipeline import Pipeline, node
@@ -29,7 +30,7 @@ MODELS = {"g_topfreq": GTopFreq, "p_topfreq": PTopFreq, "gp_topfreq": GPTopFreq,
           "p_topfreq_rc": lambda: PTopFreq(tie_break="first"), "gp_topfreq_rc": lambda: GPTopFreq(tie_break="first"),
           "tifuknn": TIFUKNN}
 #: models whose hyper-parameters are chosen on the validation users (grid in twins.models.tifuknn.DEFAULT_GRID)
-TUNED = {"tifuknn_tuned"}
+TUNED = {"tifuknn_tuned", "reranker"}
 EXPORTABLE = {"gp_topfreq"}
 DEFAULTS: dict[str, Any] = {"seeds": [0, 1, 2], "fractions": [0.72, 0.08, 0.20], "ks": [10, 20],
                             "models": list(MODELS), "export": {"model": "gp_topfreq", "seed": 0, "k": 100,
@@ -69,6 +70,8 @@ def _fit(name: str, parts: dict[str, tuple[dict, dict]]):
     if name == "tifuknn_tuned":
         best, _ = tune_tifuknn(train, *parts["valid"])
         return TIFUKNN(**best).fit(train)
+    if name == "reranker":
+        return CandidateReranker().fit(*parts["train"])
     return MODELS[name]().fit(train)
 
 
