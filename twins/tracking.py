@@ -59,7 +59,10 @@ def setup(experiment: str):
 @contextmanager
 def run(experiment: str, name: str, tags: dict[str, str] | None = None, nested: bool = False) -> Iterator[Any]:
     """A (parent or child) MLflow run tagged with the git sha; yields the mlflow module."""
-    mlflow = setup(experiment) if not nested else __import__("mlflow")
+    import mlflow
+
+    if not nested:
+        setup(experiment)
     with mlflow.start_run(run_name=name, nested=nested, tags={"git_sha": git_sha(), **(tags or {})}):
         yield mlflow
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -108,13 +107,3 @@ class TwinStore:
         if not (path / "manifest.json").exists():
             raise FileNotFoundError(f"no snapshot {snapshot!r} for {source!r}; stored: {self.snapshots(source, kind)}")
         return Snapshot(path, json.loads((path / "manifest.json").read_text())["id_column"])
-
-    def sources(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.exists() else []
-
-    def prune(self, source: str, kind: str = "customer", keep: int = 5) -> list[str]:
-        """Delete all but the newest ``keep`` snapshots; returns what was removed."""
-        gone = self.snapshots(source, kind)[:-keep] if keep > 0 else []
-        for rel in gone:
-            shutil.rmtree(self.root / source / kind / rel)
-        return gone
