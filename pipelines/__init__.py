@@ -7,6 +7,7 @@ from types import ModuleType
 
 PIPELINES = {
     "next_basket": "pipelines.next_basket",
+    "emotion": "pipelines.emotion",
 }
 
 

@@ -160,9 +160,7 @@ def export_model(source: SourceConfig, baskets: dict[str, list[list[str]]], para
 def log_results(rows: list[dict[str, Any]], exported: dict[str, Any], report: IngestReport, snapshot: Snapshot,
                 source: SourceConfig, params: dict[str, Any], mlflow) -> list[str]:
     """Log ingest counts, twins, per-(model, seed) child runs, the mean ± std table and the ONNX bundle."""
-    import onnx
-
-    from twins import tracking
+    from twins import registry, tracking
 
     p = resolve_params(params)
     api.log_ingest(mlflow, source, report)
@@ -179,13 +177,12 @@ def log_results(rows: list[dict[str, Any]], exported: dict[str, Any], report: In
     table = format_table(summary, p["ks"])
     mlflow.log_text("\n".join([f"protocol: {TAGS['protocol']}; seeds {p['seeds']}", "", *table]), "results/table.md")
     bundle = Path(exported["bundle"])
-    mlflow.log_artifacts(str(bundle), "bundle")
-    mlflow.onnx.log_model(onnx.load(str(bundle / "model.onnx")), name="model")
+    registered = registry.log_bundle(bundle, bundle.name)  # mlflow.onnx model + bundle files, a new registered version
     tracking.log_metrics(mlflow, {f"export/{k}": v for k, v in exported.items() if "recall" in k})
     k = min(p["ks"])
     return [report.summary(), f"twins: {snapshot.manifest['rows']:,} -> {snapshot.path}",
             f"test metrics, mean ± std over seeds {p['seeds']} ({TAGS['protocol']}):", *table,
-            f"ONNX bundle ({exported['model']}, seed {exported['seed']}): {bundle}; "
+            f"ONNX bundle ({exported['model']}, seed {exported['seed']}): {bundle}, registered as {registered.uri}; "
             f"runtime recall@{k} {exported['onnx_recall@' + str(k)]:.4f} = estimator's"]
 
 

@@ -22,3 +22,42 @@ def needs_shared_data(*parts: str):
     """Skip (saying why) when the shared data sets are not beside the repository."""
     path = SHARED_DATA.joinpath(*parts)
     return pytest.mark.skipif(not path.exists(), reason=f"{path} not present (the shared data sets live in ../shared/data)")
+
+
+@pytest.fixture(scope="session")
+def nbr_bundle(tmp_path_factory) -> Path:
+    """A GP-TopFreq next-basket bundle (top 20 of 30 items i00..i29, popularity falling with the index)."""
+    import numpy as np
+
+    from twins.models import GPTopFreq
+    from twins.models.topfreq_torch import export_gp_topfreq
+
+    rng = np.random.default_rng(0)
+    p = 1 / np.arange(1, 31)
+    histories = {f"u{u}": [[f"i{j:02d}" for j in rng.choice(30, rng.integers(1, 5), replace=False, p=p / p.sum())]
+                           for _ in range(rng.integers(1, 6))] for u in range(80)}
+    return export_gp_topfreq(GPTopFreq().fit(histories), tmp_path_factory.mktemp("nbr") / "gp", k=20)
+
+
+@pytest.fixture(scope="session")
+def outlook_bundle(tmp_path_factory) -> Path:
+    """A purchase-outlook bundle with CDNOW's published BG/NBD and Gamma-Gamma estimates, 28-day horizon."""
+    from twins.models.btyd import BetaGeoModel, GammaGammaModel
+    from twins.models.outlook_export import export_outlook
+
+    bg = BetaGeoModel.from_params({"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426})
+    gg = GammaGammaModel.from_params({"p": 6.25, "q": 3.74, "gamma": 15.44})
+    return export_outlook(bg, gg, tmp_path_factory.mktemp("outlook") / "outlook", horizon_days=28.0)
+
+
+@pytest.fixture(scope="session")
+def _shared_mlflow_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("mlflow_home")
+
+
+@pytest.fixture
+def mlflow_home(_shared_mlflow_home, twins_home, monkeypatch) -> Path:
+    """One TWINS_HOME (SQLite MLflow store) per test session: its first migration takes seconds. Tests using it
+    share runs and registered models, so each uses its own names."""
+    monkeypatch.setenv("TWINS_HOME", str(_shared_mlflow_home))
+    return _shared_mlflow_home

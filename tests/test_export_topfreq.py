@@ -148,8 +148,8 @@ def test_bad_manifests(bundle_dir, tmp_path):
     (copy / "manifest.json").write_text(json.dumps({**manifest, "opset": 16}))
     with pytest.raises(BundleError, match="opset 16"):
         load(copy)
-    (copy / "manifest.json").write_text(json.dumps({**manifest, "task": "emotion"}))
-    with pytest.raises(BundleError, match="unknown task 'emotion'"):
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "task": "weather"}))
+    with pytest.raises(BundleError, match="unknown task 'weather'"):
         load(copy)
     (copy / "manifest.json").unlink()
     with pytest.raises(BundleError, match=r"manifest\.json: not found"):

@@ -1,4 +1,4 @@
-"""The Python API behind every CLI command: ``ingest``, ``build``, ``twin``, ``run``."""
+"""The Python API behind every CLI command: ``ingest``, ``build``, ``twin``, ``emotions``, ``run``."""
 
 from __future__ import annotations
 
@@ -77,9 +77,34 @@ def build(source: str | Path | SourceConfig, as_of: str | datetime | None = None
     return snap
 
 
-def twin(twin_id: str, source: str, snapshot: str | None = None) -> dict[str, Any]:
-    """Look one twin up by id in the latest (or a named) snapshot of ``source``."""
-    return TwinStore(paths.store_dir()).open(source, "customer", snapshot).get(twin_id)
+def twin(twin_id: str, source: str, snapshot: str | None = None, kind: str = "customer") -> dict[str, Any]:
+    """Look one twin up by id in the latest (or a named) snapshot of ``source`` (``kind``: customer, emotion)."""
+    return TwinStore(paths.store_dir()).open(source, kind, snapshot).get(twin_id)
+
+
+def emotions(source: str | Path | SourceConfig, bundle: str | Path, as_of: str | datetime | None = None,
+             window_days: float = 30.0, strong_negative: float = 0.8, overrides: list[str] | None = None,
+             on_batch=None) -> Snapshot:
+    """Score the source's message events with an emotion bundle (path or ``models:/NAME@ALIAS``), keep the scores
+    in ``$TWINS_HOME/events/<source>/messages_scored.parquet`` and store per-customer emotion profiles as of a
+    date as twin kind ``emotion``."""
+    from twins.runtime import EmotionBundle, load
+    from twins.twin.emotion import emotion_profiles, score_messages
+
+    cfg = _source(source, overrides)
+    model = load(bundle)
+    if not isinstance(model, EmotionBundle):
+        raise ValueError(f"{bundle}: task {model.manifest['task']!r}; `emotions` needs an emotion bundle")
+    scored = score_messages(scan_events(paths.events_dir(cfg.name)), model, on_batch=on_batch)
+    target = paths.events_dir(cfg.name) / "messages_scored.parquet"
+    tmp = target.with_name(".messages_scored.parquet.tmp")
+    scored.write_parquet(tmp)
+    tmp.replace(target)
+    when = parse_as_of(as_of)
+    profiles = emotion_profiles(scored, when, window_days, strong_negative)
+    return TwinStore(paths.store_dir()).write(profiles, cfg.name, "emotion", when, params={
+        "bundle": str(bundle), "bundle_name": model.manifest["name"], "window_days": window_days,
+        "strong_negative": strong_negative})
 
 
 def run(pipeline_config: str | Path | PipelineConfig, overrides: list[str] | None = None,
@@ -97,7 +122,7 @@ def run(pipeline_config: str | Path | PipelineConfig, overrides: list[str] | Non
         mlflow.log_text(yaml.safe_dump(resolved, sort_keys=False), "config/resolved.yaml")
         pipe = module.pipeline()
         catalog = {"source": source, "as_of": parse_as_of(cfg.as_of), "twin_params": TwinParams(**cfg.twin),
-                   "params": cfg.params, "mlflow": mlflow}
+                   "params": cfg.params, "experiment": cfg.experiment, "mlflow": mlflow}
 
         def done(n, seconds: float) -> None:
             mlflow.log_metric(f"time/{n.name}_s", seconds)

@@ -94,12 +94,13 @@ def build(source: Annotated[Path, typer.Argument(help="source config YAML (inges
 def twin_show(twin_id: Annotated[str, typer.Argument(help="customer id")],
               source: Annotated[str, typer.Option(help="source name (the `name:` in its config)")],
               snapshot: Annotated[Optional[str], typer.Option(help="'<as_of>/<version>'; default the latest")] = None,
+              kind: Annotated[str, typer.Option(help="customer (purchases) or emotion (see `twins emotions`)")] = "customer",
               as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False) -> None:
     """Show one twin's state."""
     from twins import api
 
     try:
-        state = api.twin(twin_id, source, snapshot)
+        state = api.twin(twin_id, source, snapshot, kind)
     except (KeyError, FileNotFoundError) as exc:
         _fail(exc)
     if as_json:
@@ -112,12 +113,42 @@ def twin_show(twin_id: Annotated[str, typer.Argument(help="customer id")],
 
 
 @twin_app.command("list")
-def twin_list(source: Annotated[str, typer.Option(help="source name")]) -> None:
+def twin_list(source: Annotated[str, typer.Option(help="source name")],
+              kind: Annotated[str, typer.Option(help="customer or emotion")] = "customer") -> None:
     """List stored snapshots of a source."""
     from twins.twin.store import TwinStore
 
-    for snap in TwinStore(paths.store_dir()).snapshots(source):
+    for snap in TwinStore(paths.store_dir()).snapshots(source, kind):
         typer.echo(snap)
+
+
+@app.command()
+def emotions(source: Annotated[Path, typer.Argument(help="source config YAML whose events include messages")],
+             bundle: Annotated[str, typer.Option(help="emotion bundle folder or models:/NAME@ALIAS")],
+             as_of: Annotated[Optional[str], typer.Option(help="profiles as of this date (ISO 8601); default after the last message")] = None,
+             window_days: Annotated[float, typer.Option(help="'recent' = this many days before as_of")] = 30.0,
+             strong_negative: Annotated[float, typer.Option(help="negative-sentiment probability of a 'strongly negative' message")] = 0.8,
+             overrides: Overrides = None) -> None:
+    """Score every message event with an emotion bundle and store per-customer emotion profiles (twin kind
+    `emotion`): recent Ekman distribution, negative-sentiment trend, last strongly negative message.
+
+    Example:  twins emotions configs/sources/goemotions.yaml --bundle .twins/models/goemotions-ensemble
+              twins twin show eebbqej --source goemotions --kind emotion
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn
+
+    from twins import api
+    from twins.runtime import BundleError
+
+    with Progress(TextColumn("scoring messages"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("score", total=None)
+        try:
+            snap = api.emotions(source, bundle, as_of, window_days, strong_negative, overrides,
+                                on_batch=lambda done, total: bar.update(task, completed=done, total=total))
+        except (ValueError, FileNotFoundError, KeyError, BundleError) as exc:
+            _fail(exc)
+    console.print(f"emotion profiles: {snap.manifest['rows']:,} customers -> {snap.path}", highlight=False)
 
 
 @app.command()
@@ -170,6 +201,13 @@ def _short(value) -> str:
     text = json.dumps(value, default=_jsonable) if isinstance(value, (list, dict)) else str(value)
     return text if len(text) <= 300 else text[:297] + "..."
 
+
+from twins.cli_serving import add_commands  # noqa: E402  (register, promote, serve, score, compare)
+
+add_commands(app)
+from twins.sim.cli import sim  # noqa: E402  (twins sim configs/sim/market.yaml)
+
+app.command()(sim)
 
 if __name__ == "__main__":
     app()

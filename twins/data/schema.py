@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-EVENT_TYPES = ("purchase", "return", "message", "telemetry")
+EVENT_TYPES = ("purchase", "return", "message", "telemetry", "service")  # service: a machine's service request
 ACTORS = ("human", "machine", "unknown")
 
 #: Canonical columns in output order. ``basket_seq`` orders baskets within a customer for

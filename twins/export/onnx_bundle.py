@@ -67,6 +67,7 @@ def export_bundle(
     dynamic_axes: Mapping[str, Mapping[int, str]],
     opset: int = OPSET,
     overwrite: bool = False,
+    extra_files: Mapping[str, str | Path | bytes] | None = None,
 ) -> Path:
     """Export ``module`` to ``out_dir/model.onnx`` and write ``out_dir/manifest.json``; return ``out_dir``.
 
@@ -75,7 +76,9 @@ def export_bundle(
     argument names). Uses the dynamo exporter (``torch.onnx.export(..., dynamo=True)``, which needs onnxscript);
     example inputs must not have size 0 or 1 on a dynamic axis (the exporter would specialise it). The bundle is
     assembled in a temporary folder next to ``out_dir`` and renamed into place, so a reader never sees a
-    half-written bundle. An existing ``out_dir`` is an error unless ``overwrite``.
+    half-written bundle. An existing ``out_dir`` is an error unless ``overwrite``. ``extra_files`` (bundle file
+    name -> source path or bytes) are what the preprocessing needs (a tokenizer, a vocabulary); they are copied
+    in before the rename and their sha256 recorded in the manifest's ``files``.
     """
     missing = [key for key in REQUIRED_MANIFEST_KEYS if key not in manifest]
     if missing:
@@ -96,6 +99,7 @@ def export_bundle(
         model_path = tmp / MODEL_FILE
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecation notes from inside the exporter
+            warnings.filterwarnings("ignore", message=".*shares the same shape constraints")  # axes named alike, as meant
             program = torch.onnx.export(
                 module.eval(),
                 example_inputs,
@@ -107,9 +111,15 @@ def export_bundle(
                 external_data=False,
                 verbose=False,
             )
-        program.save(str(model_path))
+            program.save(str(model_path))
         model = onnx.load(str(model_path))
         onnx.checker.check_model(model, full_check=True)
+        for name, source in (extra_files or {}).items():
+            target = tmp / name
+            if isinstance(source, bytes):
+                target.write_bytes(source)
+            else:
+                shutil.copyfile(source, target)
         full_manifest = {
             **manifest,
             "opset": next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")),
@@ -117,6 +127,7 @@ def export_bundle(
             "outputs": _tensor_specs(model.graph.output),
             "model_file": MODEL_FILE,
             "model_sha256": sha256_file(model_path),
+            **({"files": {name: sha256_file(tmp / name) for name in extra_files}} if extra_files else {}),
         }
         (tmp / MANIFEST_FILE).write_text(json.dumps(full_manifest, indent=2, ensure_ascii=False) + "\n")
         _move_into_place(tmp, out_dir)

@@ -1,8 +1,12 @@
 """Torch-free inference on exported bundles (numpy + onnxruntime only)."""
 
 from twins.runtime.bundle import TASKS, Bundle, BundleError, NextBasketBundle, load
+from twins.runtime.emotion import EmotionBundle
 from twins.runtime.outlook import OutlookBundle
+from twins.runtime.replenishment import ReplenishmentBundle
 
 TASKS["purchase_outlook"] = OutlookBundle
+TASKS["emotion"] = EmotionBundle
+TASKS["replenishment"] = ReplenishmentBundle
 
-__all__ = ["Bundle", "BundleError", "NextBasketBundle", "OutlookBundle", "load"]
+__all__ = ["Bundle", "BundleError", "EmotionBundle", "NextBasketBundle", "OutlookBundle", "ReplenishmentBundle", "load"]

@@ -138,11 +138,19 @@ def _read_manifest(path: Path) -> dict:
     return manifest
 
 
-def load(path: str | Path) -> Bundle:
+def load(path: str | Path, threads: int | None = None) -> Bundle:
     """Load and verify a bundle folder: manifest, sha256 of ``model.onnx``, opset, input and output names.
 
-    Returns the task's bundle class (``NextBasketBundle`` for ``next_basket``); raises ``BundleError``.
+    ``path`` may also be a registry URI, ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``: the version is
+    downloaded once to a local cache (``twins.runtime.registry``, the only place mlflow is imported) and
+    verified the same way. ``threads``: onnxruntime's intra-op threads (default: one per core; a service that
+    runs many small requests at once does better with 1). Returns the task's bundle class (``NextBasketBundle``
+    for ``next_basket``); raises ``BundleError``.
     """
+    if isinstance(path, str) and path.startswith("models:/"):
+        from twins.runtime.registry import fetch
+
+        path = fetch(path)[0]
     path = Path(path)
     if not path.is_dir():
         raise BundleError(f"{path}: not a folder; pass the bundle folder holding {MODEL_FILE} and {MANIFEST_FILE}")
@@ -157,7 +165,10 @@ def load(path: str | Path) -> Bundle:
             f"{MANIFEST_FILE}; the model was modified or comes from another export. Restore the file or re-export"
         )
     try:
-        session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises several private exception types
         raise BundleError(
             f"{model_path}: onnxruntime {ort.__version__} cannot load it (opset {manifest['opset']}): {error}. "

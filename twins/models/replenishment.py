@@ -1,0 +1,147 @@
+"""Replenishment: each machine's order history (and readings) as numpy arrays, the features a forecaster of its
+next order sees at a cut-off, the next order after it, and the naive baselines (last interval, mean interval,
+Croston, TSB, direct (s, S) inference). The features themselves live in ``twins.runtime.replenishment_features``
+(numpy only), shared with the ONNX runtime.
+
+Times are in days (float) since the Unix epoch; ``horizon`` days after the cut-off bound what is observed: no order
+by then is a censored target (``T = nan``, ``censored = True``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from twins.runtime.replenishment_features import FEATURES, History, features
+
+DAY_US = 86_400_000_000
+
+
+def histories(events: pl.DataFrame | pl.LazyFrame) -> dict[str, History]:
+    """Machine orders and readings by customer (one consumable per machine is assumed; readings of a machine
+    are read as its single consumable's)."""
+    ev = events.lazy().filter(pl.col("actor") == "machine")
+    days = (pl.col("event_time").cast(pl.Int64) / DAY_US).alias("t")
+    has_promised = "promised_days" in ev.collect_schema().names()
+    orders = (ev.filter(pl.col("event_type") == "purchase")
+              .select("customer_id", days, "quantity",
+                      (pl.col("promised_days").cast(pl.Float64) if has_promised else pl.lit(np.nan)).alias("promised"))
+              .sort("t").group_by("customer_id", maintain_order=True).agg(pl.all()).collect())
+    tele = (ev.filter(pl.col("event_type") == "telemetry").select("customer_id", days, "text", "quantity").sort("t")
+            .group_by("customer_id").agg(
+                pl.col("t").filter(pl.col("text") == "stock").alias("tel_t"),
+                pl.col("quantity").filter(pl.col("text") == "stock").alias("stock"),
+                pl.col("quantity").filter(pl.col("text") == "usage").alias("usage")).collect())
+    readings = {r[0]: r[1:] for r in tele.iter_rows()}
+    out = {}
+    for machine, t, q, promised in orders.iter_rows():
+        h = History(np.asarray(t), np.asarray(q, float), np.asarray(promised, float))
+        if machine in readings:
+            tel_t, stock, usage = (np.asarray(v, float) for v in readings[machine])
+            if len(usage) == len(tel_t):
+                h.tel_t, h.stock, h.usage = tel_t, stock, usage
+        out[machine] = h
+    return out
+
+
+def next_order(h: History, cutoff: float, horizon: float) -> tuple[float, float, bool]:
+    """Days from ``cutoff`` to the first order at or after it and its quantity; (nan, nan, True) when none
+    within ``horizon`` days."""
+    k = np.searchsorted(h.t, cutoff)
+    if k < len(h.t) and h.t[k] - cutoff <= horizon:
+        return float(h.t[k] - cutoff), float(h.q[k]), False
+    return np.nan, np.nan, True
+
+
+@dataclass
+class Samples:
+    """Feature rows with their machine, cut-off and target (time, quantity, censored)."""
+
+    machine: np.ndarray
+    cutoff: np.ndarray
+    X: np.ndarray
+    T: np.ndarray
+    Q: np.ndarray
+    censored: np.ndarray
+
+
+def samples(hist: dict[str, History], machines: list[str], cutoffs: list[float], horizon: float) -> Samples:
+    """One row per (machine, cut-off) where the machine has >= 3 orders before the cut-off."""
+    rows, ids, cuts, targets = [], [], [], []
+    for m in machines:
+        h = hist[m]
+        for c in cutoffs:
+            x = features(h, c)
+            if x is not None:
+                rows.append(x)
+                ids.append(m)
+                cuts.append(c)
+                targets.append(next_order(h, c, horizon))
+    T, Q, cens = (np.array(v) for v in zip(*targets)) if targets else (np.empty(0),) * 3
+    return Samples(np.asarray(ids), np.asarray(cuts), np.asarray(rows).reshape(-1, len(FEATURES)), T, Q,
+                   np.asarray(cens, bool))
+
+
+# --- naive baselines: (time to next order, quantity) from a history at a cut-off ----------------------------------
+
+def last_interval(h: History, cutoff: float) -> tuple[float, float]:
+    t, q = h.t[h.t < cutoff], h.q[h.t < cutoff]
+    return max(t[-1] + (t[-1] - t[-2]) - cutoff, 0.0), float(q[-1])
+
+
+def mean_interval(h: History, cutoff: float) -> tuple[float, float]:
+    t, q = h.t[h.t < cutoff], h.q[h.t < cutoff]
+    return max(t[-1] + np.diff(t).mean() - cutoff, 0.0), float(q.mean())
+
+
+def croston(h: History, cutoff: float, alpha: float = 0.1) -> tuple[float, float]:
+    """Croston: exponentially smoothed intervals and sizes; the next order one smoothed interval after the last."""
+    t, q = h.t[h.t < cutoff], h.q[h.t < cutoff]
+    gap, size = t[1] - t[0], q[0]
+    for g in np.diff(t)[1:]:
+        gap += alpha * (g - gap)
+    for s in q[1:]:
+        size += alpha * (s - size)
+    return max(t[-1] + gap - cutoff, 0.0), float(size)
+
+
+def tsb(h: History, cutoff: float, alpha: float = 0.1, beta: float = 0.05) -> tuple[float, float]:
+    """Teunter-Syntetos-Babai on daily buckets: smoothed order probability p (every day) and size (order days);
+    time to the next order is the geometric median log(0.5) / log(1 - p)."""
+    t, q = h.t[h.t < cutoff], h.q[h.t < cutoff]
+    days = np.floor(t - t[0]).astype(int)
+    daily = np.zeros(int(np.floor(cutoff - t[0])) + 1)
+    np.add.at(daily, days, q)
+    p, size = 1.0 / max(np.diff(t).mean(), 1.0), q[0]
+    for d in daily[1:]:
+        p += beta * ((d > 0) - p)
+        if d > 0:
+            size += alpha * (d - size)
+    p = min(max(p, 1e-4), 0.999)
+    return float(np.log(0.5) / np.log1p(-p)), float(size)
+
+
+def s_S_inference(h: History, cutoff: float) -> tuple[float, float]:
+    """Direct (s, S) inference: the twin's position and reorder point when readings exist (time until the
+    position falls to s at the usage rate; quantity S - s), else the order-up-to identity (quantity = consumption
+    since the last order: the next order comes when the typical quantity has been used)."""
+    x = features(h, cutoff)
+    f = dict(zip(FEATURES, x))
+    rate = np.exp(f["log_usage_rate"])
+    if f["has_telemetry"]:
+        return max(f["above_s_days"], 0.0), float(np.exp(f["log_median_q"]))
+    if f["period_left"] != f["mean_gap_left"]:
+        return max(f["period_left"], 0.0), float(rate * np.median(np.diff(h.t[h.t < cutoff])))
+    return max(np.exp(f["log_median_q"]) / rate - f["since_last"], 0.0), float(np.exp(f["log_median_q"]))
+
+
+BASELINES = {"last_interval": last_interval, "mean_interval": mean_interval, "croston": croston, "tsb": tsb,
+             "s_S_inference": s_S_inference}
+
+
+def baseline_predictions(hist: dict[str, History], s: Samples) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each baseline's (time, quantity) for every sample row."""
+    return {name: tuple(np.array(v) for v in zip(*[fn(hist[m], c) for m, c in zip(s.machine, s.cutoff)]))
+            for name, fn in BASELINES.items()}

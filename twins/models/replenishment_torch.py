@@ -1,0 +1,111 @@
+"""A PyTorch forecaster of a machine's next order: time until it (days) and its quantity, each as the 10/50/90 %
+quantiles (for an 80 % interval), from ``twins.models.replenishment.FEATURES``.
+
+An MLP over standardised features with two heads of three non-crossing quantiles (median, and softplus gaps down
+and up), in log space: ``log1p`` of the time, ``log`` of the quantity. Trained with the pinball loss; a censored
+time (no order within the horizon H: T > H) contributes only where a quantile falls below ``log1p(H)``, by the
+pinball loss against that bound (the truth is at least there). Standardisation lives in the module as buffers
+(the net takes raw features).
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+import numpy as np
+import torch
+from torch import nn
+
+from twins.models.btyd import default_device
+
+OUTPUTS = ("time_low", "time", "time_high", "quantity_low", "quantity", "quantity_high")
+
+
+class ReplenishmentNet(nn.Module):
+    """``forward(features [batch, F] float32)`` -> six ``[batch]`` tensors, ``OUTPUTS`` in order."""
+
+    def __init__(self, n_features: int, hidden: int, mean: np.ndarray, std: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+        self.body = nn.Sequential(nn.Linear(n_features, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU())
+        self.time = nn.Linear(hidden, 3)
+        self.quantity = nn.Linear(hidden, 3)
+
+    @staticmethod
+    def _quantiles(raw: torch.Tensor) -> torch.Tensor:
+        mid = raw[:, 1]
+        return torch.stack([mid - nn.functional.softplus(raw[:, 0]), mid, mid + nn.functional.softplus(raw[:, 2])], 1)
+
+    def log_quantiles(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body((x - self.mean) / self.std)
+        return self._quantiles(self.time(h)), self._quantiles(self.quantity(h))
+
+    def forward(self, x: torch.Tensor):
+        t, q = self.log_quantiles(x)
+        t, q = torch.expm1(t).clamp_min(0.0), torch.exp(q)
+        return t[:, 0], t[:, 1], t[:, 2], q[:, 0], q[:, 1], q[:, 2]
+
+
+def pinball(pred: torch.Tensor, target: torch.Tensor, taus: torch.Tensor, lower_bound: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean pinball loss of ``pred [n, k]`` at quantiles ``taus [k]``; rows flagged in ``lower_bound`` only know
+    target <= truth, so only predictions below the target are penalised there."""
+    diff = target[:, None] - pred
+    loss = torch.maximum(taus * diff, (taus - 1) * diff)
+    if lower_bound is not None:
+        loss = torch.where(lower_bound[:, None], taus * diff.clamp_min(0.0), loss)
+    return loss.mean()
+
+
+class ReplenishmentForecaster:
+    """Fit on feature rows with targets (time, quantity, censored); predict median and interval of both."""
+
+    def __init__(self, hidden: int = 64, epochs: int = 60, batch_size: int = 512, lr: float = 3e-3,
+                 weight_decay: float = 1e-4, interval: float = 0.8, seed: int = 0, device: str | None = None) -> None:
+        self.hidden = hidden
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.interval = interval
+        self.seed = seed
+        self.device = device
+
+    def fit(self, X: np.ndarray, T: np.ndarray, Q: np.ndarray, censored: np.ndarray, horizon: float) -> Self:
+        """``T``/``Q`` may be nan where ``censored`` (no order within ``horizon`` days)."""
+        torch.manual_seed(self.seed)
+        self.device_ = torch.device(self.device) if self.device else default_device()
+        self.horizon_ = float(horizon)
+        std = X.std(0)
+        self.net_ = ReplenishmentNet(X.shape[1], self.hidden, X.mean(0), np.where(std > 0, std, 1.0)).to(self.device_)
+        taus = torch.tensor([(1 - self.interval) / 2, 0.5, (1 + self.interval) / 2], device=self.device_)
+        x = torch.as_tensor(X, dtype=torch.float32, device=self.device_)
+        cens = torch.as_tensor(censored, device=self.device_)
+        t = torch.log1p(torch.as_tensor(np.where(censored, horizon, T), dtype=torch.float32, device=self.device_))
+        q = torch.log(torch.as_tensor(np.where(censored, 1.0, Q), dtype=torch.float32, device=self.device_))
+        opt = torch.optim.AdamW(self.net_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        steps = self.epochs * int(np.ceil(len(x) / self.batch_size))
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=steps)
+        g = torch.Generator(device="cpu").manual_seed(self.seed)
+        self.net_.train()
+        for _ in range(self.epochs):
+            for idx in torch.randperm(len(x), generator=g).split(self.batch_size):
+                idx = idx.to(self.device_)
+                lt, lq = self.net_.log_quantiles(x[idx])
+                seen = ~cens[idx]
+                loss = pinball(lt, t[idx], taus, cens[idx]) + pinball(lq[seen], q[idx][seen], taus)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+        self.net_.eval()
+        self.loss_ = float(loss.detach())
+        return self
+
+    def predict(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """``OUTPUTS`` as float64 arrays."""
+        if not hasattr(self, "net_"):
+            raise RuntimeError("ReplenishmentForecaster is not fitted; call fit first")
+        with torch.no_grad():
+            out = self.net_(torch.as_tensor(X, dtype=torch.float32, device=self.device_))
+        return {name: v.double().cpu().numpy() for name, v in zip(OUTPUTS, out)}

@@ -1,0 +1,157 @@
+"""Batch scoring of a whole twin snapshot to Parquet (``twins score``): nightly sales lists, outlooks.
+
+Customers are scored in chunks: each chunk reads only its customers' events before the snapshot's ``as_of``,
+asks the bundle (``SCORERS[task]``) and is written as one Parquet part. Parts live in a hidden folder beside the
+output (``.<name>.parts/``) with a ``job.json`` naming the model, the snapshot and the parameters; when every
+part is there they are combined into a temporary file that is renamed over the output. A killed or failed run
+therefore leaves the previous output untouched, and the same command run again skips the parts already written
+and completes it; a different job (another model version, snapshot or parameter) starts its parts afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from twins import paths
+from twins.data.events import baskets_by_customer, scan_events
+from twins.runtime import Bundle, load
+from twins.twin.store import TwinStore
+
+JOB_FILE = "job.json"
+
+
+@dataclass(frozen=True)
+class ScoreReport:
+    out: Path
+    rows: int
+    chunks: int
+    resumed_chunks: int
+    seconds: float
+    task: str
+    model_sha256: str
+
+
+def _next_basket(bundle, events: pl.LazyFrame, ids: list[str], as_of: datetime | None, k: int, **_) -> pl.DataFrame:
+    histories = baskets_by_customer(events)
+    recs = bundle.recommend([histories.get(i, []) for i in ids], k=k)
+    return pl.DataFrame({"customer_id": ids, "items": [[i for i, _ in r] for r in recs],
+                         "scores": [[s for _, s in r] for r in recs]},
+                        schema={"customer_id": pl.String, "items": pl.List(pl.String), "scores": pl.List(pl.Float64)})
+
+
+def _outlook(bundle, events: pl.LazyFrame, ids: list[str], as_of: datetime | None, horizon_days: float | None = None,
+             **_) -> pl.DataFrame:
+    """Purchases as (time, amount) lines and returns as negative amounts, as ``twins.evaluate.outlook`` counts them."""
+    if as_of is None:
+        raise ValueError("the purchase outlook needs event times; this snapshot has no as_of (an order-only source)")
+    lines = (events.filter(pl.col("event_type").is_in(["purchase", "return"]))
+             .select("customer_id", "event_time",
+                     pl.when(pl.col("event_type") == "return").then(-pl.col("amount")).otherwise(pl.col("amount"))
+                     .fill_null(0.0).alias("amount"))
+             .group_by("customer_id").agg("event_time", "amount").collect())
+    by_id = {c: list(zip(t, a)) for c, t, a in lines.iter_rows()}
+    answers = bundle.score([by_id.get(i, []) for i in ids], as_of, horizon_days)
+    return pl.DataFrame([{"customer_id": i, **a} for i, a in zip(ids, answers)],
+                        schema_overrides={"next_purchase": pl.Datetime("us", "UTC"),
+                                          "next_purchase_low": pl.Datetime("us", "UTC"),
+                                          "next_purchase_high": pl.Datetime("us", "UTC")})
+
+
+#: task -> scorer(bundle, events of the chunk's customers before as_of, ids, as_of, **params) -> one row per id
+SCORERS: dict[str, Callable[..., pl.DataFrame]] = {"next_basket": _next_basket, "purchase_outlook": _outlook}
+
+
+def default_out(source: str, bundle: Bundle) -> Path:
+    return paths.twins_home() / "scores" / source / f"{bundle.manifest['name']}.parquet"
+
+
+def score_store(model: str | Path, source: str, out: str | Path | None = None, *, snapshot: str | None = None,
+                chunk_size: int = 10_000, k: int = 10, horizon_days: float | None = None,
+                on_chunk: Callable[[int, int], None] | None = None) -> ScoreReport:
+    """Score every twin of ``source``'s latest (or named) snapshot with ``model`` (a bundle folder or
+    ``models:/NAME@ALIAS``) and write one row per customer to ``out`` (default
+    ``$TWINS_HOME/scores/<source>/<bundle name>.parquet``).
+
+    ``on_chunk(customers done, customers in all)`` is called after each chunk (the CLI draws a progress bar with
+    it). Next basket: ``customer_id, items, scores`` (top ``k``); purchase outlook: ``customer_id`` and the
+    runtime's answer fields over ``horizon_days`` (default: the bundle's).
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    t0 = time.perf_counter()
+    bundle = load(str(model))
+    task = bundle.manifest["task"]
+    if task not in SCORERS:
+        raise ValueError(f"no batch scorer for task {task!r}; available: {sorted(SCORERS)}")
+    snap = TwinStore(paths.store_dir()).open(source, "customer", snapshot)
+    out = Path(out) if out else default_out(source, bundle)
+    as_of = _as_of(snap)
+    ids = pl.read_parquet(snap.path / "twins.parquet", columns=[snap.id_column])[snap.id_column].cast(pl.String).to_list()
+    chunks = [ids[i:i + chunk_size] for i in range(0, len(ids), chunk_size)]
+    job = {"model_sha256": bundle.manifest["model_sha256"], "task": task, "snapshot": str(snap.path.resolve()),
+           "chunk_size": chunk_size, "k": k, "horizon_days": horizon_days}
+    parts = _parts_dir(out, job)
+    events = scan_events(paths.events_dir(source))
+    if as_of is not None:
+        events = events.filter(pl.col("event_time") < pl.lit(as_of, pl.Datetime("us", "UTC")))
+    resumed, done = 0, 0
+    for n, chunk in enumerate(chunks):
+        part = parts / f"part-{n:06d}.parquet"
+        if part.exists():
+            resumed += 1
+        else:
+            mine = events.filter(pl.col("customer_id").is_in(chunk))
+            frame = SCORERS[task](bundle, mine, chunk, as_of, k=k, horizon_days=horizon_days)
+            tmp = part.with_name(f".{part.name}.tmp")
+            frame.write_parquet(tmp)
+            os.replace(tmp, part)
+        done += len(chunk)
+        if on_chunk:
+            on_chunk(done, len(ids))
+    _combine(parts, out, len(chunks))
+    return ScoreReport(out, len(ids), len(chunks), resumed, time.perf_counter() - t0, task, job["model_sha256"])
+
+
+def _as_of(snap) -> datetime | None:
+    """The snapshot's as_of: the one it was built at, or for 'end' snapshots the time stored in its rows."""
+    manifest = snap.manifest
+    if manifest.get("as_of"):
+        return datetime.fromisoformat(manifest["as_of"])
+    column = pl.read_parquet(snap.path / "twins.parquet", columns=["as_of"], n_rows=1)["as_of"]
+    return column[0] if len(column) else None
+
+
+def _parts_dir(out: Path, job: dict[str, Any]) -> Path:
+    """The parts folder of ``job`` beside ``out``: kept when it belongs to the same job, else started afresh."""
+    parts = out.with_name(f".{out.name}.parts")
+    job_file = parts / JOB_FILE
+    if parts.exists() and not (job_file.exists() and json.loads(job_file.read_text()) == job):
+        shutil.rmtree(parts)
+    if not parts.exists():
+        parts.mkdir(parents=True)
+        tmp = job_file.with_name(f".{JOB_FILE}.tmp")
+        tmp.write_text(json.dumps(job, indent=2))
+        os.replace(tmp, job_file)
+    return parts
+
+
+def _combine(parts: Path, out: Path, n_parts: int) -> None:
+    """Stream the parts into a temporary file, rename it over ``out`` and remove the parts."""
+    files = [parts / f"part-{n:06d}.parquet" for n in range(n_parts)]
+    tmp = out.with_name(f".{out.name}.tmp")
+    if files:
+        pl.scan_parquet(files).sink_parquet(tmp)
+    else:
+        pl.DataFrame({"customer_id": []}, schema={"customer_id": pl.String}).write_parquet(tmp)
+    os.replace(tmp, out)
+    shutil.rmtree(parts)

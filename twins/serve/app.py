@@ -1,0 +1,228 @@
+"""The FastAPI application: model endpoints per configured bundle, twin look-up, health, readiness, reloads.
+
+Routes: ``POST /v1/models/<name>/<action>`` (see ``twins.serve.tasks``), ``GET /v1/models``,
+``GET /v1/twins/<source>/<id>`` and ``POST /v1/twins/<source>`` (a batch of ids), ``GET /health``,
+``GET /ready``, and the OpenAPI schema at ``/openapi.json`` (docs at ``/docs``).
+"""
+
+import math
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Body, FastAPI, HTTPException, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import twins
+from twins.serve.logs import log_event
+from twins.serve.models import ModelSlot, NotLoaded, TwinSource, default_name
+from twins.serve.tasks import MAX_BATCH, ROUTES, TaskRoute
+
+
+class TwinIds(BaseModel):
+    ids: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class Service:
+    """What the app serves; ``refresh`` reloads every model and twin source whose source moved."""
+
+    def __init__(self, models: Mapping[str, str], twin_sources: Sequence[str], store_root: Path) -> None:
+        self.models = {name: ModelSlot(name, str(uri)) for name, uri in models.items()}
+        self.twins = {source: TwinSource(source, store_root) for source in twin_sources}
+
+    def refresh(self) -> None:
+        for slot in [*self.models.values(), *self.twins.values()]:
+            try:
+                slot.refresh()
+            except Exception as error:  # the poller must outlive any one broken source
+                log_event("refresh_failed", level="ERROR", slot=slot.name, error=repr(error))
+
+    def poll(self, seconds: float, stop: threading.Event) -> None:
+        while not stop.wait(seconds):
+            self.refresh()
+
+    def ready(self) -> dict[str, Any]:
+        models = {name: slot.status() for name, slot in self.models.items()}
+        twin_state = {s: {"snapshot": str(t.snapshot.path) if t.snapshot else None} for s, t in self.twins.items()}
+        ok = all(m["loaded"] for m in models.values()) and all(t["snapshot"] for t in twin_state.values())
+        return {"ready": ok, "models": models, "twins": twin_state}
+
+
+def create_app(models: Mapping[str, str] | Sequence[str] = (), twin_sources: Sequence[str] = (),
+               store_root: str | Path | None = None, poll_seconds: float = 30.0) -> FastAPI:
+    """An app serving ``models`` (``{name: uri}``, or URIs named after their model or folder) and the latest twin
+    snapshots of ``twin_sources`` (store: ``store_root``, default ``$TWINS_HOME/store``).
+
+    Every model is loaded now (a model that cannot be loaded, or whose task has no route, is an error) and its
+    task's route added. While the app runs, a thread polls every ``poll_seconds`` (0: never) and reloads what
+    moved (``Service.refresh``).
+    """
+    from twins import paths
+
+    if not isinstance(models, Mapping):
+        models = {default_name(uri): uri for uri in models}
+    service = Service(models, twin_sources, Path(store_root) if store_root else paths.store_dir())
+    service.refresh()
+    for slot in service.models.values():
+        if slot.current is None:
+            raise ValueError(f"model {slot.name!r}: cannot load {slot.uri}: {slot.error}")
+        if slot.task not in ROUTES:
+            raise ValueError(f"model {slot.name!r}: task {slot.task!r} has no route; served tasks: {sorted(ROUTES)}")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        stop = threading.Event()
+        if poll_seconds > 0:
+            threading.Thread(target=service.poll, args=(poll_seconds, stop), name="twins-poll", daemon=True).start()
+        yield
+        stop.set()
+
+    app = FastAPI(title="twins", version=twins.__version__, lifespan=lifespan,
+                  description="Scores customers with the configured twins bundles; every request is a batch.")
+    app.state.service = service
+    app.add_middleware(RequestLog)
+    _add_handlers(app)
+    for slot in service.models.values():
+        _add_model_route(app, slot, ROUTES[slot.task])
+    _add_service_routes(app, service)
+    return app
+
+
+def _add_model_route(app: FastAPI, slot: ModelSlot, route: TaskRoute) -> None:
+    def endpoint(body: Annotated[route.request, Body()], request: Request) -> dict[str, Any]:
+        bundle, version = slot.get()
+        request.state.log = {"model": slot.name, "version": version}
+        try:
+            results = route.handler(bundle, body)
+        except (ValueError, TypeError, OverflowError) as error:
+            raise HTTPException(422, f"model {slot.name!r}: {error}") from None
+        request.state.log["batch"] = len(results)
+        return {"model": slot.name, "version": version, "results": results}
+
+    app.add_api_route(f"/v1/models/{slot.name}/{route.action}", endpoint, methods=["POST"], response_model=route.response,
+                      summary=f"{route.summary} ({slot.name})", operation_id=f"{route.action}_{slot.name}",
+                      tags=["models"], responses={422: {"description": "invalid request, explained in 'message'"},
+                                                  503: {"description": "model not loaded"}})
+
+
+def _add_service_routes(app: FastAPI, service: Service) -> None:
+    @app.get("/health", tags=["service"], summary="The process is up")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", tags=["service"], summary="Every configured model and twin source is loaded (else 503)")
+    def ready() -> JSONResponse:
+        state = service.ready()
+        return JSONResponse(state, status_code=200 if state["ready"] else 503)
+
+    @app.get("/v1/models", tags=["models"], summary="Configured models: task, version served, refused versions")
+    def list_models() -> list[dict[str, Any]]:
+        return [slot.status() for slot in service.models.values()]
+
+    if not service.twins:
+        return
+    from enum import Enum
+
+    Source = Enum("Source", {s: s for s in service.twins}, type=str)
+
+    @app.get("/v1/twins/{source}/{twin_id}", tags=["twins"], summary="One customer twin by id (404 if absent)")
+    def get_twin(source: Source, twin_id: Annotated[str, PathParam(max_length=256)]) -> dict[str, Any]:
+        from twins.twin.store import TwinNotFound
+
+        snap = service.twins[source.value].get()
+        try:
+            return {"source": source.value, "snapshot": str(snap.path), "twin": _plain(snap.get(twin_id))}
+        except TwinNotFound as error:
+            raise HTTPException(404, str(error.args[0])) from None
+
+    @app.post("/v1/twins/{source}", tags=["twins"], summary="A batch of twins by id; absent ids are listed in 'missing'")
+    def get_twins(source: Source, body: TwinIds) -> dict[str, Any]:
+        from twins.twin.store import TwinNotFound
+
+        snap = service.twins[source.value].get()
+        found, missing = [], []
+        for twin_id in body.ids:
+            try:
+                found.append(_plain(snap.get(twin_id)))
+            except TwinNotFound:
+                missing.append(twin_id)
+        return {"source": source.value, "snapshot": str(snap.path), "twins": found, "missing": missing}
+
+
+class RequestLog:
+    """ASGI middleware: one JSON log line per request (method, path, status, ms, request id, and the model,
+    version and batch size an endpoint puts in ``request.state.log``); echoes or sets ``x-request-id``."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        request_id = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        status = 500
+
+        async def send_with_id(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode("latin-1"))]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            client = scope.get("client")
+            log_event("request", method=scope["method"], path=scope["path"], status=status,
+                      ms=round((time.perf_counter() - start) * 1000, 3), request_id=request_id,
+                      client=client[0] if client else None, **state.get("log", {}))
+
+
+def _add_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def explain(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        message = "; ".join(f"{_where(e['loc'])}: {e['msg']}" for e in errors[:5])
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        return JSONResponse({"error": "invalid_request", "message": message + more, "errors": errors}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = {404: "not_found", 422: "invalid_request"}.get(exc.status_code, f"http_{exc.status_code}")
+        return JSONResponse({"error": error, "message": exc.detail}, status_code=exc.status_code)
+
+    @app.exception_handler(NotLoaded)
+    async def not_loaded(request: Request, exc: NotLoaded) -> JSONResponse:
+        return JSONResponse({"error": "unavailable", "message": str(exc)}, status_code=503)
+
+
+def _where(loc: Sequence) -> str:
+    """``("body", "histories", 0, 1)`` -> ``histories[0][1]``."""
+    text = ""
+    for part in loc[1:] if loc and loc[0] in ("body", "path", "query") else loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "body"
+
+
+def _plain(value: Any) -> Any:
+    """A twin's value as JSON: datetimes in ISO 8601, NaN and infinities as null, structs and lists recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

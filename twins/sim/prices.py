@@ -1,0 +1,27 @@
+"""Competing offers: each supplier's daily price of each product (list price x markup, less promotions)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from twins.sim.config import Products
+
+
+def list_prices(cfg: Products, rng: np.random.Generator) -> np.ndarray:
+    """``[n_products]`` list prices, lognormal around ``price_mean``, rounded to cents."""
+    sigma = cfg.price_sigma
+    return np.round(cfg.price_mean * np.exp(sigma * rng.standard_normal(cfg.n_products) - sigma**2 / 2), 2)
+
+
+def offer_prices(cfg: Products, base: np.ndarray, days: int, rng: np.random.Generator) -> np.ndarray:
+    """``[days, n_suppliers, n_products]`` unit prices. A promotion starts with ``promo_prob`` a day on each
+    (supplier, product) and lasts a geometric number of days with mean ``promo_days``."""
+    markup = np.asarray(cfg.supplier_markup)[:, None]
+    shape = (len(cfg.supplier_markup), cfg.n_products)
+    on = np.zeros(shape, dtype=bool)
+    out = np.empty((days, *shape))
+    for t in range(days):
+        u = rng.random(shape)
+        on = np.where(on, u >= 1 / cfg.promo_days, u < cfg.promo_prob)
+        out[t] = np.round(base[None, :] * markup * np.where(on, 1 - cfg.promo_discount, 1.0), 2)
+    return out

@@ -1,0 +1,105 @@
+"""Behaviour features that tell machine customers from people, per customer, from ``purchase`` events alone.
+
+Only ``customer_id, basket_id, event_time, item_id, quantity, unit_price`` of purchase rows are read — never
+``actor``, ``channel``, or the fact that a customer sends telemetry, service requests or messages — so the
+features run unchanged on any canonical log. An order is a basket (its time: the basket's first line). Every
+feature is scale-free (no quantity, price or frequency level), so a detector cannot learn a log's units or a
+simulator's rates:
+
+- regularity of orders: ``gap_cv`` (std / mean of the inter-order gaps), ``gap_mad`` (median absolute deviation
+  / median gap), ``gap_autocorr`` (lag-1 correlation of the gaps; 0 when undefined), ``max_gap_ratio`` (longest /
+  median gap), ``whole_day_gaps`` (share of gaps within ``clock_minutes`` of a whole number of days: the same
+  clock time every order);
+- timing: ``hour_entropy`` and ``weekday_entropy`` (entropy of the hour-of-day and weekday histograms, divided by
+  its maximum for that many orders), ``time_of_day_spread`` (circular variance of the clock time, 0 = always the
+  same time), ``weekend_share``;
+- basket structure: ``log_lines_per_order``, ``top_item_share`` (lines of the most bought item / lines),
+  ``distinct_items_per_order`` (distinct items / orders), ``quantity_mode_share`` (lines with the modal quantity /
+  lines), ``top_item_quantity_cv``;
+- reaction to price and offers: ``deal_share`` (lines bought at ``deal_discount`` or more below the item's median
+  price in the whole log), ``price_cv`` (mean over items bought twice or more of the CV of the price paid).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+DAY_US = 86_400_000_000
+REGULARITY = ("gap_cv", "gap_mad", "gap_autocorr", "max_gap_ratio", "whole_day_gaps")
+TIMING = ("hour_entropy", "weekday_entropy", "time_of_day_spread", "weekend_share")
+BASKET = ("log_lines_per_order", "top_item_share", "distinct_items_per_order", "quantity_mode_share",
+          "top_item_quantity_cv")
+PRICE = ("deal_share", "price_cv")
+BEHAVIOUR_FEATURES = REGULARITY + TIMING + BASKET + PRICE
+
+
+def _cv(col: str) -> pl.Expr:
+    return (pl.col(col).std(ddof=0) / pl.col(col).mean()).fill_nan(0.0).fill_null(0.0)
+
+
+def _normalised_entropy(counts: pl.DataFrame, bins: int, name: str) -> pl.DataFrame:
+    """``counts`` (customer_id, n per bin) -> entropy / log(min(orders, bins)) per customer (0 with one order)."""
+    p = pl.col("n") / pl.col("n").sum()
+    return counts.group_by("customer_id").agg(
+        (-(p * p.log()).sum() / pl.min_horizontal(pl.col("n").sum(), pl.lit(bins)).cast(pl.Float64).log())
+        .fill_nan(0.0).abs().alias(name))
+
+
+def behaviour_features(events: pl.DataFrame | pl.LazyFrame, min_orders: int = 3, clock_minutes: float = 5.0,
+                       deal_discount: float = 0.1) -> pl.DataFrame:
+    """One row per customer with at least ``min_orders`` orders: ``customer_id``, ``n_orders`` and
+    ``BEHAVIOUR_FEATURES`` (float64)."""
+    lines = ((events.lazy() if isinstance(events, pl.DataFrame) else events)
+             .filter(pl.col("event_type") == "purchase")
+             .select("customer_id", "basket_id", "event_time", "item_id", "quantity", "unit_price").collect())
+    orders = (lines.group_by("customer_id", "basket_id").agg(pl.col("event_time").min(), pl.len().alias("lines"))
+              .with_columns(pl.len().over("customer_id").alias("n_orders"))
+              .filter(pl.col("n_orders") >= min_orders).sort("customer_id", "event_time"))
+    lines = lines.join(orders.select("customer_id").unique(), on="customer_id")
+    us = pl.col("event_time").dt.timestamp("us")
+    orders = orders.with_columns(
+        (us.diff().over("customer_id") / DAY_US).alias("gap"),
+        ((us % DAY_US) / DAY_US * 2 * np.pi).alias("angle"),
+        pl.col("event_time").dt.hour().alias("hour"), pl.col("event_time").dt.weekday().alias("weekday"))
+    clock = clock_minutes / 1440
+    frac = pl.col("gap") - pl.col("gap").floor()
+    gap = pl.col("gap").drop_nulls()
+    regular = orders.group_by("customer_id").agg(
+        pl.col("n_orders").first(),
+        _cv("gap").alias("gap_cv"),
+        ((gap - gap.median()).abs().median() / gap.median()).fill_nan(0.0).alias("gap_mad"),
+        pl.corr(gap, gap.shift(1)).fill_nan(0.0).fill_null(0.0).alias("gap_autocorr"),
+        (gap.max() / gap.median()).fill_nan(1.0).alias("max_gap_ratio"),
+        (pl.min_horizontal(frac, 1 - frac) <= clock).drop_nulls().mean().alias("whole_day_gaps"),
+        (1 - (pl.col("angle").cos().mean() ** 2 + pl.col("angle").sin().mean() ** 2).sqrt()).alias("time_of_day_spread"),
+        (pl.col("weekday") >= 6).mean().alias("weekend_share"),
+        pl.col("lines").mean().log1p().alias("log_lines_per_order"),
+    )
+    hours = _normalised_entropy(orders.group_by("customer_id", "hour").agg(pl.len().alias("n")), 24, "hour_entropy")
+    weekdays = _normalised_entropy(orders.group_by("customer_id", "weekday").agg(pl.len().alias("n")), 7,
+                                   "weekday_entropy")
+
+    per_item = lines.group_by("customer_id", "item_id").agg(pl.len().alias("n"))
+    top_item = per_item.sort("n", "item_id", descending=[True, False]).group_by("customer_id").first()
+    items = per_item.group_by("customer_id").agg(
+        (pl.col("n").max() / pl.col("n").sum()).alias("top_item_share"), pl.len().alias("distinct_items"))
+    modal = (lines.group_by("customer_id", "quantity").agg(pl.len().alias("n")).group_by("customer_id")
+             .agg((pl.col("n").max() / pl.col("n").sum()).alias("quantity_mode_share")))
+    top_qty = (lines.join(top_item.select("customer_id", "item_id"), on=["customer_id", "item_id"])
+               .group_by("customer_id").agg(_cv("quantity").alias("top_item_quantity_cv")))
+
+    priced = lines.filter(pl.col("unit_price").is_finite() & (pl.col("unit_price") > 0))
+    priced = priced.with_columns(pl.col("unit_price").median().over("item_id").alias("item_median"))
+    deals = priced.group_by("customer_id").agg(
+        (pl.col("unit_price") <= (1 - deal_discount) * pl.col("item_median")).mean().alias("deal_share"))
+    price_cv = (priced.group_by("customer_id", "item_id").agg(_cv("unit_price").alias("cv"), pl.len().alias("n"))
+                .filter(pl.col("n") >= 2).group_by("customer_id").agg(pl.col("cv").mean().alias("price_cv")))
+
+    out = regular
+    for part in (hours, weekdays, items, modal, top_qty, deals, price_cv):
+        out = out.join(part, on="customer_id", how="left")
+    out = out.with_columns((pl.col("distinct_items") / pl.col("n_orders")).alias("distinct_items_per_order"))
+    return (out.select("customer_id", pl.col("n_orders").cast(pl.Int64),
+                       *[pl.col(f).cast(pl.Float64).fill_null(0.0) for f in BEHAVIOUR_FEATURES])
+            .sort("customer_id"))

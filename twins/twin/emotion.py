@@ -1,0 +1,66 @@
+"""How each customer feels: message events scored in batch by an emotion bundle, rolled up per customer as of
+any date (recent emotion distribution, sentiment trend, the last strongly negative message).
+
+Point in time like the customer twins: only messages strictly before ``as_of`` count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+
+import polars as pl
+
+
+def score_messages(events: pl.LazyFrame, bundle, batch_size: int = 256,
+                   on_batch: Callable[[int, int], None] | None = None) -> pl.DataFrame:
+    """One row per message event (``event_type == "message"``): customer, time, text, the Ekman and sentiment
+    group probabilities (columns ``ekman_<group>``, ``sentiment_<group>``) and the fine labels over threshold."""
+    messages = (events.filter(pl.col("event_type") == "message")
+                .select("customer_id", "event_time", pl.col("text").fill_null("")).collect())
+    texts = messages["text"].to_list()
+    columns: dict[str, list] = {}
+    for start in range(0, len(texts), batch_size):
+        chunk = bundle.predict(texts[start:start + batch_size], batch_size=batch_size)
+        for answer in chunk:
+            for level in ("ekman", "sentiment"):
+                for group, p in answer[level]["scores"].items():
+                    columns.setdefault(f"{level}_{group}", []).append(p)
+            columns.setdefault("labels", []).append(answer["labels"]["predicted"])
+        if on_batch:
+            on_batch(min(start + batch_size, len(texts)), len(texts))
+    if not texts:
+        groups = [f"{level}_{g}" for level in ("ekman", "sentiment") for g in bundle.groups[level]]
+        columns = {g: [] for g in groups} | {"labels": []}
+    frame = pl.DataFrame(columns, schema_overrides={"labels": pl.List(pl.String)})
+    return pl.concat([messages, frame.cast({c: pl.Float32 for c in frame.columns if c != "labels"})], how="horizontal")
+
+
+def emotion_profiles(scored: pl.DataFrame, as_of: datetime | None, window_days: float = 30.0,
+                     strong_negative: float = 0.8) -> pl.DataFrame:
+    """Per customer with a message before ``as_of`` (``None``: after the last message):
+
+    - ``messages``, ``messages_recent`` (in the last ``window_days``);
+    - ``recent_<ekman group>``: mean group probability over the recent messages (null when none);
+    - ``negative_trend``: mean negative-sentiment probability in the recent window minus the window before it
+      (null unless both windows have messages; > 0 means getting more negative);
+    - ``last_negative_time`` / ``_text`` / ``_score``: the last message with negative probability >= ``strong_negative``.
+    """
+    if as_of is None:
+        as_of = scored["event_time"].max() + timedelta(microseconds=1) if scored.height else datetime.now(timezone.utc)
+    if as_of.tzinfo is None:
+        as_of = as_of.replace(tzinfo=timezone.utc)
+    window = timedelta(days=window_days)
+    ekman = [c for c in scored.columns if c.startswith("ekman_")]
+    past = scored.filter(pl.col("event_time") < as_of)
+    recent = pl.col("event_time") >= as_of - window
+    before = (pl.col("event_time") >= as_of - 2 * window) & ~recent
+    negative = pl.col("sentiment_negative")
+    strong = past.filter(negative >= strong_negative).sort("event_time").group_by("customer_id").agg(
+        pl.col("event_time").last().alias("last_negative_time"), pl.col("text").last().alias("last_negative_text"),
+        negative.last().alias("last_negative_score"))
+    profile = past.group_by("customer_id").agg(
+        pl.len().alias("messages"), recent.sum().alias("messages_recent"),
+        *[pl.col(c).filter(recent).mean().alias("recent_" + c.removeprefix("ekman_")) for c in ekman],
+        (negative.filter(recent).mean() - negative.filter(before).mean()).alias("negative_trend"))
+    return profile.join(strong, on="customer_id", how="left").sort("customer_id")

@@ -1,0 +1,233 @@
+"""Machine twins: per (machine, consumable) state as of a timestamp, from its orders alone or from orders plus
+telemetry, with intervals. Only events strictly before ``as_of`` are read.
+
+From orders (``purchase`` rows): a machine that orders up to a level S (an (s, S) or periodic-review policy)
+orders exactly what it consumed since its previous order, so the consumption rate is the ratio estimator
+``sum(q_2..q_n) / (t_n - t_1)``; its standard error comes from the residuals ``q_k - rate x gap_k``. Order
+intervals that are multiples of one period mark periodic review; otherwise the order quantity is S - s plus an
+undershoot (its low quantile estimates S - s). Without telemetry the reorder point is a prior, rate x (lead time
++ ``safety_days_prior``), and the lead time the median quoted one (``promised_days``) where the log has it.
+
+From telemetry (``telemetry`` rows, ``text`` ``usage``: a cumulative consumption counter; ``stock``: units on
+hand): the rate is the counter's slope over the window, its error from weekly blocks; the stock now is the last
+reading carried forward; a delivery shows as a jump in stock (lead time = jump day - order day); the inventory
+position at each order (stock + open orders) gives the reorder point (its median) and position + quantity
+gives S.
+
+Price sensitivity: given the suppliers' offer feed (``day, supplier, item_id, unit_price, delivery_days``), every
+order's choice bounds the price of a day of delivery ``lambda``: choosing supplier c over k means
+``p_c + lambda d_c <= p_k + lambda d_k``. The bounds' intersection is reported (``delay_cost_low/high``); an empty
+one (the machine ignores offers, e.g. a contract) is null. Negotiating machines reveal a reservation price in
+their counter-offers (``message`` rows ``counter``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from statistics import NormalDist
+
+import numpy as np
+import polars as pl
+
+DAY_US = 86_400_000_000
+
+
+@dataclass(frozen=True)
+class MachineTwinParams:
+    """How machine twins are estimated."""
+
+    interval: float = 0.8              # central probability of every interval
+    safety_days_prior: float = 3.0     # orders alone: reorder point = rate x (lead time + this)
+    lead_days_prior: float = 4.0       # orders alone, no quoted lead time in the log
+    use_telemetry: bool = True
+    block_days: int = 7                # telemetry rate error from blocks this long
+    periodic_share: float = 0.9        # share of order gaps that are multiples of the modal gap to call it periodic
+
+
+def _days(times: pl.Series | np.ndarray, origin_us: int) -> np.ndarray:
+    us = times.cast(pl.Int64).to_numpy() if isinstance(times, pl.Series) else times
+    return (us - origin_us) / DAY_US
+
+
+def order_rate(t: np.ndarray, q: np.ndarray) -> tuple[float, float]:
+    """Consumption rate and its standard error from order times (days, sorted) and quantities of an
+    order-up-to machine: ``sum(q[1:]) / (t[-1] - t[0])``; nan with fewer than 2 orders (se: fewer than 3)."""
+    if len(t) < 2 or t[-1] <= t[0]:
+        return np.nan, np.nan
+    gaps, qty = np.diff(t), q[1:]
+    rate = qty.sum() / gaps.sum()
+    if len(gaps) < 2:
+        return float(rate), np.nan
+    resid = qty - rate * gaps
+    return float(rate), float(np.sqrt(len(gaps) / (len(gaps) - 1) * np.sum(resid**2)) / gaps.sum())
+
+
+def usage_rate(t: np.ndarray, usage: np.ndarray, block_days: int) -> tuple[float, float]:
+    """Slope of a cumulative usage counter over the readings, and the standard error of the mean of block
+    rates (blocks of ``block_days``)."""
+    if len(t) < 2 or t[-1] <= t[0]:
+        return np.nan, np.nan
+    rate = (usage[-1] - usage[0]) / (t[-1] - t[0])
+    edges = np.arange(t[0], t[-1] + 1e-9, block_days)
+    at = np.interp(edges, t, usage)
+    blocks = np.diff(at) / block_days
+    se = blocks.std(ddof=1) / np.sqrt(len(blocks)) if len(blocks) >= 2 else np.nan
+    return float(rate), float(se)
+
+
+def stock_rate(t: np.ndarray, stock: np.ndarray, order_t: np.ndarray, order_q: np.ndarray, lead: float) -> float:
+    """Rate from stock readings alone: (first - last reading + orders delivered in between) / elapsed days."""
+    if len(t) < 2 or t[-1] <= t[0] or not np.isfinite(lead):
+        return np.nan
+    arrive = order_t + lead
+    delivered = order_q[(arrive > t[0]) & (arrive <= t[-1])].sum()
+    return float((stock[0] - stock[-1] + delivered) / (t[-1] - t[0]))
+
+
+def arrival_lags(order_t: np.ndarray, order_q: np.ndarray, t: np.ndarray, stock: np.ndarray,
+                 max_days: float = 30.0) -> np.ndarray:
+    """Days from each order to the first stock reading (times in days) that jumps by at least half its quantity."""
+    jumps, read = np.diff(stock), t[1:]
+    lags = []
+    for when, qty in zip(order_t, order_q):
+        after = np.flatnonzero((read > when) & (read <= when + max_days) & (jumps >= 0.5 * qty))
+        if len(after):
+            lags.append(np.floor(read[after[0]]) - np.floor(when))  # whole days: deliveries come at the day's start
+    return np.asarray(lags)
+
+
+def periodic_review(gaps: np.ndarray, share: float) -> float:
+    """The review period (days) when at least ``share`` of the order gaps are multiples of the modal gap, else nan."""
+    days = np.round(gaps).astype(int)
+    if len(days) < 3 or days.min() < 1:
+        return np.nan
+    values, counts = np.unique(days, return_counts=True)
+    period = values[np.argmax(counts)]
+    on_grid = np.mean((days % period == 0) & (np.abs(gaps - days) < 0.1))
+    return float(period) if on_grid >= share else np.nan
+
+
+def delay_cost_bounds(chosen_price: np.ndarray, chosen_days: np.ndarray, alt_price: np.ndarray,
+                      alt_days: np.ndarray) -> tuple[float, float]:
+    """Bounds on lambda from ``p_c + lambda d_c <= p_k + lambda d_k`` over all (order, alternative) pairs;
+    (nan, nan) when no lambda >= 0 satisfies them all."""
+    dd, dp = chosen_days - alt_days, alt_price - chosen_price  # lambda * dd <= dp
+    if np.any((dd == 0) & (dp < -1e-9)):
+        return np.nan, np.nan
+    lo = np.max(-dp[dd < 0] / -dd[dd < 0], initial=0.0)   # dd < 0: lambda >= -dp / -dd
+    hi = np.min(dp[dd > 0] / dd[dd > 0], initial=np.inf)
+    return (float(lo), float(hi)) if lo <= hi + 1e-9 else (np.nan, np.nan)
+
+
+def _split(frame: pl.DataFrame, keys: list[str]) -> dict[tuple, pl.DataFrame]:
+    return frame.partition_by(keys, as_dict=True, maintain_order=True) if frame.height else {}
+
+
+def orders_state(t: np.ndarray, q: np.ndarray, promised: float, p: MachineTwinParams) -> dict[str, float]:
+    """The twin from orders alone; ``t`` in days relative to as_of (negative), sorted."""
+    rate, se = order_rate(t, q)
+    review = periodic_review(np.diff(t), p.periodic_share)
+    lead = promised if np.isfinite(promised) else p.lead_days_prior
+    reorder = rate * (lead + p.safety_days_prior)
+    up_to = reorder + float(np.quantile(q, 0.1)) if np.isnan(review) else rate * (review + lead + p.safety_days_prior)
+    # after the last order the position was S; since then it fell by the consumption; open orders are not stock yet
+    stock = up_to - rate * -t[-1] - q[np.floor(t) + lead > 0].sum()
+    stock_sd = rate * (lead + p.safety_days_prior) / 2 + (se if np.isfinite(se) else 0.0) * -t[-1]
+    return {"source": "orders", "rate": rate, "rate_se": se, "stock": stock, "stock_sd": stock_sd,
+            "reorder_point": reorder if np.isnan(review) else np.nan, "order_up_to": up_to,
+            "review_days": review, "lead_time": lead}
+
+
+def telemetry_state(state: dict[str, float], t: np.ndarray, q: np.ndarray, tele: pl.DataFrame, as_of_us: int,
+                    p: MachineTwinParams) -> dict[str, float]:
+    """``state`` (from orders) updated with the machine's readings: lead time from stock jumps, rate from the
+    usage counter (else from stock), reorder point and S from the inventory position at each order, stock now
+    from the last reading."""
+    state = dict(state)
+    use, stk = tele.filter(pl.col("text") == "usage"), tele.filter(pl.col("text") == "stock")
+    ts, sv = _days(stk["event_time"], as_of_us), stk["quantity"].to_numpy()
+    lags = arrival_lags(t, q, ts, sv) if len(ts) else np.empty(0)
+    lead = float(np.median(lags)) if len(lags) else state["lead_time"]
+    rate, se = state["rate"], state["rate_se"]
+    if use.height >= 2:
+        rate, se = usage_rate(_days(use["event_time"], as_of_us), use["quantity"].to_numpy(), p.block_days)
+    elif len(ts) >= 2:
+        rate = stock_rate(ts, sv, np.floor(t), q, lead)
+    state.update(source="telemetry", rate=rate, rate_se=se, lead_time=lead)
+    if not len(ts):
+        return state
+    before = np.searchsorted(ts, t) - 1                  # the last reading before each order (the previous evening)
+    ok = before >= 0
+    if ok.any():
+        day = np.floor(t)
+        open_at = np.array([q[(t < tk) & (day + lead >= dk)].sum() for tk, dk in zip(t, day)])
+        position = sv[before[ok]] + open_at[ok]
+        state.update(reorder_point=float(np.median(position)) if np.isnan(state["review_days"]) else np.nan,
+                     order_up_to=float(np.median(position + q[ok])))
+    arriving = q[(np.floor(t) + lead > ts[-1]) & (np.floor(t) + lead <= 0)].sum()
+    resid = np.diff(sv) + rate * np.diff(ts)
+    noise = float(np.median(np.abs(resid - np.median(resid)))) * 1.4826 if len(resid) else 0.0
+    state.update(stock=sv[-1] - rate * -ts[-1] + arriving, stock_sd=noise + rate * -ts[-1] * 0.3)
+    return state
+
+
+def build_machine_twins(events: pl.LazyFrame | pl.DataFrame, as_of: datetime, params: MachineTwinParams | None = None,
+                        offers: pl.DataFrame | None = None) -> pl.DataFrame:
+    """One row per (machine, consumable) with at least one order before ``as_of``: ``rate`` with
+    ``rate_low/high``, ``stock`` with ``stock_low/high``, ``reorder_point``, ``order_up_to``, ``order_quantity``,
+    ``review_days`` (periodic review, else null), ``lead_time``, ``delay_cost_low/high``, ``reservation_price``,
+    ``n_orders``, ``last_order`` and ``source`` (``orders`` or ``telemetry``). ``offers`` (the suppliers' feed:
+    ``day, supplier, item_id, unit_price, delivery_days``) enables the delay-cost bounds."""
+    p = params or MachineTwinParams()
+    if as_of.tzinfo is None:
+        as_of = as_of.replace(tzinfo=timezone.utc)
+    as_of_us = int(as_of.timestamp() * 1_000_000)
+    z = NormalDist().inv_cdf((1 + p.interval) / 2)
+    ev = (events.lazy() if isinstance(events, pl.DataFrame) else events).filter(
+        (pl.col("actor") == "machine") & (pl.col("event_time") < pl.lit(as_of, pl.Datetime("us", "UTC"))))
+    names = ev.collect_schema().names()
+    order_cols = ["customer_id", "item_id", "event_time", "quantity", "unit_price"] + [
+        c for c in ("promised_days", "supplier") if c in names]
+    orders = ev.filter(pl.col("event_type") == "purchase").select(order_cols).sort("event_time").collect()
+    tele = (ev.filter(pl.col("event_type") == "telemetry").select("customer_id", "item_id", "event_time", "text", "quantity")
+            .sort("event_time").collect()) if p.use_telemetry else pl.DataFrame()
+    counters = (ev.filter((pl.col("event_type") == "message") & (pl.col("text") == "counter"))
+                .group_by("customer_id", "item_id").agg(pl.col("unit_price").median().alias("reservation_price")).collect())
+    tele_by = _split(tele, ["customer_id", "item_id"])
+    choices = _offer_choices(orders, offers) if offers is not None and "supplier" in names else {}
+
+    rows = []
+    for key, g in _split(orders, ["customer_id", "item_id"]).items():
+        t, q = _days(g["event_time"], as_of_us), g["quantity"].to_numpy()
+        promised = g["promised_days"].drop_nulls().median() if "promised_days" in g.columns else None
+        state = orders_state(t, q, np.nan if promised is None else float(promised), p)
+        if key in tele_by:
+            state = telemetry_state(state, t, q, tele_by[key], as_of_us, p)
+        rate, se, stock, sd = state.pop("rate"), state.pop("rate_se"), state.pop("stock"), state.pop("stock_sd")
+        se = se if np.isfinite(se) else np.nan
+        low, high = delay_cost_bounds(*choices[key]) if key in choices else (np.nan, np.nan)
+        rows.append({"customer_id": key[0], "item_id": key[1], "n_orders": len(t), "last_order": g["event_time"][-1],
+                     "rate": rate, "rate_low": max(rate - z * se, 0.0), "rate_high": rate + z * se,
+                     "stock": max(stock, 0.0), "stock_low": max(stock - z * sd, 0.0), "stock_high": max(stock + z * sd, 0.0),
+                     "order_quantity": float(np.median(q)), **state, "delay_cost_low": low, "delay_cost_high": high})
+    if not rows:
+        return pl.DataFrame()
+    out = pl.DataFrame(rows, schema_overrides={"last_order": pl.Datetime("us", "UTC")}, infer_schema_length=None)
+    out = out.with_columns(pl.col(pl.Float64).fill_nan(None))
+    return out.join(counters, on=["customer_id", "item_id"], how="left").with_columns(
+        pl.lit(as_of).cast(pl.Datetime("us", "UTC")).alias("as_of"))
+
+
+def _offer_choices(orders: pl.DataFrame, offers: pl.DataFrame) -> dict[tuple, tuple[np.ndarray, ...]]:
+    """Per (machine, item): chosen and alternative (price, delivery days) for every order the feed covers."""
+    feed = offers.select(pl.col("day").dt.truncate("1d"), "supplier", "item_id",
+                         pl.col("unit_price").alias("price"), pl.col("delivery_days").cast(pl.Float64).alias("days"))
+    o = orders.select("customer_id", "item_id", "event_time", pl.col("supplier").alias("chosen"),
+                      pl.col("event_time").dt.truncate("1d").alias("day"))
+    joined = o.join(feed, on=["day", "item_id"])
+    chosen = joined.filter(pl.col("supplier") == pl.col("chosen")).select(
+        "customer_id", "item_id", "event_time", pl.col("price").alias("cp"), pl.col("days").alias("cd"))
+    pairs = joined.filter(pl.col("supplier") != pl.col("chosen")).join(chosen, on=["customer_id", "item_id", "event_time"])
+    return {key: (g["cp"].to_numpy(), g["cd"].to_numpy(), g["price"].to_numpy(), g["days"].to_numpy())
+            for key, g in _split(pairs, ["customer_id", "item_id"]).items()}
