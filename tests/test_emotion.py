@@ -258,13 +258,15 @@ def test_tampered_or_incomplete_bundles_are_refused(bundle_dir, tmp_path, damage
 
 # ------------------------------------------------------------------------------------------- emotion in twins
 
-def _scored(rows: list[tuple]) -> "pl.DataFrame":
+def _scored(rows: list[tuple]):
+    """A scored-messages frame: (customer, day offset, text, joy = 1 - anger, negative sentiment)."""
+    from datetime import datetime, timedelta, timezone
+
     import polars as pl
 
-    from datetime import datetime, timezone
     return pl.DataFrame({
         "customer_id": [r[0] for r in rows],
-        "event_time": [datetime(2024, 1, 1, tzinfo=timezone.utc) + __import__("datetime").timedelta(days=r[1]) for r in rows],
+        "event_time": [datetime(2024, 1, 1, tzinfo=timezone.utc) + timedelta(days=r[1]) for r in rows],
         "text": [r[2] for r in rows], "ekman_joy": [r[3] for r in rows], "ekman_anger": [1 - r[3] for r in rows],
         "sentiment_negative": [r[4] for r in rows]}).with_columns(pl.col("event_time").dt.cast_time_unit("us"))
 
