@@ -98,3 +98,22 @@ def test_short_histories_mismatched_readings_and_foreign_bundles(fitted, tmp_pat
     (other / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="features"):
         load(other)
+
+
+def test_service_answers_replenishment_requests_like_the_runtime(fitted):
+    from fastapi.testclient import TestClient
+
+    from twins.serve import create_app
+
+    market, events, _, test, _, path = fitted
+    raw = [_raw(events, m) for m in test[:3]]
+    body = {"orders": [[{"time": t.isoformat(), "quantity": q, "promised_days": p} for t, q, p in o] for o, _ in raw],
+            "readings": [[{"time": t.isoformat(), "stock": s, "usage": u} for t, s, u in r] for _, r in raw],
+            "as_of": market.as_of.isoformat()}
+    with TestClient(create_app({"fleet": path}, [], poll_seconds=0)) as client:
+        r = client.post("/v1/models/fleet/replenishment", json=body)
+        assert r.status_code == 200, r.text
+        want = load(path).forecast([o for o, _ in raw], market.as_of, [r_ for _, r_ in raw])
+        assert [a["quantity"] for a in r.json()["results"]] == pytest.approx([a["quantity"] for a in want])
+        bad = client.post("/v1/models/fleet/replenishment", json={**body, "readings": body["readings"][:1]})
+        assert bad.status_code == 422 and "one list per machine" in bad.text

@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 from fastapi.testclient import TestClient
 
-from twins.runtime import load
+from twins.runtime import TASKS, load
 from twins.serve import ROUTES, create_app
 from twins.serve.logs import JsonFormatter
 from twins.twin.store import TwinStore
@@ -184,7 +184,7 @@ def test_startup_errors_name_the_problem(folders, tmp_path):
         create_app({"x": str(tmp_path / "missing")})
     with pytest.raises(ValueError, match="model name"):
         create_app({"bad/name": str(folders["nbr"])})
-    assert set(ROUTES) == {"next_basket", "purchase_outlook"}
+    assert set(ROUTES) == set(TASKS)  # every task the runtime loads has an endpoint
 
 
 def test_ready_is_503_without_a_snapshot(folders):

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from twins.runtime import EmotionBundle, NextBasketBundle, OutlookBundle
+from twins.runtime import EmotionBundle, NextBasketBundle, OutlookBundle, ReplenishmentBundle
 
 MAX_BATCH = 1000
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
@@ -100,6 +100,49 @@ class EmotionResponse(BaseModel):
     results: list[Emotion]
 
 
+class Order(_Request):
+    time: datetime = Field(description="ISO 8601; without a zone it is UTC")
+    quantity: float = Field(ge=0, le=1e9)
+    promised_days: float | None = Field(None, ge=0, le=3660, description="delivery time promised with the order")
+
+
+class Reading(_Request):
+    time: datetime
+    stock: float = Field(ge=-1e9, le=1e9)
+    usage: float = Field(ge=-1e9, le=1e9)
+
+
+class ReplenishmentRequest(_Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "orders": [[{"time": "2024-01-03T00:00:00Z", "quantity": 40}, {"time": "2024-01-24T00:00:00Z", "quantity": 38},
+                    {"time": "2024-02-14T00:00:00Z", "quantity": 41}]], "as_of": "2024-02-20T00:00:00Z"}]})
+
+    orders: list[Annotated[list[Order], Field(max_length=100_000)]] = Field(
+        min_length=1, max_length=MAX_BATCH, description="one order history per machine (any order)")
+    readings: list[Annotated[list[Reading], Field(max_length=100_000)]] | None = Field(
+        None, description="optional stock/usage readings, one list per machine (empty for machines without telemetry)")
+    as_of: datetime = Field(description="answer as of this time: orders and readings at or after it are ignored")
+
+
+class Replenishment(BaseModel):
+    known: bool = Field(description="false: fewer than 3 orders before as_of; the other fields are null")
+    next_order: datetime | None = Field(description="median time of the next order")
+    next_order_low: datetime | None
+    next_order_high: datetime | None
+    days: float | None
+    days_low: float | None
+    days_high: float | None
+    quantity: float | None
+    quantity_low: float | None
+    quantity_high: float | None
+
+
+class ReplenishmentResponse(BaseModel):
+    model: str
+    version: str
+    results: list[Replenishment]
+
+
 @dataclass(frozen=True)
 class TaskRoute:
     """How the service serves one task: ``POST /v1/models/<name>/<action>`` with ``request`` -> ``response``."""
@@ -124,6 +167,14 @@ def emotion(bundle: EmotionBundle, body: EmotionRequest) -> list[dict[str, Any]]
     return bundle.predict(body.texts)
 
 
+def replenishment(bundle: ReplenishmentBundle, body: ReplenishmentRequest) -> list[dict[str, Any]]:
+    if body.readings is not None and len(body.readings) != len(body.orders):
+        raise ValueError(f"readings: one list per machine ({len(body.orders)}), got {len(body.readings)}")
+    orders = [[(o.time, o.quantity, o.promised_days) for o in machine] for machine in body.orders]
+    readings = None if body.readings is None else [[(r.time, r.stock, r.usage) for r in machine] for machine in body.readings]
+    return bundle.forecast(orders, body.as_of, readings)
+
+
 ROUTES: dict[str, TaskRoute] = {
     "next_basket": TaskRoute("recommend", "Next basket: top-k items per purchase history", NextBasketRequest,
                              NextBasketResponse, recommend),
@@ -131,4 +182,6 @@ ROUTES: dict[str, TaskRoute] = {
                                   OutlookResponse, outlook),
     "emotion": TaskRoute("emotion", "Emotion of messages: 28 labels, Ekman groups, sentiment", EmotionRequest,
                          EmotionResponse, emotion),
+    "replenishment": TaskRoute("replenishment", "Replenishment: when a machine orders next and how much, with intervals",
+                               ReplenishmentRequest, ReplenishmentResponse, replenishment),
 }

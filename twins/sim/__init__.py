@@ -18,7 +18,7 @@ from twins.sim.config import KINDS, MarketConfig, load_config
 from twins.sim.humans import simulate_humans
 from twins.sim.machines import POLICIES, Machines, draw_machines
 from twins.sim.market import MachineLog, simulate_machines
-from twins.sim.prices import list_prices, offer_prices
+from twins.sim.prices import list_prices, offer_prices, price_step
 
 
 @dataclass
@@ -60,6 +60,9 @@ def simulate(config: MarketConfig) -> Market:
     total = config.days + config.horizon_days
     base = list_prices(config.products, rng_prices)
     offers = offer_prices(config.products, base, total, rng_prices)
+    shock = config.shocks
+    if shock.price_factor != 1:
+        offers = price_step(offers, shock.price_day, shock.price_supplier, shock.price_factor)
     machines = draw_machines(config, rng_machines)
     log = simulate_machines(config, machines, offers, base, rng_days)
     months = np.array([(config.start + timedelta(days=t)).month for t in range(total)])

@@ -98,6 +98,16 @@ class Humans(_Strict):
     impulse_mean: float = Field(2.0, ge=0)
 
 
+class Shocks(_Strict):
+    """Shocks inside the simulated days: one supplier's price step, and a fleet of machines that joins late."""
+
+    price_day: int = Field(0, ge=0)            # from this day on, supplier ``price_supplier``'s prices x ``price_factor``
+    price_supplier: int = Field(1, ge=0)
+    price_factor: float = Field(1.0, gt=0)     # 1: no price step
+    fleet_machines: int = Field(0, ge=0)       # the last this many machines join on ``fleet_day``, with empty stock
+    fleet_day: int = Field(0, ge=0)
+
+
 class MarketConfig(_Strict):
     """A simulated market: machines of three kinds and human shoppers, observed for ``days`` from ``start`` and
     simulated ``horizon_days`` further for the ground truth (the true next order after the window)."""
@@ -114,6 +124,7 @@ class MarketConfig(_Strict):
     policy: Policy = Policy()
     telemetry: Telemetry = Telemetry()
     humans: Humans = Humans()
+    shocks: Shocks = Shocks()
 
     @model_validator(mode="after")
     def _kinds(self) -> "MarketConfig":
@@ -123,6 +134,10 @@ class MarketConfig(_Strict):
                 raise ValueError(f"{field_name}: unknown machine kinds {sorted(unknown)}; use {list(KINDS)}")
         if abs(sum(self.kinds.values()) - 1) > 1e-9:
             raise ValueError(f"kinds: shares must sum to 1, got {sum(self.kinds.values())}")
+        if self.shocks.fleet_machines > self.n_machines:
+            raise ValueError("shocks.fleet_machines: more than n_machines")
+        if self.shocks.price_supplier >= len(self.products.supplier_markup):
+            raise ValueError("shocks.price_supplier: no such supplier (index into products.supplier_markup)")
         if self.start.tzinfo is None:
             self.start = self.start.replace(tzinfo=timezone.utc)
         return self

@@ -41,6 +41,7 @@ class Machines:
     telemetry: np.ndarray      # bool: sends stock and usage readings
     order_second: np.ndarray   # int seconds after midnight UTC of a bound or adaptable machine's orders
     telemetry_second: np.ndarray  # int seconds after midnight UTC of the readings
+    join_day: np.ndarray       # int day the machine starts (0 but for a late fleet, which starts with empty stock)
 
     def __len__(self) -> int:
         return len(self.kind)
@@ -101,4 +102,5 @@ def draw_machines(cfg: MarketConfig, rng: np.random.Generator) -> Machines:
         telemetry=rng.random(n) < telemetry_share[kind],
         order_second=rng.integers(0, 6 * 3600, n) + np.where(kind == 1, 6 * 3600, 0),
         telemetry_second=rng.integers(22 * 3600, 86_400, n),  # end of the day's consumption
+        join_day=np.where(np.arange(n) >= n - cfg.shocks.fleet_machines, cfg.shocks.fleet_day, 0),
     )

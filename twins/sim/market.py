@@ -67,7 +67,8 @@ def simulate_machines(cfg: MarketConfig, m: Machines, offers: np.ndarray, list_p
     pipeline = np.zeros((width, n), F32)
     spread = rng.random(n)
     stock = np.where(m.policy == 1, m.order_up_to * (0.3 + 0.7 * spread),
-                     m.reorder_point + spread * (m.order_up_to - m.reorder_point)).astype(F32)
+                     m.reorder_point + spread * (m.order_up_to - m.reorder_point))
+    stock = np.where(m.join_day > 0, 0.0, stock).astype(F32)  # a late fleet arrives empty
     on_order = np.zeros(n, F32)
     usage = np.zeros(n, np.float64)
     down_left = np.zeros(n, np.int16)
@@ -113,7 +114,8 @@ def simulate_machines(cfg: MarketConfig, m: Machines, offers: np.ndarray, list_p
         stock += pipeline[slot]
         on_order -= pipeline[slot]
         pipeline[slot] = 0
-        position = stock + on_order
+        active = m.join_day <= t
+        position = np.where(active, stock + on_order, np.inf)  # machines not yet installed never order
 
         # bound (s, S): order up to S when the inventory position is at or below s
         idx = by_policy[0][position[by_policy[0]] <= m.reorder_point[by_policy[0]]]
@@ -175,7 +177,7 @@ def simulate_machines(cfg: MarketConfig, m: Machines, offers: np.ndarray, list_p
 
         # breakdowns (a service request each) and bursts, then the day's demand
         u = rng.random(n, dtype=F32)
-        broke = np.flatnonzero((down_left == 0) & (u < c.breakdown_prob))
+        broke = np.flatnonzero((down_left == 0) & (u < c.breakdown_prob) & active)
         if len(broke):
             down_left[broke] = _geometric(rng, c.repair_mean_days, len(broke))
             service.add(machine=broke, day=t, second=rng.integers(0, 86_400, len(broke)))
@@ -186,7 +188,7 @@ def simulate_machines(cfg: MarketConfig, m: Machines, offers: np.ndarray, list_p
         season = 1 + amplitude * np.sin(F32(2 * np.pi) * (F32(t / 365) + phase))
         noise = np.exp(F32(c.noise_sigma) * rng.standard_normal(n, dtype=F32) - F32(c.noise_sigma**2 / 2))
         demand = base * (1 + weekly * weekday_only) * season * noise
-        demand *= np.where(burst_left > 0, F32(c.burst_multiplier), F32(1)) * (down_left == 0)
+        demand *= np.where(burst_left > 0, F32(c.burst_multiplier), F32(1)) * ((down_left == 0) & active)
         consumed = np.minimum(demand, stock)
         stock -= consumed
         usage += consumed
@@ -200,10 +202,11 @@ def simulate_machines(cfg: MarketConfig, m: Machines, offers: np.ndarray, list_p
 
         if len(reporting) and t % cfg.telemetry.every_days == 0:
             ts = cfg.telemetry
-            k = len(reporting)
-            read_stock = stock[reporting] + ts.stock_noise * m.order_up_to[reporting] * rng.standard_normal(k)
-            read_usage = usage[reporting] + ts.usage_noise * m.base_rate[reporting] * rng.standard_normal(k)
-            telemetry.add(machine=reporting, day=t, stock=np.maximum(read_stock, 0), usage=np.maximum(read_usage, 0))
+            on = reporting[active[reporting]]
+            k = len(on)
+            read_stock = stock[on] + ts.stock_noise * m.order_up_to[on] * rng.standard_normal(k)
+            read_usage = usage[on] + ts.usage_noise * m.base_rate[on] * rng.standard_normal(k)
+            telemetry.add(machine=on, day=t, stock=np.maximum(read_stock, 0), usage=np.maximum(read_usage, 0))
     if cfg.horizon_days == 0:
         stock_as_of = stock.copy()
 

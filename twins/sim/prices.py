@@ -25,3 +25,10 @@ def offer_prices(cfg: Products, base: np.ndarray, days: int, rng: np.random.Gene
         on = np.where(on, u >= 1 / cfg.promo_days, u < cfg.promo_prob)
         out[t] = np.round(base[None, :] * markup * np.where(on, 1 - cfg.promo_discount, 1.0), 2)
     return out
+
+
+def price_step(offers: np.ndarray, day: int, supplier: int, factor: float) -> np.ndarray:
+    """``offers`` with ``supplier``'s prices times ``factor`` from ``day`` on (a competitor's price change)."""
+    out = offers.copy()
+    out[day:, supplier] = np.round(out[day:, supplier] * factor, 2)
+    return out
