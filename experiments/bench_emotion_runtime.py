@@ -24,15 +24,6 @@ from twins import api, paths
 SOURCE = "configs/sources/goemotions.yaml"
 
 
-def one_thread(bundle) -> None:
-    """Re-open the bundle's onnxruntime session on one intra-op thread (the latency protocol)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
-    bundle.session = ort.InferenceSession(str(bundle.path / "model.onnx"), options, providers=["CPUExecutionProvider"])
-
-
 def latency(score, texts: list[str]) -> tuple[float, float, float]:
     """(p50 ms, p99 ms) at batch 1 over the first 1,000 texts, and messages/s at batch 64 over all, texts
     grouped by length."""
@@ -87,14 +78,13 @@ def main() -> None:
     args = ap.parse_args()
     report = api.ingest(SOURCE, track=False)
     test = splits_from_events(pl.read_parquet(report.events_path), 28)["test"]
-    fp32 = load(args.bundle)
+    fp32 = load(args.bundle, threads=1)
     int8_dir = quantize_bundle(args.bundle, args.bundle.with_name(args.bundle.name + "-int8"))
-    int8 = load(int8_dir)
+    int8 = load(int8_dir, threads=1)
     rows, f1 = [], {}
     for name, bundle in (("onnxruntime fp32 (bundle)", fp32), ("onnxruntime int8", int8)):
         p = bundle.probabilities(test.texts)["labels"]
         f1[name] = macro_f1(test.y, (p >= bundle.thresholds["labels"]).astype(np.float32))
-        one_thread(bundle)
         rows.append((name, f1[name], *latency(lambda t, b=bundle: b.probabilities(t), test.texts)))
     rows.append(("PyTorch eager (MiniLM part only)", None,
                  *latency(torch_scorer(args.checkpoint, fp32.max_length), test.texts)))

@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 from twins.emotion.encoder import Encoder, EncoderConfig, pretrained_dir
 from twins.emotion.tokenize import encode, load_tokenizer
-from twins.runtime.text import pad
+from twins.runtime.text import by_length, pad
 from twins.evaluate.emotion import macro_f1, predict_labels, tune_thresholds
 
 SMALL = EncoderConfig(hidden=256, layers=2, heads=4, intermediate=1024, max_positions=512)
@@ -206,15 +206,12 @@ class EmotionClassifier:
 
     def predict_proba(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
         """Label probabilities (n, n_labels), float32."""
-        ids = encode(self.tokenizer_, texts)
-        order = np.argsort([len(i) for i in ids], kind="stable")
         out = np.zeros((len(texts), self.net_.head.out_features), dtype=np.float32)
         self.net_.eval()
         with torch.no_grad():
-            for start in range(0, len(order), batch_size):
-                rows = order[start:start + batch_size]
-                input_ids, mask = (torch.from_numpy(a).to(self.device_) for a in pad([ids[i] for i in rows]))
-                out[rows] = torch.sigmoid(self.net_(input_ids, mask).float()).cpu().numpy()
+            for rows, input_ids, mask in by_length(encode(self.tokenizer_, texts), batch_size):
+                logits = self.net_(torch.from_numpy(input_ids).to(self.device_), torch.from_numpy(mask).to(self.device_))
+                out[rows] = torch.sigmoid(logits.float()).cpu().numpy()
         return out
 
     # -- internals -------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 from twins.emotion.encoder import Encoder, pretrained_dir
 from twins.emotion.linear import fit_per_label, sigmoid
 from twins.emotion.tokenize import encode, load_tokenizer
-from twins.runtime.text import pad
+from twins.runtime.text import by_length
 
 
 class FrozenEncoderLogReg:
@@ -23,14 +23,10 @@ class FrozenEncoderLogReg:
         if not hasattr(self, "encoder_"):
             self.encoder_ = Encoder.pretrained().eval()
             self.tokenizer_ = load_tokenizer(pretrained_dir() / "tokenizer.json", self.max_length)
-        ids = encode(self.tokenizer_, texts)
-        order = np.argsort([len(i) for i in ids], kind="stable")
         out = np.zeros((len(texts), self.encoder_.config.hidden), dtype=np.float32)
         with torch.no_grad():
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start:start + self.batch_size]
-                batch_ids, mask = pad([ids[i] for i in rows])
-                out[rows] = self.encoder_(torch.from_numpy(batch_ids), torch.from_numpy(mask)).numpy()
+            for rows, input_ids, mask in by_length(encode(self.tokenizer_, texts), self.batch_size):
+                out[rows] = self.encoder_(torch.from_numpy(input_ids), torch.from_numpy(mask)).numpy()
         return out
 
     def fit(self, texts: list[str], y: np.ndarray) -> "FrozenEncoderLogReg":

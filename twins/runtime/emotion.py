@@ -12,7 +12,7 @@ import numpy as np
 
 from twins.runtime.bundle import Bundle, BundleError
 from twins.runtime.lexical import TfidfFeatures
-from twins.runtime.text import clean_text, pad
+from twins.runtime.text import by_length, clean_text
 
 LEVELS = ("labels", "ekman", "sentiment")
 
@@ -62,11 +62,8 @@ class EmotionBundle(Bundle):
         """``{"labels": (n, 28), "ekman": (n, 7), "sentiment": (n, 4)}`` float32 probabilities."""
         texts = [clean_text(t) for t in texts]
         encoded = [e.ids for e in self.tokenizer.encode_batch(texts)] if texts else []
-        order = np.argsort([len(e) for e in encoded], kind="stable")
         out = {level: np.zeros((len(texts), len(self.groups[level])), dtype=np.float32) for level in LEVELS}
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            ids, mask = pad([encoded[i] for i in rows])
+        for rows, ids, mask in by_length(encoded, batch_size):
             feeds = {"input_ids": ids, "attention_mask": mask}
             if self.lexical is not None:
                 feeds["lex_ids"], feeds["lex_values"] = self.lexical.transform([texts[i] for i in rows])

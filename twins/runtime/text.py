@@ -20,6 +20,15 @@ def clean_text(text: str | bytes | None) -> str:
     return " ".join(text.split())
 
 
+def by_length(ids: list[list[int]], batch_size: int):
+    """Batches of similar-length sequences (less padding): yields ``(rows, input_ids, attention_mask)``, ``rows``
+    being the batch's positions in ``ids``, so results scatter back with ``out[rows] = ...``."""
+    order = np.argsort([len(seq) for seq in ids], kind="stable")
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        yield (rows, *pad([ids[i] for i in rows]))
+
+
 def pad(batch: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     """(input_ids, attention_mask) int64 arrays padded with 0 to the longest sequence in the batch."""
     width = max(len(ids) for ids in batch)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import polars as pl
 
 
@@ -19,21 +20,20 @@ def score_messages(events: pl.LazyFrame, bundle, batch_size: int = 256,
     messages = (events.filter(pl.col("event_type") == "message")
                 .select("customer_id", "event_time", pl.col("text").fill_null("")).collect())
     texts = messages["text"].to_list()
-    columns: dict[str, list] = {}
+    levels = ("ekman", "sentiment")
+    chunks: dict[str, list[np.ndarray]] = {level: [] for level in (*levels, "labels")}
     for start in range(0, len(texts), batch_size):
-        chunk = bundle.predict(texts[start:start + batch_size], batch_size=batch_size)
-        for answer in chunk:
-            for level in ("ekman", "sentiment"):
-                for group, p in answer[level]["scores"].items():
-                    columns.setdefault(f"{level}_{group}", []).append(p)
-            columns.setdefault("labels", []).append(answer["labels"]["predicted"])
+        probs = bundle.probabilities(texts[start:start + batch_size], batch_size=batch_size)
+        for level in chunks:
+            chunks[level].append(probs[level])
         if on_batch:
             on_batch(min(start + batch_size, len(texts)), len(texts))
-    if not texts:
-        groups = [f"{level}_{g}" for level in ("ekman", "sentiment") for g in bundle.groups[level]]
-        columns = {g: [] for g in groups} | {"labels": []}
-    frame = pl.DataFrame(columns, schema_overrides={"labels": pl.List(pl.String)})
-    return pl.concat([messages, frame.cast({c: pl.Float32 for c in frame.columns if c != "labels"})], how="horizontal")
+    probs = {level: np.concatenate(parts) if parts else np.zeros((0, len(bundle.groups[level])), np.float32)
+             for level, parts in chunks.items()}
+    over = probs["labels"] >= bundle.thresholds["labels"]
+    columns = {f"{level}_{group}": probs[level][:, g] for level in levels for g, group in enumerate(bundle.groups[level])}
+    labels = pl.Series("labels", [[bundle.labels[j] for j in np.flatnonzero(row)] for row in over], dtype=pl.List(pl.String))
+    return messages.with_columns(*[pl.Series(name, values) for name, values in columns.items()], labels)
 
 
 def emotion_profiles(scored: pl.DataFrame, as_of: datetime | None, window_days: float = 30.0,
