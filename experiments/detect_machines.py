@@ -32,7 +32,8 @@ from experiments.report import write_section
 from twins.data.ingest import plan
 from twins.data.schema import CANONICAL
 from twins.data.source import load_source
-from twins.models.machine_detector import MachineDetector
+from twins import paths
+from twins.models.machine_detector import MachineDetector, save_detector
 from twins.sim import KINDS, load_config, simulate
 from twins.twin.behaviour import BEHAVIOUR_FEATURES, PRICE, REGULARITY, TIMING, behaviour_features
 
@@ -144,6 +145,7 @@ def main() -> None:
             tracking.log_metrics(mlflow, {f"sweep/auc/{k.replace(' ', '_')}/level_{row['level']:g}": v
                                           for k, v in row.items() if "/" in k})
         run_id = mlflow.active_run().info.run_id
+    saved = save_detector(detectors["boosting", "all"], paths.models_dir() / "machine-detector.joblib")
 
     group_rows = " | ".join(f"{g} {n:,} ({int(m)})" for g, n, m in counts.iter_rows())
     auc_rows = "\n".join(f"| {model} | {fs} | " + " | ".join(f"{r[k]:.3f}" for k in (*KINDS, "all machines")) + " |"
@@ -168,7 +170,8 @@ also drops the price features):
 |---|---|---|---|---|---|
 {auc_rows}
 
-Acceptance: AUC >= 0.95 for bound machines (boosting, all features: {best['bound']:.3f}, {verdict}).
+Acceptance: AUC >= 0.95 for bound machines (boosting, all features: {best['bound']:.3f}, {verdict}). That detector is
+saved to `{saved.name}` in the models folder; `twins machines SOURCE --detector {saved.name}` stores its score in the twins.
 
 Against each kind of people (boosting, all features):
 

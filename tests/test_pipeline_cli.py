@@ -129,3 +129,38 @@ def test_tracking_uri_default_is_absolute_sqlite_and_env_wins(twins_home, monkey
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     assert tracking.tracking_uri() == "http://127.0.0.1:5999" and tracking.artifact_location() is None
     assert tracking.metric_key("test/recall@10") == "test/recall_at_10"
+
+
+def test_run_next_basket_pipeline_with_the_neural_model_exported(tiny_baskets, twins_home):
+    from twins.runtime import NeighbourNextBasketBundle, load
+
+    overrides = ["params.seeds=[0]", "params.models=[gp_topfreq, neural]", "params.export.model=neural",
+                 "params.neural={knn: 5, dim: 8, hidden: 8, max_epochs: 2}"]
+    catalog = api.run(tiny_baskets / "pipeline.yaml", overrides)
+    neural = next(r for r in catalog["rows"] if r["model"] == "neural")
+    assert neural["best_epoch"] in (1, 2) and neural["seconds_per_epoch"] > 0
+    assert {"repeat_recall@10", "explore_recall@10"} <= set(neural)
+    exported = catalog["exported"]
+    assert exported["model"] == "neural" and exported["onnx_recall@5"] == exported["recall@5"]
+    bundle = load(exported["bundle"])
+    assert isinstance(bundle, NeighbourNextBasketBundle) and len(bundle.recommend_one([["0", "1"], ["0"]], k=5)) == 5
+
+
+def test_next_basket_pipeline_keeps_a_sources_own_split(tmp_path, twins_home):
+    rng = np.random.default_rng(1)
+
+    def users(prefix: str, n: int) -> dict:
+        return {f"{prefix}{u}": [[int(i) for i in rng.choice(20, size=3, replace=False)] for _ in range(4)] for u in range(n)}
+
+    (tmp_path / "split.json").write_text(json.dumps({"train": users("a", 30), "validate": users("b", 5), "test": users("c", 9)}))
+    (tmp_path / "source.yaml").write_text(
+        "name: tiny_split\nfiles: [{path: split.json}]\nformat: basket_json\n"
+        "columns: {customer_id: customer, item_id: item}\norder_column: basket_index\nextra_columns: [split]\n")
+    (tmp_path / "pipeline.yaml").write_text(
+        "pipeline: next_basket\nexperiment: tiny-split\nsource: source.yaml\nas_of: end\n"
+        "params: {split: column, seeds: [0], ks: [5], models: [gp_topfreq], export: {model: gp_topfreq, k: 10}}\n")
+    catalog = api.run(tmp_path / "pipeline.yaml")
+    assert catalog["rows"][0]["n_users"] == 9 and set(catalog["user_split"].values()) == {"train", "valid", "test"}
+    assert all(catalog["user_split"][u] == "test" for u in catalog["user_split"] if u.startswith("c"))
+    with pytest.raises(ValueError, match="params.split"):
+        api.run(tmp_path / "pipeline.yaml", ["params.split=by_time"])

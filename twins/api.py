@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +78,8 @@ def build(source: str | Path | SourceConfig, as_of: str | datetime | None = None
 
 
 def twin(twin_id: str, source: str, snapshot: str | None = None, kind: str = "customer") -> dict[str, Any]:
-    """Look one twin up by id in the latest (or a named) snapshot of ``source`` (``kind``: customer, emotion)."""
+    """Look one twin up by id in the latest (or a named) snapshot of ``source`` (``kind``: customer, emotion,
+    machine (id ``<customer>/<item>``), behaviour)."""
     return TwinStore(paths.store_dir()).open(source, kind, snapshot).get(twin_id)
 
 
@@ -105,6 +106,51 @@ def emotions(source: str | Path | SourceConfig, bundle: str | Path, as_of: str |
     return TwinStore(paths.store_dir()).write(profiles, cfg.name, "emotion", when, params={
         "bundle": str(bundle), "bundle_name": model.manifest["name"], "window_days": window_days,
         "strong_negative": strong_negative})
+
+
+def machines(source: str | Path | SourceConfig, as_of: str | datetime | None = None, detector: str | Path | None = None,
+             min_orders: int = 3, overrides: list[str] | None = None) -> dict[str, Snapshot]:
+    """Machine twins and machine-likeness from a source's events (``$TWINS_HOME/events/<name>``; ``source`` is a
+    source config or the name of an events folder, e.g. a simulated market's), using only events before ``as_of``
+    (default: after the last event). Stores two twin kinds and returns their snapshots:
+
+    * ``machine``: one twin per machine and consumable, id ``<customer_id>/<item_id>`` (``twins.twin.machine``:
+      consumption rate, stock now, reorder point and quantity, review period, lead time, price sensitivity, with
+      intervals; telemetry used where there is some; the offer feed ``offers.parquet`` beside the events, if any,
+      gives the delay-cost bounds);
+    * ``behaviour``: one per customer with ``min_orders`` orders: the behaviour features
+      (``twins.twin.behaviour``) and, with a ``detector`` file (``save_detector``), ``machine_score`` = P(machine).
+    """
+    from twins.models.machine_detector import load_detector
+    from twins.twin.behaviour import behaviour_features
+    from twins.twin.machine import build_machine_twins
+
+    name = source if isinstance(source, str) and not source.endswith((".yaml", ".yml")) else _source(source, overrides).name
+    folder = paths.events_dir(name)
+    events = scan_events(folder)
+    when = parse_as_of(as_of)
+    if when is None:
+        last = events.select(pl.col("event_time").max()).collect().item()
+        if last is None:
+            raise ValueError(f"{folder / 'events.parquet'}: no event has a time; machine twins need timed orders")
+        when = last + timedelta(microseconds=1)
+    past = events.filter(pl.col("event_time") < pl.lit(when, pl.Datetime("us", "UTC")))
+    offers = pl.read_parquet(folder / "offers.parquet") if (folder / "offers.parquet").exists() else None
+    machine = build_machine_twins(past, when, offers=offers)
+    if machine.is_empty():
+        raise ValueError(f"{folder / 'events.parquet'}: no machine orders (actor 'machine') before {when:%Y-%m-%d}; "
+                         "nothing to build")
+    store = TwinStore(paths.store_dir())
+    machine = machine.with_columns(pl.concat_str("customer_id", pl.lit("/"), "item_id").alias("twin_id"))
+    snaps = {"machine": store.write(machine, name, "machine", when, params={"offers": offers is not None},
+                                    id_column="twin_id")}
+    behaviour = behaviour_features(past, min_orders)
+    if detector is not None:
+        behaviour = behaviour.with_columns(pl.Series("machine_score", load_detector(detector).predict_proba(behaviour)[:, 1]
+                                                     if behaviour.height else [], pl.Float64))
+    snaps["behaviour"] = store.write(behaviour, name, "behaviour", when, params={
+        "min_orders": min_orders, "detector": None if detector is None else str(detector)})
+    return snaps
 
 
 def run(pipeline_config: str | Path | PipelineConfig, overrides: list[str] | None = None,

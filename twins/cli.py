@@ -94,7 +94,7 @@ def build(source: Annotated[Path, typer.Argument(help="source config YAML (inges
 def twin_show(twin_id: Annotated[str, typer.Argument(help="customer id")],
               source: Annotated[str, typer.Option(help="source name (the `name:` in its config)")],
               snapshot: Annotated[Optional[str], typer.Option(help="'<as_of>/<version>'; default the latest")] = None,
-              kind: Annotated[str, typer.Option(help="customer (purchases) or emotion (see `twins emotions`)")] = "customer",
+              kind: Annotated[str, typer.Option(help="customer (purchases), emotion (`twins emotions`), machine or behaviour (`twins machines`)")] = "customer",
               as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False) -> None:
     """Show one twin's state."""
     from twins import api
@@ -114,7 +114,7 @@ def twin_show(twin_id: Annotated[str, typer.Argument(help="customer id")],
 
 @twin_app.command("list")
 def twin_list(source: Annotated[str, typer.Option(help="source name")],
-              kind: Annotated[str, typer.Option(help="customer or emotion")] = "customer") -> None:
+              kind: Annotated[str, typer.Option(help="customer, emotion, machine or behaviour")] = "customer") -> None:
     """List stored snapshots of a source."""
     from twins.twin.store import TwinStore
 
@@ -149,6 +149,31 @@ def emotions(source: Annotated[Path, typer.Argument(help="source config YAML who
         except (ValueError, FileNotFoundError, KeyError, BundleError) as exc:
             _fail(exc)
     console.print(f"emotion profiles: {snap.manifest['rows']:,} customers -> {snap.path}", highlight=False)
+
+
+@app.command()
+def machines(source: Annotated[str, typer.Argument(help="source config YAML, or the name of an events folder (a simulated market's)")],
+             as_of: Annotated[Optional[str], typer.Option(help="twins as of this date (ISO 8601); default after the last event")] = None,
+             detector: Annotated[Optional[Path], typer.Option(help="machine detector file (save_detector) for machine_score")] = None,
+             min_orders: Annotated[int, typer.Option(help="customers with fewer orders get no behaviour twin")] = 3,
+             overrides: Overrides = None) -> None:
+    """Build machine twins (kind `machine`, one per machine and consumable: consumption rate, stock, reorder point
+    and quantity, lead time, price sensitivity, with intervals) and per-customer behaviour (kind `behaviour`, with
+    the detector's machine_score when --detector is given) from a source's events.
+
+    Example:  twins sim configs/sim/market.yaml --set n_machines=2000
+              twins machines sim_market --detector .twins/models/machine-detector.joblib
+              twins twin show m4/p5 --source sim_market --kind machine
+    """
+    from twins import api
+
+    with console.status("building machine twins"):
+        try:
+            snaps = api.machines(str(source), as_of, detector, min_orders, overrides)
+        except (ValueError, FileNotFoundError, KeyError) as exc:
+            _fail(exc)
+    for kind, snap in snaps.items():
+        console.print(f"{kind} twins: {snap.manifest['rows']:,} -> {snap.path}", highlight=False)
 
 
 @app.command()

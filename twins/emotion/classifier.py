@@ -8,10 +8,7 @@ improving, keeping the best epoch.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -25,6 +22,7 @@ from torch.nn import functional as F
 from twins.emotion.encoder import Encoder, EncoderConfig, pretrained_dir
 from twins.emotion.tokenize import encode, load_tokenizer
 from twins.runtime.text import by_length, pad
+from twins.training import fingerprint, load_checkpoint, progress, save_checkpoint, setup_distributed
 from twins.evaluate.emotion import macro_f1, predict_labels, tune_thresholds
 
 SMALL = EncoderConfig(hidden=256, layers=2, heads=4, intermediate=1024, max_positions=512)
@@ -42,10 +40,6 @@ class EmotionNet(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.drop(self.encoder(input_ids, attention_mask)))
-
-
-def pick_device(device: str | None = None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, pool: int = 50) -> list[np.ndarray]:
@@ -128,13 +122,8 @@ class EmotionClassifier:
     def fit(self, texts: list[str], y: np.ndarray, dev_texts: list[str], dev_y: np.ndarray) -> "EmotionClassifier":
         """Train on (texts, y); select the epoch and stop early on dev macro-F1 with dev-tuned thresholds."""
         torch.manual_seed(self.seed)
-        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        self.device_ = pick_device(self.device)
-        if distributed and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device_.type == "cuda" else "gloo")
-        rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-        if self.device_.type == "cuda" and distributed:
-            self.device_ = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        self.device_, rank, world = setup_distributed(self.device)
+        distributed = world > 1
         self.tokenizer_path_ = str(pretrained_dir() / "tokenizer.json")
         self.tokenizer_ = load_tokenizer(self.tokenizer_path_, self.max_length)
         self.net_ = self._build(y.shape[1]).to(self.device_)
@@ -156,8 +145,13 @@ class EmotionClassifier:
         amp = self.device_.type == "cuda"
         state = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "done": False, "history": []}
         ckpt = Path(self.checkpoint_dir) if self.checkpoint_dir else None
-        fingerprint = self._fingerprint(y.shape[1], len(texts))
-        state = self._resume(ckpt, fingerprint, opt, sched, state)
+        fprint = fingerprint({k: v for k, v in self.get_params().items() if k not in RESUME_IGNORES}, y.shape[1], len(texts))
+        saved = load_checkpoint(ckpt, fprint, self.device_)
+        if saved is not None:
+            self.net_.load_state_dict(saved["net"])
+            opt.load_state_dict(saved["opt"])
+            sched.load_state_dict(saved["sched"])
+            state = saved["state"]
         best_state = None
         while not state["done"] and state["epoch"] < self.epochs:
             epoch = state["epoch"]
@@ -166,7 +160,7 @@ class EmotionClassifier:
             batches = batches[: max(1, len(batches) // world) * world][rank::world]  # equal step counts: DDP syncs every step
             model.train()
             running, started = 0.0, time.perf_counter()
-            for batch in self._bar(batches, f"epoch {epoch + 1}/{self.epochs}", rank):
+            for batch in progress(batches, f"epoch {epoch + 1}/{self.epochs}", self.progress and rank == 0):
                 input_ids, mask = (torch.from_numpy(a).to(self.device_) for a in pad([ids[i] for i in batch]))
                 with torch.autocast(self.device_.type, dtype=torch.bfloat16, enabled=amp):
                     logits = model(input_ids, mask)
@@ -188,13 +182,13 @@ class EmotionClassifier:
             if dev_f1 > state["best"]:
                 state.update(best=dev_f1, bad_epochs=0, best_epoch=epoch + 1)
                 best_state = {k: v.detach().clone() for k, v in self.net_.state_dict().items()}
-                self._save(ckpt, "best.pt", {"net": best_state}, rank)
+                save_checkpoint(ckpt, "best.pt", {"net": best_state}, rank)
             else:
                 state["bad_epochs"] += 1
                 state["done"] = state["bad_epochs"] > self.patience
             state["epoch"] = epoch + 1
-            self._save(ckpt, "last.pt", {"net": self.net_.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                                         "state": state, "fingerprint": fingerprint}, rank)
+            save_checkpoint(ckpt, "last.pt", {"net": self.net_.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                                         "state": state, "fingerprint": fprint}, rank)
         if best_state is not None:
             self.net_.load_state_dict(best_state)
         elif ckpt is not None and (ckpt / "best.pt").exists():
@@ -218,34 +212,3 @@ class EmotionClassifier:
     def _dev_score(self, texts: list[str], y: np.ndarray) -> float:
         p = self.predict_proba(texts)
         return macro_f1(y, predict_labels(p, tune_thresholds(y, p)))
-
-    def _bar(self, batches: list, description: str, rank: int):
-        if not self.progress or rank != 0:
-            return batches
-        from rich.progress import track
-        return track(batches, description=description, transient=True)
-
-    def _fingerprint(self, n_labels: int, n_rows: int) -> str:
-        params = {k: v for k, v in self.get_params().items() if k not in RESUME_IGNORES}
-        return hashlib.sha256(json.dumps([params, n_labels, n_rows], sort_keys=True).encode()).hexdigest()[:16]
-
-    def _resume(self, ckpt: Path | None, fingerprint: str, opt, sched, state: dict) -> dict:
-        if ckpt is None or not (ckpt / "last.pt").exists():
-            return state
-        saved = torch.load(ckpt / "last.pt", map_location=self.device_, weights_only=False)
-        if saved["fingerprint"] != fingerprint:
-            raise ValueError(f"{ckpt / 'last.pt'}: checkpoint was written with other hyper-parameters or data; "
-                             "use another checkpoint_dir, or delete this one to start over")
-        self.net_.load_state_dict(saved["net"])
-        opt.load_state_dict(saved["opt"])
-        sched.load_state_dict(saved["sched"])
-        return saved["state"]
-
-    @staticmethod
-    def _save(ckpt: Path | None, name: str, payload: dict, rank: int) -> None:
-        if ckpt is None or rank != 0:
-            return
-        ckpt.mkdir(parents=True, exist_ok=True)
-        tmp = ckpt / f".{name}.tmp"
-        torch.save(payload, tmp)
-        tmp.replace(ckpt / name)  # atomic: a killed run leaves the previous checkpoint intact

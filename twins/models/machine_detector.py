@@ -8,10 +8,14 @@ regression (``logistic``). ``features`` picks the behaviour columns the detector
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
 from typing import Self
 
+import joblib
 import numpy as np
 import polars as pl
+import sklearn
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
@@ -77,3 +81,34 @@ def machine_likeness(detector: MachineDetector, events: pl.DataFrame | pl.LazyFr
     feats = behaviour_features(events, min_orders)
     score = detector.predict_proba(feats)[:, 1] if feats.height else np.empty(0)
     return feats.select("customer_id", "n_orders").with_columns(pl.Series("machine_score", score, pl.Float64))
+
+
+def save_detector(detector: MachineDetector, path: str | Path) -> Path:
+    """Write a fitted detector with joblib (written atomically). A joblib file runs code when loaded: load only
+    files you wrote or trust."""
+    if not hasattr(detector, "estimator_"):
+        raise ValueError("the detector is not fitted; fit it before saving")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    joblib.dump({"detector": detector, "sklearn": sklearn.__version__}, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_detector(path: str | Path) -> MachineDetector:
+    """Read a detector written by ``save_detector``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such detector file; write one with twins.models.machine_detector.save_detector "
+                                "(python -m experiments.detect_machines saves .twins/models/machine-detector.joblib)")
+    try:
+        saved = joblib.load(path)
+    except Exception as error:  # pickle and joblib raise many types for a damaged or foreign file
+        raise ValueError(f"{path}: cannot be read as a detector file ({error!r}); write it with save_detector") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("detector"), MachineDetector):
+        raise ValueError(f"{path}: not a twins machine detector file; write it with save_detector")
+    if saved["sklearn"] != sklearn.__version__:
+        warnings.warn(f"{path}: saved with scikit-learn {saved['sklearn']}, loaded with {sklearn.__version__}; "
+                      "refit it if the scores look wrong", stacklevel=2)
+    return saved["detector"]

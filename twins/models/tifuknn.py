@@ -43,29 +43,12 @@ from typing import Any, Self
 import numpy as np
 import scipy.sparse as sp
 
+from twins.runtime.next_basket_features import basket_weights
+
 Item = Hashable
 Baskets = Sequence[Sequence[Item]]
 
 _BLOCK = 1024  # query rows per block of the distance / scoring computation
-
-
-def basket_weights(n: int, within_decay: float, group_decay: float, group_size: int) -> np.ndarray:
-    """Weight of each of ``n`` baskets (oldest first) in the user vector, as in the reference code (see the
-    module docstring). The user vector is ``sum_j weight[j] * onehot(basket j)``."""
-    if n == 0:
-        return np.zeros(0)
-    j = np.arange(n)
-    within = within_decay ** (n - 1 - j).astype(float)
-    if n < group_size:
-        group, size, n_groups = j, np.ones(n), n
-    else:
-        base, extra = divmod(n, group_size)
-        n_small = group_size - extra  # the oldest groups hold `base` baskets, the newest `extra` groups base + 1
-        cut = n_small * base
-        group = np.where(j < cut, j // base, n_small + (j - cut) // (base + 1))
-        size = np.where(j < cut, base, base + 1).astype(float)
-        n_groups = group_size
-    return within * group_decay ** (group_size - 1 - group).astype(float) / size / n_groups
 
 
 class TIFUKNN:

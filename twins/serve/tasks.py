@@ -178,6 +178,8 @@ def replenishment(bundle: ReplenishmentBundle, body: ReplenishmentRequest) -> li
 ROUTES: dict[str, TaskRoute] = {
     "next_basket": TaskRoute("recommend", "Next basket: top-k items per purchase history", NextBasketRequest,
                              NextBasketResponse, recommend),
+    "next_basket_net": TaskRoute("recommend", "Next basket (neural): top-k items per purchase history", NextBasketRequest,
+                                 NextBasketResponse, recommend),
     "purchase_outlook": TaskRoute("outlook", "Purchase outlook: when, how many, how much, churn risk", OutlookRequest,
                                   OutlookResponse, outlook),
     "emotion": TaskRoute("emotion", "Emotion of messages: 28 labels, Ekman groups, sentiment", EmotionRequest,

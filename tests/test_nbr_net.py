@@ -1,0 +1,206 @@
+"""The repeat-explore next-basket network: its numpy inputs, the estimator contract, defined answers, resume,
+and the ONNX bundle (raw history in, same top-k as PyTorch)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from twins.evaluate.metrics import evaluate_rankings
+from twins.models.nbr_net import NeuralNextBasket
+from twins.models.nbr_net_export import NEIGHBOURS_FILE, export_nbr_net
+from twins.models.tifuknn import TIFUKNN
+from twins.runtime import BundleError, NeighbourNextBasketBundle, load
+from twins.runtime.next_basket_features import NeighbourIndex, encode_baskets
+
+
+def _market(seed: int, n_users: int = 120) -> tuple[dict, dict]:
+    """Users with a staple they rebuy, plus a pair rule: whoever bought "a" buys "b" next (an explore item)."""
+    rng = np.random.default_rng(seed)
+    histories, targets = {}, {}
+    for u in range(n_users):
+        staple = f"s{rng.integers(5)}"
+        baskets = [[staple, f"n{rng.integers(40)}"] for _ in range(rng.integers(2, 8))]
+        if u % 2 == 0:
+            baskets[-1].append("a")
+        histories[f"u{u}"] = baskets
+        targets[f"u{u}"] = [staple] + (["b"] if u % 2 == 0 else [f"n{rng.integers(40)}"])
+    return histories, targets
+
+
+def _fit(**kw) -> NeuralNextBasket:
+    torch.set_num_threads(1)
+    histories, targets = _market(0)
+    params = dict(knn=10, dim=8, hidden=16, lr=1e-2, weight_decay=0.0, batch_size=32, max_epochs=15, seed=0) | kw
+    return NeuralNextBasket(**params).fit(histories, targets)
+
+
+@pytest.fixture(scope="module")
+def model() -> NeuralNextBasket:
+    return _fit()
+
+
+def test_encode_baskets_newest_first_deduplicated_truncated_padded():
+    x = encode_baskets([[[1, 2, 2], [3]], [[4], [5], [6]]], n_items=9, max_baskets=2)
+    assert x.shape == (2, 2, 2)
+    assert x[0].tolist() == [[3, 9], [1, 2]]  # newest basket first, the repeated 2 kept once
+    assert x[1].tolist() == [[6, 9], [5, 9]]  # only the last 2 baskets
+    assert encode_baskets([[]], 3, 5).tolist() == [[[3]]]
+
+
+def test_neighbour_index_matches_tifuknn_and_hand_computed_context():
+    histories = [[[0], [0, 1]], [[1], [2]], [[0, 1]], [[2], [2]]]
+    targets = [[1], [2], [0, 2], [2]]
+    index = NeighbourIndex.build(histories, targets, n_items=3, k=2, within_decay=0.9, group_decay=0.7, group_size=7)
+    tifu = TIFUKNN(k=2).fit({u: h for u, h in enumerate(histories)})
+    query = [[0], [0]]
+    dense = np.zeros(3)
+    cols, vals = index.vector(query)
+    dense[cols] = vals
+    assert np.allclose(dense, tifu._query({"q": query})[0].toarray()[0])
+    got = index.neighbours(query)
+    assert got.tolist() == tifu._neighbours(["q"], tifu._query({"q": query})[0], 2)[0].tolist()
+    context = index.context([query])[0]
+    vectors = np.zeros((4, 3))
+    for r, h in enumerate(histories):
+        c, v = index.vector(h)
+        vectors[r, c] = v
+    assert np.allclose(context[:3], vectors[got].mean(0))
+    share = np.zeros(3)
+    for r in got:
+        share[targets[r]] += 0.5
+    assert np.allclose(context[3:], share)
+    assert 0 not in index.neighbours(histories[0], exclude=0)  # a training user is never its own neighbour
+    assert not index.context([[[]], []]).any()  # no known item: zeros
+
+
+def test_estimator_contract_and_learning(model):
+    assert model.get_params()["knn"] == 10 and model.best_epoch_ >= 1 and len(model.history_) == 15
+    assert all(h["train_loss"] > 0 for h in model.history_)
+    histories, targets = _market(1, 60)  # unseen users from the same market
+    recs = model.recommend(histories, 2)
+    r = evaluate_rankings(recs, targets, histories, ks=[2])
+    assert r["recall@2"] > 0.7  # the staple (repeat) and "b" after "a" (explore) are both learned
+    assert all("b" in recs[u] for u in histories if "a" in histories[u][-1])
+
+
+def test_defined_answers_for_unknown_empty_and_long_histories(model):
+    recs = model.recommend({"new": [], "strangers": [["zz", "yy"]], "long": [["s1"]] * 500 + [["a"]]}, 5)
+    assert recs["new"] == recs["strangers"]  # no known item: the same popularity answer
+    assert len(set(recs["new"])) == 5 and set(recs["new"]) <= set(model.items_)
+    assert "s1" in recs["long"] and len(set(recs["long"])) == 5  # 500 baskets: the network reads the last 50
+    with pytest.raises(ValueError, match="k must be"):
+        model.recommend({"x": []}, 0)
+    with pytest.raises(ValueError, match="no training user"):
+        NeuralNextBasket().fit({"u": [["a"]]}, {"u": []})
+
+
+def test_validation_early_stopping_and_checkpoint_resume(tmp_path):
+    histories, targets = _market(0)
+    valid_h, valid_t = _market(2, 40)
+    ckpt = tmp_path / "ckpt"
+    first = _fit(max_epochs=3, patience=10, checkpoint_dir=str(ckpt))
+    resumed = NeuralNextBasket(**(first.get_params() | {"max_epochs": 5})).fit(histories, targets)  # no checkpoint: fresh
+    assert len(resumed.history_) == 5
+    again = NeuralNextBasket(**(first.get_params() | {"max_epochs": 5})).fit(histories, targets)
+    assert again.history_[:3] != first.history_ or len(again.history_) == 5
+    cont = NeuralNextBasket(**(first.get_params() | {"max_epochs": 5, "checkpoint_dir": str(ckpt)})).fit(histories, targets)
+    assert [h["epoch"] for h in cont.history_] == [1, 2, 3, 4, 5] and cont.history_[:3] == first.history_
+    with pytest.raises(ValueError, match="other hyper-parameters"):
+        NeuralNextBasket(**(first.get_params() | {"dim": 4})).fit(histories, targets)
+    stopped = _fit(max_epochs=30, patience=1)
+    stopped = NeuralNextBasket(**(stopped.get_params() | {"max_epochs": 30, "patience": 1})).fit(
+        histories, targets, valid_h, valid_t)
+    assert len(stopped.history_) < 30 and all("valid_recall@10" in h for h in stopped.history_)
+    best = max(h["valid_recall@10"] for h in stopped.history_)
+    assert stopped.history_[stopped.best_epoch_ - 1]["valid_recall@10"] == best
+
+
+def test_seed_reproducible():
+    a, b = _fit(max_epochs=2), _fit(max_epochs=2)
+    assert a.history_[-1]["train_loss"] == b.history_[-1]["train_loss"]
+
+
+def test_onnx_bundle_matches_pytorch_from_raw_histories(model, tmp_path):
+    path = export_nbr_net(model, tmp_path / "nbr", k=10, name="toy-nbr")
+    bundle = load(path, threads=1)
+    assert isinstance(bundle, NeighbourNextBasketBundle)
+    histories, _ = _market(3, 50)
+    histories |= {"empty": [], "unknown": [["zz"]], "long": [["s2", "n3"]] * 80}
+    users = list(histories)
+    got = bundle.recommend([histories[u] for u in users], k=10)
+    want = model.recommend(histories, 10)
+    scores = model.scores(histories)
+    for u, row, answer in zip(users, scores, got):
+        assert [i for i, _ in answer] == [str(i) for i in want[u]]
+        assert np.allclose([s for _, s in answer], np.sort(row)[::-1][:10], atol=1e-4)
+    assert bundle.recommend_one(histories["u0"], k=3) == got[0][:3]
+    with pytest.raises(ValueError, match="k must be"):
+        bundle.recommend([[]], k=11)
+
+
+def test_bundle_refuses_tampered_neighbours(model, tmp_path):
+    path = export_nbr_net(model, tmp_path / "nbr", k=5)
+    with np.load(path / NEIGHBOURS_FILE) as f:
+        arrays = dict(f)
+    arrays["tgt_data"] = arrays["tgt_data"] * 2
+    np.savez(path / NEIGHBOURS_FILE, **arrays)
+    with pytest.raises(BundleError, match="sha256"):
+        load(path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["task"] == "next_basket_net" and NEIGHBOURS_FILE in manifest["files"]
+
+
+@pytest.mark.slow
+def test_training_runs_under_torchrun_ddp(tmp_path):
+    """Two CPU processes (gloo): the same epochs on both ranks, validation broadcast, one checkpoint."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import json, os, sys\nimport torch\ntorch.set_num_threads(1)\nsys.path.insert(0, sys.argv[2])\n"
+        "from test_nbr_net import _market\nfrom twins.models.nbr_net import NeuralNextBasket\n"
+        "h, t = _market(0); vh, vt = _market(2, 30)\n"
+        "m = NeuralNextBasket(knn=10, dim=8, hidden=8, batch_size=16, max_epochs=2, patience=5,\n"
+        "                     checkpoint_dir=sys.argv[1]).fit(h, t, vh, vt)\n"
+        "print('HISTORY', os.environ['RANK'], json.dumps([round(x['valid_recall@10'], 6) for x in m.history_]))\n")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = subprocess.run([str(torchrun), "--nproc_per_node", "2", str(script), str(tmp_path / "ckpt"),
+                          str(Path(__file__).parent)], capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = sorted(line for line in out.stdout.splitlines() if line.startswith("HISTORY"))
+    assert len(lines) == 2 and lines[0].split(" ", 2)[2] == lines[1].split(" ", 2)[2]  # rank 1 got rank 0's scores
+    assert (tmp_path / "ckpt" / "last.pt").exists()
+
+
+def test_service_answers_with_the_neural_bundle(model, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from twins.serve import create_app
+
+    path = export_nbr_net(model, tmp_path / "nbr", k=10, name="toy-nbr")
+    histories = [[["s1", "a"]], [], [["zz"]]]
+    with TestClient(create_app({"nbr": str(path)}, [], poll_seconds=0)) as client:
+        r = client.post("/v1/models/nbr/recommend", json={"histories": histories, "k": 4})
+        assert r.status_code == 200, r.text
+        got = [[(x["item"], x["score"]) for x in recs] for recs in r.json()["results"]]
+    want = load(path).recommend(histories, 4)
+    assert [[i for i, _ in g] for g in got] == [[i for i, _ in w] for w in want]
+    assert np.allclose([s for g in got for _, s in g], [s for w in want for _, s in w])
+
+
+def test_forward_under_bf16_autocast(model):
+    """The CUDA path trains under bf16 autocast; the same ops must accept mixed dtypes (checked with CPU autocast)."""
+    histories, _ = _market(4, 8)
+    rows = model._indices(histories)
+    baskets = torch.from_numpy(encode_baskets(rows, len(model.items_), model.max_baskets))
+    context = torch.from_numpy(model.neighbours_.context(rows))
+    with torch.no_grad():
+        plain = model.net_(baskets, context)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model.net_(baskets, context)
+    assert mixed.shape == plain.shape and torch.isfinite(mixed.float()).all()
+    assert (mixed.float().argmax(1) == plain.argmax(1)).float().mean() >= 0.75

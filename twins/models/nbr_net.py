@@ -1,0 +1,301 @@
+"""A repeat-explore neural network for next-basket recommendation, scoring every item from a raw history.
+
+The score of item ``i`` for a user is the sum of three parts (DESIGN §5: repeat items are most of the reachable
+recall, explore items most of the target):
+
+* **repeat** ``mlp(features[i])`` at the user's own items only: normalised decayed frequencies (decays
+  ``DECAYS``), a recency-weighted count, count per basket, log count, item popularity overall and in the training
+  users' target baskets, the user's basket count and mean size, and the two neighbour signals below;
+* **prior** ``prior_mlp(popularity, target popularity, neighbour mean, neighbours' targets)`` for every item: the
+  explore module's view of what a user like this buys next. The neighbour signals are TIFU-KNN's (Hu et al.,
+  SIGIR 2020): the ``knn`` training users nearest in decayed-frequency space, their mean vector and the share of
+  them whose last basket held the item (``twins.runtime.next_basket_features``);
+* **embedding** ``<u, out[i]> + bias[i]`` with ``u`` the recency-weighted mean over baskets of the summed input
+  embeddings of the basket's items: co-purchase structure the neighbours miss.
+
+Trained with a multinomial log-likelihood over all items (the target basket's items share the probability mass,
+which ranks by expected Recall), on the training users' last baskets; the target popularity a training user sees
+is out of fold (its own target never counts, as in ``twins.models.rerank``). The epoch is chosen on the
+validation users' Recall@10, with early stopping. Device picked automatically; bf16 autocast on CUDA; ``torchrun``
+DDP splits the batches over processes; checkpoints after every epoch, resumed when ``checkpoint_dir`` holds one
+written with the same settings and data.
+
+Defined answers: item ids unseen in training are ignored; a history with no known item gets the prior and bias
+alone (the training users' popular and trending items); only the last ``max_baskets`` baskets enter the network
+(the neighbour vector uses the whole history), and basket counts beyond the longest training history are read as
+that length; every known item gets a score, so ``k`` items come back whenever
+``k <= n_items``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from twins.runtime.next_basket_features import NeighbourIndex, encode_baskets
+from twins.training import fingerprint, load_checkpoint, progress, save_checkpoint, setup_distributed
+
+Item = Hashable
+Baskets = Sequence[Sequence[Item]]
+DECAYS = (0.5, 0.8, 0.95)
+N_FEATURES = len(DECAYS) + 9
+TARGET_FOLDS = 5
+RESUME_IGNORES = ("max_epochs", "patience", "device", "checkpoint_dir", "progress")
+
+
+class RepeatExploreNet(nn.Module):
+    """Scores all ``n_items`` items; see the module docstring.
+
+    ``forward(baskets, context, target_popularity=None)``: ``baskets`` int64 ``[B, T, L]`` (newest basket first,
+    padded with ``n_items``), ``context`` float32 ``[B, 2 * n_items]``, ``target_popularity`` float32 ``[B,
+    n_items]`` (training passes out-of-fold counts; ``None`` uses the fitted buffer). Returns ``[B, n_items]``.
+    """
+
+    def __init__(self, n_items: int, dim: int = 64, hidden: int = 64) -> None:
+        super().__init__()
+        self.n_items = n_items
+        self.register_buffer("decays", torch.tensor(DECAYS))
+        self.register_buffer("log_popularity", torch.zeros(n_items))
+        self.register_buffer("target_popularity", torch.zeros(n_items))
+        self.register_buffer("max_baskets", torch.tensor(1.0))  # the most baskets a training user had (extrapolation cap)
+        self.embed_in = nn.Embedding(n_items + 1, dim, padding_idx=n_items)
+        self.embed_out = nn.Embedding(n_items, dim)
+        self.bias = nn.Parameter(torch.zeros(n_items))
+        nn.init.normal_(self.embed_in.weight, std=0.01)
+        nn.init.normal_(self.embed_out.weight, std=0.01)
+        with torch.no_grad():
+            self.embed_in.weight[n_items].zero_()
+        self.repeat = nn.Sequential(nn.Linear(N_FEATURES, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                                    nn.Linear(hidden, 1))
+        self.prior = nn.Sequential(nn.Linear(4, 16), nn.GELU(), nn.Linear(16, 1))
+
+    def forward(self, baskets: torch.Tensor, context: torch.Tensor,
+                target_popularity: torch.Tensor | None = None) -> torch.Tensor:
+        b, t, width = baskets.shape
+        n = self.n_items
+        known = (baskets < n).to(context.dtype)  # [B, T, L]
+        present = known.amax(-1)  # [B, T]: basket has a known item
+        n_baskets = present.sum(1, keepdim=True).clamp(min=1.0)
+        age = torch.arange(t, device=baskets.device, dtype=context.dtype)
+        flat = baskets.reshape(b, t * width)
+
+        def spread(weight: torch.Tensor) -> torch.Tensor:  # [B, T] per-basket weight -> [B, n] sum over the items
+            entries = weight.unsqueeze(-1).expand(b, t, width).reshape(b, t * width)
+            return context.new_zeros(b, n + 1).scatter_add(1, flat, entries)[:, :n]
+
+        decayed = [spread(present * d ** age / (present * d ** age).sum(1, keepdim=True).clamp(min=1e-9))
+                   for d in self.decays]
+        count = spread(present)
+        recent = spread(present * 0.5 ** age)
+        size = known.sum((1, 2)).unsqueeze(1) / n_baskets
+        tpop = torch.log1p(self.target_popularity if target_popularity is None else target_popularity).expand(b, n)
+        pop = self.log_popularity.expand(b, n)
+        neighbours, neighbour_targets = context[:, :n] * 10.0, context[:, n:] * 10.0
+        capped = n_baskets.clamp(max=self.max_baskets)  # counts beyond any training history read as the longest one
+        features = torch.stack([*decayed, recent, count / n_baskets, torch.log1p(count.clamp(max=self.max_baskets)),
+                                pop / 10.0, tpop / 5.0, torch.log(capped).expand(b, n) / 3.0, torch.log(size.clamp(min=1.0)).expand(b, n) / 3.0,
+                                neighbours, neighbour_targets], -1)  # [B, n, F]
+        prior = self.prior(torch.stack([pop / 10.0, tpop / 5.0, neighbours, neighbour_targets], -1)).squeeze(-1)
+        # repeat part at the history entries only; a repeated item writes the same value at each of its entries
+        padded = torch.cat([features, features.new_zeros(b, 1, features.shape[-1])], 1)
+        at_entries = padded.gather(1, flat.unsqueeze(-1).expand(b, t * width, features.shape[-1]))
+        repeat = context.new_zeros(b, n + 1).scatter(1, flat, self.repeat(at_entries).squeeze(-1).to(context.dtype))[:, :n]
+        weight = present * 0.8 ** age
+        user = (self.embed_in(baskets).sum(2) * weight.unsqueeze(-1)).sum(1) / weight.sum(1, keepdim=True).clamp(min=1e-9)
+        return repeat + prior + user @ self.embed_out.weight.T + self.bias
+
+
+class TopK(nn.Module):
+    """The exported graph: ``RepeatExploreNet`` scores -> the top ``k`` (scores, item indices)."""
+
+    def __init__(self, net: RepeatExploreNet, k: int) -> None:
+        super().__init__()
+        self.net, self.k = net, k
+
+    def forward(self, baskets: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.topk(self.net(baskets, context), self.k, dim=1)
+
+
+class NeuralNextBasket:
+    """Repeat-explore next-basket model (module docstring), scikit-learn style: hyper-parameters here, ``fit``
+    returns ``self``, learned state ends in ``_``."""
+
+    def __init__(self, knn: int = 300, within_decay: float = 0.9, group_decay: float = 0.7, group_size: int = 7,
+                 dim: int = 64, hidden: int = 64, lr: float = 3e-3, weight_decay: float = 1.0, batch_size: int = 128,
+                 max_epochs: int = 12, patience: int = 3, max_baskets: int = 50, seed: int = 0,
+                 device: str | None = None, checkpoint_dir: str | None = None, progress: bool = False) -> None:
+        self.knn = knn
+        self.within_decay = within_decay
+        self.group_decay = group_decay
+        self.group_size = group_size
+        self.dim = dim
+        self.hidden = hidden
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.max_baskets = max_baskets
+        self.seed = seed
+        self.device = device
+        self.checkpoint_dir = checkpoint_dir
+        self.progress = progress
+
+    def get_params(self) -> dict:
+        names = self.__init__.__code__.co_varnames[1:self.__init__.__code__.co_argcount]
+        return {k: getattr(self, k) for k in names}
+
+    # ------------------------------------------------------------------------------------------- inputs
+
+    def _indices(self, histories: Mapping[Hashable, Baskets]) -> list[list[list[int]]]:
+        """Histories as item indices; unknown items dropped, baskets kept (a basket's position still counts)."""
+        index = self.item_index_
+        return [[[index[i] for i in basket if i in index] for basket in h] for h in histories.values()]
+
+    def _inputs(self, rows: list[list[list[int]]], context: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        baskets = torch.from_numpy(encode_baskets(rows, len(self.items_), self.max_baskets)).to(self.device_)
+        return baskets, torch.from_numpy(context).to(self.device_)
+
+    # ------------------------------------------------------------------------------------------- fitting
+
+    def fit(self, histories: Mapping[Hashable, Baskets], targets: Mapping[Hashable, Sequence[Item]],
+            valid_histories: Mapping[Hashable, Baskets] | None = None,
+            valid_targets: Mapping[Hashable, Sequence[Item]] | None = None) -> Self:
+        """Fit on the training users' histories and target (last) baskets; with validation users, choose the epoch
+        by their Recall@10 and stop after ``patience`` epochs without a gain."""
+        users = [u for u in histories if u in targets and len(targets[u]) > 0]
+        if not users:
+            raise ValueError("no training user has a non-empty target basket; nothing to learn from")
+        torch.manual_seed(self.seed)
+        self.device_, rank, world = setup_distributed(self.device)
+        distributed = world > 1
+
+        self.items_ = sorted({i for u in users for b in histories[u] for i in b} | {i for u in users for i in targets[u]})
+        self.item_index_ = {item: j for j, item in enumerate(self.items_)}
+        n = len(self.items_)
+        rows = self._indices({u: histories[u] for u in users})
+        target_rows = [sorted({self.item_index_[i] for i in targets[u]}) for u in users]
+        self.neighbours_ = NeighbourIndex.build(rows, target_rows, n, self.knn, self.within_decay, self.group_decay,
+                                                self.group_size)
+        context = self.neighbours_.context(rows, exclude=list(range(len(users))))
+        popularity = np.zeros(n)
+        for h in rows:
+            for basket in h:
+                popularity[list(set(basket))] += 1
+        fold = np.random.default_rng(self.seed).permutation(len(users)) % min(TARGET_FOLDS, len(users))
+        n_folds = int(fold.max()) + 1
+        fold_counts = np.zeros((n_folds, n))
+        for f, t in zip(fold, target_rows):
+            fold_counts[f, t] += 1
+        total = fold_counts.sum(0)
+        sizes = np.bincount(fold, minlength=n_folds)
+        oof = (total - fold_counts) * (len(users) / np.maximum(len(users) - sizes, 1))[:, None]
+
+        self.net_ = RepeatExploreNet(n, self.dim, self.hidden).to(self.device_)
+        self.net_.log_popularity.copy_(torch.as_tensor(np.log1p(popularity), dtype=torch.float32))
+        self.net_.target_popularity.copy_(torch.as_tensor(total, dtype=torch.float32))
+        self.net_.max_baskets.fill_(float(min(self.max_baskets, max(len(h) for h in rows))))
+        model = nn.parallel.DistributedDataParallel(self.net_) if distributed else self.net_
+        oof_t = torch.as_tensor(oof, dtype=torch.float32, device=self.device_)
+        fold_t = torch.as_tensor(fold, device=self.device_)
+        embeddings = [self.net_.embed_in.weight, self.net_.embed_out.weight, self.net_.bias]
+        mlps = [*self.net_.repeat.parameters(), *self.net_.prior.parameters()]
+        opt = torch.optim.AdamW([{"params": mlps, "weight_decay": 0.0},
+                                 {"params": embeddings, "weight_decay": self.weight_decay}], lr=self.lr)
+        amp = self.device_.type == "cuda"
+        ckpt = Path(self.checkpoint_dir) if self.checkpoint_dir else None
+        fprint = fingerprint({k: v for k, v in self.get_params().items() if k not in RESUME_IGNORES}, n, len(users))
+        state = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "done": False, "history": []}
+        saved = load_checkpoint(ckpt, fprint, self.device_)
+        if saved is not None:
+            self.net_.load_state_dict(saved["net"])
+            opt.load_state_dict(saved["opt"])
+            state = saved["state"]
+        best_state = None
+        while not state["done"] and state["epoch"] < self.max_epochs:
+            epoch = state["epoch"]
+            order = np.random.default_rng(self.seed * 1000 + epoch).permutation(len(users))
+            batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+            batches = batches[: max(1, len(batches) // world) * world][rank::world]  # DDP syncs every step
+            model.train()
+            running, started = 0.0, time.perf_counter()
+            for batch in progress(batches, f"epoch {epoch + 1}/{self.max_epochs}", self.progress and rank == 0):
+                baskets, ctx = self._inputs([rows[i] for i in batch], context[batch])
+                y = torch.zeros(len(batch), n, device=self.device_)
+                for r, i in enumerate(batch):
+                    y[r, target_rows[i]] = 1.0
+                with torch.autocast(self.device_.type, dtype=torch.bfloat16, enabled=amp):
+                    scores = model(baskets, ctx, oof_t[fold_t[torch.as_tensor(batch, device=self.device_)]])
+                loss = -(torch.log_softmax(scores.float(), -1) * y).sum(-1).div(y.sum(-1)).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                running += loss.item()
+            seconds = time.perf_counter() - started
+            score = self._valid_recall(valid_histories, valid_targets) if valid_histories and rank == 0 else 0.0
+            if distributed:
+                shared = torch.tensor([score], device=self.device_)
+                dist.broadcast(shared, 0)
+                score = float(shared.item())
+            state["history"].append({"epoch": epoch + 1, "train_loss": running / max(1, len(batches)),
+                                     "train_seconds": seconds, "valid_recall@10": score})
+            if not valid_histories or score > state["best"]:
+                state.update(best=score, bad_epochs=0, best_epoch=epoch + 1)
+                best_state = {k: v.detach().clone() for k, v in self.net_.state_dict().items()}
+                save_checkpoint(ckpt, "best.pt", {"net": best_state}, rank)
+            else:
+                state["bad_epochs"] += 1
+                state["done"] = state["bad_epochs"] >= self.patience
+            state["epoch"] = epoch + 1
+            save_checkpoint(ckpt, "last.pt", {"net": self.net_.state_dict(), "opt": opt.state_dict(), "state": state,
+                                         "fingerprint": fprint}, rank)
+        if best_state is not None:
+            self.net_.load_state_dict(best_state)
+        elif ckpt is not None and (ckpt / "best.pt").exists():
+            self.net_.load_state_dict(torch.load(ckpt / "best.pt", map_location=self.device_)["net"])
+        self.history_ = state["history"]
+        self.best_epoch_ = state.get("best_epoch", state["epoch"])
+        self.popularity_ = popularity
+        return self
+
+    def _valid_recall(self, histories: Mapping[Hashable, Baskets], targets: Mapping[Hashable, Sequence[Item]]) -> float:
+        from twins.evaluate.metrics import evaluate_rankings
+
+        return evaluate_rankings(self.recommend(histories, 10), {u: targets[u] for u in histories}, histories,
+                                 ks=[10])["recall@10"]
+
+    # ------------------------------------------------------------------------------------------- prediction
+
+    def scores(self, histories: Mapping[Hashable, Baskets], batch_size: int = 512) -> np.ndarray:
+        """``[n_users, n_items]`` float32 scores (columns ``items_``), users in the order of ``histories``."""
+        if not hasattr(self, "net_"):
+            raise RuntimeError("NeuralNextBasket is not fitted; call fit(histories, targets) first")
+        rows = self._indices(histories)
+        out = np.zeros((len(rows), len(self.items_)), dtype=np.float32)
+        self.net_.eval()
+        with torch.no_grad():
+            for s in range(0, len(rows), batch_size):
+                chunk = rows[s:s + batch_size]
+                out[s:s + len(chunk)] = self.net_(*self._inputs(chunk, self.neighbours_.context(chunk))).float().cpu().numpy()
+        return out
+
+    def recommend(self, histories: Mapping[Hashable, Baskets], k: int) -> dict[Hashable, list[Item]]:
+        """Top-``k`` items for each user of ``{user: [basket, ...]}``, best first (ties: item order)."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        users = list(histories)
+        out: dict[Hashable, list[Item]] = {}
+        for s in range(0, len(users), 512):
+            chunk = users[s:s + 512]
+            scores = self.scores({u: histories[u] for u in chunk})
+            for user, row in zip(chunk, scores):
+                top = np.argsort(-row, kind="stable")[:k]
+                out[user] = [self.items_[j] for j in top]
+        return out

@@ -1,0 +1,149 @@
+"""Raw next-basket histories -> the inputs of the repeat-explore network (``twins.models.nbr_net``), in numpy.
+
+The same code runs when the model is trained and in the torch-free runtime, so the ONNX bundle sees exactly the
+inputs the network was trained on. Histories here are lists of baskets (oldest first) of item *indices*
+(``0 .. n_items - 1``); mapping ids to indices is the caller's job.
+
+Two inputs:
+
+* ``encode_baskets``: the last ``max_baskets`` baskets, newest first, each deduplicated, as an int64 array
+  ``[B, T, L]`` padded with ``n_items``.
+* ``NeighbourIndex.context``: TIFU-KNN's neighbour signal (Hu et al., SIGIR 2020). The user's decayed-frequency
+  vector (``basket_weights``) is compared with every training user's by Euclidean distance; the ``k`` nearest
+  give two float32 vectors over the items, concatenated ``[B, 2 * n_items]``: the mean of their vectors and the
+  share of them whose target (last) basket held the item. A history without a known item gets zeros.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+Histories = list[list[list[int]]]
+
+
+def basket_weights(n: int, within_decay: float, group_decay: float, group_size: int) -> np.ndarray:
+    """Weight of each of ``n`` baskets (oldest first) in a TIFU-KNN user vector, as in the authors' code: baskets
+    cut oldest first into ``group_size`` groups (one per basket when fewer), basket ``j`` weighted
+    ``within_decay ** (n - 1 - j)``, group ``g`` ``group_decay ** (group_size - 1 - g)``, each group averaged
+    and the sum divided by the number of groups formed. The vector is ``sum_j weight[j] * onehot(basket j)``."""
+    if n == 0:
+        return np.zeros(0)
+    j = np.arange(n)
+    within = within_decay ** (n - 1 - j).astype(float)
+    if n < group_size:
+        group, size, n_groups = j, np.ones(n), n
+    else:
+        base, extra = divmod(n, group_size)
+        n_small = group_size - extra  # the oldest groups hold `base` baskets, the newest `extra` groups base + 1
+        cut = n_small * base
+        group = np.where(j < cut, j // base, n_small + (j - cut) // (base + 1))
+        size = np.where(j < cut, base, base + 1).astype(float)
+        n_groups = group_size
+    return within * group_decay ** (group_size - 1 - group).astype(float) / size / n_groups
+
+
+def encode_baskets(histories: Histories, n_items: int, max_baskets: int) -> np.ndarray:
+    """``[B, T, L]`` int64: the last ``max_baskets`` baskets of each history, newest first, items deduplicated
+    within a basket, padded with ``n_items``. ``T`` and ``L`` are the batch's longest (at least 1)."""
+    recent = [[list(dict.fromkeys(basket)) for basket in reversed(history[-max_baskets:])] for history in histories]
+    t = max([1, *(len(h) for h in recent)])
+    width = max([1, *(len(b) for h in recent for b in h)])
+    out = np.full((len(histories), t, width), n_items, dtype=np.int64)
+    for r, history in enumerate(recent):
+        for s, basket in enumerate(history):
+            out[r, s, : len(basket)] = basket
+    return out
+
+
+def _csr_rows(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(column indices, values) of the given rows of a CSR matrix, concatenated."""
+    starts, ends = indptr[rows], indptr[rows + 1]
+    take = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)]) if len(rows) else np.zeros(0, np.int64)
+    return indices[take], data[take]
+
+
+class NeighbourIndex:
+    """The training users' TIFU-KNN vectors and target baskets (both CSR over ``n_items`` columns)."""
+
+    def __init__(self, vectors: tuple[np.ndarray, np.ndarray, np.ndarray], targets: tuple[np.ndarray, np.ndarray, np.ndarray],
+                 n_items: int, k: int, within_decay: float, group_decay: float, group_size: int) -> None:
+        self.vectors = tuple(np.asarray(a) for a in vectors)
+        self.targets = tuple(np.asarray(a) for a in targets)
+        self.n_items, self.k = int(n_items), int(k)
+        self.within_decay, self.group_decay, self.group_size = float(within_decay), float(group_decay), int(group_size)
+        indptr, indices, data = self.vectors
+        self.n_users = len(indptr) - 1
+        rows = np.repeat(np.arange(self.n_users), np.diff(indptr))
+        order = np.argsort(indices, kind="stable")  # CSC view: the users holding each item
+        self._col_ptr = np.concatenate([[0], np.cumsum(np.bincount(indices, minlength=self.n_items))])
+        self._col_rows, self._col_data = rows[order], data[order]
+        self._sq_norms = np.bincount(rows, weights=data * data, minlength=self.n_users)
+
+    @classmethod
+    def build(cls, histories: Histories, targets: list[list[int]], n_items: int, k: int, within_decay: float,
+              group_decay: float, group_size: int) -> "NeighbourIndex":
+        """Index the training users' histories (item indices) and target baskets."""
+        probe = cls((np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0)), (np.zeros(1, np.int64), np.zeros(0, np.int64),
+                    np.zeros(0)), n_items, k, within_decay, group_decay, group_size)
+        vecs = [probe.vector(h) for h in histories]
+        tgts = [(np.array(sorted(set(t)), dtype=np.int64), np.ones(len(set(t)))) for t in targets]
+        return cls(_stack(vecs), _stack(tgts), n_items, k, within_decay, group_decay, group_size)
+
+    def vector(self, history: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """The sparse TIFU-KNN vector ``(item indices ascending, values)`` of one history."""
+        weights = basket_weights(len(history), self.within_decay, self.group_decay, self.group_size)
+        items = [np.unique(np.asarray(basket, dtype=np.int64)) for basket in history]
+        flat = np.concatenate(items) if items else np.zeros(0, np.int64)
+        values = np.repeat(weights, [len(i) for i in items])
+        cols, inverse = np.unique(flat, return_inverse=True)
+        return cols, np.bincount(inverse, weights=values, minlength=len(cols))
+
+    def neighbours(self, history: list[list[int]], exclude: int | None = None) -> np.ndarray:
+        """Row indices of the ``k`` training users nearest to ``history`` (ties: training order), never
+        ``exclude`` (a training user's own row)."""
+        cols, values = self.vector(history)
+        starts, ends = self._col_ptr[cols], self._col_ptr[cols + 1]
+        take = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)]) if len(cols) else np.zeros(0, np.int64)
+        scale = np.repeat(values, ends - starts)
+        dots = np.bincount(self._col_rows[take], weights=self._col_data[take] * scale, minlength=self.n_users)
+        distance = self._sq_norms - 2.0 * dots  # minus the query's own norm: constant along the row
+        if exclude is not None:
+            distance[exclude] = np.inf
+        order = np.argsort(distance, kind="stable")
+        return order[: min(self.k, self.n_users - (exclude is not None))]
+
+    def context(self, histories: Histories, exclude: list[int | None] | None = None) -> np.ndarray:
+        """``[B, 2 * n_items]`` float32: neighbours' mean vector, then the share of neighbours whose target held
+        each item (see the module docstring). ``exclude[b]`` is history ``b``'s own training row, if any."""
+        out = np.zeros((len(histories), 2 * self.n_items), dtype=np.float32)
+        for b, history in enumerate(histories):
+            if not any(len(basket) for basket in history):
+                continue
+            rows = self.neighbours(history, None if exclude is None else exclude[b])
+            for half, (indptr, indices, data) in enumerate((self.vectors, self.targets)):
+                cols, values = _csr_rows(indptr, indices, data, rows)
+                out[b, half * self.n_items:(half + 1) * self.n_items] = np.bincount(
+                    cols, weights=values, minlength=self.n_items) / max(len(rows), 1)
+        return out
+
+    def save(self, path: str | Path) -> None:
+        np.savez(path, vec_indptr=self.vectors[0], vec_indices=self.vectors[1], vec_data=self.vectors[2],
+                 tgt_indptr=self.targets[0], tgt_indices=self.targets[1], tgt_data=self.targets[2],
+                 params=np.array([self.n_items, self.k, self.within_decay, self.group_decay, self.group_size]))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "NeighbourIndex":
+        with np.load(path) as f:
+            n_items, k, within, group, size = f["params"].tolist()
+            return cls((f["vec_indptr"], f["vec_indices"], f["vec_data"]), (f["tgt_indptr"], f["tgt_indices"], f["tgt_data"]),
+                       int(n_items), int(k), within, group, int(size))
+
+
+def _stack(rows: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSR arrays from per-row (indices, values)."""
+    indptr = np.concatenate([[0], np.cumsum([len(i) for i, _ in rows])]).astype(np.int64)
+    indices = np.concatenate([i for i, _ in rows]).astype(np.int64) if rows else np.zeros(0, np.int64)
+    data = np.concatenate([v for _, v in rows]).astype(np.float64) if rows else np.zeros(0)
+    return indptr, indices, data

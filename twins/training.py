@@ -1,0 +1,65 @@
+"""What every twins training loop shares: the device, the progress bar and crash-safe checkpoints."""
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+LAST = "last.pt"
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``device`` if given, else CUDA when available, else CPU."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def progress(batches: list, description: str, show: bool) -> Iterable:
+    """``batches`` with a transient rich progress bar when ``show``."""
+    if not show:
+        return batches
+    from rich.progress import track
+    return track(batches, description=description, transient=True)
+
+
+def fingerprint(params: Mapping[str, Any], *data: Any) -> str:
+    """Short hash of hyper-parameters and data sizes: a checkpoint resumes only under the same fingerprint."""
+    return hashlib.sha256(json.dumps([dict(params), *data], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def save_checkpoint(folder: Path | None, name: str, payload: dict, rank: int = 0) -> None:
+    """Write ``folder/name`` atomically (a killed run leaves the previous file intact); only rank 0 writes."""
+    if folder is None or rank != 0:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.tmp"
+    torch.save(payload, tmp)
+    tmp.replace(folder / name)
+
+
+def load_checkpoint(folder: Path | None, expected: str, device: torch.device) -> dict | None:
+    """The ``last.pt`` payload of ``folder``, or ``None`` when there is none; refuses another fingerprint."""
+    if folder is None or not (folder / LAST).exists():
+        return None
+    saved = torch.load(folder / LAST, map_location=device, weights_only=False)
+    if saved["fingerprint"] != expected:
+        raise ValueError(f"{folder / LAST}: checkpoint was written with other hyper-parameters or data; "
+                         "use another checkpoint_dir, or delete this one to start over")
+    return saved
+
+
+def setup_distributed(device: str | None = None) -> tuple[torch.device, int, int]:
+    """``(device, rank, world size)``. Under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is started
+    (nccl on CUDA, gloo on CPU) and each process takes the GPU of its ``LOCAL_RANK``; otherwise ``(device, 0, 1)``."""
+    chosen = pick_device(device)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return chosen, 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
+    if chosen.type == "cuda":
+        chosen = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return chosen, dist.get_rank(), dist.get_world_size()
