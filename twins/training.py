@@ -63,3 +63,20 @@ def setup_distributed(device: str | None = None) -> tuple[torch.device, int, int
     if chosen.type == "cuda":
         chosen = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return chosen, dist.get_rank(), dist.get_world_size()
+
+
+def shared_score(value: float, device: torch.device, world: int) -> float:
+    """Rank 0's validation score on every rank (other ranks pass a placeholder); ``value`` itself when alone."""
+    if world <= 1:
+        return value
+    score = torch.tensor([value], device=device)
+    dist.broadcast(score, 0)
+    return float(score.item())
+
+
+def restore_best(net: torch.nn.Module, best_state: dict | None, folder: Path | None, device: torch.device) -> None:
+    """Load the best epoch's weights: this run's, else a resumed run's ``best.pt``; leave ``net`` as is otherwise."""
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    elif folder is not None and (folder / "best.pt").exists():
+        net.load_state_dict(torch.load(folder / "best.pt", map_location=device)["net"])

@@ -15,7 +15,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from sklearn.base import BaseEstimator
 from torch import nn
 from torch.nn import functional as F
@@ -23,7 +22,8 @@ from torch.nn import functional as F
 from twins.emotion.encoder import Encoder, EncoderConfig, pretrained_dir
 from twins.emotion.tokenize import encode, load_tokenizer
 from twins.runtime.text import by_length, pad
-from twins.training import fingerprint, load_checkpoint, progress, save_checkpoint, setup_distributed
+from twins.training import (fingerprint, load_checkpoint, progress, restore_best, save_checkpoint, setup_distributed,
+                            shared_score)
 from twins.evaluate.emotion import macro_f1, predict_labels, tune_thresholds
 
 SMALL = EncoderConfig(hidden=256, layers=2, heads=4, intermediate=1024, max_positions=512)
@@ -121,11 +121,10 @@ class EmotionClassifier(BaseEstimator):
         """Train on (texts, y); select the epoch and stop early on dev macro-F1 with dev-tuned thresholds."""
         torch.manual_seed(self.seed)
         self.device_, rank, world = setup_distributed(self.device)
-        distributed = world > 1
         self.tokenizer_path_ = str(pretrained_dir() / "tokenizer.json")
         self.tokenizer_ = load_tokenizer(self.tokenizer_path_, self.max_length)
         self.net_ = self._build(y.shape[1]).to(self.device_)
-        model = nn.parallel.DistributedDataParallel(self.net_) if distributed else self.net_
+        model = nn.parallel.DistributedDataParallel(self.net_) if world > 1 else self.net_
         ids = encode(self.tokenizer_, texts)
         lengths = np.array([len(i) for i in ids])
         y_t = torch.as_tensor(y, dtype=torch.float32)
@@ -171,10 +170,7 @@ class EmotionClassifier(BaseEstimator):
                 running += loss.item()
             seconds = time.perf_counter() - started
             dev_f1 = self._dev_score(dev_texts, dev_y) if rank == 0 else 0.0
-            if distributed:
-                score = torch.tensor([dev_f1], device=self.device_)
-                dist.broadcast(score, 0)
-                dev_f1 = float(score.item())
+            dev_f1 = shared_score(dev_f1, self.device_, world)
             state["history"].append({"epoch": epoch + 1, "train_loss": running / max(1, len(batches)),
                                      "train_seconds": seconds, "dev_macro_f1": dev_f1})
             if dev_f1 > state["best"]:
@@ -187,10 +183,7 @@ class EmotionClassifier(BaseEstimator):
             state["epoch"] = epoch + 1
             save_checkpoint(ckpt, "last.pt", {"net": self.net_.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                                          "state": state, "fingerprint": fprint}, rank)
-        if best_state is not None:
-            self.net_.load_state_dict(best_state)
-        elif ckpt is not None and (ckpt / "best.pt").exists():
-            self.net_.load_state_dict(torch.load(ckpt / "best.pt", map_location=self.device_)["net"])
+        restore_best(self.net_, best_state, ckpt, self.device_)
         self.history_ = state["history"]
         self.best_epoch_ = state.get("best_epoch", state["epoch"])
         self.n_labels_ = y.shape[1]

@@ -36,12 +36,12 @@ from typing import Self
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from sklearn.base import BaseEstimator
 from torch import nn
 
 from twins.runtime.next_basket_features import NeighbourIndex, encode_baskets
-from twins.training import fingerprint, load_checkpoint, progress, save_checkpoint, setup_distributed
+from twins.training import (fingerprint, load_checkpoint, progress, restore_best, save_checkpoint, setup_distributed,
+                            shared_score)
 
 Item = Hashable
 Baskets = Sequence[Sequence[Item]]
@@ -172,7 +172,6 @@ class NeuralNextBasket(BaseEstimator):
             raise ValueError("no training user has a non-empty target basket; nothing to learn from")
         torch.manual_seed(self.seed)
         self.device_, rank, world = setup_distributed(self.device)
-        distributed = world > 1
 
         self.items_ = sorted({i for u in users for b in histories[u] for i in b} | {i for u in users for i in targets[u]})
         self.item_index_ = {item: j for j, item in enumerate(self.items_)}
@@ -199,7 +198,7 @@ class NeuralNextBasket(BaseEstimator):
         self.net_.log_popularity.copy_(torch.as_tensor(np.log1p(popularity), dtype=torch.float32))
         self.net_.target_popularity.copy_(torch.as_tensor(total, dtype=torch.float32))
         self.net_.max_baskets.fill_(float(min(self.max_baskets, max(len(h) for h in rows))))
-        model = nn.parallel.DistributedDataParallel(self.net_) if distributed else self.net_
+        model = nn.parallel.DistributedDataParallel(self.net_) if world > 1 else self.net_
         oof_t = torch.as_tensor(oof, dtype=torch.float32, device=self.device_)
         fold_t = torch.as_tensor(fold, device=self.device_)
         embeddings = [self.net_.embed_in.weight, self.net_.embed_out.weight, self.net_.bias]
@@ -237,10 +236,7 @@ class NeuralNextBasket(BaseEstimator):
                 running += loss.item()
             seconds = time.perf_counter() - started
             score = self._valid_recall(valid_histories, valid_targets) if valid_histories and rank == 0 else 0.0
-            if distributed:
-                shared = torch.tensor([score], device=self.device_)
-                dist.broadcast(shared, 0)
-                score = float(shared.item())
+            score = shared_score(score, self.device_, world)
             state["history"].append({"epoch": epoch + 1, "train_loss": running / max(1, len(batches)),
                                      "train_seconds": seconds, "valid_recall@10": score})
             if not valid_histories or score > state["best"]:
@@ -253,10 +249,7 @@ class NeuralNextBasket(BaseEstimator):
             state["epoch"] = epoch + 1
             save_checkpoint(ckpt, "last.pt", {"net": self.net_.state_dict(), "opt": opt.state_dict(), "state": state,
                                          "fingerprint": fprint}, rank)
-        if best_state is not None:
-            self.net_.load_state_dict(best_state)
-        elif ckpt is not None and (ckpt / "best.pt").exists():
-            self.net_.load_state_dict(torch.load(ckpt / "best.pt", map_location=self.device_)["net"])
+        restore_best(self.net_, best_state, ckpt, self.device_)
         self.history_ = state["history"]
         self.best_epoch_ = state.get("best_epoch", state["epoch"])
         self.popularity_ = popularity
