@@ -72,14 +72,15 @@ def build(source: Annotated[Path, typer.Argument(help="source config YAML (inges
           as_of: Annotated[str, typer.Option("--as-of", help="ISO date/time; only events strictly before it count; 'end' = after the last event")] = "end",
           category_column: Annotated[Optional[str], typer.Option(help="item attribute for the category mix, e.g. item_department")] = None,
           discount_columns: Annotated[Optional[list[str]], typer.Option("--discount-column", help="events column holding a discount (repeatable)")] = None,
-          outlook_days: Annotated[float, typer.Option(help="horizon of the purchase outlook (BG/NBD + Gamma-Gamma) in days; 0 = off")] = 91.0,
+          outlook_days: Annotated[float, typer.Option(help="horizon of the purchase outlook in days; 0 = off")] = 91.0,
+          outlook_model: Annotated[str, typer.Option(help="bgnbd (BG/NBD + Gamma-Gamma, seconds) or neural (twins.models.outlook_net; whole weeks, trains 3 networks: minutes on large sources)")] = "bgnbd",
           overrides: Overrides = None, track: Track = True) -> None:
     """Build every customer's twin as of a date and store a versioned snapshot."""
     from twins import api
     from twins.twin.customer import TwinParams
 
     params = TwinParams(category_column=category_column, discount_columns=discount_columns or [],
-                        outlook_horizon_days=outlook_days or None)
+                        outlook_horizon_days=outlook_days or None, outlook_model=outlook_model)
     try:
         with _spinner() as progress:
             progress.add_task(f"building twins as of {as_of}")

@@ -69,7 +69,7 @@ def _outlook(bundle, events: pl.LazyFrame, ids: list[str], as_of: datetime | Non
 
 #: task -> scorer(bundle, events of the chunk's customers before as_of, ids, as_of, **params) -> one row per id
 SCORERS: dict[str, Callable[..., pl.DataFrame]] = {"next_basket": _next_basket, "next_basket_net": _next_basket,
-                                                   "purchase_outlook": _outlook}
+                                                   "purchase_outlook": _outlook, "purchase_outlook_net": _outlook}
 
 
 def default_out(source: str, bundle: Bundle) -> Path:

@@ -153,10 +153,12 @@ def check_parity(
     bundle_dir: str | Path,
     inputs_list: Sequence[tuple[torch.Tensor, ...]],
     atol: float = 1e-4,
+    rtol: float = 0.0,
 ) -> float:
     """Run ``module`` and the bundle's ``model.onnx`` (onnxruntime, CPU) on each input tuple.
 
-    Float outputs must agree within ``atol`` (infinities in the same places), integer outputs exactly. Raises
+    Float outputs must agree within ``atol + rtol * |PyTorch value|`` (infinities in the same places), integer
+    outputs exactly. Raises
     ``ParityError`` naming the output, the input shapes and the max abs difference; returns the largest float
     difference seen.
     """
@@ -177,10 +179,11 @@ def check_parity(
                 raise ParityError(f"output {name!r} at input shapes {shapes}: shape {got.shape} != {want.shape}")
             if np.issubdtype(want.dtype, np.floating):
                 with np.errstate(invalid="ignore"):  # inf - inf; equal infinities count as no difference
+                    excess = np.where(want == got, 0.0, np.abs(want - got) - rtol * np.abs(want))
                     diff = float(np.max(np.where(want == got, 0.0, np.abs(want - got)), initial=0.0))
-                if np.isnan(diff) or diff > atol:
+                if np.isnan(diff) or float(np.max(excess, initial=0.0)) > atol:
                     raise ParityError(
-                        f"output {name!r} at input shapes {shapes}: max abs diff {diff:.3g} > atol {atol:g}"
+                        f"output {name!r} at input shapes {shapes}: max abs diff {diff:.3g} > atol {atol:g} + rtol {rtol:g}"
                     )
                 worst = max(worst, diff)
             elif not np.array_equal(want, got):

@@ -5,6 +5,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 
 from twins.runtime.bundle import Bundle, BundleError
+from twins.runtime.outlook_features import N_FEATURES, features
 
 DAY_US = 86_400_000_000
 MAX_WAIT_DAYS = 36_525  # a next purchase further than 100 years out is answered as None (not expected)
@@ -22,11 +23,10 @@ def _to_us(value) -> int:
     return int(value.timestamp() * 1_000_000)
 
 
-def summary(purchases: list[tuple], as_of_us: int, unit_days: float) -> tuple[float, float, float, float]:
-    """(x, t_x, T, m) of one history of (time, amount) lines before ``as_of``, as ``twins.evaluate.outlook``
-    summarises events: a UTC day with a purchase (amount >= 0) is one purchase day worth its net amount;
-    negative amounts are returns, and a day with returns only is no purchase day. ``m`` is the mean of the
-    repeat days, floored at 0 (the bundle then answers with the population's mean spend per purchase day). No purchase before as_of: a new customer (0, 0, 0, 0)."""
+def net_purchase_days(purchases: list[tuple], as_of_us: int) -> dict[int, float]:
+    """{UTC day start (µs): net amount} of the purchase days before ``as_of`` in a history of (time, amount)
+    lines, as ``twins.evaluate.outlook`` summarises events: a day with a purchase (amount >= 0) is one purchase
+    day worth its net amount; negative amounts are returns, and a day with returns only is no purchase day."""
     net: dict[int, float] = {}
     bought: set[int] = set()
     for when, amount in purchases:
@@ -36,14 +36,44 @@ def summary(purchases: list[tuple], as_of_us: int, unit_days: float) -> tuple[fl
             net[day] = net.get(day, 0.0) + float(amount)
             if amount >= 0:
                 bought.add(day)
-    if not bought:
+    return {d: net[d] for d in sorted(bought)}
+
+
+def summary(purchases: list[tuple], as_of_us: int, unit_days: float) -> tuple[float, float, float, float]:
+    """(x, t_x, T, m) of one history of (time, amount) lines before ``as_of`` (``net_purchase_days``). ``m`` is
+    the mean of the repeat days, floored at 0 (the bundle then answers with the population's mean spend per
+    purchase day). No purchase before as_of: a new customer (0, 0, 0, 0)."""
+    days = net_purchase_days(purchases, as_of_us)
+    if not days:
         return 0.0, 0.0, 0.0, 0.0
-    days = {d: net[d] for d in bought}
-    order = sorted(days)
+    order = list(days)
     unit = unit_days * DAY_US
     x = len(order) - 1
     m = max(float(np.mean([days[d] for d in order[1:]])), 0.0) if x else 0.0
     return float(x), (order[-1] - order[0]) / unit, (as_of_us - order[0]) / unit, m
+
+
+def answers(out: dict[str, np.ndarray], known: np.ndarray, as_of_us: int, unit_days: float, horizon_days: float) -> list[dict]:
+    """The outlook bundles' plain answers, one per row of their outputs (waiting times in ``unit_days``)."""
+    start = datetime.fromtimestamp(as_of_us / 1e6, tz=timezone.utc)
+
+    def when(w: float) -> datetime | None:
+        days = float(w) * unit_days
+        return start + timedelta(days=days) if np.isfinite(days) and days <= MAX_WAIT_DAYS else None
+
+    return [{"expected_purchases": float(out["expected_purchases"][i]), "expected_spend": float(out["expected_spend"][i]),
+             "p_alive": float(out["p_alive"][i]), "churn_risk": 1.0 - float(out["p_alive"][i]),
+             "p_any_purchase": float(out["p_any_purchase"][i]), "next_purchase": when(out["next_median"][i]),
+             "next_purchase_low": when(out["next_low"][i]), "next_purchase_high": when(out["next_high"][i]),
+             "known": bool(known[i]), "horizon_days": horizon_days}
+            for i in range(len(known))]
+
+
+def checked_horizon(default: float, horizon_days: float | None) -> float:
+    horizon = default if horizon_days is None else float(horizon_days)
+    if not horizon > 0:
+        raise ValueError(f"horizon_days must be > 0, got {horizon}")
+    return horizon
 
 
 class OutlookBundle(Bundle):
@@ -67,21 +97,43 @@ class OutlookBundle(Bundle):
         ``next_purchase_low`` / ``next_purchase_high`` (None when further than 100 years out), and ``known`` (False: no purchase before as_of, answered
         with the population's values for a new customer)."""
         as_of_us = _to_us(as_of)
-        horizon = self.horizon_days if horizon_days is None else float(horizon_days)
-        if not horizon > 0:
-            raise ValueError(f"horizon_days must be > 0, got {horizon}")
+        horizon = checked_horizon(self.horizon_days, horizon_days)
         rows = np.array([summary(h, as_of_us, self.unit_days) for h in histories], dtype=np.float64).reshape(-1, 4)
         feeds = {name: np.ascontiguousarray(rows[:, i]) for i, name in enumerate(INPUTS[:4])}
         feeds["t"] = np.full(len(rows), horizon / self.unit_days)
-        out = self.run(feeds)
-        start = datetime.fromtimestamp(as_of_us / 1e6, tz=timezone.utc)
-        def when(w: float) -> datetime | None:
-            days = float(w) * self.unit_days
-            return start + timedelta(days=days) if np.isfinite(days) and days <= MAX_WAIT_DAYS else None
+        known = (rows[:, 2] > 0) | (rows[:, 0] > 0)
+        return answers(self.run(feeds), known, as_of_us, self.unit_days, horizon)
 
-        return [{"expected_purchases": float(out["expected_purchases"][i]), "expected_spend": float(out["expected_spend"][i]),
-                 "p_alive": float(out["p_alive"][i]), "churn_risk": 1.0 - float(out["p_alive"][i]),
-                 "p_any_purchase": float(out["p_any_purchase"][i]), "next_purchase": when(out["next_median"][i]),
-                 "next_purchase_low": when(out["next_low"][i]), "next_purchase_high": when(out["next_high"][i]),
-                 "known": bool(rows[i, 2] > 0 or rows[i, 0] > 0), "horizon_days": horizon}
-                for i in range(len(rows))]
+
+class OutlookNetBundle(Bundle):
+    """The neural purchase outlook (task ``purchase_outlook_net``, ``twins.models.outlook_net``): the same
+    answers as ``OutlookBundle`` from the same raw histories of ``(time, amount)`` purchases; horizons are whole
+    weeks (the answer's ``horizon_days`` says which). A history with no purchase day before as_of is answered as
+    a customer whose first purchase is on the as-of day, spending the training customers' mean per purchase day."""
+
+    def __init__(self, path, manifest: dict, session) -> None:
+        super().__init__(path, manifest, session)
+        try:
+            self.horizon_days = float(manifest["preprocessing"]["horizon_days"])
+            self.new_day_spend = float(manifest["preprocessing"]["new_customer_day_spend"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise BundleError(f"{path}/manifest.json: task 'purchase_outlook_net' needs preprocessing.horizon_days and new_customer_day_spend "
+                              f"({error!r}); re-export with twins.models.outlook_export.export_neural_outlook") from None
+        if tuple(v["name"] for v in manifest["inputs"]) != ("x", "h") or manifest["inputs"][0]["shape"][1] != N_FEATURES:
+            raise BundleError(f"{path}/manifest.json: task 'purchase_outlook_net' needs inputs x [batch, {N_FEATURES}] "
+                              "and h [batch] (this runtime's features); re-export the bundle")
+
+    def score(self, histories: list[list[tuple]], as_of: datetime | str, horizon_days: float | None = None) -> list[dict]:
+        """One answer per history (keys as ``OutlookBundle.score``)."""
+        as_of_us = _to_us(as_of)
+        weeks = max(1, round(checked_horizon(self.horizon_days, horizon_days) / 7.0))
+        row, age, spend = [], [], []
+        for i, history in enumerate(histories):
+            for day, amount in net_purchase_days(history, as_of_us).items():
+                row.append(i)
+                age.append((as_of_us - day) / DAY_US)
+                spend.append(amount)
+        x = features(np.array(row, np.int64), np.array(age), np.array(spend), len(histories), self.new_day_spend)
+        out = self.run({"x": x.astype(np.float64), "h": np.full(len(histories), float(weeks))})
+        known = np.bincount(np.array(row, np.int64), minlength=len(histories)) > 0
+        return answers(out, known, as_of_us, 7.0, 7.0 * weeks)

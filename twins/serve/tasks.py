@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from twins.runtime import EmotionBundle, NextBasketBundle, OutlookBundle, ReplenishmentBundle
+from twins.runtime import EmotionBundle, NextBasketBundle, OutlookBundle, OutlookNetBundle, ReplenishmentBundle
 
 MAX_BATCH = 1000
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
@@ -158,7 +158,7 @@ def recommend(bundle: NextBasketBundle, body: NextBasketRequest) -> list[list[di
     return [[{"item": item, "score": score} for item, score in recs] for recs in bundle.recommend(body.histories, body.k)]
 
 
-def outlook(bundle: OutlookBundle, body: OutlookRequest) -> list[dict[str, Any]]:
+def outlook(bundle: OutlookBundle | OutlookNetBundle, body: OutlookRequest) -> list[dict[str, Any]]:
     histories = [[(p.time, p.amount) for p in history] for history in body.histories]
     return bundle.score(histories, body.as_of, body.horizon_days)
 
@@ -182,6 +182,8 @@ ROUTES: dict[str, TaskRoute] = {
                                  NextBasketResponse, recommend),
     "purchase_outlook": TaskRoute("outlook", "Purchase outlook: when, how many, how much, churn risk", OutlookRequest,
                                   OutlookResponse, outlook),
+    "purchase_outlook_net": TaskRoute("outlook", "Purchase outlook (neural): when, how many, how much, churn risk",
+                                      OutlookRequest, OutlookResponse, outlook),
     "emotion": TaskRoute("emotion", "Emotion of messages: 28 labels, Ekman groups, sentiment", EmotionRequest,
                          EmotionResponse, emotion),
     "replenishment": TaskRoute("replenishment", "Replenishment: when a machine orders next and how much, with intervals",

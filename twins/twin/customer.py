@@ -25,7 +25,8 @@ class TwinParams:
     category_column: str | None = None   # e.g. item_department, from the source's item attribute table
     top_categories: int = 5
     discount_columns: list[str] = field(default_factory=list)  # e.g. [retail_disc, coupon_disc]
-    outlook_horizon_days: float | None = 91.0  # purchase outlook (BG/NBD + Gamma-Gamma) over this horizon; None: off
+    outlook_horizon_days: float | None = 91.0  # purchase outlook over this horizon; None: off
+    outlook_model: str = "bgnbd"     # bgnbd (BG/NBD + Gamma-Gamma) | neural (twins.models.outlook_net)
 
 
 def _as_of_filter(events: pl.LazyFrame, as_of: datetime | None) -> pl.LazyFrame:
@@ -110,12 +111,13 @@ def _messages(events: pl.LazyFrame) -> pl.LazyFrame:
     return msg.group_by("customer_id").agg(messages=pl.len().cast(pl.Int64), last_message=pl.col("event_time").max())
 
 
-def _outlook(events: pl.LazyFrame, as_of: datetime, horizon_days: float) -> pl.LazyFrame:
+def _outlook(events: pl.LazyFrame, as_of: datetime, horizon_days: float, model: str) -> pl.LazyFrame:
     """The purchase outlook columns, or none when the data cannot support the models (e.g. no repeat buyer)."""
-    from twins.twin.outlook import OutlookParams, customer_outlook
+    from twins.twin.outlook import OutlookParams, check_model, customer_outlook
 
+    check_model(model)  # a wrong name is the caller's error, not the data's
     try:
-        return customer_outlook(events, as_of, OutlookParams(horizon_days=horizon_days)).lazy()
+        return customer_outlook(events, as_of, OutlookParams(horizon_days=horizon_days, model=model)).lazy()
     except ValueError as exc:
         warnings.warn(f"twins without a purchase outlook: {exc}", RuntimeWarning, stacklevel=3)
         return events.select("customer_id").unique()
@@ -143,7 +145,7 @@ def build_customer_twins(events: pl.LazyFrame, as_of: datetime | None = None, pa
         parts.append(_discounts(ev, p))
     ids = ev.filter(pl.col("customer_id").is_not_null()).select("customer_id").unique()
     if p.outlook_horizon_days and as_of is not None:
-        parts.append(_outlook(ev, as_of, p.outlook_horizon_days))
+        parts.append(_outlook(ev, as_of, p.outlook_horizon_days, p.outlook_model))
     twins = ids
     for part in [*parts, _returns(ev), _messages(ev)]:
         twins = twins.join(part, on="customer_id", how="left")

@@ -1,5 +1,6 @@
 """The purchase outlook of every customer twin as of a date: expected purchase days and spend in a horizon,
-P(alive) and churn risk, and the time to the next purchase with an interval (BG/NBD + Gamma-Gamma).
+P(alive) and churn risk, and the time to the next purchase with an interval, from BG/NBD + Gamma-Gamma
+(``model="bgnbd"``) or the neural outlook (``model="neural"``, ``twins.models.outlook_net``).
 
 Time to next purchase, given the customer is alive: with the purchase rate's posterior Gamma(r + x, α + T), the
 waiting time W is Lomax-distributed, P(W > w) = ((α+T)/(α+T+w))^(r+x), so its q-quantile is
@@ -28,6 +29,16 @@ class OutlookParams:
     horizon_days: float = 91.0    # 13 weeks
     unit_days: float = 7.0        # the models' time unit
     interval: float = 0.8         # central probability of the time-to-next-purchase interval
+    model: str = "bgnbd"          # bgnbd | neural
+    neural_members: int = 3       # networks averaged by the neural outlook
+
+
+MODELS = ("bgnbd", "neural")
+
+
+def check_model(model: str) -> None:
+    if model not in MODELS:
+        raise ValueError(f"outlook model must be one of {MODELS}, got {model!r}")
 
 
 def waiting_time_quantile(q: float | np.ndarray, r: float, alpha: float, x: np.ndarray, T: np.ndarray) -> np.ndarray:
@@ -76,10 +87,14 @@ def customer_outlook(events: pl.LazyFrame, as_of: datetime, params: OutlookParam
     with ``next_purchase_low`` / ``next_purchase_high`` (null beyond 100 years). Models are fitted on events
     before ``as_of`` only."""
     p = params or OutlookParams()
+    check_model(p.model)
     as_of = as_of if as_of.tzinfo else as_of.replace(tzinfo=timezone.utc)
-    s = summarise(purchase_days(events.filter(pl.col("event_time") < as_of)), as_of, p.horizon_days, p.unit_days)
+    days = purchase_days(events.filter(pl.col("event_time") < as_of)).collect()
+    s = summarise(days.lazy(), as_of, p.horizon_days, p.unit_days)
     if s.height == 0:
         raise ValueError(f"no purchases before {as_of.isoformat()}: nothing to fit the outlook on")
+    if p.model == "neural":
+        return _neural_outlook(days, s.select("customer_id"), as_of, p)
     counts, spend = fit_outlook(s)
     count, expected_spend, p_any, p_alive = predict_outlook(s, counts, spend, p.horizon_days / p.unit_days)
     x, T = s["x"].to_numpy(), s["T"].to_numpy()
@@ -95,4 +110,26 @@ def customer_outlook(events: pl.LazyFrame, as_of: datetime, params: OutlookParam
         next_purchase_low=pl.Series(to_time(lo), dtype=pl.Datetime("us", "UTC")),
         next_purchase_high=pl.Series(to_time(hi), dtype=pl.Datetime("us", "UTC")),
         outlook_horizon_days=pl.lit(p.horizon_days),
+    )
+
+
+def _neural_outlook(days: pl.DataFrame, customers: pl.DataFrame, as_of: datetime, p: OutlookParams) -> pl.DataFrame:
+    """``customer_outlook``'s columns from ``NeuralOutlook`` fitted on the purchase days before ``as_of``."""
+    from twins.models.outlook_net import NeuralOutlook, day_table, features_at, horizon_weeks
+
+    ids, code, age, spend = day_table(days, as_of)
+    weeks = horizon_weeks(p.horizon_days)
+    model = NeuralOutlook(n_members=p.neural_members).fit(code, age, spend, weeks)
+    rows = customers["customer_id"].cast(pl.Enum(ids)).to_physical().to_numpy()
+    out = model.predict(features_at(code, age, spend, rows), weeks)
+    to_time = lambda w: [as_of + timedelta(weeks=float(v)) if np.isfinite(v) and v * 7 <= 36_525 else None  # noqa: E731
+                         for v in w]
+    return customers.with_columns(
+        expected_purchases=pl.Series(out["expected_purchases"]), expected_spend=pl.Series(out["expected_spend"]),
+        p_alive=pl.Series(out["p_alive"]), churn_risk=pl.Series(1.0 - out["p_alive"]),
+        p_any_purchase=pl.Series(out["p_any_purchase"]),
+        next_purchase=pl.Series(to_time(out["next_median"]), dtype=pl.Datetime("us", "UTC")),
+        next_purchase_low=pl.Series(to_time(out["next_low"]), dtype=pl.Datetime("us", "UTC")),
+        next_purchase_high=pl.Series(to_time(out["next_high"]), dtype=pl.Datetime("us", "UTC")),
+        outlook_horizon_days=pl.lit(7.0 * weeks),
     )

@@ -1,0 +1,353 @@
+"""The neural purchase outlook: how many purchase days, how much spend, P(>= 1 purchase), P(alive) and the time
+to the next purchase, for any horizon in weeks.
+
+An MLP maps a customer's purchase-day features (``twins.runtime.outlook_features``) to the parameters of an
+individual purchase process, in weeks from the cut-off:
+
+- alive at the cut-off with probability ``pi``; an alive customer stays alive each further week with
+  probability ``s``, so the weeks alive in a horizon of h weeks, L, are P(L = l) = s^l (1 − s) for l < h and
+  P(L = h) = s^h;
+- while alive, purchase days come at rate ``lam`` a week, with Gamma(kappa) uncertainty about that rate: the
+  count in l weeks is negative binomial with mean lam·l and shape ``kappa``;
+- a purchase day is worth ``mu`` on average (Gamma with shape ``nu`` a day).
+
+It is trained on the calibration period alone: the cut-off is moved back one week at a time, and each window's
+purchase-day count and spend after the moved cut-off are scored by the exact likelihood of that process. Since
+the horizon only enters through the closed forms, the model answers for horizons longer than any window it saw
+(the BTYD models' strength), while the MLP sees more of the history than (x, t_x, T): recent windows, gaps,
+spend. Several members with their own seeds and validation customers are averaged (``n_members``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Self
+
+import numpy as np
+import polars as pl
+import torch
+from sklearn.base import BaseEstimator
+from torch import nn
+
+from twins.runtime.outlook_features import N_FEATURES, features
+from twins.training import pick_device, progress
+
+DAY_US = 86_400 * 1_000_000
+MAX_WAIT_WEEKS = 260  # the waiting-time quantiles are looked for within 5 years
+
+
+class OutlookNet(nn.Module):
+    """Standardised features -> (pi, lam, hazard, kappa, mu, nu), one row per customer."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, hidden: int = 64, spend_scale: float = 1.0) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.float())
+        self.register_buffer("std", std.float())
+        self.register_buffer("log_spend", torch.tensor(math.log(max(spend_scale, 1e-6))))
+        self.body = nn.Sequential(nn.Linear(N_FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                  nn.Linear(hidden, 6))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        o = self.body((x - self.mean) / self.std)
+        pi = torch.sigmoid(o[:, 0] + 2.0)
+        lam = torch.exp(torch.clamp(o[:, 1] - 1.0, -12.0, 4.0))
+        hazard = nn.functional.softplus(o[:, 2] - 4.0) + 1e-6        # weekly dropout hazard: s = exp(-hazard)
+        kappa = torch.exp(torch.clamp(o[:, 3], -5.0, 6.0))
+        mu = torch.exp(torch.clamp(o[:, 4] + self.log_spend, -10.0, 15.0))
+        nu = torch.exp(torch.clamp(o[:, 5], -4.0, 6.0))
+        return pi, lam, hazard, kappa, mu, nu
+
+
+# --- the process: likelihood and closed forms ------------------------------------------------------------------
+
+
+def nb_log_pmf(n: torch.Tensor, mean: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+    """log P(N = n) of a negative binomial with ``mean`` > 0 and ``shape`` (Gamma-Poisson)."""
+    return (torch.lgamma(n + shape) - torch.lgamma(shape) - torch.lgamma(n + 1)
+            + shape * (torch.log(shape) - torch.log(shape + mean)) + n * (torch.log(mean) - torch.log(shape + mean)))
+
+
+def lifetime_log_probs(pi: torch.Tensor, hazard: torch.Tensor, h: torch.Tensor, l_max: int) -> torch.Tensor:
+    """``[batch, l_max + 1]``: log P(alive weeks in the horizon = l), l = 0..l_max (−inf beyond each row's h);
+    the customer dead at the cut-off sits at l = 0."""
+    l = torch.arange(l_max + 1, dtype=hazard.dtype, device=hazard.device)
+    log_s, log_1ms = -hazard[:, None], torch.log(-torch.expm1(-hazard))[:, None]
+    lp = torch.where(l < h[:, None], l * log_s + log_1ms, l * log_s) + torch.log(pi)[:, None]
+    lp = torch.where(l > h[:, None], torch.full_like(lp, -torch.inf), lp)
+    dead_now = torch.logaddexp(lp[:, 0], torch.log1p(-pi))
+    return torch.cat([dead_now[:, None], lp[:, 1:]], 1)
+
+
+def count_nll(params: tuple[torch.Tensor, ...], count: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """−log P(count purchase days in h weeks), per row."""
+    pi, lam, hazard, kappa = params[:4]
+    l_max = int(h.max())
+    lp = lifetime_log_probs(pi, hazard, h, l_max)
+    l = torch.arange(l_max + 1, dtype=lam.dtype, device=lam.device)
+    mean = (lam[:, None] * l).clamp_min(1e-12)
+    n = count[:, None].expand_as(mean)
+    ln = nb_log_pmf(n, mean, kappa[:, None].expand_as(mean))
+    ln = torch.where(l == 0, torch.where(n == 0, 0.0, -torch.inf), ln)
+    return -torch.logsumexp(lp + ln, 1)
+
+
+def spend_nll(params: tuple[torch.Tensor, ...], count: torch.Tensor, spend: torch.Tensor) -> torch.Tensor:
+    """−log density of a window's spend given its count (> 0): Gamma(count·nu, mean count·mu)."""
+    mu, nu = params[4], params[5]
+    shape = count * nu
+    rate = nu / mu
+    return -(shape * torch.log(rate) - torch.lgamma(shape) + (shape - 1) * torch.log(spend) - rate * spend)
+
+
+def expected_weeks_alive(hazard: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """E[L | alive at the cut-off] = sum_{l=1..h} s^l."""
+    return -torch.expm1(-hazard * h) / torch.expm1(hazard)
+
+
+def p_none(params: tuple[torch.Tensor, ...], h: torch.Tensor, l_max: int) -> torch.Tensor:
+    """P(no purchase day in h weeks); ``l_max`` >= every h."""
+    pi, lam, hazard, kappa = params[:4]
+    lp = lifetime_log_probs(pi, hazard, h, l_max)
+    l = torch.arange(l_max + 1, dtype=lam.dtype, device=lam.device)
+    log_zero = kappa[:, None] * (torch.log(kappa[:, None]) - torch.log(kappa[:, None] + lam[:, None] * l))
+    return torch.exp(torch.logsumexp(lp + log_zero, 1))
+
+
+def wait_survival(params: tuple[torch.Tensor, ...], weeks: int = MAX_WAIT_WEEKS) -> torch.Tensor:
+    """``[batch, weeks + 1]``: P(no purchase day in the first w weeks | alive at the cut-off), w = 0..weeks."""
+    _, lam, hazard, kappa = params[:4]
+    w = torch.arange(weeks + 1, dtype=lam.dtype, device=lam.device)
+    log_zero = kappa[:, None] * (torch.log(kappa[:, None]) - torch.log(kappa[:, None] + lam[:, None] * w))
+    log_dead_at = -hazard[:, None] * w + torch.log(-torch.expm1(-hazard))[:, None]  # P(L = l), l = w
+    # dies in week l < w: no purchase with l alive weeks; alive through w: no purchase in w weeks
+    died = torch.cumsum(torch.exp(log_dead_at + log_zero), 1) - torch.exp(log_dead_at + log_zero)
+    return died + torch.exp(-hazard[:, None] * w + log_zero)
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Training rows: features as of a moved cut-off and what followed in ``h`` weeks."""
+
+    x: np.ndarray
+    count: np.ndarray
+    spend: np.ndarray
+    h: np.ndarray
+    customer: np.ndarray  # customer code, for splitting by customer
+    weeks_back: np.ndarray  # how far the cut-off was moved
+
+
+def day_table(days: pl.DataFrame | pl.LazyFrame, cutoff: datetime) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """(customer ids sorted, customer code, age in days at ``cutoff`` (negative after it), net spend) of every
+    purchase day of a ``twins.evaluate.outlook.purchase_days`` table."""
+    cutoff = cutoff if cutoff.tzinfo else cutoff.replace(tzinfo=timezone.utc)
+    df = days.lazy().select("customer_id", "day", "spend").collect()
+    ids = df["customer_id"].unique().sort()
+    code = df["customer_id"].cast(pl.Enum(ids)).to_physical().to_numpy().astype(np.int64)
+    age = (cutoff - df["day"]).dt.total_microseconds().to_numpy() / DAY_US
+    return ids.to_list(), code, age, df["spend"].to_numpy().astype(np.float64)
+
+
+def training_windows(code: np.ndarray, age: np.ndarray, spend: np.ndarray, horizon_weeks: int,
+                     max_windows: int = 52, min_history_weeks: int = 4) -> Windows:
+    """Move the cut-off back 1, 2, ... weeks (at most ``max_windows``, keeping ``min_history_weeks`` of data
+    before it); each customer seen before a moved cut-off gives a row: features then, and the purchase days and
+    spend in the following min(horizon, weeks moved) weeks. Only purchase days before the real cut-off (age > 0)
+    are used."""
+    before = age > 0
+    code, age, spend = code[before], age[before], spend[before]
+    if not len(age):
+        raise ValueError("no purchase day before the cut-off: nothing to train the outlook on")
+    rows: list[Windows] = []
+    n_codes = int(code.max()) + 1
+    for k in range(1, max_windows + 1):
+        shift = 7.0 * k
+        if age.max() - shift < 7.0 * min_history_weeks:
+            break
+        hist = age > shift
+        seen = np.unique(code[hist])
+        index = np.full(n_codes, -1)
+        index[seen] = np.arange(len(seen))
+        h = min(horizon_weeks, k)
+        future = ~hist & (age > shift - 7.0 * h) & (index[code] >= 0)
+        count = np.bincount(index[code[future]], None, len(seen))
+        total = np.bincount(index[code[future]], spend[future], len(seen))
+        x = features(index[code[hist]], age[hist] - shift, spend[hist], len(seen))
+        rows.append(Windows(x, count, total, np.full(len(seen), float(h)), seen, np.full(len(seen), float(k))))
+    if not rows:
+        raise ValueError(f"fewer than {min_history_weeks + 1} weeks of purchase days before the cut-off: "
+                         "no window to train the outlook on")
+    return Windows(*(np.concatenate([getattr(w, f) for w in rows]) for f in ("x", "count", "spend", "h", "customer", "weeks_back")))
+
+
+class NeuralOutlook(BaseEstimator):
+    """Neural purchase-process outlook (module docstring); scikit-learn's estimator contract.
+
+    ``fit(code, age, spend, horizon_weeks)`` takes every purchase day (customer code, age in days at the
+    cut-off, net spend; rows at or after the cut-off are ignored); ``predict(x, horizon_weeks)`` takes the
+    features of the customers to score (``twins.runtime.outlook_features.features``)."""
+
+    def __init__(self, hidden: int = 64, n_members: int = 5, max_epochs: int = 30, patience: int = 4,
+                 batch_size: int = 1024, lr: float = 2e-3, weight_decay: float = 1e-5, max_windows: int = 52,
+                 half_life: float | None = None, val_share: float = 0.1, seed: int = 0, device: str | None = None, verbose: bool = False) -> None:
+        self.hidden = hidden
+        self.n_members = n_members
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.max_windows = max_windows
+        self.half_life = half_life
+        self.val_share = val_share
+        self.seed = seed
+        self.device = device
+        self.verbose = verbose
+
+    def fit(self, code: np.ndarray, age: np.ndarray, spend: np.ndarray, horizon_weeks: int) -> Self:
+        w = training_windows(np.asarray(code), np.asarray(age, float), np.asarray(spend, float), int(horizon_weeks),
+                             self.max_windows)
+        device = pick_device(self.device)
+        x = torch.tensor(w.x, device=device)
+        mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+        bought = (w.count > 0) & (w.spend > 0)
+        spend_scale = float(w.spend[bought].sum() / w.count[bought].sum()) if bought.any() else 1.0
+        weight = np.exp2(-(w.weeks_back - 1) / self.half_life) if self.half_life else np.ones(len(w.h))
+        data = [torch.tensor(v, dtype=torch.float32, device=device) for v in (w.count, w.spend, w.h, weight / weight.mean())]
+        self.members_, self.history_ = [], []
+        for m in range(self.n_members):
+            rng = np.random.default_rng(self.seed + m)
+            val_customers = rng.random(int(w.customer.max()) + 1) < self.val_share
+            val = torch.tensor(val_customers[w.customer], device=device)
+            torch.manual_seed(self.seed + m)
+            net = OutlookNet(mean, std, self.hidden, spend_scale).to(device)
+            best, log = self._train(net, x, data, val, rng)
+            self.members_.append(best.cpu().eval())
+            self.history_.append(log)
+        self.spend_factor_ = self._spend_factor(w, int(horizon_weeks))
+        self.n_windows_ = len(w.count)
+        self.day_spend_ = float(np.maximum(np.asarray(spend, float)[np.asarray(age) > 0], 0.0).mean())
+        self.horizon_weeks_ = int(horizon_weeks)
+        return self
+
+    def _train(self, net: OutlookNet, x: torch.Tensor, data: list[torch.Tensor], val: torch.Tensor,
+               rng: np.random.Generator) -> tuple[OutlookNet, list[float]]:
+        """Adam on the mean negative log-likelihood; the member keeps its best validation epoch."""
+        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        train_rows = torch.nonzero(~val).squeeze(1)
+        best, best_loss, log, stale = copy.deepcopy(net), math.inf, [], 0
+        for epoch in range(self.max_epochs):
+            net.train()
+            perm = train_rows[torch.as_tensor(rng.permutation(len(train_rows)), device=x.device)]
+            batches = list(perm.split(self.batch_size))
+            for i in progress(batches, f"outlook epoch {epoch + 1}", self.verbose):
+                loss = self._loss(net, x[i], *(d[i] for d in data))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                net.eval()
+                v = float(self._loss(net, x[val], *(d[val] for d in data))) if val.any() else float(loss)
+            log.append(v)
+            if v < best_loss - 1e-5:
+                best, best_loss, stale = copy.deepcopy(net), v, 0
+            else:
+                stale += 1
+                if stale >= self.patience:
+                    break
+        return best, log
+
+    def _spend_factor(self, w: Windows, horizon_weeks: int) -> float:
+        """Sum of spend over sum of purchase days x predicted spend per day, over the windows of the last
+        horizon before the cut-off: puts the spend per day at its latest level (spend drifts, e.g. with
+        prices), which the windows further back, most of the training rows, pull away from."""
+        rows = (w.weeks_back <= horizon_weeks) & (w.count > 0)
+        if not rows.any():
+            return 1.0
+        with torch.no_grad():
+            x = torch.as_tensor(w.x[rows])
+            mu = torch.stack([net(x)[4] for net in self.members_]).mean(0).double().numpy()
+        return float(w.spend[rows].sum() / (w.count[rows] * mu).sum())
+
+    @staticmethod
+    def _loss(net: OutlookNet, x: torch.Tensor, count: torch.Tensor, spend: torch.Tensor, h: torch.Tensor,
+              weight: torch.Tensor) -> torch.Tensor:
+        params = net(x)
+        loss = (weight * count_nll(params, count, h)).sum()
+        bought = (count > 0) & (spend > 0)
+        if bought.any():
+            loss = loss + (weight[bought] * spend_nll(tuple(p[bought] for p in params), count[bought], spend[bought])).sum()
+        return loss / len(count)
+
+    def predict(self, x: np.ndarray, horizon_weeks: float) -> dict[str, np.ndarray]:
+        """Per row: ``expected_purchases``, ``expected_spend``, ``p_any_purchase`` in ``horizon_weeks``, ``p_alive``
+        and the time to the next purchase of an alive customer (``next_low`` / ``next_median`` / ``next_high``,
+        weeks; inf when not within 5 years), averaged over the members."""
+        scorer = OutlookScorer(self.members_, self.spend_factor_)
+        with torch.no_grad():
+            out = scorer(torch.as_tensor(np.asarray(x, np.float64)), torch.full((len(x),), float(horizon_weeks), dtype=torch.float64))
+        return {name: v.numpy() for name, v in zip(OUTPUTS, out)}
+
+
+OUTPUTS = ("expected_purchases", "p_alive", "p_any_purchase", "expected_spend", "next_low", "next_median", "next_high")
+
+
+def _quantile_weeks(survival: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The first week w (linear between whole weeks) with 1 − survival(w) >= q; inf when never within the grid."""
+    cdf = 1.0 - survival
+    below = (cdf < q[:, None]).to(survival.dtype)
+    k = below.sum(1)                                             # first grid week at or above q (cdf is monotone)
+    last = survival.shape[1] - 1
+    idx = k.clamp(max=last).long()
+    lo = torch.gather(cdf, 1, (idx - 1).clamp_min(0)[:, None])[:, 0]
+    hi = torch.gather(cdf, 1, idx[:, None])[:, 0]
+    frac = torch.where(hi > lo, (q - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(q))
+    weeks = (idx - 1).clamp_min(0).to(q.dtype) + frac.clamp(0, 1)
+    return torch.where(k > last, torch.full_like(q, torch.inf), torch.where(k == 0, torch.zeros_like(q), weeks))
+
+
+class OutlookScorer(nn.Module):
+    """``forward(x, h)``: float64 features ``[batch, N_FEATURES]`` and horizons in weeks ``[batch]`` (rounded,
+    1..``max_horizon_weeks``) -> the ``OUTPUTS``, averaged over float64 copies of the members (the waiting time
+    from the averaged survival curve; ``interval`` central probability around the median); spend per purchase
+    day is the members' times ``spend_factor`` (``NeuralOutlook.spend_factor_``)."""
+
+    def __init__(self, members: list[OutlookNet], spend_factor: float = 1.0, interval: float = 0.8,
+                 max_horizon_weeks: int = 104) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(copy.deepcopy(m).double() for m in members)
+        self.spend_factor = spend_factor
+        self.max_horizon_weeks = max_horizon_weeks
+        self.quantiles = ((1 - interval) / 2, 0.5, (1 + interval) / 2)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        h = torch.clamp(torch.round(h), 1.0, float(self.max_horizon_weeks))
+        count = spend = p_any = p_alive = survival = 0.0
+        for net in self.members:
+            params = net(x)
+            pi, lam, hazard, _, mu, _ = params
+            expected = pi * lam * expected_weeks_alive(hazard, h)
+            count = count + expected
+            spend = spend + expected * mu * self.spend_factor
+            p_any = p_any + 1.0 - p_none(params, h, self.max_horizon_weeks)
+            p_alive = p_alive + pi
+            survival = survival + wait_survival(params)
+        k = float(len(self.members))
+        survival = survival / k
+        waits = [_quantile_weeks(survival, torch.full_like(h, q)) for q in self.quantiles]
+        return count / k, p_alive / k, p_any / k, spend / k, *waits
+
+
+def horizon_weeks(horizon_days: float) -> int:
+    """The whole number of weeks the neural outlook answers for (at least 1)."""
+    return max(1, int(round(horizon_days / 7.0)))
+
+
+def features_at(code: np.ndarray, age: np.ndarray, spend: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Features at the cut-off (age 0) of customer codes ``rows`` (in that order), from their purchase days."""
+    index = np.full(int(max(code.max(initial=0), rows.max(initial=0))) + 1, -1)
+    index[rows] = np.arange(len(rows))
+    keep = (age > 0) & (index[code] >= 0)
+    return features(index[code[keep]], age[keep], spend[keep], len(rows))
