@@ -48,6 +48,8 @@ CUTOFF_STEP = 5  # days between training cut-offs: not a multiple of 7, so they 
                  # worse quantities on validation)
 VALIDATION_DAYS = (300, 313, 326, 339, 352)  # --validate: cut-offs (days since the start) of the held-back machines
 MODEL = "mlp_quantile (PyTorch)"
+ORACLE = "full-state oracle"
+FUTURES = 25  # re-simulated futures behind the full-state oracle
 DAY_S = 86_400
 DAY_US = 86_400_000_000
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -107,6 +109,17 @@ def held_out_truth(truth: pl.DataFrame, machines: np.ndarray) -> tuple[np.ndarra
     return T, Q, censored | np.isnan(T)
 
 
+def full_state_oracle(cfg, machines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The median next-order time (capped at the horizon) and quantity of ``machines`` over ``FUTURES`` futures of
+    the same market drawn again after as_of: what a forecaster that knew everything at as_of (stock, open orders,
+    running promotions, bursts and breakdowns, every machine's parameters) would answer; no forecaster from the
+    events can beat it but by luck."""
+    draws = [held_out_truth(simulate(cfg, future_seed=k).truth(), machines) for k in range(FUTURES)]
+    T = np.median([np.where(c, np.inf, t) for t, _, c in draws], axis=0)
+    Q = np.median([np.where(c, 0.0, q) for _, q, c in draws], axis=0)
+    return np.minimum(T, HORIZON), Q
+
+
 def groups(truth: pl.DataFrame, machines: np.ndarray) -> dict[str, np.ndarray]:
     """Row masks: every row, by machine kind, and by reorder policy with (``readings``) or without (``orders``) telemetry."""
     info = pl.DataFrame({"machine_id": machines}).join(truth.select("machine_id", "kind", "policy", "telemetry"),
@@ -154,11 +167,13 @@ def forecast(cfg, seed: int, epochs: int, validate: bool) -> Outcome:
     fit_s = time.perf_counter() - start
     out = model.predict(test_rows.X)
     preds[MODEL] = (out["time"], out["quantity"])
+    if not validate:
+        preds[ORACLE] = full_state_oracle(cfg, test_rows.machine)
 
     masks = groups(truth, test_rows.machine)
     results = {name: {g: replenishment_metrics(t[s], q[s], T[s], Q[s], censored[s], HORIZON)
                       for g, s in masks.items() if s.any()} for name, (t, q) in preds.items()}
-    naive = [n for n in preds if n != MODEL]
+    naive = [n for n in preds if n not in (MODEL, ORACLE)]
     best_time = min(naive, key=lambda n: results[n]["all"]["time_mae"])
     best_qty = min(naive, key=lambda n: results[n]["all"]["quantity_mae"])
     ours = results[MODEL]["all"]
@@ -177,27 +192,39 @@ SUMMARY = {"best naive time MAE": lambda o: o.results[o.best_time]["all"]["time_
            "forecaster time MAE": lambda o: o.results[MODEL]["all"]["time_mae"], "time gain": lambda o: o.gain_t,
            "best naive quantity MAE": lambda o: o.results[o.best_qty]["all"]["quantity_mae"],
            "forecaster quantity MAE": lambda o: o.results[MODEL]["all"]["quantity_mae"], "quantity gain": lambda o: o.gain_q,
-           "time coverage": lambda o: o.cov_t, "quantity coverage": lambda o: o.cov_q}
+           "time coverage": lambda o: o.cov_t, "quantity coverage": lambda o: o.cov_q,
+           "oracle time gain": lambda o: 1 - o.results[ORACLE]["all"]["time_mae"] / o.results[o.best_time]["all"]["time_mae"],
+           "oracle quantity gain": lambda o: 1 - o.results[ORACLE]["all"]["quantity_mae"]
+           / o.results[o.best_qty]["all"]["quantity_mae"]}
 
 
 def _cell(name: str, value: float) -> str:
     return f"{value:.1%}" if "gain" in name or "coverage" in name else f"{value:.2f}"
 
 
-def tables(o: Outcome, outcomes: list[Outcome]) -> tuple[str, str, str]:
-    """Markdown rows: models by kind, the best baselines and the forecaster by policy, and the per-seed summary."""
+def summary(outcomes: list[Outcome]) -> dict[str, np.ndarray]:
+    """``SUMMARY`` per market (the oracle's where it was scored)."""
+    return {name: np.array([fn(x) for x in outcomes]) for name, fn in SUMMARY.items()
+            if ORACLE in outcomes[0].results or not name.startswith("oracle")}
+
+
+def tables(o: Outcome, outcomes: list[Outcome], values: dict[str, np.ndarray]) -> tuple[str, str, str]:
+    """Markdown: the models by machine kind (rows), the best baselines, the forecaster and the oracle by policy (with
+    header), and the markets' summary (with header)."""
     by_kind = "\n".join(
         f"| {name} | {r['all']['time_mae']:.2f} | {r['all']['quantity_mae']:.2f} | "
         + " | ".join(f"{r[k]['time_mae']:.2f} / {r[k]['quantity_mae']:.2f}" for k in KINDS) + " |"
         for name, r in o.results.items())
-    segments = [g for g in o.results[MODEL] if " / " in g]
-    by_policy = "\n".join(
-        f"| {g} | {o.results[MODEL][g]['n']:.0f} | {o.results[o.best_time][g]['time_mae']:.2f} | "
-        f"{o.results[MODEL][g]['time_mae']:.2f} | {o.results[o.best_qty][g]['quantity_mae']:.2f} | "
-        f"{o.results[MODEL][g]['quantity_mae']:.2f} |" for g in segments)
-    values = {name: np.array([fn(x) for x in outcomes]) for name, fn in SUMMARY.items()}
-    seeds = "\n".join(f"| {x.cfg.seed} | " + " | ".join(_cell(n, v[i]) for n, v in values.items()) + " |"
-                      for i, x in enumerate(outcomes))
+    cols = [(o.best_time, "time_mae"), (MODEL, "time_mae"), (o.best_qty, "quantity_mae"), (MODEL, "quantity_mae")]
+    cols += [(ORACLE, "time_mae"), (ORACLE, "quantity_mae")] if ORACLE in o.results else []
+    by_policy = ("| policy / data | n | " + " | ".join(f"{'forecaster' if m == MODEL else m} {k.split('_')[0]}"
+                                                       for m, k in cols) + " |\n|" + "---|" * (len(cols) + 2) + "\n")
+    by_policy += "\n".join(f"| {g} | {o.results[MODEL][g]['n']:.0f} | "
+                           + " | ".join(f"{o.results[m][g][k]:.2f}" for m, k in cols) + " |"
+                           for g in o.results[MODEL] if " / " in g)
+    seeds = f"| sim seed | {' | '.join(values)} |\n|" + "---|" * (len(values) + 1) + "\n"
+    seeds += "\n".join(f"| {x.cfg.seed} | " + " | ".join(_cell(n, v[i]) for n, v in values.items()) + " |"
+                        for i, x in enumerate(outcomes))
     seeds += "\n| mean ± std | " + " | ".join(f"{_cell(n, v.mean())} ± {_cell(n, v.std())}" for n, v in values.items()) + " |"
     return by_kind, by_policy, seeds
 
@@ -216,13 +243,11 @@ def main() -> None:
     outcomes = [forecast(load_config(CONFIG, [*args.overrides, f"seed={s}", f"horizon_days={int(HORIZON)}"]),
                          args.seed, args.epochs, args.validate) for s in args.sim_seeds]
     o, cfg = outcomes[0], outcomes[0].cfg
-    by_kind, by_policy, seeds = tables(o, outcomes)
-    summary_header = " | ".join(SUMMARY)
+    values = summary(outcomes)
+    by_kind, by_policy, seeds = tables(o, outcomes, values)
     if args.validate:
         print(f"validation (held-back training machines, cut-offs {VALIDATION_DAYS}):\n"
-              f"| model | time MAE | quantity MAE | {' | '.join(KINDS)} |\n{by_kind}\n\n"
-              f"| policy / data | n | {o.best_time} time | forecaster time | {o.best_qty} quantity | forecaster quantity |\n"
-              f"{by_policy}\n\n| sim seed | {summary_header} |\n{seeds}")
+              f"| model | time MAE | quantity MAE | {' | '.join(KINDS)} |\n{by_kind}\n\n{by_policy}\n\n{seeds}")
         return
 
     from twins import tracking
@@ -247,8 +272,8 @@ def main() -> None:
                 tracking.log_metrics(mlflow, {"test/time_interval_coverage": x.cov_t, "test/quantity_interval_coverage": x.cov_q,
                                               "test/time_mae_gain": x.gain_t, "test/quantity_mae_gain": x.gain_q,
                                               "fit_s": x.fit_s})
-        tracking.log_metrics(mlflow, {f"seeds/{name.replace(' ', '_')}/{stat}": float(fn(np.array([f(x) for x in outcomes])))
-                                      for name, f in SUMMARY.items() for stat, fn in (("mean", np.mean), ("std", np.std))})
+        tracking.log_metrics(mlflow, {f"seeds/{name.replace(' ', '_')}/{stat}": float(fn(v)) for name, v in values.items()
+                                      for stat, fn in (("mean", np.mean), ("std", np.std))})
         run_id = mlflow.active_run().info.run_id
         ours = o.results[MODEL]["all"]
         bundle = export_replenishment(o.model, models_dir() / "sim_market-replenishment", run_id=run_id, overwrite=True,
@@ -263,6 +288,8 @@ def main() -> None:
         for label, table in o.twin_tables.items())
     kinds_header = " | ".join(sorted(o.twin_tables["orders alone"]["kind"]))
     verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
+    reach = lambda gain: "within reach in principle" if gain >= 0.3 else "out of reach of any forecaster"  # noqa: E731
+    oracle_t, oracle_q = values["oracle time gain"][0], values["oracle quantity gain"][0]
     mape = {label: table.filter(pl.col("kind") == "all")["mape"][0] for label, table in o.twin_tables.items()}
     body = f"""Protocol: {cfg.n_machines:,} simulated machines (`{CONFIG}`, seed {cfg.seed}, {cfg.days} days observed,
 {int(HORIZON)} more for the truth); machines with >= 3 orders split 70/30 at random (seed {args.seed}):
@@ -292,17 +319,19 @@ for time (goal >= 30 %: {verdict(o.gain_t >= 0.3)}) and {o.gain_q:.0%} for quant
 80 % intervals cover {o.cov_t:.1%} of next-order times and {o.cov_q:.1%} of quantities (goal 75-85 %:
 {verdict(0.75 <= o.cov_t <= 0.85 and 0.75 <= o.cov_q <= 0.85)}).
 
-By reorder policy, from orders alone or with readings (n held-out machines; best naive baseline as above):
+How far any forecaster could go: the {ORACLE} (`twins.sim.simulate(config, future_seed=k)`: the same market drawn
+again after as_of, {FUTURES} times; its answer is the median next order over those futures) knows everything hidden at
+as_of (stock, open orders, running promotions, bursts and breakdowns, every machine's parameters) and lacks only the
+draws that follow. It is {oracle_t:.0%} below the best naive baseline for time and {oracle_q:.0%} for quantity:
+a 30 % goal is {reach(oracle_t)} for time and {reach(oracle_q)} for quantity on this market.
 
-| policy / data | n | {o.best_time} time | forecaster time | {o.best_qty} quantity | forecaster quantity |
-|---|---|---|---|---|---|
+By reorder policy, from orders alone or with readings (n held-out machines; best naive baselines as above):
+
 {by_policy}
 
 Over {len(outcomes)} simulated markets (simulator seeds {', '.join(str(x.cfg.seed) for x in outcomes)}, each split and trained
 as above; the best naive baseline chosen per market; std over markets):
 
-| sim seed | {summary_header} |
-|---|---|---|---|---|---|---|---|---|
 {seeds}
 
 ONNX bundle `{bundle.name}` (the first market's forecaster): the torch-free runtime fed the held-out machines' raw
