@@ -11,7 +11,9 @@ readings), consumption-rate MAPE against the true mean daily demand of the windo
 the training machines at cut-offs every ``CUTOFF_STEP`` days from day 60 to 365 (every weekday in turn: the test
 cut-off's weekday is not known in advance; target: the next order within 120 days, from the events); the test rows
 are the held-out machines at as_of with the simulator's ground-truth next order; censoring-aware MAE
-(``twins.evaluate.replenishment``), overall, by machine kind and by reorder policy with and without readings.
+(``twins.evaluate.replenishment``), overall, by machine kind and by reorder policy with and without readings,
+beside a full-state oracle (``full_state_oracle``: the median next order over futures drawn again after as_of),
+the limit for any forecaster.
 ``--validate`` evaluates instead on 20 % of the training machines held back from training, at cut-offs
 ``VALIDATION_DAYS`` (targets from their events): what is tuned (``CUTOFF_STEP``, features) is chosen there. The
 market is simulated once per ``--sim-seeds`` entry; the first one is reported in full, all of them as mean and
@@ -34,12 +36,12 @@ import torch
 
 from experiments.report import write_section
 from twins.evaluate.replenishment import coverage, replenishment_metrics
-from twins.models.replenishment import baseline_predictions, histories, samples
+from twins.models.replenishment import History, Samples, baseline_predictions, histories, samples
 from twins.models.replenishment_export import export_replenishment
 from twins.models.replenishment_torch import ReplenishmentForecaster
 from twins.paths import models_dir
 from twins.runtime import load
-from twins.sim import KINDS, POLICIES, load_config, simulate
+from twins.sim import KINDS, POLICIES, Market, MarketConfig, load_config, simulate
 from twins.twin.machine import MachineTwinParams, build_machine_twins
 
 CONFIG = "configs/sim/market.yaml"
@@ -79,11 +81,11 @@ def runtime_gap(bundle, hist: dict, machines: np.ndarray, as_of, out: dict[str, 
 class Outcome:
     """One simulated market: the twins' rate errors, every model's next-order metrics by group, the forecaster."""
 
-    cfg: object
-    market: object
-    hist: dict
+    cfg: MarketConfig
+    market: Market
+    hist: dict[str, History]
     train: list[str]
-    test_rows: object
+    test_rows: Samples
     twin_tables: dict[str, pl.DataFrame]
     results: dict[str, dict[str, dict[str, float]]]   # model -> group -> metric
     model: ReplenishmentForecaster
@@ -109,7 +111,7 @@ def held_out_truth(truth: pl.DataFrame, machines: np.ndarray) -> tuple[np.ndarra
     return T, Q, censored | np.isnan(T)
 
 
-def full_state_oracle(cfg, machines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def full_state_oracle(cfg: MarketConfig, machines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The median next-order time (capped at the horizon) and quantity of ``machines`` over ``FUTURES`` futures of
     the same market drawn again after as_of: what a forecaster that knew everything at as_of (stock, open orders,
     running promotions, bursts and breakdowns, every machine's parameters) would answer; no forecaster from the
@@ -132,7 +134,7 @@ def groups(truth: pl.DataFrame, machines: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def forecast(cfg, seed: int, epochs: int, validate: bool) -> Outcome:
+def forecast(cfg: MarketConfig, seed: int, epochs: int, validate: bool) -> Outcome:
     """Simulate ``cfg``, split its machines, fit and score the baselines and the forecaster (see the module doc)."""
     market = simulate(cfg)
     events, truth = market.events(), market.truth()
