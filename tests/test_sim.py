@@ -11,7 +11,8 @@ import pytest
 from twins.config import ConfigError
 from twins.data.schema import CANONICAL, EVENT_TYPES
 from twins.sim import MarketConfig, load_config, simulate
-from twins.sim.config import Telemetry
+from twins.sim.config import Products, Telemetry
+from twins.sim.prices import offer_prices, redraw_from
 
 REPO_CONFIG = "configs/sim/market.yaml"
 
@@ -54,6 +55,27 @@ def test_same_seed_same_market_other_seed_other_market():
     a, b, c = (simulate(small(n_machines=50, seed=s)).events() for s in (1, 1, 2))
     assert a.equals(b)
     assert not a.equals(c)
+
+
+def test_another_future_keeps_the_past_and_redraws_what_follows(market, events, truth):
+    other = simulate(small(), future_seed=5)
+    before = pl.col("event_time") < market.as_of
+    assert other.events().filter(before).equals(events.filter(before))
+    assert np.array_equal(other.offers[: market.config.days], market.offers[: market.config.days])
+    assert np.array_equal(other.log.stock_as_of, market.log.stock_as_of)
+    assert not other.truth()["next_order_time"].equals(truth["next_order_time"])
+    assert not np.array_equal(other.offers[market.config.days:], market.offers[market.config.days:])
+    assert simulate(small(), future_seed=5).truth().equals(other.truth())
+
+
+def test_redrawn_offers_continue_the_promotions_running_the_day_before():
+    cfg = Products(n_products=50, promo_prob=0.5, promo_days=1e9)   # promotions never end once started
+    base = np.full(50, 10.0)
+    offers = offer_prices(cfg, base, 20, np.random.default_rng(0))
+    again = redraw_from(cfg, base, offers, 10, np.random.default_rng(1))
+    on = offers[9] < 10.0 * np.asarray(cfg.supplier_markup)[:, None] - 1e-9
+    assert on.any() and np.array_equal(again[:10], offers[:10])
+    assert np.all(again[10:][:, on] == offers[9][on])
 
 
 def test_events_are_canonical(events):

@@ -57,9 +57,10 @@ def _geometric(rng: np.random.Generator, mean: float, size: int) -> np.ndarray:
 
 
 def simulate_machines(cfg: MarketConfig, m: Machines, offers: np.ndarray, list_price: np.ndarray,
-                      rng: np.random.Generator) -> MachineLog:
+                      rng: np.random.Generator, future: np.random.Generator | None = None) -> MachineLog:
     """Run every machine for ``cfg.days + cfg.horizon_days`` days against the suppliers' ``offers``
-    (``[days, suppliers, products]``); ``list_price`` per product is what autonomous machines negotiate on."""
+    (``[days, suppliers, products]``); ``list_price`` per product is what autonomous machines negotiate on. From
+    ``as_of`` on, the draws come from ``future`` where given (the same past, another future)."""
     n, c, p = len(m), cfg.consumption, cfg.policy
     total_days = cfg.days + cfg.horizon_days
     delivery = np.asarray(cfg.products.supplier_delivery_days)
@@ -110,6 +111,8 @@ def simulate_machines(cfg: MarketConfig, m: Machines, offers: np.ndarray, list_p
     for t in range(total_days):
         if t == cfg.days:
             stock_as_of = stock.copy()  # state at as_of is before that day's arrivals: nothing after as_of is known
+            if future is not None:
+                rng = future
         slot = t % width
         stock += pipeline[slot]
         on_order -= pipeline[slot]

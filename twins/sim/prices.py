@@ -13,12 +13,14 @@ def list_prices(cfg: Products, rng: np.random.Generator) -> np.ndarray:
     return np.round(cfg.price_mean * np.exp(sigma * rng.standard_normal(cfg.n_products) - sigma**2 / 2), 2)
 
 
-def offer_prices(cfg: Products, base: np.ndarray, days: int, rng: np.random.Generator) -> np.ndarray:
+def offer_prices(cfg: Products, base: np.ndarray, days: int, rng: np.random.Generator,
+                 on: np.ndarray | None = None) -> np.ndarray:
     """``[days, n_suppliers, n_products]`` unit prices. A promotion starts with ``promo_prob`` a day on each
-    (supplier, product) and lasts a geometric number of days with mean ``promo_days``."""
+    (supplier, product) and lasts a geometric number of days with mean ``promo_days``; ``on`` (bool
+    ``[n_suppliers, n_products]``) are the promotions running the day before (none by default)."""
     markup = np.asarray(cfg.supplier_markup)[:, None]
     shape = (len(cfg.supplier_markup), cfg.n_products)
-    on = np.zeros(shape, dtype=bool)
+    on = np.zeros(shape, dtype=bool) if on is None else on
     out = np.empty((days, *shape))
     for t in range(days):
         u = rng.random(shape)
@@ -31,4 +33,13 @@ def price_step(offers: np.ndarray, day: int, supplier: int, factor: float) -> np
     """``offers`` with ``supplier``'s prices times ``factor`` from ``day`` on (a competitor's price change)."""
     out = offers.copy()
     out[day:, supplier] = np.round(out[day:, supplier] * factor, 2)
+    return out
+
+
+def redraw_from(cfg: Products, base: np.ndarray, offers: np.ndarray, day: int, rng: np.random.Generator) -> np.ndarray:
+    """``offers`` (before any price step) with the days from ``day`` on drawn again, each promotion running on from
+    its state the day before."""
+    regular = np.round(base[None, :] * np.asarray(cfg.supplier_markup)[:, None], 2)
+    out = offers.copy()
+    out[day:] = offer_prices(cfg, base, len(offers) - day, rng, on=offers[day - 1] < regular - 1e-9)
     return out
