@@ -58,6 +58,14 @@ def encode_baskets(histories: Histories, n_items: int, max_baskets: int) -> np.n
     return out
 
 
+def by_shape(histories: Histories, max_baskets: int, batch_size: int) -> list[list[int]]:
+    """Positions of ``histories`` in batches of similar shape (baskets read, widest basket), so that
+    ``encode_baskets`` pads each batch little."""
+    recent = [h[-max_baskets:] for h in histories]
+    order = sorted(range(len(histories)), key=lambda i: (len(recent[i]), max(map(len, recent[i]), default=0)))
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
 def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """``concatenate([arange(s, e) for s, e in zip(starts, ends)])`` without the Python loop."""
     lengths = ends - starts
