@@ -54,7 +54,7 @@ def neural_notes(catalog: dict, p: dict) -> str:
     epochs = "; ".join(f"seed {r['seed']}: {r['seconds_per_epoch']:.0f} s per epoch, best epoch {r['best_epoch']:.0f}, "
                        f"fit {r['fit_seconds'] / 60:.1f} min" for r in neural)
     text = [f"`neural` (`twins.models.nbr_net.NeuralNextBasket`, config `params.neural` {p['neural']}) trains on "
-            f"{'CUDA' if torch.cuda.is_available() else 'CPU, 2 threads'}: {epochs} (epoch chosen on the validation users' R@10)."]
+            f"{'CUDA' if torch.cuda.is_available() else f'CPU, {torch.get_num_threads()} thread(s)'}: {epochs} (epoch chosen on the validation users' R@10)."]
     if catalog["exported"]["model"] == "neural":
         test = _split_all(catalog["baskets"], p["export"]["seed"], p["fractions"], catalog["user_split"])["test"][0]
         speed = runtime_speed(catalog["exported"]["bundle"], catalog["fitted"], list(test.values()))

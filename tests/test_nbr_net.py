@@ -147,6 +147,9 @@ def test_onnx_bundle_matches_pytorch_from_raw_histories(model, tmp_path):
         assert [i for i, _ in answer] == [str(i) for i in want[u]]
         assert np.allclose([s for _, s in answer], np.sort(row)[::-1][:10], atol=1e-4)
     assert bundle.recommend_one(histories["u0"], k=3) == got[0][:3]
+    batched = bundle.recommend([histories[u] for u in users], k=10, batch_size=7)  # grouped by shape, answers in order
+    assert [[i for i, _ in r] for r in batched] == [[i for i, _ in r] for r in got]
+    assert np.allclose([[s for _, s in r] for r in batched], [[s for _, s in r] for r in got], atol=1e-5)
     with pytest.raises(ValueError, match="k must be"):
         bundle.recommend([[]], k=11)
 
