@@ -45,41 +45,25 @@ def tifuknn_paper_split(baskets: dict[str, list[list[str]]]) -> dict[str, float]
 def neural_notes(catalog: dict, p: dict) -> str:
     """Training time per epoch, and the exported bundle's latency for one customer (1 thread) and its batch
     throughput against PyTorch eager on the export seed's test users."""
-    import time
-
-    import numpy as np
     import torch
 
+    from experiments.bench_nbr_runtime import END_TO_END, runtime_speed
     from pipelines.next_basket import _split_all
-    from twins.runtime import load
 
     neural = [r for r in catalog["rows"] if r["model"] == "neural"]
     epochs = "; ".join(f"seed {r['seed']}: {r['seconds_per_epoch']:.0f} s per epoch, best epoch {r['best_epoch']:.0f}, "
                        f"fit {r['fit_seconds'] / 60:.1f} min" for r in neural)
     text = [f"`neural` (`twins.models.nbr_net.NeuralNextBasket`, config `params.neural` {p['neural']}) trains on "
-            f"{'CUDA' if torch.cuda.is_available() else 'CPU, 2 threads'}: {epochs} (epoch chosen on the validation users' R@10)."]
+            f"{'CUDA' if torch.cuda.is_available() else f'CPU, {torch.get_num_threads()} thread(s)'}: {epochs} (epoch chosen on the validation users' R@10)."]
     if catalog["exported"]["model"] == "neural":
         test = _split_all(catalog["baskets"], p["export"]["seed"], p["fractions"], catalog["user_split"])["test"][0]
-        histories = list(test.values())
-        bundle = load(catalog["exported"]["bundle"], threads=1)
-        for h in histories[:20]:
-            bundle.recommend_one(h, 10)  # warm-up
-        times = []
-        for h in histories[:500]:
-            started = time.perf_counter()
-            bundle.recommend_one(h, 10)
-            times.append((time.perf_counter() - started) * 1e3)
-        started = time.perf_counter()
-        bundle.recommend(histories, 10, batch_size=256)
-        onnx_rate = len(histories) / (time.perf_counter() - started)
-        torch.set_num_threads(1)
-        started = time.perf_counter()
-        catalog["fitted"].scores(test, batch_size=256)
-        eager_rate = len(histories) / (time.perf_counter() - started)
+        speed = runtime_speed(catalog["exported"]["bundle"], catalog["fitted"], list(test.values()))
+        p50, p99 = speed["stages"][END_TO_END]
+        rate = speed["throughput"]
         text.append(f"Bundle (onnxruntime, 1 thread, neighbour search in numpy included): top-10 for one customer p50 "
-                    f"{np.percentile(times, 50):.2f} ms, p99 {np.percentile(times, 99):.2f} ms over {len(times)} test "
-                    f"customers; batches of 256: {onnx_rate:,.0f} customers/s against {eager_rate:,.0f} for PyTorch eager "
-                    "(1 thread, same numpy inputs).")
+                    f"{p50:.2f} ms, p99 {p99:.2f} ms over {speed['n_latency']} test customers; batches of 256: "
+                    f"{rate[('onnxruntime', 256)]:,.0f} customers/s against {rate[('PyTorch eager', 256)]:,.0f} for PyTorch "
+                    "eager (1 thread, same numpy inputs); stages in `experiments.bench_nbr_runtime`.")
     return " ".join(text)
 
 

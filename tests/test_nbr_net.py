@@ -12,7 +12,7 @@ from twins.models.nbr_net import NeuralNextBasket
 from twins.models.nbr_net_export import NEIGHBOURS_FILE, export_nbr_net
 from twins.models.tifuknn import TIFUKNN
 from twins.runtime import BundleError, NeighbourNextBasketBundle, load
-from twins.runtime.next_basket_features import NeighbourIndex, encode_baskets
+from twins.runtime.next_basket_features import NeighbourIndex, _nearest, _ranges, encode_baskets
 
 
 def _market(seed: int, n_users: int = 120) -> tuple[dict, dict]:
@@ -73,6 +73,17 @@ def test_neighbour_index_matches_tifuknn_and_hand_computed_context():
     assert np.allclose(context[3:], share)
     assert 0 not in index.neighbours(histories[0], exclude=0)  # a training user is never its own neighbour
     assert not index.context([[[]], []]).any()  # no known item: zeros
+
+
+def test_nearest_and_ranges_equal_their_loop_forms():
+    rng = np.random.default_rng(0)
+    for k in (0, 1, 5, 29, 30, 31):
+        distance = rng.integers(0, 4, 30).astype(float)  # many ties: the lower index first, as a stable sort
+        distance[3] = np.inf
+        assert _nearest(distance, k).tolist() == np.argsort(distance, kind="stable")[:k].tolist()
+    starts, ends = np.array([4, 0, 7, 7]), np.array([6, 3, 7, 9])
+    assert _ranges(starts, ends).tolist() == [4, 5, 0, 1, 2, 7, 8]
+    assert _ranges(starts[:0], ends[:0]).tolist() == []
 
 
 def test_estimator_contract_and_learning(model):
@@ -136,6 +147,9 @@ def test_onnx_bundle_matches_pytorch_from_raw_histories(model, tmp_path):
         assert [i for i, _ in answer] == [str(i) for i in want[u]]
         assert np.allclose([s for _, s in answer], np.sort(row)[::-1][:10], atol=1e-4)
     assert bundle.recommend_one(histories["u0"], k=3) == got[0][:3]
+    batched = bundle.recommend([histories[u] for u in users], k=10, batch_size=7)  # grouped by shape, answers in order
+    assert [[i for i, _ in r] for r in batched] == [[i for i, _ in r] for r in got]
+    assert np.allclose([[s for _, s in r] for r in batched], [[s for _, s in r] for r in got], atol=1e-5)
     with pytest.raises(ValueError, match="k must be"):
         bundle.recommend([[]], k=11)
 

@@ -91,23 +91,29 @@ class RepeatExploreNet(nn.Module):
             entries = weight.unsqueeze(-1).expand(b, t, width).reshape(b, t * width)
             return context.new_zeros(b, n + 1).scatter_add(1, flat, entries)[:, :n]
 
-        decayed = [spread(present * d ** age / (present * d ** age).sum(1, keepdim=True).clamp(min=1e-9))
+        # the repeat features at the history entries only (padding reads item n - 1; its output is dropped)
+        entry = flat.clamp(max=n - 1)
+
+        def at(values: torch.Tensor) -> torch.Tensor:  # [B, n] -> [B, T * L] the values at the history entries
+            return values.gather(1, entry)
+
+        decayed = [at(spread(present * d ** age / (present * d ** age).sum(1, keepdim=True).clamp(min=1e-9)))
                    for d in self.decays]
-        count = spread(present)
-        recent = spread(present * 0.5 ** age)
+        count = at(spread(present))
+        recent = at(spread(present * 0.5 ** age))
         size = known.sum((1, 2)).unsqueeze(1) / n_baskets
-        tpop = torch.log1p(self.target_popularity if target_popularity is None else target_popularity).expand(b, n)
-        pop = self.log_popularity.expand(b, n)
+        tpop = torch.log1p(self.target_popularity if target_popularity is None else target_popularity).expand(b, n) / 5.0
+        pop = self.log_popularity.expand(b, n) / 10.0
         neighbours, neighbour_targets = context[:, :n] * 10.0, context[:, n:] * 10.0
         capped = n_baskets.clamp(max=self.max_baskets)  # counts beyond any training history read as the longest one
+        m = t * width
         features = torch.stack([*decayed, recent, count / n_baskets, torch.log1p(count.clamp(max=self.max_baskets)),
-                                pop / 10.0, tpop / 5.0, torch.log(capped).expand(b, n) / 3.0, torch.log(size.clamp(min=1.0)).expand(b, n) / 3.0,
-                                neighbours, neighbour_targets], -1)  # [B, n, F]
-        prior = self.prior(torch.stack([pop / 10.0, tpop / 5.0, neighbours, neighbour_targets], -1)).squeeze(-1)
-        # repeat part at the history entries only; a repeated item writes the same value at each of its entries
-        padded = torch.cat([features, features.new_zeros(b, 1, features.shape[-1])], 1)
-        at_entries = padded.gather(1, flat.unsqueeze(-1).expand(b, t * width, features.shape[-1]))
-        repeat = context.new_zeros(b, n + 1).scatter(1, flat, self.repeat(at_entries).squeeze(-1).to(context.dtype))[:, :n]
+                                at(pop), at(tpop), torch.log(capped).expand(b, m) / 3.0,
+                                torch.log(size.clamp(min=1.0)).expand(b, m) / 3.0, at(neighbours),
+                                at(neighbour_targets)], -1)  # [B, T * L, F]
+        prior = self.prior(torch.stack([pop, tpop, neighbours, neighbour_targets], -1)).squeeze(-1)
+        # a repeated item writes the same value at each of its entries
+        repeat = context.new_zeros(b, n + 1).scatter(1, flat, self.repeat(features).squeeze(-1).to(context.dtype))[:, :n]
         weight = present * 0.8 ** age
         user = (self.embed_in(baskets).sum(2) * weight.unsqueeze(-1)).sum(1) / weight.sum(1, keepdim=True).clamp(min=1e-9)
         return repeat + prior + user @ self.embed_out.weight.T + self.bias

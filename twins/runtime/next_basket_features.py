@@ -16,6 +16,7 @@ Two inputs:
 
 from __future__ import annotations
 
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -57,11 +58,30 @@ def encode_baskets(histories: Histories, n_items: int, max_baskets: int) -> np.n
     return out
 
 
-def _csr_rows(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(column indices, values) of the given rows of a CSR matrix, concatenated."""
-    starts, ends = indptr[rows], indptr[rows + 1]
-    take = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)]) if len(rows) else np.zeros(0, np.int64)
-    return indices[take], data[take]
+def by_shape(histories: Histories, max_baskets: int, batch_size: int) -> list[list[int]]:
+    """Positions of ``histories`` in batches of similar shape (baskets read, widest basket), so that
+    ``encode_baskets`` pads each batch little."""
+    recent = [h[-max_baskets:] for h in histories]
+    order = sorted(range(len(histories)), key=lambda i: (len(recent[i]), max(map(len, recent[i]), default=0)))
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(s, e) for s, e in zip(starts, ends)])`` without the Python loop."""
+    lengths = ends - starts
+    return np.arange(int(lengths.sum())) + np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+
+
+def _nearest(distance: np.ndarray, k: int) -> np.ndarray:
+    """``argsort(distance, kind="stable")[:k]`` by partition: the ``k`` smallest, ties to the lower index."""
+    if k >= len(distance):
+        return np.argsort(distance, kind="stable")
+    if k == 0:
+        return np.zeros(0, np.int64)
+    kth = np.partition(distance, k - 1)[k - 1]
+    below = np.flatnonzero(distance < kth)
+    chosen = np.concatenate([below, np.flatnonzero(distance == kth)[: k - len(below)]])
+    return chosen[np.argsort(distance[chosen], kind="stable")]
 
 
 class NeighbourIndex:
@@ -93,26 +113,26 @@ class NeighbourIndex:
 
     def vector(self, history: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """The sparse TIFU-KNN vector ``(item indices ascending, values)`` of one history."""
+        sizes = [len(basket) for basket in history]
         weights = basket_weights(len(history), self.within_decay, self.group_decay, self.group_size)
-        items = [np.unique(np.asarray(basket, dtype=np.int64)) for basket in history]
-        flat = np.concatenate(items) if items else np.zeros(0, np.int64)
-        values = np.repeat(weights, [len(i) for i in items])
-        cols, inverse = np.unique(flat, return_inverse=True)
-        return cols, np.bincount(inverse, weights=values, minlength=len(cols))
+        flat = np.fromiter(chain.from_iterable(history), np.int64, sum(sizes))
+        # one entry per (basket, item), deduplicated, in basket then item order
+        entries = np.unique(np.repeat(np.arange(len(history), dtype=np.int64), sizes) * self.n_items + flat)
+        cols, inverse = np.unique(entries % self.n_items, return_inverse=True)
+        return cols, np.bincount(inverse, weights=weights[entries // self.n_items], minlength=len(cols))
 
     def neighbours(self, history: list[list[int]], exclude: int | None = None) -> np.ndarray:
         """Row indices of the ``k`` training users nearest to ``history`` (ties: training order), never
         ``exclude`` (a training user's own row)."""
         cols, values = self.vector(history)
         starts, ends = self._col_ptr[cols], self._col_ptr[cols + 1]
-        take = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)]) if len(cols) else np.zeros(0, np.int64)
-        scale = np.repeat(values, ends - starts)
-        dots = np.bincount(self._col_rows[take], weights=self._col_data[take] * scale, minlength=self.n_users)
+        take = _ranges(starts, ends)
+        dots = np.bincount(self._col_rows[take], weights=self._col_data[take] * np.repeat(values, ends - starts),
+                           minlength=self.n_users)
         distance = self._sq_norms - 2.0 * dots  # minus the query's own norm: constant along the row
         if exclude is not None:
             distance[exclude] = np.inf
-        order = np.argsort(distance, kind="stable")
-        return order[: min(self.k, self.n_users - (exclude is not None))]
+        return _nearest(distance, min(self.k, self.n_users - (exclude is not None)))
 
     def context(self, histories: Histories, exclude: list[int | None] | None = None) -> np.ndarray:
         """``[B, 2 * n_items]`` float32: neighbours' mean vector, then the share of neighbours whose target held
@@ -123,9 +143,9 @@ class NeighbourIndex:
                 continue
             rows = self.neighbours(history, None if exclude is None else exclude[b])
             for half, (indptr, indices, data) in enumerate((self.vectors, self.targets)):
-                cols, values = _csr_rows(indptr, indices, data, rows)
+                take = _ranges(indptr[rows], indptr[rows + 1])
                 out[b, half * self.n_items:(half + 1) * self.n_items] = np.bincount(
-                    cols, weights=values, minlength=self.n_items) / max(len(rows), 1)
+                    indices[take], weights=data[take], minlength=self.n_items) / max(len(rows), 1)
         return out
 
     def save(self, path: str | Path) -> None:

@@ -5,7 +5,7 @@ import hashlib
 from pathlib import Path
 
 from twins.runtime.bundle import Bundle, BundleError
-from twins.runtime.next_basket_features import NeighbourIndex, encode_baskets
+from twins.runtime.next_basket_features import NeighbourIndex, by_shape, encode_baskets
 
 
 class NeighbourNextBasketBundle(Bundle):
@@ -45,18 +45,20 @@ class NeighbourNextBasketBundle(Bundle):
                 for basket in history]
 
     def recommend(self, histories: list[list[list[str]]], k: int = 10,
-                  batch_size: int = 256) -> list[list[tuple[str, float]]]:
-        """Top-``k`` ``(item id, score)`` pairs, best first, per history (baskets oldest first)."""
+                  batch_size: int = 1) -> list[list[tuple[str, float]]]:
+        """Top-``k`` ``(item id, score)`` pairs, best first, per history (baskets oldest first). The graph's work
+        is per item, so batching saves nothing on one thread and larger batches fall out of the CPU cache: one
+        history per run is the fastest there (BENCHMARKS.md, neural runtime); larger batches are grouped by shape."""
         if not 1 <= k <= self.top_k:
             raise ValueError(f"k must be in [1, {self.top_k}] (the bundle's exported top_k), got {k}")
         rows = [self._encode(h) for h in histories]
-        out: list[list[tuple[str, float]]] = []
-        for s in range(0, len(rows), batch_size):
-            chunk = rows[s:s + batch_size]
+        out: list[list[tuple[str, float]]] = [[] for _ in rows]
+        for batch in by_shape(rows, self.max_baskets, batch_size):
+            chunk = [rows[i] for i in batch]
             got = self.run({"baskets": encode_baskets(chunk, len(self.vocabulary), self.max_baskets),
                             "context": self.neighbours.context(chunk)})
-            for scores, indices in zip(got["scores"][:, :k], got["indices"][:, :k]):
-                out.append([(self.vocabulary[j], float(v)) for v, j in zip(scores, indices)])
+            for i, scores, indices in zip(batch, got["scores"][:, :k], got["indices"][:, :k]):
+                out[i] = [(self.vocabulary[j], float(v)) for v, j in zip(scores, indices)]
         return out
 
     def recommend_one(self, history: list[list[str]], k: int = 10) -> list[tuple[str, float]]:
