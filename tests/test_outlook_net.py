@@ -97,6 +97,20 @@ def test_training_windows_count_what_followed_and_never_see_past_the_cutoff():
     np.testing.assert_array_equal(moved.x, w.x)
 
 
+def test_bad_training_input_is_refused_clearly():
+    code, age, spend = np.array([0, 0, 1]), np.array([30.0, 3.0, 20.0]), np.array([1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="one entry per purchase day"):
+        NeuralOutlook().fit(code, age[:2], spend, 4)
+    with pytest.raises(ValueError, match="non-finite age or spend .first at row 1"):
+        NeuralOutlook().fit(code, age, np.array([1.0, np.nan, 3.0]), 4)
+    with pytest.raises(ValueError, match="horizon_weeks must be >= 1"):
+        NeuralOutlook().fit(code, age, spend, 0)
+    with pytest.raises(ValueError, match="weeks of purchase days before the cut-off"):
+        NeuralOutlook().fit(code, age, spend, 4)                      # 30 days of data: no window with 4 weeks before it
+    with pytest.raises(ValueError, match="no purchase day before the cut-off"):
+        NeuralOutlook().fit(code, -age, spend, 4)
+
+
 @pytest.fixture(scope="module")
 def market():
     """Histories of 300 customers with individual rates, some dropping out; the model fitted on them."""

@@ -207,8 +207,17 @@ class NeuralOutlook(BaseEstimator):
         self.verbose = verbose
 
     def fit(self, code: np.ndarray, age: np.ndarray, spend: np.ndarray, horizon_weeks: int) -> Self:
-        w = training_windows(np.asarray(code), np.asarray(age, float), np.asarray(spend, float), int(horizon_weeks),
-                             self.max_windows)
+        code, age, spend = np.asarray(code), np.asarray(age, float), np.asarray(spend, float)
+        if not len(code) == len(age) == len(spend):
+            raise ValueError(f"code, age and spend need one entry per purchase day; got {len(code)}, {len(age)}, {len(spend)}")
+        if not (np.issubdtype(code.dtype, np.integer) and (code >= 0).all()):
+            raise ValueError("code must hold non-negative integer customer codes (twins.models.outlook_net.day_table)")
+        bad = np.flatnonzero(~np.isfinite(age) | ~np.isfinite(spend))
+        if len(bad):
+            raise ValueError(f"{len(bad)} purchase days have a non-finite age or spend (first at row {bad[0]}); drop or fix them")
+        if int(horizon_weeks) < 1:
+            raise ValueError(f"horizon_weeks must be >= 1, got {horizon_weeks}")
+        w = training_windows(code, age, spend, int(horizon_weeks), self.max_windows)
         device = pick_device(self.device)
         x = torch.tensor(w.x, device=device)
         mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
