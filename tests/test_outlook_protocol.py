@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from twins.data.schema import CANONICAL
-from twins.evaluate.outlook import auc, blend_weight, outlook_metrics, persistence, purchase_days, rate_extrapolation, regression_metrics, summarise
+from twins.evaluate.outlook import auc, blend_weight, interval_coverage, outlook_metrics, persistence, purchase_days, rate_extrapolation, regression_metrics, summarise
 
 UTC = timezone.utc
 D0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -38,6 +38,7 @@ def test_summary_by_hand():
     assert a["spend_cal"] == pytest.approx(61.0) and a["m"] == pytest.approx((16 + 30) / 2)
     assert (a["last_window_count"], a["last_window_spend"]) == (2, pytest.approx(46.0))  # days 14, 28 in [7, 35)
     assert (a["actual_count"], a["actual_spend"]) == (2, pytest.approx(16.0))           # days 40, 60 in [35, 63)
+    assert a["actual_first_day"] == 5 and b["actual_first_day"] is None
     assert (b["x"], b["t_x"], b["T"], b["m"]) == (0.0, 0.0, pytest.approx(5 / 7), None)
     count, spend = persistence(s)
     assert count.tolist() == [2.0, 1.0] and spend.tolist() == pytest.approx([46.0, 3.0])
@@ -73,3 +74,11 @@ def test_blend_weight_by_hand():
     # w a + (1-w) b = [4w, 4]: MAE = |4w - 2| / 2, lowest at w = 0.5
     assert blend_weight(a, b, actual) == pytest.approx(0.5)
     assert blend_weight(b, b, actual) == 0.0                 # all weights tie: the smallest
+
+
+def test_interval_coverage_by_hand():
+    # weeks; horizon 4 weeks = 28 days. Rows: bought on day 6 (within 1 week): [0.5, 2] hit; day 20 (3 weeks):
+    # [0.5, 2] miss; none: [1, 3] ends inside the horizon, miss; none: [1, 9] reaches past it, undecided
+    got = interval_coverage(low=[0.5, 0.5, 1.0, 1.0], high=[2.0, 2.0, 3.0, 9.0], first_day=[6, 20, np.nan, np.nan],
+                            horizon_days=28)
+    assert got == {"coverage": pytest.approx(1 / 3), "decided": 3, "undecided_share": pytest.approx(0.25)}

@@ -32,7 +32,8 @@ def summarise(days: pl.LazyFrame, cutoff: datetime, horizon_days: float, unit_da
     cut-off (all in ``unit_days`` units); ``n_days`` purchase days in calibration; ``m`` mean spend of the
     repeat purchase days (null for x = 0); ``spend_cal``; ``last_window_count`` / ``last_window_spend``
     in [cutoff − horizon, cutoff) for the persistence baseline; ``actual_count`` / ``actual_spend`` in
-    [cutoff, cutoff + horizon)."""
+    [cutoff, cutoff + horizon), and ``actual_first_day``, the first purchase day there in days from the cut-off
+    (0 = the cut-off's day; null: none)."""
     cutoff = cutoff if cutoff.tzinfo else cutoff.replace(tzinfo=timezone.utc)
     c = pl.lit(cutoff, pl.Datetime("us", "UTC"))
     end = pl.lit(cutoff + timedelta(days=horizon_days), pl.Datetime("us", "UTC"))
@@ -46,6 +47,7 @@ def summarise(days: pl.LazyFrame, cutoff: datetime, horizon_days: float, unit_da
         repeat_spend=pl.col("spend").filter(cal & (pl.col("day") > pl.col("day").filter(cal).min())).sum(),
         last_window_count=last.sum().cast(pl.Int64), last_window_spend=pl.col("spend").filter(last).sum(),
         actual_count=hold.sum().cast(pl.Int64), actual_spend=pl.col("spend").filter(hold).sum(),
+        actual_first_day=(pl.col("day").filter(hold).min() - c).dt.total_days(),
     ).filter(pl.col("n_days") > 0).with_columns(
         x=(pl.col("n_days") - 1).cast(pl.Float64),
         t_x=units(pl.col("last") - pl.col("first")),
@@ -80,6 +82,23 @@ def blend_weight(a: np.ndarray, b: np.ndarray, actual: np.ndarray, steps: int = 
 
 
 # ------------------------------------------------------------------------------------------------ metrics
+
+def interval_coverage(low: np.ndarray, high: np.ndarray, first_day: np.ndarray, horizon_days: float,
+                      unit_days: float = 7.0) -> dict[str, float]:
+    """Coverage of intervals [low, high] (``unit_days`` units from the cut-off) for the time to the next purchase,
+    censoring-aware: a purchase on day d after the cut-off (0-based; NaN: none in the horizon) came within
+    (d + 1) days; an interval holding it is a hit. With no purchase in the horizon, an interval ending inside it
+    is a miss, and one reaching past it is undecided and left out. Returns ``coverage`` over the decided rows,
+    ``decided`` (their count) and ``undecided_share``."""
+    low, high, first_day = (np.asarray(v, float) for v in (low, high, first_day))
+    wait = (first_day + 1.0) / unit_days
+    seen = np.isfinite(first_day)
+    hit = seen & (low <= wait) & (wait <= high)
+    decided = seen | (high * unit_days < horizon_days)
+    n = int(decided.sum())
+    return {"coverage": float(hit.sum() / n) if n else float("nan"), "decided": n,
+            "undecided_share": float(1 - n / len(low)) if len(low) else float("nan")}
+
 
 def _ranks(v: np.ndarray) -> np.ndarray:
     """Average ranks (1-based), ties sharing their mean rank."""
