@@ -154,6 +154,8 @@ def test_bundle_from_raw_histories_equals_the_model(market, bundle):
     want = model.predict(features_at(code, age, spend, np.arange(len(ids))), 4)
     for key in ("expected_purchases", "expected_spend", "p_alive", "p_any_purchase"):
         np.testing.assert_allclose([g[key] for g in got], want[key], rtol=1e-6)
+    np.testing.assert_allclose([g["churn_risk"] for g in got], 1 - want["p_alive_end"], rtol=1e-6)
+    assert (want["p_alive_end"] <= want["p_alive"]).all()
     median = [np.inf if g["next_purchase"] is None else (g["next_purchase"] - AS_OF).total_seconds() / 86_400 / 7 for g in got]
     np.testing.assert_allclose(median, want["next_median"], atol=1e-5)  # inf: half never buy again (5-year grid)
     assert all(g["known"] and g["horizon_days"] == 28.0 for g in got)

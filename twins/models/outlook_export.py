@@ -10,7 +10,7 @@ from torch import nn
 
 from twins.export import check_parity, export_bundle
 from twins.models.btyd import BetaGeoModel, GammaGammaModel
-from twins.models.outlook_net import NeuralOutlook, OutlookScorer as NeuralScorer, horizon_weeks
+from twins.models.outlook_net import OUTPUTS as NET_OUTPUTS, NeuralOutlook, OutlookScorer as NeuralScorer, horizon_weeks
 from twins.runtime.outlook_features import N_FEATURES, NAMES
 
 TASK = "purchase_outlook"
@@ -94,7 +94,7 @@ def export_neural_outlook(model: NeuralOutlook, out_dir: str | Path, *, horizon_
         x = scorer.members[0].mean + scorer.members[0].std * torch.randn(n, N_FEATURES, generator=g, dtype=torch.float64)
         return x, torch.randint(1, 60, (n,), generator=g).double()
 
-    path = export_bundle(scorer, batch(8, 0), out_dir, manifest, input_names=("x", "h"), output_names=OUTPUTS,
+    path = export_bundle(scorer, batch(8, 0), out_dir, manifest, input_names=("x", "h"), output_names=NET_OUTPUTS,
                          dynamic_axes={"x": {0: "batch"}, "h": {0: "batch"}}, overwrite=overwrite)
     check_parity(scorer, path, [batch(n, n) for n in (1, 5, 64)], atol=1e-3, rtol=1e-6)
     return path

@@ -32,6 +32,7 @@ import torch
 from sklearn.base import BaseEstimator
 from torch import nn
 
+from twins.runtime.outlook import NET_OUTPUTS
 from twins.runtime.outlook_features import N_FEATURES, features
 from twins.training import pick_device, progress
 
@@ -292,15 +293,16 @@ class NeuralOutlook(BaseEstimator):
 
     def predict(self, x: np.ndarray, horizon_weeks: float) -> dict[str, np.ndarray]:
         """Per row: ``expected_purchases``, ``expected_spend``, ``p_any_purchase`` in ``horizon_weeks``, ``p_alive``
-        and the time to the next purchase of an alive customer (``next_low`` / ``next_median`` / ``next_high``,
-        weeks; inf when not within 5 years), averaged over the members."""
+        (at the cut-off), ``p_alive_end`` (still alive at the horizon's end: 1 − churn risk) and the time to the next
+        purchase of a customer alive at the cut-off (``next_low`` / ``next_median`` / ``next_high``, weeks; inf when
+        not within 5 years), averaged over the members."""
         scorer = OutlookScorer(self.members_, self.spend_factor_)
         with torch.no_grad():
             out = scorer(torch.as_tensor(np.asarray(x, np.float64)), torch.full((len(x),), float(horizon_weeks), dtype=torch.float64))
         return {name: v.numpy() for name, v in zip(OUTPUTS, out)}
 
 
-OUTPUTS = ("expected_purchases", "p_alive", "p_any_purchase", "expected_spend", "next_low", "next_median", "next_high")
+OUTPUTS = NET_OUTPUTS
 
 
 def _quantile_weeks(survival: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -333,7 +335,7 @@ class OutlookScorer(nn.Module):
 
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
         h = torch.clamp(torch.round(h), 1.0, float(self.max_horizon_weeks))
-        count = spend = p_any = p_alive = survival = 0.0
+        count = spend = p_any = p_alive = p_end = survival = 0.0
         for net in self.members:
             params = net(x)
             pi, lam, hazard, _, mu, _ = params
@@ -342,11 +344,12 @@ class OutlookScorer(nn.Module):
             spend = spend + expected * mu * self.spend_factor
             p_any = p_any + 1.0 - p_none(params, h, self.max_horizon_weeks)
             p_alive = p_alive + pi
+            p_end = p_end + pi * torch.exp(-hazard * h)
             survival = survival + wait_survival(params)
         k = float(len(self.members))
         survival = survival / k
         waits = [_quantile_weeks(survival, torch.full_like(h, q)) for q in self.quantiles]
-        return count / k, p_alive / k, p_any / k, spend / k, *waits
+        return count / k, p_alive / k, p_any / k, spend / k, *waits, p_end / k
 
 
 def horizon_weeks(horizon_days: float) -> int:

@@ -10,6 +10,8 @@ from twins.runtime.outlook_features import N_FEATURES, features
 DAY_US = 86_400_000_000
 MAX_WAIT_DAYS = 36_525  # a next purchase further than 100 years out is answered as None (not expected)
 INPUTS = ("x", "t_x", "T", "m", "t")
+NET_OUTPUTS = ("expected_purchases", "p_alive", "p_any_purchase", "expected_spend", "next_low", "next_median", "next_high",
+               "p_alive_end")
 
 
 def _to_us(value) -> int:
@@ -54,15 +56,18 @@ def summary(purchases: list[tuple], as_of_us: int, unit_days: float) -> tuple[fl
 
 
 def answers(out: dict[str, np.ndarray], known: np.ndarray, as_of_us: int, unit_days: float, horizon_days: float) -> list[dict]:
-    """The outlook bundles' plain answers, one per row of their outputs (waiting times in ``unit_days``)."""
+    """The outlook bundles' plain answers, one per row of their outputs (waiting times in ``unit_days``).
+    ``churn_risk`` is the probability of being gone by the horizon's end: 1 − P(alive) for BG/NBD, whose customers
+    drop out only right after a purchase, 1 − ``p_alive_end`` for the neural outlook."""
     start = datetime.fromtimestamp(as_of_us / 1e6, tz=timezone.utc)
+    alive_end = out.get("p_alive_end", out["p_alive"])  # BG/NBD: nobody drops out between purchases
 
     def when(w: float) -> datetime | None:
         days = float(w) * unit_days
         return start + timedelta(days=days) if np.isfinite(days) and days <= MAX_WAIT_DAYS else None
 
     return [{"expected_purchases": float(out["expected_purchases"][i]), "expected_spend": float(out["expected_spend"][i]),
-             "p_alive": float(out["p_alive"][i]), "churn_risk": 1.0 - float(out["p_alive"][i]),
+             "p_alive": float(out["p_alive"][i]), "churn_risk": 1.0 - float(alive_end[i]),
              "p_any_purchase": float(out["p_any_purchase"][i]), "next_purchase": when(out["next_median"][i]),
              "next_purchase_low": when(out["next_low"][i]), "next_purchase_high": when(out["next_high"][i]),
              "known": bool(known[i]), "horizon_days": horizon_days}
@@ -122,6 +127,10 @@ class OutlookNetBundle(Bundle):
         if tuple(v["name"] for v in manifest["inputs"]) != ("x", "h") or manifest["inputs"][0]["shape"][1] != N_FEATURES:
             raise BundleError(f"{path}/manifest.json: task 'purchase_outlook_net' needs inputs x [batch, {N_FEATURES}] "
                               "and h [batch] (this runtime's features); re-export the bundle")
+        missing = set(NET_OUTPUTS) - {v["name"] for v in manifest["outputs"]}
+        if missing:
+            raise BundleError(f"{path}/manifest.json: task 'purchase_outlook_net' lacks outputs {sorted(missing)}; "
+                              "re-export the bundle")
 
     def score(self, histories: list[list[tuple]], as_of: datetime | str, horizon_days: float | None = None) -> list[dict]:
         """One answer per history (keys as ``OutlookBundle.score``)."""

@@ -83,7 +83,7 @@ def predict_outlook(summary: pl.DataFrame, counts: CountModel, spend: GammaGamma
 
 def customer_outlook(events: pl.LazyFrame, as_of: datetime, params: OutlookParams | None = None) -> pl.DataFrame:
     """Per customer with a purchase before ``as_of``: ``expected_purchases``, ``expected_spend``, ``p_alive``,
-    ``churn_risk`` (1 − P(alive)), ``p_any_purchase`` in the horizon, and ``next_purchase`` (median, given alive)
+    ``churn_risk`` (gone by the end of the horizon: 1 − P(alive) for BG/NBD, whose customers drop out only right after a purchase), ``p_any_purchase`` in the horizon, and ``next_purchase`` (median, given alive)
     with ``next_purchase_low`` / ``next_purchase_high`` (null beyond 100 years). Models are fitted on events
     before ``as_of`` only."""
     p = params or OutlookParams()
@@ -126,7 +126,7 @@ def _neural_outlook(days: pl.DataFrame, customers: pl.DataFrame, as_of: datetime
                          for v in w]
     return customers.with_columns(
         expected_purchases=pl.Series(out["expected_purchases"]), expected_spend=pl.Series(out["expected_spend"]),
-        p_alive=pl.Series(out["p_alive"]), churn_risk=pl.Series(1.0 - out["p_alive"]),
+        p_alive=pl.Series(out["p_alive"]), churn_risk=pl.Series(1.0 - out["p_alive_end"]),
         p_any_purchase=pl.Series(out["p_any_purchase"]),
         next_purchase=pl.Series(to_time(out["next_median"]), dtype=pl.Datetime("us", "UTC")),
         next_purchase_low=pl.Series(to_time(out["next_low"]), dtype=pl.Datetime("us", "UTC")),
