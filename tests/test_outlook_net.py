@@ -93,6 +93,8 @@ def test_training_windows_count_what_followed_and_never_see_past_the_cutoff():
     four = w.weeks_back == 4                          # 28 days back: the days at 20 and 3 days follow within 4 weeks
     assert list(w.count[four]) == [2, 0] and list(w.spend[four]) == [12.0, 0.0] and set(w.h[four]) == {4.0}
     assert 2 not in w.customer and w.weeks_back.max() == 7  # 7 weeks back leaves >= 1 week of history (60 days)
+    seven = w.weeks_back == 7                         # a 4-week window too (sub_horizons): days 20, 3 come after it
+    assert sorted(zip(w.h[seven], w.customer[seven], w.count[seven])) == [(4.0, 0, 0), (4.0, 1, 0), (7.0, 0, 2), (7.0, 1, 0)]
     moved = training_windows(code, np.where(code == 2, -100.0, age), spend, 13, min_history_weeks=1)
     np.testing.assert_array_equal(moved.x, w.x)
 

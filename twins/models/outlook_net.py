@@ -11,8 +11,9 @@ individual purchase process, in weeks from the cut-off:
   count in l weeks is negative binomial with mean lam·l and shape ``kappa``;
 - a purchase day is worth ``mu`` on average (Gamma with shape ``nu`` a day).
 
-It is trained on the calibration period alone: the cut-off is moved back one week at a time, and each window's
-purchase-day count and spend after the moved cut-off are scored by the exact likelihood of that process. Since
+It is trained on the calibration period alone: the cut-off is moved back one week at a time, and the purchase-day
+count and spend in the window after each moved cut-off (the horizon, or as much of it as the calibration period
+holds, and shorter ``sub_horizons`` windows) are scored by the exact likelihood of that process. Since
 the horizon only enters through the closed forms, the model answers for horizons longer than any window it saw
 (the BTYD models' strength), while the MLP sees more of the history than (x, t_x, T): recent windows, gaps,
 spend. Several members with their own seeds and validation customers are averaged (``n_members``).
@@ -152,11 +153,12 @@ def day_table(days: pl.DataFrame | pl.LazyFrame, cutoff: datetime) -> tuple[list
 
 
 def training_windows(code: np.ndarray, age: np.ndarray, spend: np.ndarray, horizon_weeks: int,
-                     max_windows: int = 52, min_history_weeks: int = 4) -> Windows:
+                     max_windows: int = 52, min_history_weeks: int = 4, sub_horizons: tuple[int, ...] = (4, 13)) -> Windows:
     """Move the cut-off back 1, 2, ... weeks (at most ``max_windows``, keeping ``min_history_weeks`` of data
     before it); each customer seen before a moved cut-off gives a row: features then, and the purchase days and
-    spend in the following min(horizon, weeks moved) weeks. Only purchase days before the real cut-off (age > 0)
-    are used."""
+    spend in the following min(horizon, weeks moved) weeks; and a row for each shorter window in
+    ``sub_horizons`` (they teach the time curve and the latest spend level). Only purchase days before the real
+    cut-off (age > 0) are used."""
     before = age > 0
     code, age, spend = code[before], age[before], spend[before]
     if not len(age):
@@ -171,12 +173,13 @@ def training_windows(code: np.ndarray, age: np.ndarray, spend: np.ndarray, horiz
         seen = np.unique(code[hist])
         index = np.full(n_codes, -1)
         index[seen] = np.arange(len(seen))
-        h = min(horizon_weeks, k)
-        future = ~hist & (age > shift - 7.0 * h) & (index[code] >= 0)
-        count = np.bincount(index[code[future]], None, len(seen))
-        total = np.bincount(index[code[future]], spend[future], len(seen))
         x = features(index[code[hist]], age[hist] - shift, spend[hist], len(seen))
-        rows.append(Windows(x, count, total, np.full(len(seen), float(h)), seen, np.full(len(seen), float(k))))
+        longest = min(horizon_weeks, k)
+        for h in sorted({longest, *(v for v in sub_horizons if v < longest)}):
+            future = ~hist & (age > shift - 7.0 * h) & (index[code] >= 0)
+            count = np.bincount(index[code[future]], None, len(seen))
+            total = np.bincount(index[code[future]], spend[future], len(seen))
+            rows.append(Windows(x, count, total, np.full(len(seen), float(h)), seen, np.full(len(seen), float(k))))
     if not rows:
         raise ValueError(f"fewer than {min_history_weeks + 1} weeks of purchase days before the cut-off: "
                          "no window to train the outlook on")
@@ -192,6 +195,7 @@ class NeuralOutlook(BaseEstimator):
 
     def __init__(self, hidden: int = 64, n_members: int = 5, max_epochs: int = 30, patience: int = 4,
                  batch_size: int = 1024, lr: float = 2e-3, weight_decay: float = 1e-5, max_windows: int = 52,
+                 sub_horizons: tuple[int, ...] = (4, 13),
                  half_life: float | None = None, val_share: float = 0.1, seed: int = 0, device: str | None = None, verbose: bool = False) -> None:
         self.hidden = hidden
         self.n_members = n_members
@@ -201,6 +205,7 @@ class NeuralOutlook(BaseEstimator):
         self.lr = lr
         self.weight_decay = weight_decay
         self.max_windows = max_windows
+        self.sub_horizons = sub_horizons
         self.half_life = half_life
         self.val_share = val_share
         self.seed = seed
@@ -218,7 +223,7 @@ class NeuralOutlook(BaseEstimator):
             raise ValueError(f"{len(bad)} purchase days have a non-finite age or spend (first at row {bad[0]}); drop or fix them")
         if int(horizon_weeks) < 1:
             raise ValueError(f"horizon_weeks must be >= 1, got {horizon_weeks}")
-        w = training_windows(code, age, spend, int(horizon_weeks), self.max_windows)
+        w = training_windows(code, age, spend, int(horizon_weeks), self.max_windows, sub_horizons=tuple(self.sub_horizons))
         device = pick_device(self.device)
         x = torch.tensor(w.x, device=device)
         mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
