@@ -105,7 +105,7 @@ def test_bad_training_input_is_refused_clearly():
         NeuralOutlook().fit(code, age[:2], spend, 4)
     with pytest.raises(ValueError, match="non-finite age or spend .first at row 1"):
         NeuralOutlook().fit(code, age, np.array([1.0, np.nan, 3.0]), 4)
-    with pytest.raises(ValueError, match="horizon_weeks must be >= 1"):
+    with pytest.raises(ValueError, match="horizons of 1 to 104 whole weeks, got 0"):
         NeuralOutlook().fit(code, age, spend, 0)
     with pytest.raises(ValueError, match="weeks of purchase days before the cut-off"):
         NeuralOutlook().fit(code, age, spend, 4)                      # 30 days of data: no window with 4 weeks before it
@@ -180,6 +180,8 @@ def test_bundle_defined_answers_for_edge_cases(bundle):
     assert zer["known"] and one_day["known"] and heavy_a["p_alive"] > 0.5
     with pytest.raises(ValueError, match="horizon_days must be > 0"):
         bundle.score([[]], AS_OF, horizon_days=0)
+    with pytest.raises(ValueError, match="horizons of 1 to 104 whole weeks, got 110"):
+        bundle.score([[]], AS_OF, horizon_days=770)
 
 
 def test_neural_outlook_in_the_twin(market):

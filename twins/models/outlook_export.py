@@ -10,7 +10,8 @@ from torch import nn
 
 from twins.export import check_parity, export_bundle
 from twins.models.btyd import BetaGeoModel, GammaGammaModel
-from twins.models.outlook_net import OUTPUTS as NET_OUTPUTS, NeuralOutlook, OutlookScorer as NeuralScorer, horizon_weeks
+from twins.models.outlook_net import NeuralOutlook, OutlookScorer as NeuralScorer, horizon_weeks
+from twins.runtime.outlook import NET_OUTPUTS
 from twins.runtime.outlook_features import N_FEATURES, NAMES
 
 TASK = "purchase_outlook"

@@ -33,7 +33,7 @@ import torch
 from sklearn.base import BaseEstimator
 from torch import nn
 
-from twins.runtime.outlook import NET_OUTPUTS
+from twins.runtime.outlook import MAX_HORIZON_WEEKS, NET_OUTPUTS, check_horizon_weeks
 from twins.runtime.outlook_features import N_FEATURES, features
 from twins.training import pick_device, progress
 
@@ -195,8 +195,8 @@ class NeuralOutlook(BaseEstimator):
 
     def __init__(self, hidden: int = 64, n_members: int = 5, max_epochs: int = 30, patience: int = 4,
                  batch_size: int = 1024, lr: float = 2e-3, weight_decay: float = 1e-5, max_windows: int = 52,
-                 sub_horizons: tuple[int, ...] = (4, 13),
-                 half_life: float | None = None, val_share: float = 0.1, seed: int = 0, device: str | None = None, verbose: bool = False) -> None:
+                 sub_horizons: tuple[int, ...] = (4, 13), val_share: float = 0.1, seed: int = 0,
+                 device: str | None = None, verbose: bool = False) -> None:
         self.hidden = hidden
         self.n_members = n_members
         self.max_epochs = max_epochs
@@ -206,7 +206,6 @@ class NeuralOutlook(BaseEstimator):
         self.weight_decay = weight_decay
         self.max_windows = max_windows
         self.sub_horizons = sub_horizons
-        self.half_life = half_life
         self.val_share = val_share
         self.seed = seed
         self.device = device
@@ -221,16 +220,14 @@ class NeuralOutlook(BaseEstimator):
         bad = np.flatnonzero(~np.isfinite(age) | ~np.isfinite(spend))
         if len(bad):
             raise ValueError(f"{len(bad)} purchase days have a non-finite age or spend (first at row {bad[0]}); drop or fix them")
-        if int(horizon_weeks) < 1:
-            raise ValueError(f"horizon_weeks must be >= 1, got {horizon_weeks}")
+        check_horizon_weeks(horizon_weeks)
         w = training_windows(code, age, spend, int(horizon_weeks), self.max_windows, sub_horizons=tuple(self.sub_horizons))
         device = pick_device(self.device)
         x = torch.tensor(w.x, device=device)
         mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
         bought = (w.count > 0) & (w.spend > 0)
         spend_scale = float(w.spend[bought].sum() / w.count[bought].sum()) if bought.any() else 1.0
-        weight = np.exp2(-(w.weeks_back - 1) / self.half_life) if self.half_life else np.ones(len(w.h))
-        data = [torch.tensor(v, dtype=torch.float32, device=device) for v in (w.count, w.spend, w.h, weight / weight.mean())]
+        data = [torch.tensor(v, dtype=torch.float32, device=device) for v in (w.count, w.spend, w.h)]
         self.members_, self.history_ = [], []
         for m in range(self.n_members):
             rng = np.random.default_rng(self.seed + m)
@@ -243,7 +240,7 @@ class NeuralOutlook(BaseEstimator):
             self.history_.append(log)
         self.spend_factor_ = self._spend_factor(w, int(horizon_weeks))
         self.n_windows_ = len(w.count)
-        self.day_spend_ = float(np.maximum(np.asarray(spend, float)[np.asarray(age) > 0], 0.0).mean())
+        self.day_spend_ = float(np.maximum(spend[age > 0], 0.0).mean())
         self.horizon_weeks_ = int(horizon_weeks)
         return self
 
@@ -287,13 +284,12 @@ class NeuralOutlook(BaseEstimator):
         return float(w.spend[rows].sum() / (w.count[rows] * mu).sum())
 
     @staticmethod
-    def _loss(net: OutlookNet, x: torch.Tensor, count: torch.Tensor, spend: torch.Tensor, h: torch.Tensor,
-              weight: torch.Tensor) -> torch.Tensor:
+    def _loss(net: OutlookNet, x: torch.Tensor, count: torch.Tensor, spend: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         params = net(x)
-        loss = (weight * count_nll(params, count, h)).sum()
+        loss = count_nll(params, count, h).sum()
         bought = (count > 0) & (spend > 0)
         if bought.any():
-            loss = loss + (weight[bought] * spend_nll(tuple(p[bought] for p in params), count[bought], spend[bought])).sum()
+            loss = loss + spend_nll(tuple(p[bought] for p in params), count[bought], spend[bought]).sum()
         return loss / len(count)
 
     def predict(self, x: np.ndarray, horizon_weeks: float) -> dict[str, np.ndarray]:
@@ -301,13 +297,11 @@ class NeuralOutlook(BaseEstimator):
         (at the cut-off), ``p_alive_end`` (still alive at the horizon's end: 1 − churn risk) and the time to the next
         purchase of a customer alive at the cut-off (``next_low`` / ``next_median`` / ``next_high``, weeks; inf when
         not within 5 years), averaged over the members."""
+        check_horizon_weeks(round(horizon_weeks))
         scorer = OutlookScorer(self.members_, self.spend_factor_)
         with torch.no_grad():
             out = scorer(torch.as_tensor(np.asarray(x, np.float64)), torch.full((len(x),), float(horizon_weeks), dtype=torch.float64))
-        return {name: v.numpy() for name, v in zip(OUTPUTS, out)}
-
-
-OUTPUTS = NET_OUTPUTS
+        return {name: v.numpy() for name, v in zip(NET_OUTPUTS, out)}
 
 
 def _quantile_weeks(survival: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -326,12 +320,12 @@ def _quantile_weeks(survival: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 class OutlookScorer(nn.Module):
     """``forward(x, h)``: float64 features ``[batch, N_FEATURES]`` and horizons in weeks ``[batch]`` (rounded,
-    1..``max_horizon_weeks``) -> the ``OUTPUTS``, averaged over float64 copies of the members (the waiting time
+    1..``max_horizon_weeks``) -> the ``NET_OUTPUTS``, averaged over float64 copies of the members (the waiting time
     from the averaged survival curve; ``interval`` central probability around the median); spend per purchase
     day is the members' times ``spend_factor`` (``NeuralOutlook.spend_factor_``)."""
 
     def __init__(self, members: list[OutlookNet], spend_factor: float = 1.0, interval: float = 0.8,
-                 max_horizon_weeks: int = 104) -> None:
+                 max_horizon_weeks: int = MAX_HORIZON_WEEKS) -> None:
         super().__init__()
         self.members = nn.ModuleList(copy.deepcopy(m).double() for m in members)
         self.spend_factor = spend_factor

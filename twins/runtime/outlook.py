@@ -10,6 +10,7 @@ from twins.runtime.outlook_features import N_FEATURES, features
 DAY_US = 86_400_000_000
 MAX_WAIT_DAYS = 36_525  # a next purchase further than 100 years out is answered as None (not expected)
 INPUTS = ("x", "t_x", "T", "m", "t")
+MAX_HORIZON_WEEKS = 104  # the neural outlook answers horizons of 1..104 whole weeks
 NET_OUTPUTS = ("expected_purchases", "p_alive", "p_any_purchase", "expected_spend", "next_low", "next_median", "next_high",
                "p_alive_end")
 
@@ -74,6 +75,11 @@ def answers(out: dict[str, np.ndarray], known: np.ndarray, as_of_us: int, unit_d
             for i in range(len(known))]
 
 
+def check_horizon_weeks(weeks: int) -> None:
+    if not 1 <= weeks <= MAX_HORIZON_WEEKS:
+        raise ValueError(f"the neural outlook answers horizons of 1 to {MAX_HORIZON_WEEKS} whole weeks, got {weeks}")
+
+
 def checked_horizon(default: float, horizon_days: float | None) -> float:
     horizon = default if horizon_days is None else float(horizon_days)
     if not horizon > 0:
@@ -136,6 +142,7 @@ class OutlookNetBundle(Bundle):
         """One answer per history (keys as ``OutlookBundle.score``)."""
         as_of_us = _to_us(as_of)
         weeks = max(1, round(checked_horizon(self.horizon_days, horizon_days) / 7.0))
+        check_horizon_weeks(weeks)
         row, age, spend = [], [], []
         for i, history in enumerate(histories):
             for day, amount in net_purchase_days(history, as_of_us).items():
