@@ -83,9 +83,10 @@ def predict_outlook(summary: pl.DataFrame, counts: CountModel, spend: GammaGamma
 
 def customer_outlook(events: pl.LazyFrame, as_of: datetime, params: OutlookParams | None = None) -> pl.DataFrame:
     """Per customer with a purchase before ``as_of``: ``expected_purchases``, ``expected_spend``, ``p_alive``,
-    ``churn_risk`` (gone by the end of the horizon: 1 − P(alive) for BG/NBD, whose customers drop out only right after a purchase), ``p_any_purchase`` in the horizon, and ``next_purchase`` (median, given alive)
-    with ``next_purchase_low`` / ``next_purchase_high`` (null beyond 100 years). Models are fitted on events
-    before ``as_of`` only."""
+    ``churn_risk`` (gone by the end of the horizon: 1 − P(alive) for BG/NBD, whose customers drop out only right
+    after a purchase), ``p_any_purchase`` in the horizon, and ``next_purchase`` (median, given alive) with
+    ``next_purchase_low`` / ``next_purchase_high`` (null beyond 100 years). Models are fitted on events before
+    ``as_of`` only."""
     p = params or OutlookParams()
     check_model(p.model)
     as_of = as_of if as_of.tzinfo else as_of.replace(tzinfo=timezone.utc)
@@ -100,17 +101,9 @@ def customer_outlook(events: pl.LazyFrame, as_of: datetime, params: OutlookParam
     x, T = s["x"].to_numpy(), s["T"].to_numpy()
     r, alpha = counts.params_["r"], counts.params_["alpha"]
     lo, mid, hi = (waiting_time_quantile(q, r, alpha, x, T) for q in ((1 - p.interval) / 2, 0.5, (1 + p.interval) / 2))
-    # a next purchase further than 100 years out is not expected: null
-    to_time = lambda w: [as_of + timedelta(days=float(v) * p.unit_days) if v * p.unit_days <= 36_525 else None  # noqa: E731
-                         for v in w]
-    return s.select("customer_id").with_columns(
-        expected_purchases=pl.Series(count), expected_spend=pl.Series(expected_spend),
-        p_alive=pl.Series(p_alive), churn_risk=pl.Series(1.0 - p_alive), p_any_purchase=pl.Series(p_any),
-        next_purchase=pl.Series(to_time(mid), dtype=pl.Datetime("us", "UTC")),
-        next_purchase_low=pl.Series(to_time(lo), dtype=pl.Datetime("us", "UTC")),
-        next_purchase_high=pl.Series(to_time(hi), dtype=pl.Datetime("us", "UTC")),
-        outlook_horizon_days=pl.lit(p.horizon_days),
-    )
+    out = {"expected_purchases": count, "expected_spend": expected_spend, "p_alive": p_alive, "p_alive_end": p_alive,
+           "p_any_purchase": p_any, "next_low": lo, "next_median": mid, "next_high": hi}
+    return _columns(s.select("customer_id"), out, as_of, p.unit_days, p.horizon_days)
 
 
 def _neural_outlook(days: pl.DataFrame, customers: pl.DataFrame, as_of: datetime, p: OutlookParams) -> pl.DataFrame:
@@ -122,14 +115,21 @@ def _neural_outlook(days: pl.DataFrame, customers: pl.DataFrame, as_of: datetime
     model = NeuralOutlook(n_members=p.neural_members).fit(code, age, spend, weeks)
     rows = customers["customer_id"].cast(pl.Enum(ids)).to_physical().to_numpy()
     out = model.predict(features_at(code, age, spend, rows), weeks)
-    to_time = lambda w: [as_of + timedelta(weeks=float(v)) if np.isfinite(v) and v * 7 <= 36_525 else None  # noqa: E731
-                         for v in w]
+    return _columns(customers, out, as_of, 7.0, 7.0 * weeks)
+
+
+def _columns(customers: pl.DataFrame, out: dict[str, np.ndarray], as_of: datetime, unit_days: float,
+             horizon_days: float) -> pl.DataFrame:
+    """The twin's outlook columns from a model's answers (waiting times in ``unit_days``; churn risk is
+    1 − ``p_alive_end``); a next purchase further than 100 years out (or never) is null."""
+    def times(waits: np.ndarray) -> pl.Series:
+        return pl.Series([as_of + timedelta(days=float(v) * unit_days) if v * unit_days <= 36_525 else None for v in waits],
+                         dtype=pl.Datetime("us", "UTC"))
+
     return customers.with_columns(
         expected_purchases=pl.Series(out["expected_purchases"]), expected_spend=pl.Series(out["expected_spend"]),
         p_alive=pl.Series(out["p_alive"]), churn_risk=pl.Series(1.0 - out["p_alive_end"]),
-        p_any_purchase=pl.Series(out["p_any_purchase"]),
-        next_purchase=pl.Series(to_time(out["next_median"]), dtype=pl.Datetime("us", "UTC")),
-        next_purchase_low=pl.Series(to_time(out["next_low"]), dtype=pl.Datetime("us", "UTC")),
-        next_purchase_high=pl.Series(to_time(out["next_high"]), dtype=pl.Datetime("us", "UTC")),
-        outlook_horizon_days=pl.lit(7.0 * weeks),
+        p_any_purchase=pl.Series(out["p_any_purchase"]), next_purchase=times(out["next_median"]),
+        next_purchase_low=times(out["next_low"]), next_purchase_high=times(out["next_high"]),
+        outlook_horizon_days=pl.lit(horizon_days),
     )
