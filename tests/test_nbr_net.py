@@ -180,7 +180,8 @@ def test_training_runs_under_torchrun_ddp(tmp_path):
         "h, t = _market(0); vh, vt = _market(2, 30)\n"
         "m = NeuralNextBasket(knn=10, dim=8, hidden=8, batch_size=16, max_epochs=2, patience=5,\n"
         "                     checkpoint_dir=sys.argv[1]).fit(h, t, vh, vt)\n"
-        "print('HISTORY', os.environ['RANK'], json.dumps([round(x['valid_recall@10'], 6) for x in m.history_]))\n")
+        "line = f\"HISTORY {os.environ['RANK']} {json.dumps([round(x['valid_recall@10'], 6) for x in m.history_])}\\n\"\n"
+        "os.write(1, line.encode())  # one write per rank: print's separate writes interleaved between ranks\n")
     torchrun = Path(sys.executable).with_name("torchrun")
     out = subprocess.run([str(torchrun), "--nproc_per_node", "2", str(script), str(tmp_path / "ckpt"),
                           str(Path(__file__).parent)], capture_output=True, text=True, timeout=240)
