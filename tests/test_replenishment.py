@@ -19,6 +19,7 @@ from twins.models.replenishment import (
     tsb,
 )
 from twins.models.replenishment_torch import ReplenishmentForecaster, pinball
+from twins.runtime.replenishment_features import active_days, day_reached, seasonal_rates, weekday_clock
 
 H = History(t=np.array([0.0, 10, 30, 40]), q=np.array([5.0, 10, 20, 10]), promised=np.full(4, np.nan))
 
@@ -98,3 +99,58 @@ def test_forecaster_learns_a_regular_machine_and_orders_its_quantiles(one_thread
     assert np.mean(np.abs(out["time"][seen] - rows.T[seen])) < 2.0
     again = ReplenishmentForecaster(epochs=30, hidden=32, batch_size=32, device="cpu").fit(rows.X, rows.T, rows.Q, rows.censored, 60.0)
     np.testing.assert_array_equal(again.predict(rows.X)["time"], out["time"])
+    # three members: the first is the single net above; the answer is the mean of their log-space quantiles
+    trio = ReplenishmentForecaster(epochs=30, hidden=32, batch_size=32, members=3, device="cpu").fit(
+        rows.X, rows.T, rows.Q, rows.censored, 60.0)
+    x = torch.as_tensor(rows.X, dtype=torch.float32)
+    with torch.no_grad():
+        np.testing.assert_array_equal(trio.net_.nets[0](x)[1].numpy(), out["time"].astype(np.float32))
+        logs = [net.log_quantiles(x)[0] for net in trio.net_.nets]
+        np.testing.assert_allclose(trio.net_.log_quantiles(x)[0].numpy(), torch.stack(logs).mean(0).numpy(), rtol=1e-6)
+    both = trio.predict(rows.X)
+    assert np.all(both["time_low"] <= both["time"]) and np.all(both["time"] <= both["time_high"])
+    with pytest.raises(ValueError, match="members"):
+        ReplenishmentForecaster(members=0).fit(rows.X, rows.T, rows.Q, rows.censored, 60.0)
+
+
+def test_clock_days_and_the_day_a_need_is_reached_match_counting_by_hand():
+    for weekdays in (False, True):
+        for day0 in range(14):  # day 0 was a Thursday
+            for need in (0.0, 0.3, 1.0, 4.9, 5.0, 12.2, 40.0):
+                clock = [d for d in range(day0, day0 + 200) if not weekdays or (d + 3) % 7 < 5]
+                by_hand = next(d for d in range(day0 + 1, day0 + 200) if sum(c < d for c in clock) >= need)
+                assert day_reached(day0, need, weekdays) == by_hand
+    assert active_days(np.array([4]), np.array([11]), True)[0] == 5  # Monday 4 .. Sunday 10: one working week
+    assert active_days(np.array([4]), np.array([11]), False)[0] == 7
+
+
+def test_weekday_machines_are_told_apart_by_their_order_days_or_their_readings():
+    weekdays = np.array([d for d in range(0, 70) if (d + 3) % 7 in (1, 2, 3, 4, 5)][::3])  # Tuesday .. Saturday
+    assert weekday_clock(weekdays, np.empty(0, np.int64), np.empty(0))
+    assert not weekday_clock(np.arange(0, 70, 3), np.empty(0, np.int64), np.empty(0))  # every weekday in turn
+    assert not weekday_clock(weekdays[:5], np.empty(0, np.int64), np.empty(0))  # too few orders to tell
+    days = np.arange(28)
+    usage = np.cumsum(np.where((days + 3) % 7 < 5, 2.0, 0.0))
+    assert weekday_clock(np.arange(0, 70, 3), days, usage)  # readings overrule the order days
+    assert not weekday_clock(weekdays, days, np.cumsum(np.full(28, 2.0)))
+
+
+def test_seasonal_fit_recovers_a_yearly_rate_and_shrugs_off_a_burst():
+    mid = np.arange(5.0, 365, 10)
+    rate = 2.0 * (1 + 0.25 * np.sin(2 * np.pi * mid / 365.25))
+    noisy = rate.copy()
+    noisy[10] *= 3.0  # a burst
+    at = 365.25 * 1.25  # the peak of the next year's cycle
+    fitted = seasonal_rates(mid, np.stack([rate, noisy]), np.ones(len(mid)), at)
+    # the ridge shrinks the season a little; the Huber weights keep the burst from moving the level
+    assert fitted[:, 0] == pytest.approx(2.0 * 1.25, rel=0.06)
+    assert fitted[:, 1] == pytest.approx(2.0, rel=0.03)
+
+
+def test_projections_follow_an_s_S_machine_that_idles_at_weekends():
+    # uses 10 units on each weekday, orders 50 (one working week) at 02:00 each Tuesday: day 5 was a Tuesday
+    t = np.arange(5.0, 5 + 7 * 12, 7) + 2 / 24
+    h = History(t, np.full(len(t), 50.0), np.full(len(t), np.nan))
+    f = dict(zip(FEATURES, features(h, t[-1] + 1.5)))  # Wednesday noon
+    assert f["weekday_clock"] == 1.0 and f["log_season_cycle"] == pytest.approx(0.0, abs=1e-6)
+    assert f["proj_cycle_left"] == pytest.approx(5.5) and f["proj_cover_left"] == pytest.approx(5.5)

@@ -27,7 +27,8 @@ HORIZON = 40.0
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    """A small market, a forecaster trained on 70 % of its machines, its bundle, and the held-out machines."""
+    """A small market, a forecaster (two nets averaged) trained on 70 % of its machines, its bundle, and the held-out
+    machines."""
     torch.set_num_threads(1)
     market = simulate(MarketConfig(seed=11, n_machines=240, days=150, horizon_days=int(HORIZON), humans={"n": 0}))
     events = market.events()
@@ -37,7 +38,7 @@ def fitted(tmp_path_factory):
     train, test = ids[: int(0.7 * len(ids))], ids[int(0.7 * len(ids)):]
     start = market.config.start.timestamp() / DAY_S
     rows = samples(hist, train, [start + d for d in range(40, 151, 10)], HORIZON)
-    model = ReplenishmentForecaster(hidden=16, epochs=3, device="cpu").fit(rows.X, rows.T, rows.Q, rows.censored, HORIZON)
+    model = ReplenishmentForecaster(hidden=16, epochs=3, members=2, device="cpu").fit(rows.X, rows.T, rows.Q, rows.censored, HORIZON)
     path = export_replenishment(model, tmp_path_factory.mktemp("repl") / "bundle")
     return market, events, hist, test, model, path
 

@@ -45,7 +45,7 @@ def export_replenishment(model: ReplenishmentForecaster, out_dir: str | Path, *,
     scorer = LogQuantiles(net)
     manifest = {
         "name": name, "version": version, "task": TASK, "model": "MLP quantile forecaster (10/50/90 %)",
-        "params": {"hidden": model.hidden, "epochs": model.epochs, "seed": model.seed},
+        "params": {"hidden": model.hidden, "epochs": model.epochs, "members": model.members, "seed": model.seed},
         "features": list(FEATURES),
         "preprocessing": {"horizon_days": model.horizon_, "interval": model.interval, "recent_days": RECENT_DAYS,
                           "min_orders": 3, "time_unit": "days since the Unix epoch",

@@ -5,7 +5,8 @@ An MLP over standardised features with two heads of three non-crossing quantiles
 and up), in log space: ``log1p`` of the time, ``log`` of the quantity. Trained with the pinball loss; a censored
 time (no order within the horizon H: T > H) contributes only where a quantile falls below ``log1p(H)``, by the
 pinball loss against that bound (the truth is at least there). Standardisation lives in the module as buffers
-(the net takes raw features).
+(the net takes raw features). ``members`` nets with their own seeds are averaged in log space
+(``ReplenishmentEnsemble``); each member's quantiles are ordered, so their average is too.
 """
 
 from __future__ import annotations
@@ -47,6 +48,28 @@ class ReplenishmentNet(nn.Module):
         return t[:, 0], t[:, 1], t[:, 2], q[:, 0], q[:, 1], q[:, 2]
 
 
+class ReplenishmentEnsemble(nn.Module):
+    """The mean of several ``ReplenishmentNet``'s log-space quantiles; same interface as one net."""
+
+    def __init__(self, nets: list[ReplenishmentNet]) -> None:
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+
+    @property
+    def mean(self) -> torch.Tensor:  # the input scale (for probes such as the export's)
+        return self.nets[0].mean
+
+    @property
+    def std(self) -> torch.Tensor:
+        return self.nets[0].std
+
+    def log_quantiles(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outs = [net.log_quantiles(x) for net in self.nets]
+        return torch.stack([t for t, _ in outs]).mean(0), torch.stack([q for _, q in outs]).mean(0)
+
+    forward = ReplenishmentNet.forward
+
+
 def pinball(pred: torch.Tensor, target: torch.Tensor, taus: torch.Tensor, lower_bound: torch.Tensor | None = None) -> torch.Tensor:
     """Mean pinball loss of ``pred [n, k]`` at quantiles ``taus [k]``; rows flagged in ``lower_bound`` only know
     target <= truth, so only predictions below the target are penalised there."""
@@ -61,46 +84,60 @@ class ReplenishmentForecaster:
     """Fit on feature rows with targets (time, quantity, censored); predict median and interval of both."""
 
     def __init__(self, hidden: int = 64, epochs: int = 60, batch_size: int = 512, lr: float = 3e-3,
-                 weight_decay: float = 1e-4, interval: float = 0.8, seed: int = 0, device: str | None = None) -> None:
+                 weight_decay: float = 1e-4, interval: float = 0.8, members: int = 1, seed: int = 0,
+                 device: str | None = None) -> None:
         self.hidden = hidden
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
         self.weight_decay = weight_decay
         self.interval = interval
+        self.members = members
         self.seed = seed
         self.device = device
 
     def fit(self, X: np.ndarray, T: np.ndarray, Q: np.ndarray, censored: np.ndarray, horizon: float) -> Self:
         """``T``/``Q`` may be nan where ``censored`` (no order within ``horizon`` days)."""
-        torch.manual_seed(self.seed)
+        if not (isinstance(self.members, int) and self.members >= 1):
+            raise ValueError(f"members must be an integer >= 1, got {self.members!r}")
         self.device_ = torch.device(self.device) if self.device else default_device()
         self.horizon_ = float(horizon)
-        std = X.std(0)
-        self.net_ = ReplenishmentNet(X.shape[1], self.hidden, X.mean(0), np.where(std > 0, std, 1.0)).to(self.device_)
-        taus = torch.tensor([(1 - self.interval) / 2, 0.5, (1 + self.interval) / 2], device=self.device_)
         x = torch.as_tensor(X, dtype=torch.float32, device=self.device_)
         cens = torch.as_tensor(censored, device=self.device_)
         t = torch.log1p(torch.as_tensor(np.where(censored, horizon, T), dtype=torch.float32, device=self.device_))
         q = torch.log(torch.as_tensor(np.where(censored, 1.0, Q), dtype=torch.float32, device=self.device_))
-        opt = torch.optim.AdamW(self.net_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        std = X.std(0)
+        nets, losses = [], []
+        for member in range(self.members):
+            seed = self.seed + 1000 * member
+            torch.manual_seed(seed)
+            net = ReplenishmentNet(X.shape[1], self.hidden, X.mean(0), np.where(std > 0, std, 1.0)).to(self.device_)
+            losses.append(self._train(net, x, t, q, cens, seed))
+            nets.append(net.eval())
+        self.net_ = nets[0] if self.members == 1 else ReplenishmentEnsemble(nets).eval()
+        self.loss_ = float(np.mean(losses))
+        return self
+
+    def _train(self, net: ReplenishmentNet, x: torch.Tensor, t: torch.Tensor, q: torch.Tensor, cens: torch.Tensor,
+               seed: int) -> float:
+        """Pinball-loss training of one member; returns its last batch loss."""
+        taus = torch.tensor([(1 - self.interval) / 2, 0.5, (1 + self.interval) / 2], device=self.device_)
+        opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         steps = self.epochs * int(np.ceil(len(x) / self.batch_size))
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=steps)
-        g = torch.Generator(device="cpu").manual_seed(self.seed)
-        self.net_.train()
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        net.train()
         for _ in range(self.epochs):
             for idx in torch.randperm(len(x), generator=g).split(self.batch_size):
                 idx = idx.to(self.device_)
-                lt, lq = self.net_.log_quantiles(x[idx])
+                lt, lq = net.log_quantiles(x[idx])
                 seen = ~cens[idx]
                 loss = pinball(lt, t[idx], taus, cens[idx]) + pinball(lq[seen], q[idx][seen], taus)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 sched.step()
-        self.net_.eval()
-        self.loss_ = float(loss.detach())
-        return self
+        return float(loss.detach())
 
     def predict(self, X: np.ndarray) -> dict[str, np.ndarray]:
         """``OUTPUTS`` as float64 arrays."""

@@ -1,7 +1,14 @@
 """The features a replenishment forecaster sees at a cut-off, from one machine's raw order history and readings
 (numpy only: the training code in ``twins.models.replenishment`` and the torch-free runtime share this code).
 
-Times are in days (float) since the Unix epoch.
+Times are in days (float) since the Unix epoch; whole days are UTC days (day 0, 1970-01-01, was a Thursday).
+
+Besides counts, gaps and quantities, the features hold two projections of the next order on the calendar
+(``proj_cycle_left``, ``proj_cover_left``): the day the machine will have used what it
+needs, at its seasonal rate, on its clock. The clock is every day, or weekdays only for a machine that consumes
+nothing at weekends. Such a machine's stock cannot fall over a weekend, so it never orders on a Sunday or a Monday;
+with readings, its usage stands still on Saturdays and Sundays. The seasonal rate is a robust (Huber) ridge fit of
+the log consumption rate between orders on one yearly sine and cosine, read half a mean gap after the last order.
 """
 
 from __future__ import annotations
@@ -11,10 +18,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 RECENT_DAYS = 14  # the recent usage rate (readings) is over this many days
+YEAR_DAYS = 365.25
+SEASON_RIDGE = 0.25  # ridge on the yearly sine and cosine of the log rate, per interval (chosen on validation machines)
+HUBER_K = 1.0  # Huber threshold of the seasonal fit, in robust standard deviations (bursts and breakdowns are outliers)
+NEED_TOL = 1e-6  # clock days: a need reached up to rounding counts as reached
+MAX_NEED_DAYS = 3650.0  # projections are capped at ten years of use (a rate near zero)
+WEEKDAY_MIN_ORDERS = 6  # order-only weekday detection needs this many orders: (5/7)^6 = 13 % of all-week machines pass
 FEATURES = ("log_orders", "since_last", "last_gap", "mean_gap", "median_gap", "gap_cv", "log_last_q", "log_median_q",
             "q_cv", "log_rate", "mean_gap_left", "period_left", "has_telemetry", "cover_days", "above_s_days",
             "up_to_gap_q", "usage_over_order_rate", "hour_std", "log_usage_rate", "recent_over_rate",
-            "last_q_over_rate_gap")
+            "last_q_over_rate_gap", "weekday_clock", "proj_cycle_left", "proj_cover_left",
+            "log_season_cycle", "log_season_cover", "dow_sin", "dow_cos")
 
 
 @dataclass
@@ -31,6 +45,60 @@ class History:
 
 def _safe_log(x: float) -> float:
     return float(np.log(max(x, 1e-3)))
+
+
+def active_days(start: np.ndarray, end: np.ndarray, weekdays: bool) -> np.ndarray:
+    """Days of the machine's clock in ``[start, end)`` (whole day numbers): all of them, or Monday to Friday."""
+    start, end = np.asarray(start, np.int64), np.asarray(end, np.int64)
+    n = np.maximum(end - start, 0)
+    if not weekdays:
+        return n.astype(float)
+    weeks, rest = np.divmod(n, 7)
+    dow = (start + 3) % 7  # Monday 0
+    partial = sum(((rest > r) & ((dow + r) % 7 < 5)).astype(float) for r in range(6))
+    return 5.0 * weeks + partial
+
+
+def day_reached(day0: int, need: float, weekdays: bool) -> int:
+    """The first day ``d > day0`` with ``active_days(day0, d) >= need``: a machine that starts consuming on day
+    ``day0`` and needs ``need`` clock days of use orders at the start of day ``d``."""
+    if not weekdays:
+        return day0 + max(int(np.ceil(need - NEED_TOL)), 1)
+    d = day0 + max(int(np.floor(max(need, 0.0) / 5.0)) * 7 - 7, 1)  # a week short, then day by day
+    while active_days(day0, d, True) < need - NEED_TOL:
+        d += 1
+    return int(d)
+
+
+def weekday_clock(order_days: np.ndarray, tel_days: np.ndarray, usage: np.ndarray) -> bool:
+    """Whether the machine consumes on weekdays only: with two weeks of readings, its weekend usage is under a tenth
+    of its weekday usage; from orders, none of ``WEEKDAY_MIN_ORDERS`` or more falls on a Sunday or a Monday."""
+    if len(tel_days) >= 15:
+        step = np.diff(usage)
+        weekend = ((tel_days[1:] + 3) % 7 >= 5) & (np.diff(tel_days) == 1)
+        weekday = ((tel_days[1:] + 3) % 7 < 5) & (np.diff(tel_days) == 1)
+        if weekend.sum() >= 2 and weekday.sum() >= 5:
+            return bool(np.median(step[weekend]) < 0.1 * np.median(step[weekday]))
+    return len(order_days) >= WEEKDAY_MIN_ORDERS and not np.isin((order_days + 3) % 7, (0, 6)).any()
+
+
+def seasonal_rates(mid: np.ndarray, rates: np.ndarray, weights: np.ndarray, at: float) -> np.ndarray:
+    """Per row of ``rates [k, n]`` (consumption per clock day over intervals centred at ``mid [n]``): the fitted
+    rate at ``at`` and its level without season, as ``[k, 2]``. A weighted ridge regression of the log rate on a
+    yearly sine and cosine, Huber-reweighted."""
+    w = 2 * np.pi * mid / YEAR_DAYS
+    X = np.column_stack([np.ones(len(mid)), np.sin(w), np.cos(w)])
+    y = np.log(np.maximum(rates, 1e-9))
+    ridge = np.diag([0.0, SEASON_RIDGE, SEASON_RIDGE]) * weights.mean() + 1e-9 * np.eye(3)
+    ww = np.broadcast_to(weights, y.shape).copy()
+    for _ in range(6):
+        A = np.einsum("kn,ni,nj->kij", ww, X, X) + ridge
+        beta = np.linalg.solve(A, np.einsum("kn,ni,kn->ki", ww, X, y)[..., None])[..., 0]
+        resid = np.abs(y - beta @ X.T)
+        scale = 1.4826 * np.median(resid, axis=1, keepdims=True) + 1e-9
+        ww = weights * np.minimum(1.0, HUBER_K * scale / np.maximum(resid, 1e-12))
+    wa = 2 * np.pi * at / YEAR_DAYS
+    return np.exp(np.column_stack([beta @ np.array([1.0, np.sin(wa), np.cos(wa)]), beta[:, 0]]))
 
 
 def features(h: History, cutoff: float) -> np.ndarray | None:
@@ -71,4 +139,30 @@ def features(h: History, cutoff: float) -> np.ndarray | None:
     else:
         out += [0.0, 0.0, mean_gap - since, 1.0, 1.0, float(hours.std()), _safe_log(rate), 1.0]
     out.append(q[-1] / max(rate * gaps[-1], 1e-6))
-    return np.asarray(out, dtype=np.float64)
+    return np.asarray(out + _calendar(h, t, q, j, cutoff), dtype=np.float64)
+
+
+def _calendar(h: History, t: np.ndarray, q: np.ndarray, j: int, cutoff: float) -> list[float]:
+    """The calendar features (module docstring): clock, the two projections (days from the cut-off; negative:
+    overdue), the seasonal factors and the cut-off's weekday.
+
+    ``proj_cycle_left``: (s, S) logic, an order replaces what was used since the one before, so the typical
+    quantity is used at the rate of the orders that FOLLOW each interval. ``proj_cover_left``: cover logic, an order
+    lasts while its own quantity is used, so the last quantity at the rate of the orders that OPEN each interval."""
+    day = np.floor(t).astype(np.int64)
+    tel_day = np.floor(h.tel_t[:j]).astype(np.int64)
+    weekdays = weekday_clock(day, tel_day, h.usage[:j])
+    dow = 2 * np.pi * ((np.floor(cutoff) + 3) % 7) / 7
+    clock = active_days(day[:-1], day[1:], weekdays)
+    ok = clock > 0
+    if ok.sum() < 2:
+        proj = float(t[-1] + np.diff(t).mean() - cutoff)
+        return [float(weekdays), proj, proj, 0.0, 0.0, np.sin(dow), np.cos(dow)]
+    mid = ((t[:-1] + t[1:]) / 2)[ok]
+    fitted = seasonal_rates(mid, np.stack([q[1:][ok], q[:-1][ok]]) / clock[ok], clock[ok] / clock[ok].mean(),
+                            t[-1] + np.diff(t).mean() / 2)
+    hour = t[-1] - day[-1]
+    need = np.minimum([float(np.median(q[1:])) / fitted[0, 0], float(q[-1]) / fitted[1, 0]], MAX_NEED_DAYS)
+    cycle, cover = (day_reached(int(day[-1]), float(n), weekdays) + hour - cutoff for n in need)
+    return [float(weekdays), cycle, cover, float(np.log(fitted[0, 0] / fitted[0, 1])),
+            float(np.log(fitted[1, 0] / fitted[1, 1])), np.sin(dow), np.cos(dow)]
