@@ -8,7 +8,8 @@ Besides counts, gaps and quantities, the features hold two projections of the ne
 needs, at its seasonal rate, on its clock. The clock is every day, or weekdays only for a machine that consumes
 nothing at weekends. Such a machine's stock cannot fall over a weekend, so it never orders on a Sunday or a Monday;
 with readings, its usage stands still on Saturdays and Sundays. The seasonal rate is a robust (Huber) ridge fit of
-the log consumption rate between orders on one yearly sine and cosine, read half a mean gap after the last order.
+the log consumption rate between orders on one yearly sine and cosine, read half a mean gap after the last order;
+with four weeks of readings or more, the seasonal shape comes from the weekly usage instead.
 """
 
 from __future__ import annotations
@@ -161,6 +162,13 @@ def _calendar(h: History, t: np.ndarray, q: np.ndarray, j: int, cutoff: float) -
     mid = ((t[:-1] + t[1:]) / 2)[ok]
     fitted = seasonal_rates(mid, np.stack([q[1:][ok], q[:-1][ok]]) / clock[ok], clock[ok] / clock[ok].mean(),
                             t[-1] + np.diff(t).mean() / 2)
+    if j >= 2 * RECENT_DAYS + 1:  # readings: the season of the weekly usage, far less noisy than the orders'
+        week = np.arange(0, j - 7, 7)
+        tel_t, usage = h.tel_t[:j], h.usage[:j]
+        span = np.maximum(tel_t[week + 7] - tel_t[week], 1e-6)
+        by_usage = seasonal_rates((tel_t[week] + tel_t[week + 7]) / 2, ((usage[week + 7] - usage[week]) / span)[None],
+                                  np.ones(len(week)), t[-1] + np.diff(t).mean() / 2)[0]
+        fitted[:, 0] = fitted[:, 1] * by_usage[0] / by_usage[1]
     hour = t[-1] - day[-1]
     need = np.minimum([float(np.median(q[1:])) / fitted[0, 0], float(q[-1]) / fitted[1, 0]], MAX_NEED_DAYS)
     cycle, cover = (day_reached(int(day[-1]), float(n), weekdays) + hour - cutoff for n in need)
