@@ -8,8 +8,9 @@ Protocol: one simulated market (``configs/sim/market.yaml``, 365 days observed, 
 with >= 3 orders split at random 70/30 (seed) into training and held-out machines. Twins: built as of the end of
 the window on the held-out machines, from orders alone and from orders + telemetry (machines that send
 readings), consumption-rate MAPE against the true mean daily demand of the window. Forecasts: training rows are
-the training machines at cut-offs every ``CUTOFF_STEP`` days from day 60 to 365 (every weekday in turn: the test
-cut-off's weekday is not known in advance; target: the next order within 120 days, from the events); the test rows
+the training machines at cut-offs every ``CUTOFF_STEP`` days from day 60 to 364 (every weekday in turn: the test
+cut-off's weekday is not known in advance; target: the next order within 120 days, from the events before as_of
+only, a later one counting as censored at as_of, so that no training label comes from the forecast period); the test rows
 are the held-out machines at as_of with the simulator's ground-truth next order; censoring-aware MAE
 (``twins.evaluate.replenishment``), overall, by machine kind and by reorder policy with and without readings,
 beside a full-state oracle (``full_state_oracle``: the median next order over futures drawn again after as_of),
@@ -160,12 +161,13 @@ def forecast(cfg: MarketConfig, seed: int, epochs: int, members: int, validate: 
         test_rows = samples(hist, test, [as_of_day], HORIZON)
         # the held-out target is the simulator's ground truth (the same order the events show)
         T, Q, censored = held_out_truth(truth, test_rows.machine)
-    fit_rows = samples(hist, train, [start_day + d for d in range(60, cfg.days + 1, CUTOFF_STEP)], HORIZON)
+    # training targets are watched up to as_of only: nothing after the forecast date is known, of any machine
+    fit_rows = samples(hist, train, [start_day + d for d in range(60, cfg.days, CUTOFF_STEP)], HORIZON, until=as_of_day)
 
     preds = dict(baseline_predictions(hist, test_rows))
     start = time.perf_counter()
     model = ReplenishmentForecaster(epochs=epochs, members=members, seed=seed).fit(
-        fit_rows.X, fit_rows.T, fit_rows.Q, fit_rows.censored, HORIZON)
+        fit_rows.X, fit_rows.T, fit_rows.Q, fit_rows.censored, fit_rows.bound)
     fit_s = time.perf_counter() - start
     out = model.predict(test_rows.X)
     preds[MODEL] = (out["time"], out["quantity"])
@@ -312,7 +314,8 @@ not seen within {int(HORIZON)} days counts by its lower bound; censored share {o
 (`twins.models.replenishment_torch`, MLP over {o.test_rows.X.shape[1]} features, among them calendar projections of the next order
 on each machine's clock (all days or weekdays only) at its seasonal rate, 10/50/90 % quantile heads, {args.epochs}
 epochs, {args.members} net(s) averaged, {o.fit_s:.0f} s on {o.model.device_}) is trained on {o.fit_rows:,} (machine, cut-off) rows of the
-training machines (cut-offs every {CUTOFF_STEP} days, so on every weekday; the step chosen with `--validate`).
+training machines (cut-offs every {CUTOFF_STEP} days, so on every weekday; the step chosen with `--validate`; targets
+watched up to as_of only, later ones censored there, so no training label comes from the forecast period).
 
 | model | time MAE | quantity MAE | bound (time / qty) | adaptable | autonomous |
 |---|---|---|---|---|---|

@@ -50,6 +50,17 @@ def test_features_need_three_orders_and_see_only_the_past():
     assert next_order(H, 45.0, 30.0)[2]
 
 
+def test_training_targets_never_see_past_until():
+    rows = samples({"m": H}, ["m"], [15.0, 35.0, 42.0, 50.0], 30.0, until=45.0)
+    assert rows.cutoff.tolist() == [35.0, 42.0]  # 15: fewer than 3 orders before it; 50: after until
+    assert rows.bound.tolist() == [10.0, 3.0]
+    assert rows.T[0] == 5.0 and not rows.censored[0]  # the order on day 40 is before until
+    assert rows.censored[1] and np.isnan(rows.T[1])
+    future = History(np.append(H.t, 46.0), np.append(H.q, 7.0), np.full(5, np.nan))
+    np.testing.assert_array_equal(samples({"m": future}, ["m"], [42.0], 30.0, until=45.0).censored, [True])
+    assert samples({"m": future}, ["m"], [42.0], 30.0).T.tolist() == [4.0]
+
+
 def test_periodic_histories_count_down_to_the_next_review():
     h = History(np.arange(0, 70.0, 7) + 0.1, np.full(10, 3.0), np.full(10, np.nan))
     f = dict(zip(FEATURES, features(h, 66.0)))

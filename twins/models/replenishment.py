@@ -57,7 +57,8 @@ def next_order(h: History, cutoff: float, horizon: float) -> tuple[float, float,
 
 @dataclass
 class Samples:
-    """Feature rows with their machine, cut-off and target (time, quantity, censored)."""
+    """Feature rows with their machine, cut-off and target (time, quantity, censored); ``bound``: the days after
+    the cut-off that were watched for the target (a censored time is at least that)."""
 
     machine: np.ndarray
     cutoff: np.ndarray
@@ -65,23 +66,32 @@ class Samples:
     T: np.ndarray
     Q: np.ndarray
     censored: np.ndarray
+    bound: np.ndarray
 
 
-def samples(hist: dict[str, History], machines: list[str], cutoffs: list[float], horizon: float) -> Samples:
-    """One row per (machine, cut-off) where the machine has >= 3 orders before the cut-off."""
-    rows, ids, cuts, targets = [], [], [], []
+def samples(hist: dict[str, History], machines: list[str], cutoffs: list[float], horizon: float,
+            until: float | None = None) -> Samples:
+    """One row per (machine, cut-off) where the machine has >= 3 orders before the cut-off. Targets are watched for
+    ``horizon`` days, and only up to ``until`` when given (training rows must not see past the forecast date:
+    an order after it counts as unseen, and the row is censored at ``until``); cut-offs at or after ``until``
+    give no rows."""
+    rows, ids, cuts, targets, bounds = [], [], [], [], []
     for m in machines:
         h = hist[m]
         for c in cutoffs:
+            watch = horizon if until is None else min(horizon, until - c)
+            if watch <= 0:
+                continue
             x = features(h, c)
             if x is not None:
                 rows.append(x)
                 ids.append(m)
                 cuts.append(c)
-                targets.append(next_order(h, c, horizon))
+                targets.append(next_order(h, c, watch))
+                bounds.append(watch)
     T, Q, cens = (np.array(v) for v in zip(*targets)) if targets else (np.empty(0),) * 3
     return Samples(np.asarray(ids), np.asarray(cuts), np.asarray(rows).reshape(-1, len(FEATURES)), T, Q,
-                   np.asarray(cens, bool))
+                   np.asarray(cens, bool), np.asarray(bounds, float))
 
 
 # --- naive baselines: (time to next order, quantity) from a history at a cut-off ----------------------------------

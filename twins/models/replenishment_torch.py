@@ -96,12 +96,14 @@ class ReplenishmentForecaster:
         self.seed = seed
         self.device = device
 
-    def fit(self, X: np.ndarray, T: np.ndarray, Q: np.ndarray, censored: np.ndarray, horizon: float) -> Self:
-        """``T``/``Q`` may be nan where ``censored`` (no order within ``horizon`` days)."""
+    def fit(self, X: np.ndarray, T: np.ndarray, Q: np.ndarray, censored: np.ndarray,
+            horizon: float | np.ndarray) -> Self:
+        """``T``/``Q`` may be nan where ``censored`` (no order within ``horizon`` days: one number, or one per row
+        when rows were watched for different spans, ``Samples.bound``)."""
         if not (isinstance(self.members, int) and self.members >= 1):
             raise ValueError(f"members must be an integer >= 1, got {self.members!r}")
         self.device_ = torch.device(self.device) if self.device else default_device()
-        self.horizon_ = float(horizon)
+        self.horizon_ = float(np.max(horizon))
         x = torch.as_tensor(X, dtype=torch.float32, device=self.device_)
         cens = torch.as_tensor(censored, device=self.device_)
         t = torch.log1p(torch.as_tensor(np.where(censored, horizon, T), dtype=torch.float32, device=self.device_))
