@@ -61,6 +61,11 @@ def test_training_targets_never_see_past_until():
     assert samples({"m": future}, ["m"], [42.0], 30.0).T.tolist() == [4.0]
 
 
+def test_readings_of_a_stuck_meter_are_ignored():
+    stuck = History(H.t, H.q, H.promised, np.arange(0.0, 44), np.full(44, 5.0), np.full(44, 80.0))
+    np.testing.assert_array_equal(features(stuck, 45.0), features(H, 45.0))
+
+
 def test_periodic_histories_count_down_to_the_next_review():
     h = History(np.arange(0, 70.0, 7) + 0.1, np.full(10, 3.0), np.full(10, np.nan))
     f = dict(zip(FEATURES, features(h, 66.0)))

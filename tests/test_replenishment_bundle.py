@@ -93,6 +93,16 @@ def test_short_histories_mismatched_readings_and_foreign_bundles(fitted, tmp_pat
     assert bundle.forecast([orders], market.as_of)[0]["days"] == bundle.forecast([orders[::-1]], market.as_of)[0]["days"]
     with pytest.raises(ValueError, match="one entry per machine"):
         bundle.forecast([orders, orders], market.as_of, readings=[[]])
+    broken = [(when, -5.0, promised) for when, _, promised in orders]
+    with pytest.raises(ValueError, match=r"machine 1: orders\[0\]: quantity -5.0 must be a finite number >= 0"):
+        bundle.forecast([orders, broken], market.as_of)
+    with pytest.raises(ValueError, match=r"readings\[0\]"):
+        bundle.forecast([orders], market.as_of, readings=[[(orders[0][0], float("nan"), 1.0)]])
+    # usage that runs backwards (noisy meters) and one-day histories still get finite answers
+    backwards = [(orders[-1][0] - timedelta(days=d), 10.0, 100.0 - d) for d in range(30, 0, -1)]
+    same_day = [(orders[0][0] + timedelta(hours=h), 5.0, None) for h in range(3)]
+    for answer in bundle.forecast([orders, same_day], market.as_of, readings=[backwards, []]):
+        assert np.isfinite([answer[k] for k in ("days", "days_low", "days_high", "quantity")]).all()
     other = shutil.copytree(path, tmp_path / "other")
     manifest = json.loads((other / "manifest.json").read_text())
     manifest["features"] = manifest["features"][:-1]

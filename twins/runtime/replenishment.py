@@ -16,9 +16,21 @@ LOG_OUTPUTS = ("log1p_time_low", "log1p_time", "log1p_time_high", "log_quantity_
                "log_quantity_high")
 
 
+MAX_DAYS = 3650.0  # answers further out than ten years read ten years (a machine that has all but stopped)
+MAX_LOG_QUANTITY = 50.0  # and quantities are capped at e^50, so that no answer overflows
+
+
 def history(orders: list[tuple], readings: list[tuple] | None = None) -> History:
     """A ``History`` (days since the epoch, sorted) from ``(time, quantity)`` or ``(time, quantity, promised_days)``
-    orders and ``(time, stock, usage)`` readings; times are datetimes (naive = UTC) or ISO 8601 strings."""
+    orders and ``(time, stock, usage)`` readings; times are datetimes (naive = UTC) or ISO 8601 strings. Quantities
+    must be finite and >= 0 and readings finite (``ValueError`` names the entry)."""
+    for j, row in enumerate(orders):
+        if not (np.isfinite(float(row[1])) and float(row[1]) >= 0):
+            raise ValueError(f"orders[{j}]: quantity {row[1]!r} must be a finite number >= 0 (a return or a "
+                             "cancellation is not an order: leave it out)")
+    for j, row in enumerate(readings or []):
+        if not np.all(np.isfinite(np.asarray(row[1:], dtype=float))):
+            raise ValueError(f"readings[{j}]: stock and usage must be finite numbers, got {tuple(row[1:])!r}")
     o = sorted((_to_us(row[0]), float(row[1]), float(row[2]) if len(row) > 2 and row[2] is not None else np.nan)
                for row in orders)
     r = sorted((_to_us(when), float(stock), float(usage)) for when, stock, usage in readings or [])
@@ -58,13 +70,18 @@ class ReplenishmentBundle(Bundle):
             raise ValueError(f"readings must have one entry per machine ({len(orders)}), got {len(readings)}")
         as_of_us = _to_us(as_of)
         cutoff = as_of_us / DAY_US
-        rows = [features(history(o, readings[i] if readings is not None else None), cutoff)
-                for i, o in enumerate(orders)]
+        rows = []
+        for i, o in enumerate(orders):
+            try:
+                rows.append(features(history(o, readings[i] if readings is not None else None), cutoff))
+            except ValueError as error:
+                raise ValueError(f"machine {i}: {error}") from None
         known = [i for i, x in enumerate(rows) if x is not None]
         X = np.array([rows[i] for i in known], dtype=np.float32).reshape(-1, len(FEATURES))
         raw = self.run({INPUT: X}) if len(known) else {name: np.empty(0, np.float32) for name in LOG_OUTPUTS}
         log_t, log_q = (np.stack([raw[n] for n in LOG_OUTPUTS[k:k + 3]]).astype(np.float64) for k in (0, 3))
-        days, qty = np.maximum(np.expm1(log_t), 0.0), np.exp(log_q)   # rows: low, median, high
+        days = np.clip(np.expm1(np.minimum(log_t, np.log1p(MAX_DAYS))), 0.0, None)  # rows: low, median, high
+        qty = np.exp(np.minimum(log_q, MAX_LOG_QUANTITY))
         start = datetime.fromtimestamp(as_of_us / 1e6, tz=timezone.utc)
         answers = [{"known": False, **{k: None for k in ("next_order", "next_order_low", "next_order_high", "days",
                                                          "days_low", "days_high", "quantity", "quantity_low",

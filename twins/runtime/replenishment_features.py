@@ -22,6 +22,7 @@ RECENT_DAYS = 14  # the recent usage rate (readings) is over this many days
 YEAR_DAYS = 365.25
 SEASON_RIDGE = 0.25  # ridge on the yearly sine and cosine of the log rate, per interval (chosen on validation machines)
 HUBER_K = 1.0  # Huber threshold of the seasonal fit, in robust standard deviations (bursts and breakdowns are outliers)
+FEATURE_LIMIT = 1e4  # every feature is clipped to +-this (days and ratios of a machine with almost no usage)
 NEED_TOL = 1e-6  # clock days: a need reached up to rounding counts as reached
 MAX_NEED_DAYS = 3650.0  # projections are capped at ten years of use (a rate near zero)
 WEEKDAY_MIN_ORDERS = 6  # order-only weekday detection needs this many orders: (5/7)^6 = 13 % of all-week machines pass
@@ -103,7 +104,8 @@ def seasonal_rates(mid: np.ndarray, rates: np.ndarray, weights: np.ndarray, at: 
 
 
 def features(h: History, cutoff: float) -> np.ndarray | None:
-    """``FEATURES`` of a machine at ``cutoff`` from what happened strictly before it; None with < 3 orders."""
+    """``FEATURES`` of a machine at ``cutoff`` from what happened strictly before it, each within
+    ``FEATURE_LIMIT``; None with < 3 orders."""
     k = np.searchsorted(h.t, cutoff)
     if k < 3:
         return None
@@ -121,6 +123,8 @@ def features(h: History, cutoff: float) -> np.ndarray | None:
            _safe_log(float(np.median(q))), q.std() / max(q.mean(), 1e-6), _safe_log(rate), mean_gap - since,
            period_left]
     j = np.searchsorted(h.tel_t, cutoff)
+    if j >= 2 and h.usage[j - 1] <= h.usage[0]:
+        j = 0  # readings whose usage never grew (a stuck or broken meter) are ignored
     if j >= 2:
         tel_t, stock, usage = h.tel_t[:j], h.stock[:j], h.usage[:j]
         usage_rate = max((usage[-1] - usage[0]) / max(tel_t[-1] - tel_t[0], 1e-6), 1e-6)
@@ -140,7 +144,7 @@ def features(h: History, cutoff: float) -> np.ndarray | None:
     else:
         out += [0.0, 0.0, mean_gap - since, 1.0, 1.0, float(hours.std()), _safe_log(rate), 1.0]
     out.append(q[-1] / max(rate * gaps[-1], 1e-6))
-    return np.asarray(out + _calendar(h, t, q, j, cutoff), dtype=np.float64)
+    return np.clip(np.asarray(out + _calendar(h, t, q, j, cutoff), dtype=np.float64), -FEATURE_LIMIT, FEATURE_LIMIT)
 
 
 def _calendar(h: History, t: np.ndarray, q: np.ndarray, j: int, cutoff: float) -> list[float]:
@@ -162,11 +166,10 @@ def _calendar(h: History, t: np.ndarray, q: np.ndarray, j: int, cutoff: float) -
     mid = ((t[:-1] + t[1:]) / 2)[ok]
     fitted = seasonal_rates(mid, np.stack([q[1:][ok], q[:-1][ok]]) / clock[ok], clock[ok] / clock[ok].mean(),
                             t[-1] + np.diff(t).mean() / 2)
-    if j >= 2 * RECENT_DAYS + 1:  # readings: the season of the weekly usage, far less noisy than the orders'
-        week = np.arange(0, j - 7, 7)
-        tel_t, usage = h.tel_t[:j], h.usage[:j]
-        span = np.maximum(tel_t[week + 7] - tel_t[week], 1e-6)
-        by_usage = seasonal_rates((tel_t[week] + tel_t[week + 7]) / 2, ((usage[week + 7] - usage[week]) / span)[None],
+    week = np.arange(0, j - 7, 7)
+    weekly = (h.usage[week + 7] - h.usage[week]) / np.maximum(h.tel_t[week + 7] - h.tel_t[week], 1e-6)
+    if j >= 2 * RECENT_DAYS + 1 and np.mean(weekly > 0) >= 0.9:  # readings: the season of the weekly usage, far
+        by_usage = seasonal_rates((h.tel_t[week] + h.tel_t[week + 7]) / 2, weekly[None],  # less noisy than the orders'
                                   np.ones(len(week)), t[-1] + np.diff(t).mean() / 2)[0]
         fitted[:, 0] = fitted[:, 1] * by_usage[0] / by_usage[1]
     hour = t[-1] - day[-1]
