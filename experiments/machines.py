@@ -239,7 +239,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="the machines' train/test split and the forecaster's seed")
     ap.add_argument("--sim-seeds", type=int, nargs="+", default=[0, 1, 2], help="one simulated market per seed")
     ap.add_argument("--epochs", type=int, default=40)
-    ap.add_argument("--members", type=int, default=3, help="forecaster nets averaged, each with its own seed (3: chosen with --validate)")
+    ap.add_argument("--members", type=int, default=3,
+                    help="forecaster nets averaged, each with its own seed (3: chosen with --validate)")
     ap.add_argument("--validate", action="store_true", help="score held-back training machines; write nothing")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 avoids oversubscription on shared cores)")
     args = ap.parse_args()
@@ -260,7 +261,8 @@ def main() -> None:
     with tracking.run("machines", "twins-and-replenishment",
                       tags={"dataset": "simulated-market", "protocol": "held-out machines, as_of = end of window",
                             "model": "machine twins + MLP quantile forecaster"}) as mlflow:
-        tracking.log_params(mlflow, {"config": cfg.model_dump(mode="json"), "seed": args.seed, "epochs": args.epochs, "members": args.members,
+        tracking.log_params(mlflow, {"config": cfg.model_dump(mode="json"), "seed": args.seed, "epochs": args.epochs,
+                                     "members": args.members,
                                      "horizon_days": HORIZON, "cutoff_step": CUTOFF_STEP, "sim_seeds": args.sim_seeds,
                                      "train_machines": len(o.train), "test_machines": len(o.test_rows.T),
                                      "train_rows": o.fit_rows})

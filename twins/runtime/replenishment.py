@@ -25,7 +25,8 @@ def history(orders: list[tuple], readings: list[tuple] | None = None) -> History
     orders and ``(time, stock, usage)`` readings; times are datetimes (naive = UTC) or ISO 8601 strings. Quantities
     must be finite and >= 0 and readings finite (``ValueError`` names the entry)."""
     for j, row in enumerate(orders):
-        if not (np.isfinite(float(row[1])) and float(row[1]) >= 0):
+        quantity = float(row[1])
+        if not (np.isfinite(quantity) and quantity >= 0):
             raise ValueError(f"orders[{j}]: quantity {row[1]!r} must be a finite number >= 0 (a return or a "
                              "cancellation is not an order: leave it out)")
     for j, row in enumerate(readings or []):

@@ -49,6 +49,11 @@ def _safe_log(x: float) -> float:
     return float(np.log(max(x, 1e-3)))
 
 
+def weekday(day: np.ndarray) -> np.ndarray:
+    """Monday 0 .. Sunday 6 of whole UTC day numbers (day 0 was a Thursday)."""
+    return (day + 3) % 7
+
+
 def active_days(start: np.ndarray, end: np.ndarray, weekdays: bool) -> np.ndarray:
     """Days of the machine's clock in ``[start, end)`` (whole day numbers): all of them, or Monday to Friday."""
     start, end = np.asarray(start, np.int64), np.asarray(end, np.int64)
@@ -56,7 +61,7 @@ def active_days(start: np.ndarray, end: np.ndarray, weekdays: bool) -> np.ndarra
     if not weekdays:
         return n.astype(float)
     weeks, rest = np.divmod(n, 7)
-    dow = (start + 3) % 7  # Monday 0
+    dow = weekday(start)
     partial = sum(((rest > r) & ((dow + r) % 7 < 5)).astype(float) for r in range(6))
     return 5.0 * weeks + partial
 
@@ -77,11 +82,12 @@ def weekday_clock(order_days: np.ndarray, tel_days: np.ndarray, usage: np.ndarra
     of its weekday usage; from orders, none of ``WEEKDAY_MIN_ORDERS`` or more falls on a Sunday or a Monday."""
     if len(tel_days) >= 15:
         step = np.diff(usage)
-        weekend = ((tel_days[1:] + 3) % 7 >= 5) & (np.diff(tel_days) == 1)
-        weekday = ((tel_days[1:] + 3) % 7 < 5) & (np.diff(tel_days) == 1)
-        if weekend.sum() >= 2 and weekday.sum() >= 5:
-            return bool(np.median(step[weekend]) < 0.1 * np.median(step[weekday]))
-    return len(order_days) >= WEEKDAY_MIN_ORDERS and not np.isin((order_days + 3) % 7, (0, 6)).any()
+        one_day = np.diff(tel_days) == 1
+        weekend = (weekday(tel_days[1:]) >= 5) & one_day
+        working = (weekday(tel_days[1:]) < 5) & one_day
+        if weekend.sum() >= 2 and working.sum() >= 5:
+            return bool(np.median(step[weekend]) < 0.1 * np.median(step[working]))
+    return len(order_days) >= WEEKDAY_MIN_ORDERS and not np.isin(weekday(order_days), (0, 6)).any()
 
 
 def seasonal_rates(mid: np.ndarray, rates: np.ndarray, weights: np.ndarray, at: float) -> np.ndarray:
@@ -157,23 +163,32 @@ def _calendar(h: History, t: np.ndarray, q: np.ndarray, j: int, cutoff: float) -
     day = np.floor(t).astype(np.int64)
     tel_day = np.floor(h.tel_t[:j]).astype(np.int64)
     weekdays = weekday_clock(day, tel_day, h.usage[:j])
-    dow = 2 * np.pi * ((np.floor(cutoff) + 3) % 7) / 7
+    dow = 2 * np.pi * weekday(np.floor(cutoff)) / 7
     clock = active_days(day[:-1], day[1:], weekdays)
     ok = clock > 0
     if ok.sum() < 2:
         proj = float(t[-1] + np.diff(t).mean() - cutoff)
         return [float(weekdays), proj, proj, 0.0, 0.0, np.sin(dow), np.cos(dow)]
     mid = ((t[:-1] + t[1:]) / 2)[ok]
-    fitted = seasonal_rates(mid, np.stack([q[1:][ok], q[:-1][ok]]) / clock[ok], clock[ok] / clock[ok].mean(),
-                            t[-1] + np.diff(t).mean() / 2)
-    week = np.arange(0, j - 7, 7)
-    weekly = (h.usage[week + 7] - h.usage[week]) / np.maximum(h.tel_t[week + 7] - h.tel_t[week], 1e-6)
-    if j >= 2 * RECENT_DAYS + 1 and np.mean(weekly > 0) >= 0.9:  # readings: the season of the weekly usage, far
-        by_usage = seasonal_rates((h.tel_t[week] + h.tel_t[week + 7]) / 2, weekly[None],  # less noisy than the orders'
-                                  np.ones(len(week)), t[-1] + np.diff(t).mean() / 2)[0]
+    at = t[-1] + np.diff(t).mean() / 2  # half a mean gap after the last order
+    fitted = seasonal_rates(mid, np.stack([q[1:][ok], q[:-1][ok]]) / clock[ok], clock[ok] / clock[ok].mean(), at)
+    by_usage = _usage_season(h, j, at)
+    if by_usage is not None:  # readings: the season of the weekly usage, far less noisy than the orders'
         fitted[:, 0] = fitted[:, 1] * by_usage[0] / by_usage[1]
     hour = t[-1] - day[-1]
     need = np.minimum([float(np.median(q[1:])) / fitted[0, 0], float(q[-1]) / fitted[1, 0]], MAX_NEED_DAYS)
     cycle, cover = (day_reached(int(day[-1]), float(n), weekdays) + hour - cutoff for n in need)
     return [float(weekdays), cycle, cover, float(np.log(fitted[0, 0] / fitted[0, 1])),
             float(np.log(fitted[1, 0] / fitted[1, 1])), np.sin(dow), np.cos(dow)]
+
+
+def _usage_season(h: History, j: int, at: float) -> np.ndarray | None:
+    """``seasonal_rates`` (rate at ``at``, level) fitted on the weekly usage of the first ``j`` readings; None with
+    fewer than four weeks of them or when over a tenth of their weeks show no usage (a meter that sticks)."""
+    if j < 2 * RECENT_DAYS + 1:
+        return None
+    week = np.arange(0, j - 7, 7)
+    weekly = (h.usage[week + 7] - h.usage[week]) / np.maximum(h.tel_t[week + 7] - h.tel_t[week], 1e-6)
+    if np.mean(weekly > 0) < 0.9:
+        return None
+    return seasonal_rates((h.tel_t[week] + h.tel_t[week + 7]) / 2, weekly[None], np.ones(len(week)), at)[0]
