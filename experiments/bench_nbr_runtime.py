@@ -49,7 +49,7 @@ def runtime_speed(bundle_dir: str, estimator, histories: list[list[list[str]]],
 
     from twins.models.nbr_net import TopK
     from twins.runtime import load
-    from twins.runtime.next_basket_features import by_shape, encode_baskets
+    from twins.runtime.next_basket_features import by_shape, network_inputs
 
     torch.set_num_threads(1)
     bundle = load(bundle_dir, threads=1)
@@ -61,13 +61,13 @@ def runtime_speed(bundle_dir: str, estimator, histories: list[list[list[str]]],
 
     def eager(feeds: dict[str, np.ndarray]) -> None:
         with torch.no_grad():
-            graph(torch.from_numpy(feeds["baskets"]), torch.from_numpy(feeds["context"]))
+            graph(*(torch.from_numpy(feeds[name]) for name in ("baskets", "items", "context")))
 
     one = histories[:N_LATENCY]
     rows = [[bundle._encode(h)] for h in one]
-    feeds = [{"baskets": encode_baskets(r, n, bundle.max_baskets), "context": index.context(r)} for r in rows]
-    stages = {"item ids -> indices, basket array": _times(
-                  lambda h: encode_baskets([bundle._encode(h)], n, bundle.max_baskets), one),
+    feeds = [network_inputs(r, n, bundle.max_baskets) | {"context": index.context(r)} for r in rows]
+    stages = {"item ids -> indices, basket and item arrays": _times(
+                  lambda h: network_inputs([bundle._encode(h)], n, bundle.max_baskets), one),
               "neighbour search and context (numpy)": _times(index.context, rows),
               "graph, onnxruntime": _times(bundle.run, feeds),
               "graph, PyTorch eager (same inputs)": _times(eager, feeds),
@@ -77,7 +77,7 @@ def runtime_speed(bundle_dir: str, estimator, histories: list[list[list[str]]],
     for size in batch_sizes:
         batches = [[encoded[i] for i in b] for b in by_shape(encoded, bundle.max_baskets, size)]
         started = time.perf_counter()
-        inputs = [{"baskets": encode_baskets(b, n, bundle.max_baskets), "context": index.context(b)} for b in batches]
+        inputs = [network_inputs(b, n, bundle.max_baskets) | {"context": index.context(b)} for b in batches]
         prepare = time.perf_counter() - started
         for name, run in (("onnxruntime", bundle.run), ("PyTorch eager", eager)):
             started = time.perf_counter()

@@ -1,6 +1,7 @@
 """The repeat-explore next-basket network: its numpy inputs, the estimator contract, defined answers, resume,
 and the ONNX bundle (raw history in, same top-k as PyTorch)."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -12,7 +13,7 @@ from twins.models.nbr_net import NeuralNextBasket
 from twins.models.nbr_net_export import NEIGHBOURS_FILE, export_nbr_net
 from twins.models.tifuknn import TIFUKNN
 from twins.runtime import BundleError, NeighbourNextBasketBundle, load
-from twins.runtime.next_basket_features import NeighbourIndex, _nearest, _ranges, encode_baskets
+from twins.runtime.next_basket_features import NeighbourIndex, _nearest, _ranges, encode_baskets, encode_items, network_inputs
 
 
 def _market(seed: int, n_users: int = 120) -> tuple[dict, dict]:
@@ -47,6 +48,9 @@ def test_encode_baskets_newest_first_deduplicated_truncated_padded():
     assert x[0].tolist() == [[3, 9], [1, 2]]  # newest basket first, the repeated 2 kept once
     assert x[1].tolist() == [[6, 9], [5, 9]]  # only the last 2 baskets
     assert encode_baskets([[]], 3, 5).tolist() == [[[3]]]
+    items = encode_items([[[1, 2, 2], [3]], [[4], [5], [6]], [[0], [0]]], n_items=9, max_baskets=2)
+    assert items.tolist() == [[3, 1, 2], [6, 5, 9], [0, 9, 9]]  # newest first, each item once, padded
+    assert encode_items([[]], 3, 5).tolist() == [[3]]
 
 
 def test_neighbour_index_matches_tifuknn_and_hand_computed_context():
@@ -96,11 +100,32 @@ def test_estimator_contract_and_learning(model):
     assert all("b" in recs[u] for u in histories if "a" in histories[u][-1])
 
 
+def test_earlier_baskets_become_extra_training_examples(model):
+    m = NeuralNextBasket(targets_per_user=3)
+    m.neighbours_ = model.neighbours_
+    rows, targets = [[[0], [1], [2, 3, 2]], [[4]], [[5], [], [6]]], [[7], [8], [9]]
+    context = np.zeros((3, 2 * model.neighbours_.n_items), np.float32)
+    owner, ex_rows, ex_targets, ex_context = m._examples(rows, targets, context)
+    # user 0: its last 2 history baskets as targets of the baskets before them; user 1 has no earlier basket;
+    # user 2's empty basket is no target, and a history must keep at least one basket
+    assert owner.tolist() == [0, 1, 2, 0, 0, 2]
+    assert ex_rows[3:] == [[[0]], [[0], [1]], [[5], []]] and ex_targets[3:] == [[1], [2, 3], [6]]
+    assert ex_rows[:3] == rows and ex_targets[:3] == targets
+    assert np.array_equal(ex_context[3:], model.neighbours_.context(ex_rows[3:], exclude=[0, 0, 2]))
+    assert m.set_params(targets_per_user=1)._examples(rows, targets, context)[1] == rows
+    with pytest.raises(ValueError, match="targets_per_user must be >= 1"):
+        NeuralNextBasket(targets_per_user=0).fit({"u": [["a"]]}, {"u": ["a"]})
+
+
 def test_defined_answers_for_unknown_empty_and_long_histories(model):
-    recs = model.recommend({"new": [], "strangers": [["zz", "yy"]], "long": [["s1"]] * 500 + [["a"]]}, 5)
+    recs = model.recommend({"new": [], "strangers": [["zz", "yy"]], "long": [["s1"]] * 120 + [["a"]],
+                            "longest": [["s1"]] * 5000 + [["a"]]}, 5)
     assert recs["new"] == recs["strangers"]  # no known item: the same popularity answer
     assert len(set(recs["new"])) == 5 and set(recs["new"]) <= set(model.items_)
-    assert "s1" in recs["long"] and len(set(recs["long"])) == 5  # 500 baskets: the network reads the last 50
+    assert "s1" in recs["long"] and len(set(recs["long"])) == 5  # 120 baskets: the network reads the last 50
+    # the neighbour vector fades on very long histories (TIFU-KNN's within-basket decay runs over the whole
+    # history), but the answer stays defined
+    assert len(set(recs["longest"])) == 5 and set(recs["longest"]) <= set(model.items_)
     with pytest.raises(ValueError, match="k must be"):
         model.recommend({"x": []}, 0)
     with pytest.raises(ValueError, match="no training user"):
@@ -166,6 +191,25 @@ def test_bundle_refuses_tampered_neighbours(model, tmp_path):
     assert manifest["task"] == "next_basket_net" and NEIGHBOURS_FILE in manifest["files"]
 
 
+def test_bundle_from_an_older_graph_is_refused_with_the_fix(model, tmp_path):
+    """A graph with other inputs (the network before ``items`` was an input) is named, not run into an
+    onnxruntime error."""
+    import onnx
+
+    path = export_nbr_net(model, tmp_path / "nbr", k=5)
+    graph = onnx.load(path / "model.onnx")
+    graph.graph.input[1].name = "legacy"
+    for node in graph.graph.node:
+        node.input[:] = ["legacy" if name == "items" else name for name in node.input]
+    onnx.save(graph, path / "model.onnx")
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["model_sha256"] = hashlib.sha256((path / "model.onnx").read_bytes()).hexdigest()
+    manifest["inputs"][1]["name"] = "legacy"
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="Re-export it"):
+        load(path)
+
+
 @pytest.mark.slow
 def test_training_runs_under_torchrun_ddp(tmp_path):
     """Two CPU processes (gloo): the same epochs on both ranks, validation broadcast, one checkpoint."""
@@ -211,11 +255,11 @@ def test_forward_under_bf16_autocast(model):
     """The CUDA path trains under bf16 autocast; the same ops must accept mixed dtypes (checked with CPU autocast)."""
     histories, _ = _market(4, 8)
     rows = model._indices(histories)
-    baskets = torch.from_numpy(encode_baskets(rows, len(model.items_), model.max_baskets))
-    context = torch.from_numpy(model.neighbours_.context(rows))
+    feeds = network_inputs(rows, len(model.items_), model.max_baskets) | {"context": model.neighbours_.context(rows)}
+    inputs = [torch.from_numpy(feeds[name]) for name in ("baskets", "items", "context")]
     with torch.no_grad():
-        plain = model.net_(baskets, context)
+        plain = model.net_(*inputs)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            mixed = model.net_(baskets, context)
+            mixed = model.net_(*inputs)
     assert mixed.shape == plain.shape and torch.isfinite(mixed.float()).all()
     assert (mixed.float().argmax(1) == plain.argmax(1)).float().mean() >= 0.75

@@ -14,8 +14,10 @@ recall, explore items most of the target):
   embeddings of the basket's items: co-purchase structure the neighbours miss.
 
 Trained with a multinomial log-likelihood over all items (the target basket's items share the probability mass,
-which ranks by expected Recall), on the training users' last baskets; the target popularity a training user sees
-is out of fold (its own target never counts, as in ``twins.models.rerank``). The epoch is chosen on the
+which ranks by expected Recall), on the training users' last baskets and, with ``targets_per_user`` = m > 1, on
+their m - 1 baskets before the last too, each predicted from the baskets before it (more examples from the same
+training users; no validation or test user is read); the target popularity a training user sees is out of fold
+(its own target never counts, as in ``twins.models.rerank``). The epoch is chosen on the
 validation users' Recall@10, with early stopping. Device picked automatically; bf16 autocast on CUDA; ``torchrun``
 DDP splits the batches over processes; checkpoints after every epoch, resumed when ``checkpoint_dir`` holds one
 written with the same settings and data.
@@ -39,7 +41,7 @@ import torch
 from sklearn.base import BaseEstimator
 from torch import nn
 
-from twins.runtime.next_basket_features import NeighbourIndex, encode_baskets
+from twins.runtime.next_basket_features import NeighbourIndex, network_inputs
 from twins.training import (fingerprint, load_checkpoint, progress, restore_best, save_checkpoint, setup_distributed,
                             shared_score)
 
@@ -54,9 +56,11 @@ RESUME_IGNORES = ("max_epochs", "patience", "device", "checkpoint_dir", "progres
 class RepeatExploreNet(nn.Module):
     """Scores all ``n_items`` items; see the module docstring.
 
-    ``forward(baskets, context, target_popularity=None)``: ``baskets`` int64 ``[B, T, L]`` (newest basket first,
-    padded with ``n_items``), ``context`` float32 ``[B, 2 * n_items]``, ``target_popularity`` float32 ``[B,
-    n_items]`` (training passes out-of-fold counts; ``None`` uses the fitted buffer). Returns ``[B, n_items]``.
+    ``forward(baskets, items, context, target_popularity=None)``: ``baskets`` int64 ``[B, T, L]`` (newest basket
+    first, padded with ``n_items``), ``items`` int64 ``[B, U]`` the distinct items of those baskets (padded with
+    ``n_items``; ``twins.runtime.next_basket_features.network_inputs`` builds both), ``context`` float32
+    ``[B, 2 * n_items]``, ``target_popularity`` float32 ``[B, n_items]`` (training passes out-of-fold counts;
+    ``None`` uses the fitted buffer). Returns ``[B, n_items]``.
     """
 
     def __init__(self, n_items: int, dim: int = 64, hidden: int = 64) -> None:
@@ -77,7 +81,7 @@ class RepeatExploreNet(nn.Module):
                                     nn.Linear(hidden, 1))
         self.prior = nn.Sequential(nn.Linear(4, 16), nn.GELU(), nn.Linear(16, 1))
 
-    def forward(self, baskets: torch.Tensor, context: torch.Tensor,
+    def forward(self, baskets: torch.Tensor, items: torch.Tensor, context: torch.Tensor,
                 target_popularity: torch.Tensor | None = None) -> torch.Tensor:
         b, t, width = baskets.shape
         n = self.n_items
@@ -91,11 +95,11 @@ class RepeatExploreNet(nn.Module):
             entries = weight.unsqueeze(-1).expand(b, t, width).reshape(b, t * width)
             return context.new_zeros(b, n + 1).scatter_add(1, flat, entries)[:, :n]
 
-        # the repeat features at the history entries only (padding reads item n - 1; its output is dropped)
-        entry = flat.clamp(max=n - 1)
+        # the repeat features at the user's own items only (padding reads item n - 1; its output is dropped)
+        own = items.clamp(max=n - 1)
 
-        def at(values: torch.Tensor) -> torch.Tensor:  # [B, n] -> [B, T * L] the values at the history entries
-            return values.gather(1, entry)
+        def at(values: torch.Tensor) -> torch.Tensor:  # [B, n] -> [B, U] the values at the user's items
+            return values.gather(1, own)
 
         decayed = [at(spread(present * d ** age / (present * d ** age).sum(1, keepdim=True).clamp(min=1e-9)))
                    for d in self.decays]
@@ -106,14 +110,13 @@ class RepeatExploreNet(nn.Module):
         pop = self.log_popularity.expand(b, n) / 10.0
         neighbours, neighbour_targets = context[:, :n] * 10.0, context[:, n:] * 10.0
         capped = n_baskets.clamp(max=self.max_baskets)  # counts beyond any training history read as the longest one
-        m = t * width
+        m = items.shape[1]
         features = torch.stack([*decayed, recent, count / n_baskets, torch.log1p(count.clamp(max=self.max_baskets)),
                                 at(pop), at(tpop), torch.log(capped).expand(b, m) / 3.0,
                                 torch.log(size.clamp(min=1.0)).expand(b, m) / 3.0, at(neighbours),
-                                at(neighbour_targets)], -1)  # [B, T * L, F]
+                                at(neighbour_targets)], -1)  # [B, U, F]
         prior = self.prior(torch.stack([pop, tpop, neighbours, neighbour_targets], -1)).squeeze(-1)
-        # a repeated item writes the same value at each of its entries
-        repeat = context.new_zeros(b, n + 1).scatter(1, flat, self.repeat(features).squeeze(-1).to(context.dtype))[:, :n]
+        repeat = context.new_zeros(b, n + 1).scatter(1, items, self.repeat(features).squeeze(-1).to(context.dtype))[:, :n]
         weight = present * 0.8 ** age
         user = (self.embed_in(baskets).sum(2) * weight.unsqueeze(-1)).sum(1) / weight.sum(1, keepdim=True).clamp(min=1e-9)
         return repeat + prior + user @ self.embed_out.weight.T + self.bias
@@ -126,8 +129,9 @@ class TopK(nn.Module):
         super().__init__()
         self.net, self.k = net, k
 
-    def forward(self, baskets: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.topk(self.net(baskets, context), self.k, dim=1)
+    def forward(self, baskets: torch.Tensor, items: torch.Tensor,
+                context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.topk(self.net(baskets, items, context), self.k, dim=1)
 
 
 class NeuralNextBasket(BaseEstimator):
@@ -136,7 +140,7 @@ class NeuralNextBasket(BaseEstimator):
 
     def __init__(self, knn: int = 300, within_decay: float = 0.9, group_decay: float = 0.7, group_size: int = 7,
                  dim: int = 64, hidden: int = 64, lr: float = 3e-3, weight_decay: float = 1.0, batch_size: int = 128,
-                 max_epochs: int = 12, patience: int = 3, max_baskets: int = 50, seed: int = 0,
+                 max_epochs: int = 12, patience: int = 3, max_baskets: int = 50, targets_per_user: int = 1, seed: int = 0,
                  device: str | None = None, checkpoint_dir: str | None = None, progress: bool = False) -> None:
         self.knn = knn
         self.within_decay = within_decay
@@ -150,6 +154,7 @@ class NeuralNextBasket(BaseEstimator):
         self.max_epochs = max_epochs
         self.patience = patience
         self.max_baskets = max_baskets
+        self.targets_per_user = targets_per_user
         self.seed = seed
         self.device = device
         self.checkpoint_dir = checkpoint_dir
@@ -162,9 +167,10 @@ class NeuralNextBasket(BaseEstimator):
         index = self.item_index_
         return [[[index[i] for i in basket if i in index] for basket in h] for h in histories.values()]
 
-    def _inputs(self, rows: list[list[list[int]]], context: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        baskets = torch.from_numpy(encode_baskets(rows, len(self.items_), self.max_baskets)).to(self.device_)
-        return baskets, torch.from_numpy(context).to(self.device_)
+    def _inputs(self, rows: list[list[list[int]]], context: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """``(baskets, items, context)`` tensors on the device."""
+        feeds = network_inputs(rows, len(self.items_), self.max_baskets)
+        return tuple(torch.from_numpy(a).to(self.device_) for a in (feeds["baskets"], feeds["items"], context))
 
     # ------------------------------------------------------------------------------------------- fitting
 
@@ -173,6 +179,8 @@ class NeuralNextBasket(BaseEstimator):
             valid_targets: Mapping[Hashable, Sequence[Item]] | None = None) -> Self:
         """Fit on the training users' histories and target (last) baskets; with validation users, choose the epoch
         by their Recall@10 and stop after ``patience`` epochs without a gain."""
+        if self.targets_per_user < 1:
+            raise ValueError(f"targets_per_user must be >= 1 (1: the last basket only), got {self.targets_per_user}")
         users = [u for u in histories if u in targets and len(targets[u]) > 0]
         if not users:
             raise ValueError("no training user has a non-empty target basket; nothing to learn from")
@@ -199,6 +207,7 @@ class NeuralNextBasket(BaseEstimator):
         total = fold_counts.sum(0)
         sizes = np.bincount(fold, minlength=n_folds)
         oof = (total - fold_counts) * (len(users) / np.maximum(len(users) - sizes, 1))[:, None]
+        owner, rows, target_rows, context = self._examples(rows, target_rows, context)
 
         self.net_ = RepeatExploreNet(n, self.dim, self.hidden).to(self.device_)
         self.net_.log_popularity.copy_(torch.as_tensor(np.log1p(popularity), dtype=torch.float32))
@@ -206,7 +215,7 @@ class NeuralNextBasket(BaseEstimator):
         self.net_.max_baskets.fill_(float(min(self.max_baskets, max(len(h) for h in rows))))
         model = nn.parallel.DistributedDataParallel(self.net_) if world > 1 else self.net_
         oof_t = torch.as_tensor(oof, dtype=torch.float32, device=self.device_)
-        fold_t = torch.as_tensor(fold, device=self.device_)
+        fold_t = torch.as_tensor(fold[owner], device=self.device_)
         embeddings = [self.net_.embed_in.weight, self.net_.embed_out.weight, self.net_.bias]
         mlps = [*self.net_.repeat.parameters(), *self.net_.prior.parameters()]
         opt = torch.optim.AdamW([{"params": mlps, "weight_decay": 0.0},
@@ -223,18 +232,18 @@ class NeuralNextBasket(BaseEstimator):
         best_state = None
         while not state["done"] and state["epoch"] < self.max_epochs:
             epoch = state["epoch"]
-            order = np.random.default_rng(self.seed * 1000 + epoch).permutation(len(users))
+            order = np.random.default_rng(self.seed * 1000 + epoch).permutation(len(rows))
             batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
             batches = batches[: max(1, len(batches) // world) * world][rank::world]  # DDP syncs every step
             model.train()
             running, started = 0.0, time.perf_counter()
             for batch in progress(batches, f"epoch {epoch + 1}/{self.max_epochs}", self.progress and rank == 0):
-                baskets, ctx = self._inputs([rows[i] for i in batch], context[batch])
+                inputs = self._inputs([rows[i] for i in batch], context[batch])
                 y = torch.zeros(len(batch), n, device=self.device_)
                 for r, i in enumerate(batch):
                     y[r, target_rows[i]] = 1.0
                 with torch.autocast(self.device_.type, dtype=torch.bfloat16, enabled=amp):
-                    scores = model(baskets, ctx, oof_t[fold_t[torch.as_tensor(batch, device=self.device_)]])
+                    scores = model(*inputs, oof_t[fold_t[torch.as_tensor(batch, device=self.device_)]])
                 loss = -(torch.log_softmax(scores.float(), -1) * y).sum(-1).div(y.sum(-1)).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -260,6 +269,26 @@ class NeuralNextBasket(BaseEstimator):
         self.best_epoch_ = state.get("best_epoch", state["epoch"])
         self.popularity_ = popularity
         return self
+
+    def _examples(self, rows: list[list[list[int]]], target_rows: list[list[int]],
+                  context: np.ndarray) -> tuple[np.ndarray, list[list[list[int]]], list[list[int]], np.ndarray]:
+        """Training examples ``(owner, histories, targets, context)``: each user's history and last basket, then,
+        with ``targets_per_user`` = m > 1, each of its m - 1 baskets before the last as the target of the baskets
+        before it (its neighbours found without the user's own row). Every example's context is held in memory:
+        ``[examples, 2 * n_items]`` float32."""
+        owner = list(range(len(rows)))
+        rows, target_rows = list(rows), list(target_rows)
+        for u in range(len(owner)):
+            history = rows[u]
+            for cut in range(max(1, len(history) - self.targets_per_user + 1), len(history)):
+                if history[cut]:
+                    owner.append(u)
+                    rows.append(history[:cut])
+                    target_rows.append(sorted(set(history[cut])))
+        extra = len(rows) - len(context)
+        if extra:
+            context = np.concatenate([context, self.neighbours_.context(rows[-extra:], exclude=owner[-extra:])])
+        return np.asarray(owner), rows, target_rows, context
 
     def _valid_recall(self, histories: Mapping[Hashable, Baskets], targets: Mapping[Hashable, Sequence[Item]]) -> float:
         from twins.evaluate.metrics import evaluate_rankings

@@ -1,7 +1,7 @@
 """Export a fitted ``NeuralNextBasket`` as a ``next_basket_net`` bundle: raw history in, top-k items out.
 
-The graph (``TopK`` over ``RepeatExploreNet``) takes the encoded baskets and the neighbour context; the runtime
-(``twins.runtime.next_basket_net``) computes both from a raw history with the same numpy code the model was
+The graph (``TopK`` over ``RepeatExploreNet``) takes the encoded baskets, the user's distinct items and the
+neighbour context; the runtime (``twins.runtime.next_basket_net``) computes all three from a raw history with the same numpy code the model was
 trained with, reading the training users' vectors and targets from ``neighbours.npz`` (sha256 in the manifest).
 """
 
@@ -14,7 +14,7 @@ import torch
 
 from twins.export import check_parity, export_bundle
 from twins.models.nbr_net import NeuralNextBasket, TopK
-from twins.runtime.next_basket_features import encode_baskets
+from twins.runtime.next_basket_features import network_inputs
 
 TASK = "next_basket_net"
 NEIGHBOURS_FILE = "neighbours.npz"
@@ -41,15 +41,17 @@ def export_nbr_net(estimator: NeuralNextBasket, out_dir: str | Path, *, k: int =
     # probe inputs: the first training users' own histories, rebuilt from the index (item indices)
     histories = [_history_of(index, r) for r in range(min(17, index.n_users))]
 
-    def inputs(rows: list) -> tuple[torch.Tensor, torch.Tensor]:
-        return (torch.from_numpy(encode_baskets(rows, n, estimator.max_baskets)), torch.from_numpy(index.context(rows)))
+    def inputs(rows: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        feeds = network_inputs(rows, n, estimator.max_baskets)
+        return tuple(torch.from_numpy(a) for a in (feeds["baskets"], feeds["items"], index.context(rows)))
 
     with tempfile.TemporaryDirectory() as tmp:
         npz = Path(tmp) / NEIGHBOURS_FILE
         index.save(npz)
         path = export_bundle(graph, inputs([[[0, 1], [2]], [[3], [1, 4], [5]]]), out_dir, manifest,
-                             input_names=["baskets", "context"], output_names=["scores", "indices"],
-                             dynamic_axes={"baskets": {0: "batch", 1: "baskets", 2: "width"}, "context": {0: "batch"}},
+                             input_names=["baskets", "items", "context"], output_names=["scores", "indices"],
+                             dynamic_axes={"baskets": {0: "batch", 1: "baskets", 2: "width"},
+                                           "items": {0: "batch", 1: "distinct"}, "context": {0: "batch"}},
                              overwrite=overwrite, extra_files={NEIGHBOURS_FILE: npz})
     check_parity(graph, path, [inputs(histories[:size]) for size in (1, 3, 17) if size <= len(histories)])
     return path

@@ -4,10 +4,12 @@ The same code runs when the model is trained and in the torch-free runtime, so t
 inputs the network was trained on. Histories here are lists of baskets (oldest first) of item *indices*
 (``0 .. n_items - 1``); mapping ids to indices is the caller's job.
 
-Two inputs:
+Three inputs:
 
 * ``encode_baskets``: the last ``max_baskets`` baskets, newest first, each deduplicated, as an int64 array
   ``[B, T, L]`` padded with ``n_items``.
+* ``encode_items``: the distinct items of those baskets, int64 ``[B, U]`` padded with ``n_items`` (the network
+  scores a user's own items once each, not once per purchase).
 * ``NeighbourIndex.context``: TIFU-KNN's neighbour signal (Hu et al., SIGIR 2020). The user's decayed-frequency
   vector (``basket_weights``) is compared with every training user's by Euclidean distance; the ``k`` nearest
   give two float32 vectors over the items, concatenated ``[B, 2 * n_items]``: the mean of their vectors and the
@@ -56,6 +58,22 @@ def encode_baskets(histories: Histories, n_items: int, max_baskets: int) -> np.n
         for s, basket in enumerate(history):
             out[r, s, : len(basket)] = basket
     return out
+
+
+def encode_items(histories: Histories, n_items: int, max_baskets: int) -> np.ndarray:
+    """``[B, U]`` int64: the distinct items of each history's last ``max_baskets`` baskets (newest first, in
+    first-seen order), padded with ``n_items``. ``U`` is the batch's most (at least 1)."""
+    distinct = [list(dict.fromkeys(chain.from_iterable(reversed(history[-max_baskets:])))) for history in histories]
+    out = np.full((len(histories), max([1, *map(len, distinct)])), n_items, dtype=np.int64)
+    for r, items in enumerate(distinct):
+        out[r, : len(items)] = items
+    return out
+
+
+def network_inputs(histories: Histories, n_items: int, max_baskets: int) -> dict[str, np.ndarray]:
+    """The network's history inputs by name: ``baskets`` and ``items``."""
+    return {"baskets": encode_baskets(histories, n_items, max_baskets),
+            "items": encode_items(histories, n_items, max_baskets)}
 
 
 def by_shape(histories: Histories, max_baskets: int, batch_size: int) -> list[list[int]]:

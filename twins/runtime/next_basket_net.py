@@ -5,7 +5,9 @@ import hashlib
 from pathlib import Path
 
 from twins.runtime.bundle import Bundle, BundleError
-from twins.runtime.next_basket_features import NeighbourIndex, by_shape, encode_baskets
+from twins.runtime.next_basket_features import NeighbourIndex, by_shape, network_inputs
+
+INPUTS = ("baskets", "items", "context")
 
 
 class NeighbourNextBasketBundle(Bundle):
@@ -31,6 +33,10 @@ class NeighbourNextBasketBundle(Bundle):
         if hashlib.sha256(file.read_bytes()).hexdigest() != digest:
             raise BundleError(f"{file}: sha256 does not match manifest.json's files; the file was modified. Restore "
                               "it or re-export the bundle")
+        inputs = sorted(i.name for i in session.get_inputs())
+        if inputs != sorted(INPUTS):
+            raise BundleError(f"{path / 'model.onnx'}: graph inputs {inputs}, this runtime feeds {sorted(INPUTS)}; the "
+                              "bundle comes from another twins version. Re-export it with export_nbr_net")
         self.neighbours = NeighbourIndex.load(file)
         if self.neighbours.n_items != len(self.vocabulary):
             raise BundleError(f"{file}: {self.neighbours.n_items} items, the vocabulary {len(self.vocabulary)}; "
@@ -55,8 +61,8 @@ class NeighbourNextBasketBundle(Bundle):
         out: list[list[tuple[str, float]]] = [[] for _ in rows]
         for batch in by_shape(rows, self.max_baskets, batch_size):
             chunk = [rows[i] for i in batch]
-            got = self.run({"baskets": encode_baskets(chunk, len(self.vocabulary), self.max_baskets),
-                            "context": self.neighbours.context(chunk)})
+            got = self.run(network_inputs(chunk, len(self.vocabulary), self.max_baskets)
+                           | {"context": self.neighbours.context(chunk)})
             for i, scores, indices in zip(batch, got["scores"][:, :k], got["indices"][:, :k]):
                 out[i] = [(self.vocabulary[j], float(v)) for v, j in zip(scores, indices)]
         return out
