@@ -285,10 +285,11 @@ class NeuralNextBasket(BaseEstimator):
                     owner.append(u)
                     rows.append(history[:cut])
                     target_rows.append(sorted(set(history[cut])))
-        extra = len(rows) - len(context)
-        if extra:
-            context = np.concatenate([context, self.neighbours_.context(rows[-extra:], exclude=owner[-extra:])])
-        return np.asarray(owner), rows, target_rows, context
+        full = np.empty((len(rows), context.shape[1]), np.float32)
+        full[: len(context)] = context
+        for s in range(len(context), len(rows), 512):  # in chunks: no second copy of the extra contexts
+            full[s:s + 512] = self.neighbours_.context(rows[s:s + 512], exclude=owner[s:s + 512])
+        return np.asarray(owner), rows, target_rows, full
 
     def _valid_recall(self, histories: Mapping[Hashable, Baskets], targets: Mapping[Hashable, Sequence[Item]]) -> float:
         from twins.evaluate.metrics import evaluate_rankings
