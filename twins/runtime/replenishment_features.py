@@ -150,10 +150,10 @@ def features(h: History, cutoff: float) -> np.ndarray | None:
     else:
         out += [0.0, 0.0, mean_gap - since, 1.0, 1.0, float(hours.std()), _safe_log(rate), 1.0]
     out.append(q[-1] / max(rate * gaps[-1], 1e-6))
-    return np.clip(np.asarray(out + _calendar(h, t, q, j, cutoff), dtype=np.float64), -FEATURE_LIMIT, FEATURE_LIMIT)
+    return np.clip(np.asarray(out + _calendar(h, t, q, mean_gap, j, cutoff), dtype=np.float64), -FEATURE_LIMIT, FEATURE_LIMIT)
 
 
-def _calendar(h: History, t: np.ndarray, q: np.ndarray, j: int, cutoff: float) -> list[float]:
+def _calendar(h: History, t: np.ndarray, q: np.ndarray, mean_gap: float, j: int, cutoff: float) -> list[float]:
     """The calendar features (module docstring): clock, the two projections (days from the cut-off; negative:
     overdue), the seasonal factors and the cut-off's weekday.
 
@@ -167,10 +167,10 @@ def _calendar(h: History, t: np.ndarray, q: np.ndarray, j: int, cutoff: float) -
     clock = active_days(day[:-1], day[1:], weekdays)
     ok = clock > 0
     if ok.sum() < 2:
-        proj = float(t[-1] + np.diff(t).mean() - cutoff)
+        proj = float(t[-1] + mean_gap - cutoff)
         return [float(weekdays), proj, proj, 0.0, 0.0, np.sin(dow), np.cos(dow)]
     mid = ((t[:-1] + t[1:]) / 2)[ok]
-    at = t[-1] + np.diff(t).mean() / 2  # half a mean gap after the last order
+    at = t[-1] + mean_gap / 2  # half a mean gap after the last order
     fitted = seasonal_rates(mid, np.stack([q[1:][ok], q[:-1][ok]]) / clock[ok], clock[ok] / clock[ok].mean(), at)
     by_usage = _usage_season(h, j, at)
     if by_usage is not None:  # readings: the season of the weekly usage, far less noisy than the orders'
