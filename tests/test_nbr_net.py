@@ -53,7 +53,7 @@ def test_encode_baskets_newest_first_deduplicated_truncated_padded():
     assert encode_items([[]], 3, 5).tolist() == [[3]]
 
 
-def test_neighbour_index_matches_tifuknn_and_hand_computed_context():
+def test_neighbour_index_matches_tifuknn_and_hand_computed_context(tmp_path):
     histories = [[[0], [0, 1]], [[1], [2]], [[0, 1]], [[2], [2]]]
     targets = [[1], [2], [0, 2], [2]]
     index = NeighbourIndex.build(histories, targets, n_items=3, k=2, within_decay=0.9, group_decay=0.7, group_size=7)
@@ -77,6 +77,12 @@ def test_neighbour_index_matches_tifuknn_and_hand_computed_context():
     assert np.allclose(context[3:], share)
     assert 0 not in index.neighbours(histories[0], exclude=0)  # a training user is never its own neighbour
     assert not index.context([[[]], []]).any()  # no known item: zeros
+    index.save(tmp_path / "index.npz")
+    assert NeighbourIndex.load(tmp_path / "index.npz").max_history == index.max_history == 2
+    with np.load(tmp_path / "index.npz") as f:
+        arrays = dict(f)
+    np.savez(tmp_path / "older.npz", **(arrays | {"params": arrays["params"][:5]}))  # saved before the cap existed
+    assert NeighbourIndex.load(tmp_path / "older.npz").max_history is None
 
 
 def test_nearest_and_ranges_equal_their_loop_forms():
@@ -104,15 +110,17 @@ def test_earlier_baskets_become_extra_training_examples(model):
     m = NeuralNextBasket(targets_per_user=3)
     m.neighbours_ = model.neighbours_
     rows, targets = [[[0], [1], [2, 3, 2]], [[4]], [[5], [], [6]]], [[7], [8], [9]]
-    context = np.zeros((3, 2 * model.neighbours_.n_items), np.float32)
-    owner, ex_rows, ex_targets, ex_context = m._examples(rows, targets, context)
+    owner, ex_rows, ex_targets = m._examples(rows, targets)
     # user 0: its last 2 history baskets as targets of the baskets before them; user 1 has no earlier basket;
     # user 2's empty basket is no target, and a history must keep at least one basket
     assert owner.tolist() == [0, 1, 2, 0, 0, 2]
     assert ex_rows[3:] == [[[0]], [[0], [1]], [[5], []]] and ex_targets[3:] == [[1], [2, 3], [6]]
     assert ex_rows[:3] == rows and ex_targets[:3] == targets
-    assert np.array_equal(ex_context[3:], model.neighbours_.context(ex_rows[3:], exclude=[0, 0, 2]))
-    assert m.set_params(targets_per_user=1)._examples(rows, targets, context)[1] == rows
+    neighbour_rows = model.neighbours_.neighbour_rows(ex_rows, exclude=list(owner))
+    assert all(u not in r for u, r in zip(owner, neighbour_rows)) and len(neighbour_rows[5]) == model.neighbours_.k
+    assert np.array_equal(model.neighbours_.mean_context(neighbour_rows[3:]),
+                          model.neighbours_.context(ex_rows[3:], exclude=[0, 0, 2]))
+    assert m.set_params(targets_per_user=1)._examples(rows, targets)[1] == rows
     with pytest.raises(ValueError, match="targets_per_user must be >= 1"):
         NeuralNextBasket(targets_per_user=0).fit({"u": [["a"]]}, {"u": ["a"]})
 
@@ -123,9 +131,13 @@ def test_defined_answers_for_unknown_empty_and_long_histories(model):
     assert recs["new"] == recs["strangers"]  # no known item: the same popularity answer
     assert len(set(recs["new"])) == 5 and set(recs["new"]) <= set(model.items_)
     assert "s1" in recs["long"] and len(set(recs["long"])) == 5  # 120 baskets: the network reads the last 50
-    # the neighbour vector fades on very long histories (TIFU-KNN's within-basket decay runs over the whole
-    # history), but the answer stays defined
-    assert len(set(recs["longest"])) == 5 and set(recs["longest"]) <= set(model.items_)
+    # the neighbour search reads a history longer than any in training as its last baskets, as many as the longest
+    # training history (else TIFU-KNN's whole-history decay would shrink its vector towards zero)
+    longest = max(len(h) for h in _market(0)[0].values())
+    index, rows = model.neighbours_, model._indices({"long": [["s1"]] * 5000 + [["a"]]})
+    assert index.max_history == longest
+    assert np.array_equal(index.context(rows), index.context([rows[0][-longest:]]))
+    assert recs["longest"] == recs["long"]  # so 5,000 baskets read as 120 do: the same last baskets everywhere
     with pytest.raises(ValueError, match="k must be"):
         model.recommend({"x": []}, 0)
     with pytest.raises(ValueError, match="no training user"):
@@ -172,6 +184,7 @@ def test_onnx_bundle_matches_pytorch_from_raw_histories(model, tmp_path):
         assert [i for i, _ in answer] == [str(i) for i in want[u]]
         assert np.allclose([s for _, s in answer], np.sort(row)[::-1][:10], atol=1e-4)
     assert bundle.recommend_one(histories["u0"], k=3) == got[0][:3]
+    assert bundle.neighbours.max_history == model.neighbours_.max_history  # "long" (80 baskets) read alike
     batched = bundle.recommend([histories[u] for u in users], k=10, batch_size=7)  # grouped by shape, answers in order
     assert [[i for i, _ in r] for r in batched] == [[i for i, _ in r] for r in got]
     assert np.allclose([[s for _, s in r] for r in batched], [[s for _, s in r] for r in got], atol=1e-5)

@@ -23,10 +23,9 @@ DDP splits the batches over processes; checkpoints after every epoch, resumed wh
 written with the same settings and data.
 
 Defined answers: item ids unseen in training are ignored; a history with no known item gets the prior and bias
-alone (the training users' popular and trending items); only the last ``max_baskets`` baskets enter the network
-(the neighbour vector uses the whole history), and basket counts beyond the longest training history are read as
-that length; every known item gets a score, so ``k`` items come back whenever
-``k <= n_items``.
+alone (the training users' popular and trending items); only the last ``max_baskets`` baskets enter the network,
+the neighbour search reads as many as the longest training history, and basket counts beyond that are read as that
+length; every known item gets a score, so ``k`` items come back whenever ``k <= n_items``.
 """
 
 from __future__ import annotations
@@ -194,7 +193,6 @@ class NeuralNextBasket(BaseEstimator):
         target_rows = [sorted({self.item_index_[i] for i in targets[u]}) for u in users]
         self.neighbours_ = NeighbourIndex.build(rows, target_rows, n, self.knn, self.within_decay, self.group_decay,
                                                 self.group_size)
-        context = self.neighbours_.context(rows, exclude=list(range(len(users))))
         popularity = np.zeros(n)
         for h in rows:
             for basket in h:
@@ -207,7 +205,8 @@ class NeuralNextBasket(BaseEstimator):
         total = fold_counts.sum(0)
         sizes = np.bincount(fold, minlength=n_folds)
         oof = (total - fold_counts) * (len(users) / np.maximum(len(users) - sizes, 1))[:, None]
-        owner, rows, target_rows, context = self._examples(rows, target_rows, context)
+        owner, rows, target_rows = self._examples(rows, target_rows)
+        neighbour_rows = self.neighbours_.neighbour_rows(rows, exclude=list(owner))
 
         self.net_ = RepeatExploreNet(n, self.dim, self.hidden).to(self.device_)
         self.net_.log_popularity.copy_(torch.as_tensor(np.log1p(popularity), dtype=torch.float32))
@@ -238,7 +237,8 @@ class NeuralNextBasket(BaseEstimator):
             model.train()
             running, started = 0.0, time.perf_counter()
             for batch in progress(batches, f"epoch {epoch + 1}/{self.max_epochs}", self.progress and rank == 0):
-                inputs = self._inputs([rows[i] for i in batch], context[batch])
+                inputs = self._inputs([rows[i] for i in batch],
+                                      self.neighbours_.mean_context([neighbour_rows[i] for i in batch]))
                 y = torch.zeros(len(batch), n, device=self.device_)
                 for r, i in enumerate(batch):
                     y[r, target_rows[i]] = 1.0
@@ -270,12 +270,13 @@ class NeuralNextBasket(BaseEstimator):
         self.popularity_ = popularity
         return self
 
-    def _examples(self, rows: list[list[list[int]]], target_rows: list[list[int]],
-                  context: np.ndarray) -> tuple[np.ndarray, list[list[list[int]]], list[list[int]], np.ndarray]:
-        """Training examples ``(owner, histories, targets, context)``: each user's history and last basket, then,
-        with ``targets_per_user`` = m > 1, each of its m - 1 baskets before the last as the target of the baskets
-        before it (its neighbours found without the user's own row). Every example's context is held in memory:
-        ``[examples, 2 * n_items]`` float32."""
+    def _examples(self, rows: list[list[list[int]]],
+                  target_rows: list[list[int]]) -> tuple[np.ndarray, list[list[list[int]]], list[list[int]]]:
+        """Training examples ``(owner, histories, targets)``: each user's history and last basket, then, with
+        ``targets_per_user`` = m > 1, each of its m - 1 baskets before the last as the target of the baskets before
+        it. ``fit`` finds an example's neighbours without its owner's row and holds only their row indices; the
+        context is built per batch (``NeighbourIndex.mean_context``), as held dense (``[examples, 2 * n_items]``
+        float32) it ran out of memory on Complete Journey at m = 10."""
         owner = list(range(len(rows)))
         rows, target_rows = list(rows), list(target_rows)
         for u in range(len(owner)):
@@ -285,11 +286,7 @@ class NeuralNextBasket(BaseEstimator):
                     owner.append(u)
                     rows.append(history[:cut])
                     target_rows.append(sorted(set(history[cut])))
-        full = np.empty((len(rows), context.shape[1]), np.float32)
-        full[: len(context)] = context
-        for s in range(len(context), len(rows), 512):  # in chunks: no second copy of the extra contexts
-            full[s:s + 512] = self.neighbours_.context(rows[s:s + 512], exclude=owner[s:s + 512])
-        return np.asarray(owner), rows, target_rows, full
+        return np.asarray(owner), rows, target_rows
 
     def _valid_recall(self, histories: Mapping[Hashable, Baskets], targets: Mapping[Hashable, Sequence[Item]]) -> float:
         from twins.evaluate.metrics import evaluate_rankings

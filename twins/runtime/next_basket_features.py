@@ -13,7 +13,10 @@ Three inputs:
 * ``NeighbourIndex.context``: TIFU-KNN's neighbour signal (Hu et al., SIGIR 2020). The user's decayed-frequency
   vector (``basket_weights``) is compared with every training user's by Euclidean distance; the ``k`` nearest
   give two float32 vectors over the items, concatenated ``[B, 2 * n_items]``: the mean of their vectors and the
-  share of them whose target (last) basket held the item. A history without a known item gets zeros.
+  share of them whose target (last) basket held the item. A history without a known item gets zeros; one longer
+  than any training history is read as its last ``max_history`` baskets (the within-basket decay runs over the
+  whole history and the groups grow with it, so the vector of a far longer history would shrink towards zero and
+  its nearest users would be those with the smallest vectors, not the most alike).
 """
 
 from __future__ import annotations
@@ -106,7 +109,9 @@ class NeighbourIndex:
     """The training users' TIFU-KNN vectors and target baskets (both CSR over ``n_items`` columns)."""
 
     def __init__(self, vectors: tuple[np.ndarray, np.ndarray, np.ndarray], targets: tuple[np.ndarray, np.ndarray, np.ndarray],
-                 n_items: int, k: int, within_decay: float, group_decay: float, group_size: int) -> None:
+                 n_items: int, k: int, within_decay: float, group_decay: float, group_size: int,
+                 max_history: int | None = None) -> None:
+        self.max_history = max_history  # the longest training history; None: no cap (bundles exported before it)
         self.vectors = tuple(np.asarray(a) for a in vectors)
         self.targets = tuple(np.asarray(a) for a in targets)
         self.n_items, self.k = int(n_items), int(k)
@@ -127,10 +132,14 @@ class NeighbourIndex:
                     np.zeros(0)), n_items, k, within_decay, group_decay, group_size)
         vecs = [probe.vector(h) for h in histories]
         tgts = [(np.array(sorted(set(t)), dtype=np.int64), np.ones(len(set(t)))) for t in targets]
-        return cls(_stack(vecs), _stack(tgts), n_items, k, within_decay, group_decay, group_size)
+        return cls(_stack(vecs), _stack(tgts), n_items, k, within_decay, group_decay, group_size,
+                   max(map(len, histories), default=0))
 
     def vector(self, history: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-        """The sparse TIFU-KNN vector ``(item indices ascending, values)`` of one history."""
+        """The sparse TIFU-KNN vector ``(item indices ascending, values)`` of one history (its last
+        ``max_history`` baskets)."""
+        if self.max_history and len(history) > self.max_history:
+            history = history[-self.max_history:]
         sizes = [len(basket) for basket in history]
         weights = basket_weights(len(history), self.within_decay, self.group_decay, self.group_size)
         flat = np.fromiter(chain.from_iterable(history), np.int64, sum(sizes))
@@ -152,31 +161,41 @@ class NeighbourIndex:
             distance[exclude] = np.inf
         return _nearest(distance, min(self.k, self.n_users - (exclude is not None)))
 
-    def context(self, histories: Histories, exclude: list[int | None] | None = None) -> np.ndarray:
-        """``[B, 2 * n_items]`` float32: neighbours' mean vector, then the share of neighbours whose target held
-        each item (see the module docstring). ``exclude[b]`` is history ``b``'s own training row, if any."""
-        out = np.zeros((len(histories), 2 * self.n_items), dtype=np.float32)
-        for b, history in enumerate(histories):
-            if not any(len(basket) for basket in history):
+    def neighbour_rows(self, histories: Histories, exclude: list[int | None] | None = None) -> list[np.ndarray]:
+        """``neighbours`` of each history (an empty array for one with no known item); ``exclude[b]`` is history
+        ``b``'s own training row, if any. ``k`` int64 row indices per history: cheap to hold for many histories."""
+        return [self.neighbours(h, None if exclude is None else exclude[b]) if any(len(basket) for basket in h)
+                else np.zeros(0, np.int64) for b, h in enumerate(histories)]
+
+    def mean_context(self, neighbour_rows: list[np.ndarray]) -> np.ndarray:
+        """``[B, 2 * n_items]`` float32 from each history's neighbour rows: their mean vector, then the share of
+        them whose target held each item (see the module docstring); zeros where there are none."""
+        out = np.zeros((len(neighbour_rows), 2 * self.n_items), dtype=np.float32)
+        for b, rows in enumerate(neighbour_rows):
+            if not len(rows):
                 continue
-            rows = self.neighbours(history, None if exclude is None else exclude[b])
             for half, (indptr, indices, data) in enumerate((self.vectors, self.targets)):
                 take = _ranges(indptr[rows], indptr[rows + 1])
                 out[b, half * self.n_items:(half + 1) * self.n_items] = np.bincount(
-                    indices[take], weights=data[take], minlength=self.n_items) / max(len(rows), 1)
+                    indices[take], weights=data[take], minlength=self.n_items) / len(rows)
         return out
+
+    def context(self, histories: Histories, exclude: list[int | None] | None = None) -> np.ndarray:
+        """``mean_context`` of ``neighbour_rows``: the network's ``context`` input."""
+        return self.mean_context(self.neighbour_rows(histories, exclude))
 
     def save(self, path: str | Path) -> None:
         np.savez(path, vec_indptr=self.vectors[0], vec_indices=self.vectors[1], vec_data=self.vectors[2],
                  tgt_indptr=self.targets[0], tgt_indices=self.targets[1], tgt_data=self.targets[2],
-                 params=np.array([self.n_items, self.k, self.within_decay, self.group_decay, self.group_size]))
+                 params=np.array([self.n_items, self.k, self.within_decay, self.group_decay, self.group_size,
+                                  self.max_history or 0]))
 
     @classmethod
     def load(cls, path: str | Path) -> "NeighbourIndex":
         with np.load(path) as f:
-            n_items, k, within, group, size = f["params"].tolist()
+            n_items, k, within, group, size, *longest = f["params"].tolist()  # no longest: exported before it
             return cls((f["vec_indptr"], f["vec_indices"], f["vec_data"]), (f["tgt_indptr"], f["tgt_indices"], f["tgt_data"]),
-                       int(n_items), int(k), within, group, int(size))
+                       int(n_items), int(k), within, group, int(size), int(longest[0]) if longest else None)
 
 
 def _stack(rows: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
