@@ -1,5 +1,7 @@
-"""What every twins training loop shares: the device, the progress bar and crash-safe checkpoints."""
+"""What every twins training loop shares: the device, the progress bar, crash-safe checkpoints and heap trimming."""
 
+import ctypes
+import functools
 import hashlib
 import json
 import os
@@ -24,6 +26,27 @@ def progress(batches: list, description: str, show: bool) -> Iterable:
         return batches
     from rich.progress import track
     return track(batches, description=description, transient=True)
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc only
+    except (AttributeError, OSError):
+        return None
+
+
+def trim_heap() -> None:
+    """Give the heap's freed memory back to the OS (glibc ``malloc_trim``; nothing elsewhere).
+
+    A loop that frees and allocates many arrays of a few MB to 32 MB each step fragments glibc's heap: such arrays sit
+    under its mmap threshold, which rises to 32 MB after the first large free. On Complete Journey (61,115 items,
+    ``[batch, items]`` arrays of 31 MB) the next-basket network's RSS grew from 2.5 to 11.9 GiB in one epoch and past
+    21 GiB over several, with under 3 GiB live. Trimming every 8 batches kept the epoch's peak at 4.1 GiB, for 4 %
+    more time."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def fingerprint(params: Mapping[str, Any], *data: Any) -> str:

@@ -42,13 +42,14 @@ from torch import nn
 
 from twins.runtime.next_basket_features import NeighbourIndex, network_inputs
 from twins.training import (fingerprint, load_checkpoint, progress, restore_best, save_checkpoint, setup_distributed,
-                            shared_score)
+                            shared_score, trim_heap)
 
 Item = Hashable
 Baskets = Sequence[Sequence[Item]]
 DECAYS = (0.5, 0.8, 0.95)
 N_FEATURES = len(DECAYS) + 9
 TARGET_FOLDS = 5
+TRIM_EVERY = 8  # batches between heap trims (twins.training.trim_heap: without them CJ's RSS grew past 21 GiB)
 RESUME_IGNORES = ("max_epochs", "patience", "device", "checkpoint_dir", "progress")
 
 
@@ -236,7 +237,10 @@ class NeuralNextBasket(BaseEstimator):
             batches = batches[: max(1, len(batches) // world) * world][rank::world]  # DDP syncs every step
             model.train()
             running, started = 0.0, time.perf_counter()
-            for batch in progress(batches, f"epoch {epoch + 1}/{self.max_epochs}", self.progress and rank == 0):
+            for step, batch in enumerate(progress(batches, f"epoch {epoch + 1}/{self.max_epochs}",
+                                                  self.progress and rank == 0)):
+                if step % TRIM_EVERY == 0:
+                    trim_heap()
                 inputs = self._inputs([rows[i] for i in batch],
                                       self.neighbours_.mean_context([neighbour_rows[i] for i in batch]))
                 y = torch.zeros(len(batch), n, device=self.device_)
