@@ -279,8 +279,8 @@ class NeuralNextBasket(BaseEstimator):
         """Training examples ``(owner, histories, targets)``: each user's history and last basket, then, with
         ``targets_per_user`` = m > 1, each of its m - 1 baskets before the last as the target of the baskets before
         it. ``fit`` finds an example's neighbours without its owner's row and holds only their row indices; the
-        context is built per batch (``NeighbourIndex.mean_context``), as held dense (``[examples, 2 * n_items]``
-        float32) it ran out of memory on Complete Journey at m = 10."""
+        context is built per batch (``NeighbourIndex.mean_context``): held dense (``[examples, 2 * n_items]``
+        float32) it would take 8.7 GB on Complete Journey at m = 10."""
         owner = list(range(len(rows)))
         rows, target_rows = list(rows), list(target_rows)
         for u in range(len(owner)):
