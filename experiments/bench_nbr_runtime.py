@@ -49,7 +49,7 @@ def runtime_speed(bundle_dir: str, estimator, histories: list[list[list[str]]],
 
     from twins.models.nbr_net import TopK
     from twins.runtime import load
-    from twins.runtime.next_basket_features import by_shape, network_inputs
+    from twins.runtime.next_basket_features import INPUTS, by_shape, network_inputs
 
     torch.set_num_threads(1)
     bundle = load(bundle_dir, threads=1)
@@ -61,7 +61,7 @@ def runtime_speed(bundle_dir: str, estimator, histories: list[list[list[str]]],
 
     def eager(feeds: dict[str, np.ndarray]) -> None:
         with torch.no_grad():
-            graph(*(torch.from_numpy(feeds[name]) for name in ("baskets", "items", "context")))
+            graph(*(torch.from_numpy(feeds[name]) for name in INPUTS))
 
     one = histories[:N_LATENCY]
     rows = [[bundle._encode(h)] for h in one]

@@ -40,7 +40,7 @@ import torch
 from sklearn.base import BaseEstimator
 from torch import nn
 
-from twins.runtime.next_basket_features import NeighbourIndex, network_inputs
+from twins.runtime.next_basket_features import INPUTS, NeighbourIndex, network_inputs
 from twins.training import (fingerprint, load_checkpoint, progress, restore_best, save_checkpoint, setup_distributed,
                             shared_score, trim_heap)
 
@@ -169,8 +169,8 @@ class NeuralNextBasket(BaseEstimator):
 
     def _inputs(self, rows: list[list[list[int]]], context: np.ndarray) -> tuple[torch.Tensor, ...]:
         """``(baskets, items, context)`` tensors on the device."""
-        feeds = network_inputs(rows, len(self.items_), self.max_baskets)
-        return tuple(torch.from_numpy(a).to(self.device_) for a in (feeds["baskets"], feeds["items"], context))
+        feeds = network_inputs(rows, len(self.items_), self.max_baskets) | {"context": context}
+        return tuple(torch.from_numpy(feeds[name]).to(self.device_) for name in INPUTS)
 
     # ------------------------------------------------------------------------------------------- fitting
 

@@ -14,7 +14,7 @@ import torch
 
 from twins.export import check_parity, export_bundle
 from twins.models.nbr_net import NeuralNextBasket, TopK
-from twins.runtime.next_basket_features import network_inputs
+from twins.runtime.next_basket_features import INPUTS, network_inputs
 
 TASK = "next_basket_net"
 NEIGHBOURS_FILE = "neighbours.npz"
@@ -42,14 +42,14 @@ def export_nbr_net(estimator: NeuralNextBasket, out_dir: str | Path, *, k: int =
     histories = [_history_of(index, r) for r in range(min(17, index.n_users))]
 
     def inputs(rows: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        feeds = network_inputs(rows, n, estimator.max_baskets)
-        return tuple(torch.from_numpy(a) for a in (feeds["baskets"], feeds["items"], index.context(rows)))
+        feeds = network_inputs(rows, n, estimator.max_baskets) | {"context": index.context(rows)}
+        return tuple(torch.from_numpy(feeds[name]) for name in INPUTS)
 
     with tempfile.TemporaryDirectory() as tmp:
         npz = Path(tmp) / NEIGHBOURS_FILE
         index.save(npz)
         path = export_bundle(graph, inputs([[[0, 1], [2]], [[3], [1, 4], [5]]]), out_dir, manifest,
-                             input_names=["baskets", "items", "context"], output_names=["scores", "indices"],
+                             input_names=list(INPUTS), output_names=["scores", "indices"],
                              dynamic_axes={"baskets": {0: "batch", 1: "baskets", 2: "width"},
                                            "items": {0: "batch", 1: "distinct"}, "context": {0: "batch"}},
                              overwrite=overwrite, extra_files={NEIGHBOURS_FILE: npz})

@@ -11,11 +11,10 @@ from torch import nn
 from twins.export import check_parity, export_bundle
 from twins.models.btyd import BetaGeoModel, GammaGammaModel
 from twins.models.outlook_net import NeuralOutlook, OutlookScorer as NeuralScorer, horizon_weeks
-from twins.runtime.outlook import NET_OUTPUTS
+from twins.runtime.outlook import INPUTS, NET_OUTPUTS
 from twins.runtime.outlook_features import N_FEATURES, NAMES
 
 TASK = "purchase_outlook"
-INPUTS = ("x", "t_x", "T", "m", "t")
 OUTPUTS = ("expected_purchases", "p_alive", "p_any_purchase", "expected_spend", "next_low", "next_median", "next_high")
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 Histories = list[list[list[int]]]
+INPUTS = ("baskets", "items", "context")  # the graph's inputs, in the network's argument order
 
 
 def basket_weights(n: int, within_decay: float, group_decay: float, group_size: int) -> np.ndarray:

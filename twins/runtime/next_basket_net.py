@@ -5,9 +5,7 @@ import hashlib
 from pathlib import Path
 
 from twins.runtime.bundle import Bundle, BundleError
-from twins.runtime.next_basket_features import NeighbourIndex, by_shape, network_inputs
-
-INPUTS = ("baskets", "items", "context")
+from twins.runtime.next_basket_features import INPUTS, NeighbourIndex, by_shape, network_inputs
 
 
 class NeighbourNextBasketBundle(Bundle):
