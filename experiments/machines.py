@@ -1,6 +1,6 @@
 """Machine twins and next-order forecasts on held-out simulated machines.
 
-    python -m experiments.machines                      # 4,000 machines, configs/sim/market.yaml, simulator seeds 0 1 2
+    python -m experiments.machines                      # 12,000 machines, configs/sim/market.yaml, simulator seeds 0 1 2
     python -m experiments.machines --set n_machines=1000 --epochs 10 --sim-seeds 0   # a quick look
     python -m experiments.machines --validate           # tuning: held-back training machines, no test machine read
 
@@ -235,7 +235,9 @@ def tables(o: Outcome, outcomes: list[Outcome], values: dict[str, np.ndarray]) -
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--set", dest="overrides", action="append", default=["n_machines=4000", "humans.n=0"])
+    ap.add_argument("--set", dest="overrides", action="append", default=["n_machines=12000", "humans.n=0"],
+                    help="market config overrides, e.g. n_machines=4000 (12,000 machines: 8,400 training, 3,600 held "
+                         "out; chosen with --validate, time gain 33.0 %% against 31.8 %% with 4,000)")
     ap.add_argument("--seed", type=int, default=0, help="the machines' train/test split and the forecaster's seed")
     ap.add_argument("--sim-seeds", type=int, nargs="+", default=[0, 1, 2], help="one simulated market per seed")
     ap.add_argument("--epochs", type=int, default=40)
@@ -296,7 +298,7 @@ def main() -> None:
     kinds_header = " | ".join(sorted(o.twin_tables["orders alone"]["kind"]))
     verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
     reach = lambda gain: "within reach in principle" if gain >= 0.3 else "out of reach of any forecaster"  # noqa: E731
-    oracle_t, oracle_q = values["oracle time gain"][0], values["oracle quantity gain"][0]
+    oracle_t, oracle_q = values["oracle time gain"].mean(), values["oracle quantity gain"].mean()
     mape = {label: table.filter(pl.col("kind") == "all")["mape"][0] for label, table in o.twin_tables.items()}
     body = f"""Protocol: {cfg.n_machines:,} simulated machines (`{CONFIG}`, seed {cfg.seed}, {cfg.days} days observed,
 {int(HORIZON)} more for the truth); machines with >= 3 orders split 70/30 at random (seed {args.seed}):
@@ -332,8 +334,9 @@ markets below).
 How far any forecaster could go: the {ORACLE} (`twins.sim.simulate(config, future_seed=k)`: the same market drawn
 again after as_of, {FUTURES} times; its answer is the median next order over those futures) knows everything hidden at
 as_of (stock, open orders, running promotions, bursts and breakdowns, every machine's parameters) and lacks only the
-draws that follow. It is {oracle_t:.0%} below the best naive baseline for time and {oracle_q:.0%} for quantity:
-a 30 % goal is {reach(oracle_t)} for time and {reach(oracle_q)} for quantity on this market.
+draws that follow. On this market it is {values["oracle time gain"][0]:.0%} below the best naive baseline for time and
+{values["oracle quantity gain"][0]:.0%} for quantity; over the markets below {oracle_t:.1%} and {oracle_q:.1%}, so a 30 % goal
+is {reach(oracle_t)} for time and {reach(oracle_q)} for quantity.
 
 By reorder policy, from orders alone or with readings (n held-out machines; best naive baselines as above):
 
