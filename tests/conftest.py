@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +20,28 @@ def twins_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("TWINS_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return home
+
+
+@pytest.fixture
+def torchrun_histories(tmp_path) -> Callable[[str], dict[int, list]]:
+    """Run ``body`` under ``torchrun`` with two CPU processes (gloo); returns ``{rank: history}``.
+
+    ``body`` runs after ``import json, os, sys, torch`` with one torch thread and the tests folder on ``sys.path``;
+    ``sys.argv[1]`` is the checkpoint folder ``tmp_path / "ckpt"``; it binds ``history`` (JSON-able). Each rank
+    reports it in one ``os.write``: print's separate writes interleave between the ranks."""
+
+    def run(body: str) -> dict[int, list]:
+        script = tmp_path / "train.py"
+        script.write_text("import json, os, sys\nimport torch\ntorch.set_num_threads(1)\nsys.path.insert(0, sys.argv[2])\n"
+                          + body + "\nos.write(1, f\"HISTORY {os.environ['RANK']} {json.dumps(history)}\\n\".encode())\n")
+        torchrun = Path(sys.executable).with_name("torchrun")
+        out = subprocess.run([str(torchrun), "--nproc_per_node", "2", str(script), str(tmp_path / "ckpt"),
+                              str(Path(__file__).parent)], capture_output=True, text=True, timeout=240)
+        assert out.returncode == 0, out.stderr[-2000:]
+        lines = [line.split(" ", 2) for line in out.stdout.splitlines() if line.startswith("HISTORY ")]
+        return {int(rank): json.loads(history) for _, rank, history in lines}
+
+    return run
 
 
 def needs_shared_data(*parts: str):

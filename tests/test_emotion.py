@@ -325,24 +325,15 @@ def test_emotions_command_scores_messages_and_stores_profiles(bundle_dir, tmp_pa
 
 
 @pytest.mark.slow
-def test_training_runs_under_torchrun_ddp(tmp_path):
+def test_training_runs_under_torchrun_ddp(tmp_path, torchrun_histories):
     """Two CPU processes (gloo), an odd number of batches: equal step counts per rank, no hang, one checkpoint."""
-    import subprocess
-    import sys
-
-    script = tmp_path / "train.py"
-    script.write_text(
-        "import json, os, sys\nimport torch\ntorch.set_num_threads(1)\nsys.path.insert(0, sys.argv[2])\n"
+    histories = torchrun_histories(
         "from test_emotion import synthetic\nfrom twins.emotion.classifier import EmotionClassifier\n"
         "texts, y = synthetic(100, 0); dev_texts, dev_y = synthetic(40, 1)\n"
         "c = EmotionClassifier(encoder='small', epochs=2, lr=1e-3, batch_size=16, max_length=16, patience=5,\n"
         "                      checkpoint_dir=sys.argv[1]).fit(texts, y, dev_texts, dev_y)\n"
-        "print('HISTORY', os.environ['RANK'], json.dumps([h['epoch'] for h in c.history_]))\n")
-    torchrun = Path(sys.executable).with_name("torchrun")
-    out = subprocess.run([str(torchrun), "--nproc_per_node", "2", str(script), str(tmp_path / "ckpt"),
-                          str(Path(__file__).parent)], capture_output=True, text=True, timeout=240)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "HISTORY 0 [1, 2]" in out.stdout and "HISTORY 1 [1, 2]" in out.stdout
+        "history = [h['epoch'] for h in c.history_]")
+    assert histories == {0: [1, 2], 1: [1, 2]}
     assert (tmp_path / "ckpt" / "last.pt").exists()
 
 
