@@ -6,7 +6,6 @@ with what only the export knows: input/output names, dtypes and shapes as read b
 opset and the sha256 of ``model.onnx``.
 """
 
-import hashlib
 import logging
 import json
 import shutil
@@ -23,6 +22,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from twins.runtime.bundle import sha256_file
+
 # The exporter logs one warning per torchvision op when torchvision is absent (it is not a dependency).
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
@@ -34,14 +35,6 @@ REQUIRED_MANIFEST_KEYS = ("name", "version", "task")
 
 class ParityError(AssertionError):
     """ONNX Runtime and PyTorch outputs differ by more than the tolerance."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _tensor_specs(values: Sequence[onnx.ValueInfoProto]) -> list[dict[str, Any]]:

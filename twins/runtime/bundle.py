@@ -106,7 +106,8 @@ class NextBasketBundle(Bundle):
 TASKS: dict[str, type[Bundle]] = {"next_basket": NextBasketBundle}
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -158,7 +159,7 @@ def load(path: str | Path, threads: int | None = None) -> Bundle:
     model_path = path / MODEL_FILE
     if not model_path.is_file():
         raise BundleError(f"{model_path}: not found; copy the whole bundle folder or re-export it")
-    actual = _sha256(model_path)
+    actual = sha256_file(model_path)
     if actual != manifest["model_sha256"]:
         raise BundleError(
             f"{model_path}: sha256 {actual} does not match model_sha256 {manifest['model_sha256']} in "
