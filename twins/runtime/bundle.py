@@ -139,8 +139,24 @@ def _read_manifest(path: Path) -> dict:
     return manifest
 
 
+def _verify_files(path: Path, manifest: dict) -> None:
+    """Every file that the manifest's ``files`` lists (what the preprocessing reads) is in the folder, unmodified."""
+    files = manifest.get("files", {})
+    if not isinstance(files, dict):
+        raise BundleError(f"{path / MANIFEST_FILE}: files must map file names to their sha256; re-export the bundle")
+    for name, digest in files.items():
+        file = path / name
+        if not file.is_file():
+            raise BundleError(f"{file}: missing; the bundle's preprocessing needs it. Copy the whole bundle folder "
+                              "or re-export it")
+        if sha256_file(file) != digest:
+            raise BundleError(f"{file}: sha256 does not match {MANIFEST_FILE}'s files[{name!r}]; the file was "
+                              "modified. Restore it or re-export the bundle")
+
+
 def load(path: str | Path, threads: int | None = None) -> Bundle:
-    """Load and verify a bundle folder: manifest, sha256 of ``model.onnx``, opset, input and output names.
+    """Load and verify a bundle folder: manifest, sha256 of ``model.onnx`` and of the files the manifest lists, opset,
+    input and output names.
 
     ``path`` may also be a registry URI, ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``: the version is
     downloaded once to a local cache (``twins.runtime.registry``, the only place mlflow is imported) and
@@ -165,6 +181,7 @@ def load(path: str | Path, threads: int | None = None) -> Bundle:
             f"{model_path}: sha256 {actual} does not match model_sha256 {manifest['model_sha256']} in "
             f"{MANIFEST_FILE}; the model was modified or comes from another export. Restore the file or re-export"
         )
+    _verify_files(path, manifest)
     try:
         options = ort.SessionOptions()
         if threads is not None:
