@@ -7,12 +7,13 @@ import pytest
 
 # in a fresh process: the allocator's state after other tests is not this test's to assume
 FRAGMENT_THEN_TRIM = """
+import os
 import numpy as np
 from twins.training import trim_heap
 
 def rss_mb():
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 block = np.ones(30 * 2**17)  # freeing one 31 MB block raises glibc's mmap threshold to its size
 del block
