@@ -51,10 +51,29 @@ def tiny_log(tmp_path) -> Path:
 
 
 def test_help_teaches():
-    out = runner.invoke(app, ["--help"])
+    out = runner.invoke(app, ["--help"], terminal_width=80)
     assert out.exit_code == 0
     for word in ("ingest", "build", "twin", "run", "README.md", "TWINS_HOME", "MLFLOW_TRACKING_URI"):
         assert word in out.output
+
+
+@pytest.mark.parametrize("command, example", [
+    ([], "twins ingest configs/sources/complete_journey.yaml       # raw log -> canonical events + quarantine"),
+    ([], "twins run configs/pipelines/tafeng_next_basket.yaml --set params.seeds=[0]"),
+    (["emotions"], "twins emotions configs/sources/goemotions.yaml --bundle .twins/models/goemotions-ensemble"),
+    (["machines"], "twins machines sim_market --detector .twins/models/machine-detector.joblib"),
+    (["serve"], "twins serve --model nbr=models:/tafeng-next-basket@champion --twins complete_journey"),
+])
+def test_help_examples_stay_one_command_a_line(command, example):
+    """Click rewraps help paragraphs to the terminal; the examples are marked so that each stays a copyable line."""
+    out = runner.invoke(app, [*command, "--help"], terminal_width=80)
+    assert out.exit_code == 0
+    assert any(example in line for line in out.output.splitlines()), out.output
+
+
+def test_help_names_option_values():
+    out = runner.invoke(app, ["ingest", "--help"], terminal_width=80)
+    assert "--set KEY=VALUE" in out.output and "list[str]" not in out.output
 
 
 def test_cli_ingest_build_show(tiny_log):

@@ -20,6 +20,7 @@ app = typer.Typer(
 
 A typical session, from a raw log to twins and models, all tracked in MLflow:
 
+\b
   twins ingest configs/sources/complete_journey.yaml       # raw log -> canonical events + quarantine
   twins build configs/sources/complete_journey.yaml --as-of 2017-09-30
   twins twin show 1 --source complete_journey             # one customer's state
@@ -27,14 +28,15 @@ A typical session, from a raw log to twins and models, all tracked in MLflow:
 
 Your own log needs only a source config (see README.md, "Bring your own log").
 Outputs go to $TWINS_HOME (default ./.twins); runs go to MLflow (default SQLite in $TWINS_HOME,
-or $MLFLOW_TRACKING_URI). Open the UI with:  twins ui""",
+or $MLFLOW_TRACKING_URI). Open the UI with `twins ui`.""",
     no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False, add_completion=False,
 )
 twin_app = typer.Typer(help="Look twins up in the twin store.", no_args_is_help=True)
 app.add_typer(twin_app, name="twin")
 console = Console(stderr=True, soft_wrap=True)  # paths and messages stay on one line, greppable in logs
 
-Overrides = Annotated[Optional[list[str]], typer.Option("--set", help="override a config key: --set key.sub=value (YAML value)")]
+Overrides = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE",
+                     help="override a config key, e.g. --set params.seeds=[0] (the value is YAML; repeatable)")]
 Track = Annotated[bool, typer.Option("--track/--no-track", help="log the run to MLflow")]
 
 
@@ -71,7 +73,7 @@ def ingest(source: Annotated[Path, typer.Argument(help="source config YAML, e.g.
 def build(source: Annotated[Path, typer.Argument(help="source config YAML (ingested first with `twins ingest`)")],
           as_of: Annotated[str, typer.Option("--as-of", help="ISO date/time; only events strictly before it count; 'end' = after the last event")] = "end",
           category_column: Annotated[Optional[str], typer.Option(help="item attribute for the category mix, e.g. item_department")] = None,
-          discount_columns: Annotated[Optional[list[str]], typer.Option("--discount-column", help="events column holding a discount (repeatable)")] = None,
+          discount_columns: Annotated[Optional[list[str]], typer.Option("--discount-column", metavar="COLUMN", help="events column holding a discount (repeatable)")] = None,
           outlook_days: Annotated[float, typer.Option(help="horizon of the purchase outlook in days; 0 = off")] = 91.0,
           outlook_model: Annotated[str, typer.Option(help="bgnbd (BG/NBD + Gamma-Gamma, seconds) or neural (twins.models.outlook_net; whole weeks, trains 3 networks: minutes on large sources)")] = "bgnbd",
           overrides: Overrides = None, track: Track = True) -> None:
@@ -133,8 +135,10 @@ def emotions(source: Annotated[Path, typer.Argument(help="source config YAML who
     """Score every message event with an emotion bundle and store per-customer emotion profiles (twin kind
     `emotion`): recent Ekman distribution, negative-sentiment trend, last strongly negative message.
 
-    Example:  twins emotions configs/sources/goemotions.yaml --bundle .twins/models/goemotions-ensemble
-              twins twin show eebbqej --source goemotions --kind emotion
+    \b
+    Example:
+      twins emotions configs/sources/goemotions.yaml --bundle .twins/models/goemotions-ensemble
+      twins twin show eebbqej --source goemotions --kind emotion
     """
     from rich.progress import BarColumn, MofNCompleteColumn
 
@@ -162,9 +166,11 @@ def machines(source: Annotated[str, typer.Argument(help="source config YAML, or 
     and quantity, lead time, price sensitivity, with intervals) and per-customer behaviour (kind `behaviour`, with
     the detector's machine_score when --detector is given) from a source's events.
 
-    Example:  twins sim configs/sim/market.yaml --set n_machines=2000
-              twins machines sim_market --detector .twins/models/machine-detector.joblib
-              twins twin show m4/p5 --source sim_market --kind machine
+    \b
+    Example:
+      twins sim configs/sim/market.yaml --set n_machines=2000
+      twins machines sim_market --detector .twins/models/machine-detector.joblib
+      twins twin show m4/p5 --source sim_market --kind machine
     """
     from twins import api
 

@@ -51,9 +51,9 @@ def promote(name: Annotated[str, typer.Argument(help="registered model name")],
 
 
 def serve(models: Annotated[Optional[list[str]], typer.Option(
-              "--model", help="[NAME=]URI: a bundle folder or models:/NAME@ALIAS (repeatable)")] = None,
+              "--model", metavar="[NAME=]URI", help="[NAME=]URI: a bundle folder or models:/NAME@ALIAS (repeatable)")] = None,
           twins_sources: Annotated[Optional[list[str]], typer.Option(
-              "--twins", help="serve look-ups of this source's latest twins (repeatable)")] = None,
+              "--twins", metavar="SOURCE", help="serve look-ups of this source's latest twins (repeatable)")] = None,
           host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="port")] = 8000,
           poll: Annotated[float, typer.Option(
@@ -61,7 +61,9 @@ def serve(models: Annotated[Optional[list[str]], typer.Option(
     """Serve the models over HTTP (FastAPI): POST /v1/models/NAME/recommend|outlook, GET /v1/twins/SOURCE/ID,
     /health, /ready, OpenAPI at /docs. Logs one JSON line per request and per reload.
 
-    Example: twins serve --model nbr=models:/tafeng-next-basket@champion --twins complete_journey
+    \b
+    Example:
+      twins serve --model nbr=models:/tafeng-next-basket@champion --twins complete_journey
     """
     import uvicorn
 
@@ -108,7 +110,7 @@ def score(model: Annotated[str, typer.Argument(help="bundle folder or models:/NA
 
 
 def compare(experiment: Annotated[str, typer.Argument(help="MLflow experiment, e.g. tafeng-next-basket")],
-            metrics: Annotated[Optional[list[str]], typer.Option("--metric", help="e.g. test/recall@10 (repeatable; default all)")] = None,
+            metrics: Annotated[Optional[list[str]], typer.Option("--metric", metavar="METRIC", help="e.g. test/recall@10 (repeatable; default all)")] = None,
             out: Annotated[Optional[Path], typer.Option(help="folder for the PNG plots; default $TWINS_HOME/compare/EXPERIMENT")] = None,
             markdown: Annotated[bool, typer.Option("--markdown", help="print a Markdown table")] = False) -> None:
     """Table of an experiment's runs by model x data set x seed (mean ± std over seeds) and a PNG plot per metric.
