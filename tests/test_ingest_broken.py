@@ -92,6 +92,25 @@ def test_mixed_types_parse_thousands_but_not_decimal_commas(tmp_path):
     assert raw == {3: ("abc", "2.25"), 4: ("1", "1,2x"), 6: ("1", "2,50")}  # "2,50" is not read as 250
 
 
+def test_decimal_commas_in_the_quarantine_give_a_hint(tmp_path):
+    report, _, _ = run(broken_source("mixed_types.csv"), tmp_path / "out")
+    assert report.hints == ["1 quarantined row(s) hold numbers with a decimal comma (e.g. price '2,50' in "
+                            "mixed_types.csv line 6); if the files write numbers that way, set "
+                            "`csv: {decimal_comma: true}` in the source config"]
+    assert report.summary().endswith("\n  hint: " + report.hints[0])
+    clean, _, _ = run(broken_source("clean.csv"), tmp_path / "clean")
+    assert clean.hints == []
+
+
+def test_decimal_comma_config_reads_european_numbers(tmp_path):
+    cfg = broken_source("decimal_comma.csv", "csv.separator=;", "csv.decimal_comma=true")
+    report, events, quarantine = run(cfg, tmp_path / "out")
+    prices = dict(zip(events["customer_id"], events["unit_price"]))
+    assert prices == {"C01": 2.55, "C02": 1234.5, "C03": 1234.0, "C04": 2.5}  # "1.234" is a thousands group
+    assert events.filter(pl.col("customer_id") == "C03")["quantity"].to_list() == [1.5]
+    assert rows_by_reason(quarantine) == {"bad_price": [6]} and report.hints == []
+
+
 def test_latin1_lossy_keeps_the_row_with_replacement_characters(tmp_path):
     _, events, _ = run(broken_source("latin1.csv"), tmp_path / "out")
     assert events["customer_id"].to_list() == ["C01", "Ren\ufffd", "C03"]

@@ -45,6 +45,7 @@ class IngestReport:
     quarantine_path: str
     seconds: float
     per_file_rows: dict[str, int] = field(default_factory=dict)
+    hints: list[str] = field(default_factory=list)  # likely config fixes, read off the quarantine
 
     @property
     def quarantined_total(self) -> int:
@@ -54,7 +55,8 @@ class IngestReport:
         reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(self.quarantined.items(), key=lambda kv: -kv[1])) or "none"
         return (f"{self.source}: rows in {self.rows_in:,} = accepted {self.accepted:,} + quarantined "
                 f"{self.quarantined_total:,} ({reasons}); guest rows {self.guest_rows:,} (kept out of twins), "
-                f"returns {self.returns:,}, customers {self.customers:,}; {self.seconds:.2f} s")
+                f"returns {self.returns:,}, customers {self.customers:,}; {self.seconds:.2f} s"
+                + "".join(f"\n  hint: {h}" for h in self.hints))
 
     def to_dict(self) -> dict:
         return asdict(self) | {"quarantined_total": self.quarantined_total}
@@ -62,13 +64,20 @@ class IngestReport:
 
 # ----------------------------------------------------------------------------------------------- pure parts
 
-def _to_float(col: str, dtype: pl.DataType) -> pl.Expr:
+DECIMAL_COMMA = r"^[+-]?\d+,\d+$"  # "2,55": what a number with a decimal comma looks like
+
+
+def _to_float(col: str, dtype: pl.DataType, decimal_comma: bool = False) -> pl.Expr:
+    """Text to float. By default "1,234.50" loses its thousands separators and a decimal comma ("2,50") stays
+    unparsable (bad_*) rather than silently becoming 250; with ``decimal_comma`` "1.234,50" reads 1234.5."""
     e = pl.col(col)
     if dtype == pl.String:
-        # drop thousands separators ("1,234.50") only; a decimal comma ("2,50") stays unparsable (bad_*)
-        # rather than silently becoming 250
         e = e.str.strip_chars()
-        e = pl.when(e.str.contains(r"^[+-]?\d{1,3}(,\d{3})+(\.\d*)?$")).then(e.str.replace_all(",", "", literal=True)).otherwise(e)
+        thousands, decimal = (".", ",") if decimal_comma else (",", ".")
+        grouped = rf"^[+-]?\d{{1,3}}(\{thousands}\d{{3}})+(\{decimal}\d*)?$"
+        e = pl.when(e.str.contains(grouped)).then(e.str.replace_all(thousands, "", literal=True)).otherwise(e)
+        if decimal_comma:
+            e = e.str.replace(",", ".", literal=True)
     return e.cast(pl.Float64, strict=False)
 
 
@@ -113,12 +122,15 @@ def canonical_frame(lf: pl.LazyFrame, cfg: SourceConfig, file_idx: int, file_nam
             return pl.lit(c[canon]).cast(CANONICAL[canon])
         return pl.lit(None, CANONICAL[canon])
 
+    def number(col: str, dtype: pl.DataType) -> pl.Expr:
+        return _to_float(col, dtype, cfg.csv.decimal_comma and fmt in ("csv", "whitespace"))
+
     exprs: dict[str, pl.Expr] = {
         "customer_id": mapped_or_const("customer_id", lambda col, _: _str(col)),
         "item_id": mapped_or_const("item_id", lambda col, _: _str(col)),
-        "quantity": mapped_or_const("quantity", _to_float),
-        "unit_price": mapped_or_const("unit_price", _to_float),
-        "amount": mapped_or_const("amount", _to_float),
+        "quantity": mapped_or_const("quantity", number),
+        "unit_price": mapped_or_const("unit_price", number),
+        "amount": mapped_or_const("amount", number),
         "event_time": mapped_or_const("event_time", lambda col, dt: _to_time(col, dt, cfg)),
         "event_type": mapped_or_const("event_type", lambda col, _: _str(col).str.to_lowercase()),
         "text": mapped_or_const("text", lambda col, _: pl.col(col).cast(pl.String)),
@@ -348,7 +360,7 @@ def ingest(cfg: SourceConfig, out_dir: str | Path, not_after: datetime | None = 
         quarantined={r: n for r, n in reasons.iter_rows()}, guest_rows=stats["guests"], returns=stats["returns"],
         customers=stats["customers"] - (1 if stats["nulls"] else 0),
         events_path=str(out_dir / "events.parquet"), quarantine_path=str(out_dir / "quarantine.parquet"),
-        seconds=time.perf_counter() - t0, per_file_rows=per_file)
+        seconds=time.perf_counter() - t0, per_file_rows=per_file, hints=_hints(tmp / "quarantine.parquet", cfg))
     if report.rows_in != report.accepted + report.quarantined_total:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ReconciliationError(f"{cfg.name}: rows in {report.rows_in} != accepted {report.accepted} + "
@@ -356,6 +368,25 @@ def ingest(cfg: SourceConfig, out_dir: str | Path, not_after: datetime | None = 
     (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
     _replace_dir(tmp, out_dir)
     return report
+
+
+def _hints(quarantine_path: Path, cfg: SourceConfig) -> list[str]:
+    """Config fixes the quarantine points at: numbers quarantined as bad_quantity / bad_price that are written
+    with a decimal comma, when ``csv.decimal_comma`` is off."""
+    columns = sorted({cfg.columns[c] for c in ("quantity", "unit_price", "amount") if c in cfg.columns})
+    if cfg.csv.decimal_comma or not columns:
+        return []
+    q = pl.scan_parquet(quarantine_path).filter(pl.col(QUARANTINE_REASON).is_in(["bad_quantity", "bad_price"]))
+    comma = pl.any_horizontal([pl.col(c).str.strip_chars().str.contains(DECIMAL_COMMA).fill_null(False) for c in columns])
+    rows = q.filter(comma).select(FILE_COLUMN, ROW_COLUMN, *columns)
+    n = rows.select(pl.len()).collect().item()
+    if not n:
+        return []
+    first = rows.head(1).collect().row(0, named=True)
+    col = next(c for c in columns if first[c] is not None and re.match(DECIMAL_COMMA, first[c].strip()))
+    return [f"{n:,} quarantined row(s) hold numbers with a decimal comma (e.g. {col} {first[col]!r} in "
+            f"{first[FILE_COLUMN]} line {first[ROW_COLUMN]}); if the files write numbers that way, set "
+            "`csv: {decimal_comma: true}` in the source config"]
 
 
 def _read_error(cfg: SourceConfig, files: list[tuple[Path, str]], exc: Exception) -> readers.SourceError:

@@ -37,6 +37,8 @@ class CsvOptions(_Strict):
     quote_char: str | None = '"'
     encoding: Literal["utf8", "utf8-lossy"] = "utf8-lossy"
     comment_prefix: str | None = None
+    decimal_comma: bool = Field(False, description="numbers are written '2,55', grouped '1.234,50' ('1.234' reads "
+                                                     "1234), as in many European exports")
 
 
 class TimeOptions(_Strict):
