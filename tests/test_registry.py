@@ -116,14 +116,16 @@ def test_compare_experiment(mlflow_home, tmp_path):
     with tracking.run("cmp-exp", "pipeline", tags={"dataset": "shop"}):
         for (model, seed), value in recall.items():
             with tracking.run("", f"{model}-{seed}", nested=True, tags={"model": model, "seed": str(seed), "dataset": "shop"}):
-                tracking.log_metrics(mlflow, {"test/recall@10": value, "test/ndcg@10": value / 2, "test/n_users": 12})
+                tracking.log_metrics(mlflow, {"test/recall@10": value, "test/ndcg@10": value / 2, "test/n_users": 12,
+                                                "test/n_explore_users": 5})
     with tracking.run("cmp-exp", "rerun", tags={"dataset": "shop"}):   # a rerun of one seed replaces it
         with tracking.run("", "g-0", nested=True, tags={"model": "g_topfreq", "seed": "0", "dataset": "shop"}):
             tracking.log_metrics(mlflow, {"test/recall@10": 0.09, "test/ndcg@10": 0.045})
     from twins.compare import compare
 
     result = compare("cmp-exp", out_dir=tmp_path / "plots")
-    assert result.metrics == ["test/ndcg@10", "test/recall@10"]
+    assert result.metrics == ["test/ndcg@10", "test/recall@10"]  # the user counts only when asked for
+    assert compare("cmp-exp", ["test/n_users"], out_dir=tmp_path / "n").summary[0]["test/n_users"] == (12.0, 0.0)
     rows = {r["model"]: r for r in result.summary}
     assert rows["gp_topfreq"]["n"] == 2 and rows["gp_topfreq"]["test/recall@10"] == pytest.approx((0.14, 0.014142), abs=1e-6)
     assert rows["g_topfreq"]["test/recall@10"] == pytest.approx((0.085, 0.007071), abs=1e-6)

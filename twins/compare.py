@@ -61,13 +61,13 @@ def load_runs(experiment: str) -> list[dict]:
 def compare(experiment: str, metrics: list[str] | None = None, out_dir: str | Path | None = None) -> Comparison:
     """Summarise ``experiment`` by data set and model over seeds, and plot each metric to
     ``out_dir`` (default ``$TWINS_HOME/compare/<experiment>``). ``metrics`` default: every ``test/`` metric
-    the runs have."""
+    the runs have but the user counts (``test/n_...``), which can still be asked for."""
     runs = load_runs(experiment)
     if not runs:
         raise ValueError(f"experiment {experiment!r} has no runs tagged model and seed in {tracking.tracking_uri()}; "
                          "run a pipeline first (e.g. `twins run configs/pipelines/tafeng_next_basket.yaml`)")
-    have = sorted({k for r in runs for k in r if k.startswith("test/") and not k.startswith("test/n_users")})
-    metrics = metrics or have
+    have = sorted({k for r in runs for k in r if k.startswith("test/")})
+    metrics = metrics or [m for m in have if not m.startswith("test/n_")]  # n_users, n_explore_users: counts, not scores
     unknown = [m for m in metrics if m not in have]
     if unknown:
         raise ValueError(f"metrics {unknown} are not in experiment {experiment!r}; it has {have}")
