@@ -275,8 +275,20 @@ def test_attribute_table_missing_column_names_it(tmp_path):
     write(tmp_path / "t.csv", HEADER, "1,c1,a,1,1.0,2023-01-01 10:00")
     write(tmp_path / "items.csv", "sku,department", "a,fruit")
     cfg = source(tmp_path, "t.csv", item_attributes={"path": "items.csv", "key": "sku", "columns": ["brand"]})
-    with pytest.raises(SourceError, match=r"items\.csv: missing column\(s\) 'brand'"):
+    with pytest.raises(SourceError, match=r"items\.csv: missing column\(s\) 'brand'") as err:
         ingest(cfg, tmp_path / "out")
+    assert "`key:` and `columns:` in its entry under `item_attributes:` of the source config" in str(err.value)
+
+
+def test_attribute_table_with_another_separator_points_at_its_own_csv_options(tmp_path):
+    write(tmp_path / "t.csv", HEADER, "1,c1,a,1,1.0,2023-01-01 10:00")
+    write(tmp_path / "items.csv", "sku;department", "a;fruit")
+    cfg = source(tmp_path, "t.csv", item_attributes={"path": "items.csv", "key": "sku", "columns": ["department"]})
+    with pytest.raises(SourceError, match="set `csv: {separator: ';'}` in its entry under `item_attributes:`"):
+        ingest(cfg, tmp_path / "out")
+    cfg = source(tmp_path, "t.csv", item_attributes={"path": "items.csv", "key": "sku", "columns": ["department"],
+                                                     "csv": {"separator": ";"}})
+    ingest(cfg, tmp_path / "out")
 
 
 # ------------------------------------------------------------------------------------------ order only

@@ -254,7 +254,8 @@ def attribute_frame(table: AttributeTable, key_name: str, prefix: str, cfg: Sour
     path = cfg.resolve(table.path)
     fmt = readers.detect_format(path, table.format)
     attrs = readers.scan(path, fmt, table.csv)
-    readers.check_columns(path, attrs, {f"{prefix}{c}": c for c in [table.key, *table.columns]}, table.csv)
+    readers.check_columns(path, attrs, {f"{prefix}{c}": c for c in [table.key, *table.columns]}, table.csv,
+                          where=f"its entry under `{prefix}attributes:` of the source config", mapping="`key:` and `columns:`")
     key = pl.col(table.key).cast(pl.String).str.strip_chars().alias(key_name)
     if table.count_as:
         return attrs.group_by(key).agg(pl.len().cast(pl.Int64).alias(f"{prefix}{table.count_as}"))

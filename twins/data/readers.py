@@ -62,8 +62,10 @@ def count_rows(path: Path, fmt: Format, csv: CsvOptions) -> int:
     return scan(path, fmt, csv).select(pl.len()).collect().item()
 
 
-def check_columns(path: Path, lf: pl.LazyFrame, needed: dict[str, str], csv: CsvOptions) -> None:
-    """Fail fast when a column the config maps is not in the file, and suggest the likely fix."""
+def check_columns(path: Path, lf: pl.LazyFrame, needed: dict[str, str], csv: CsvOptions,
+                  where: str = "the source config", mapping: str = "`columns:`") -> None:
+    """Fail fast when a column the config maps is not in the file, and suggest the likely fix: ``where`` names
+    the part of the config that reads this file, ``mapping`` its keys that name the file's columns."""
     have = lf.collect_schema().names()
     missing = {canon: col for canon, col in needed.items() if col not in have}
     if not missing:
@@ -73,8 +75,8 @@ def check_columns(path: Path, lf: pl.LazyFrame, needed: dict[str, str], csv: Csv
     if len(have) == 1:
         seps = [s for s in _SEPARATORS if s in have[0] and s != csv.separator]
         if seps:
-            lines.append(f"  the header looks {seps[0]!r}-separated: set `csv: {{separator: {seps[0]!r}}}` in the source config")
-    lines.append("  fix: map each canonical column to a column that exists under `columns:` in the source config")
+            lines.append(f"  the header looks {seps[0]!r}-separated: set `csv: {{separator: {seps[0]!r}}}` in {where}")
+    lines.append(f"  fix: name columns that exist in the file under {mapping} in {where}")
     raise SourceError("\n".join(lines))
 
 
