@@ -88,7 +88,17 @@ def test_cli_ingest_build_show(tiny_log):
     a = json.loads(out.output)
     assert a["baskets"] == 1 and a["spend_total"] == pytest.approx(4.5)   # o2 is after as_of
     out = runner.invoke(app, ["twin", "show", "nobody", "--source", "shop"])
-    assert out.exit_code == 2 and "no twin 'nobody'" in out.output
+    assert out.exit_code == 2 and "error: no twin 'nobody'" in out.output  # not the KeyError's quoted repr
+
+
+def test_cli_build_explains_a_bad_date_and_prints_warnings_as_such(tiny_log):
+    assert runner.invoke(app, ["ingest", str(tiny_log / "shop.yaml"), "--no-track"]).exit_code == 0
+    out = runner.invoke(app, ["build", str(tiny_log / "shop.yaml"), "--as-of", "yesterday", "--no-track"])
+    assert out.exit_code == 2 and "as_of 'yesterday' is not a date" in out.output and "2017-09-30" in out.output
+    out = runner.invoke(app, ["build", str(tiny_log / "shop.yaml"), "--as-of", "2020-01-01", "--no-track"])
+    assert out.exit_code == 0, out.output
+    assert "warning: twins without a purchase outlook: no purchases before 2020-01-01" in out.output
+    assert "RuntimeWarning" not in out.output and ".py:" not in out.output
 
 
 def test_cli_reports_config_errors_without_traceback(tiny_log):

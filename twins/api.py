@@ -25,7 +25,11 @@ def parse_as_of(value: str | datetime | None) -> datetime | None:
     """``None``/``"end"`` -> None (after the last event); an ISO date or datetime -> aware UTC datetime."""
     if value is None or (isinstance(value, str) and value.lower() == "end"):
         return None
-    dt = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    try:
+        dt = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    except ValueError:
+        raise ValueError(f"as_of {value!r} is not a date: give an ISO date or time (2017-09-30, 2017-09-30T12:00:00Z, "
+                         "naive times are UTC) or 'end' (after the last event)") from None
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 

@@ -41,8 +41,21 @@ Track = Annotated[bool, typer.Option("--track/--no-track", help="log the run to 
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # str(KeyError) adds quotes
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
+
+
+def _warn(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for the command line: the message, not the library line that raised it."""
+    console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+@app.callback()
+def _setup() -> None:
+    import warnings
+
+    warnings.showwarning = _warn
 
 
 def _spinner() -> Progress:
