@@ -175,6 +175,8 @@ def test_bundle_defined_answers_for_edge_cases(bundle):
         assert all(np.isfinite(v) for k, v in answer.items() if isinstance(v, float))
         assert 0 <= answer["p_alive"] <= 1 and 0 <= answer["p_any_purchase"] <= 1 and answer["expected_spend"] >= 0
     assert not new["known"] and not fut["known"] and new == fut
+    # a batch with no purchase day at all (this raised an IndexError in the features): the same answer
+    assert bundle.score([[]], AS_OF) == [new] and bundle.score([future_only, []], AS_OF) == [new, new]
     assert heavy_a["expected_purchases"] > 2 * one_day["expected_purchases"]
     assert ret["known"] and ret["expected_purchases"] == pytest.approx(bundle.score([returns[:1]], AS_OF)[0]["expected_purchases"])
     assert zer["known"] and one_day["known"] and heavy_a["p_alive"] > 0.5

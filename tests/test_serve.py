@@ -129,6 +129,26 @@ def test_request_logs_are_json_lines(client, caplog):
     assert line["model"] == "nbr" and line["version"] == "1" and line["batch"] == 2 and line["ms"] > 0
 
 
+def test_a_bug_answers_json_500_with_the_request_id_and_logs_the_traceback(folders, store, caplog, monkeypatch):
+    from twins.runtime.bundle import NextBasketBundle
+    from twins.runtime.next_basket_net import NeighbourNextBasketBundle
+
+    def broken(self, *args, **kwargs):
+        raise IndexError("boolean index did not match")
+
+    for cls in (NextBasketBundle, NeighbourNextBasketBundle):
+        monkeypatch.setattr(cls, "recommend", broken)
+    with TestClient(create_app(folders, ["shop"], poll_seconds=0), raise_server_exceptions=False) as c, \
+            caplog.at_level(logging.INFO, logger="twins.serve"):
+        r = c.post("/v1/models/nbr/recommend", json={"histories": [[]]}, headers={"x-request-id": "bug-1"})
+    assert r.status_code == 500 and r.headers["x-request-id"] == "bug-1"
+    assert r.json() == {"error": "internal", "message": "IndexError: boolean index did not match", "request_id": "bug-1"}
+    logged = json.loads(JsonFormatter().format(next(x for x in caplog.records if x.getMessage() == "internal_error")))
+    assert logged["request_id"] == "bug-1" and "IndexError" in logged["traceback"] and logged["level"] == "ERROR"
+    status = json.loads(JsonFormatter().format(next(x for x in caplog.records if x.getMessage() == "request")))["status"]
+    assert status == 500
+
+
 def _append_byte(folder: Path) -> None:
     with (folder / "model.onnx").open("ab") as f:
         f.write(b"\0")

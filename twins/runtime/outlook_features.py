@@ -54,7 +54,8 @@ def features(row: np.ndarray, age_days: np.ndarray, spend: np.ndarray, n_rows: i
     cols.append(np.bincount(weeks, None, n_rows) / np.ceil(span))
     day_spend = total(spend) / np.maximum(n, 1)
     first = np.zeros(n_rows)
-    first[r[np.r_[~same, True]]] = spend[order][np.r_[~same, True]]  # the oldest day of each customer
+    oldest = np.r_[~same, True] if len(r) else np.zeros(0, bool)  # the oldest day of each customer
+    first[r[oldest]] = spend[order][oldest]
     recent = age <= 13
     recent_spend = np.where(count(recent) > 0, total(spend * recent) / np.maximum(count(recent), 1), day_spend)
     cols += [np.log1p(day_spend), np.log1p(first), np.log1p(recent_spend)]

@@ -8,6 +8,7 @@ Routes: ``POST /v1/models/<name>/<action>`` (see ``twins.serve.tasks``), ``GET /
 import math
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -171,6 +172,7 @@ class RequestLog:
         start = time.perf_counter()
         request_id = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
         state = scope.setdefault("state", {})
+        state["request_id"] = request_id
         status = 500
 
         async def send_with_id(message) -> None:
@@ -201,6 +203,17 @@ def _add_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         error = {404: "not_found", 422: "invalid_request"}.get(exc.status_code, f"http_{exc.status_code}")
         return JSONResponse({"error": error, "message": exc.detail}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        """A bug, not a bad request: JSON like every other answer, and the traceback in the log."""
+        request_id = getattr(request.state, "request_id", None)
+        message = f"{type(exc).__name__}: {exc}"
+        log_event("internal_error", level="ERROR", path=request.url.path, request_id=request_id, error=message,
+                  traceback="".join(traceback.format_exception(exc)))
+        # sent from outside the middlewares (Starlette's ServerErrorMiddleware), so the request id header is set here
+        return JSONResponse({"error": "internal", "message": message, "request_id": request_id}, status_code=500,
+                            headers={"x-request-id": request_id} if request_id else None)
 
     @app.exception_handler(NotLoaded)
     async def not_loaded(request: Request, exc: NotLoaded) -> JSONResponse:
