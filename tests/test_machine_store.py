@@ -56,3 +56,15 @@ def test_machines_cli_as_of_and_errors(market, tmp_path):
     (tmp_path / "junk.joblib").write_bytes(b"not a detector")
     with pytest.raises(ValueError, match="cannot be read as a detector file"):
         load_detector(tmp_path / "junk.joblib")
+
+
+def test_a_log_of_people_gets_behaviour_twins_only(market):
+    people = market.events().filter(pl.col("actor") != "machine")
+    folder = paths.events_dir("people_only")
+    folder.mkdir(parents=True)
+    people.write_parquet(folder / "events.parquet")
+    with pytest.warns(UserWarning, match="no machine orders .* behaviour twins only"):
+        snaps = api.machines("people_only")
+    assert set(snaps) == {"behaviour"} and snaps["behaviour"].manifest["rows"] > 0
+    with pytest.raises(ValueError, match="no customer with 1000 or more orders; nothing to build"):
+        api.machines("people_only", min_orders=1000)

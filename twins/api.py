@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,8 @@ def machines(source: str | Path | SourceConfig, as_of: str | datetime | None = N
       gives the delay-cost bounds);
     * ``behaviour``: one per customer with ``min_orders`` orders: the behaviour features
       (``twins.twin.behaviour``) and, with a ``detector`` file (``save_detector``), ``machine_score`` = P(machine).
+
+    A log without machine orders (people, or actors unknown) gets the behaviour twins only, with a warning.
     """
     from twins.models.machine_detector import load_detector
     from twins.twin.behaviour import behaviour_features
@@ -141,14 +144,19 @@ def machines(source: str | Path | SourceConfig, as_of: str | datetime | None = N
     past = events.filter(pl.col("event_time") < pl.lit(when, pl.Datetime("us", "UTC")))
     offers = pl.read_parquet(folder / "offers.parquet") if (folder / "offers.parquet").exists() else None
     machine = build_machine_twins(past, when, offers=offers)
-    if machine.is_empty():
-        raise ValueError(f"{folder / 'events.parquet'}: no machine orders (actor 'machine') before {when:%Y-%m-%d}; "
-                         "nothing to build")
-    store = TwinStore(paths.store_dir())
-    machine = machine.with_columns(pl.concat_str("customer_id", pl.lit("/"), "item_id").alias("twin_id"))
-    snaps = {"machine": store.write(machine, name, "machine", when, params={"offers": offers is not None},
-                                    id_column="twin_id")}
     behaviour = behaviour_features(past, min_orders)
+    if machine.is_empty() and behaviour.is_empty():
+        raise ValueError(f"{folder / 'events.parquet'}: before {when:%Y-%m-%d} no machine orders (actor 'machine') and "
+                         f"no customer with {min_orders} or more orders; nothing to build (lower --min-orders?)")
+    store = TwinStore(paths.store_dir())
+    snaps = {}
+    if machine.is_empty():  # a log of people (or of unknown actors): behaviour twins say which ones act like machines
+        warnings.warn(f"{name}: no machine orders (actor 'machine') before {when:%Y-%m-%d}: no machine twins, "
+                      "behaviour twins only", stacklevel=2)
+    else:
+        machine = machine.with_columns(pl.concat_str("customer_id", pl.lit("/"), "item_id").alias("twin_id"))
+        snaps["machine"] = store.write(machine, name, "machine", when, params={"offers": offers is not None},
+                                       id_column="twin_id")
     if detector is not None:
         behaviour = behaviour.with_columns(pl.Series("machine_score", load_detector(detector).predict_proba(behaviour)[:, 1]
                                                      if behaviour.height else [], pl.Float64))
