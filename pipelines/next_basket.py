@@ -44,6 +44,10 @@ DEFAULTS: dict[str, Any] = {"seeds": [0, 1, 2], "fractions": [0.72, 0.08, 0.20],
                             "export": {"model": "gp_topfreq", "seed": 0, "k": 100, "max_history_items": 1024}}
 
 
+#: keys of a result row that are not metrics: the fitted model's hyper-parameters and the neural model's epochs
+NOT_METRICS = ("model", "seed", "n_users", "params", "history")
+
+
 def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
     unknown = set(params) - set(DEFAULTS)
     if unknown:
@@ -140,9 +144,9 @@ def evaluate_baselines(baskets: dict[str, list[list[str]]], user_split: dict[str
             model = _fit(name, parts, seed, p["neural"])
             fit_seconds = time.perf_counter() - started
             metrics = evaluate_rankings(model.recommend(test, max(p["ks"])), targets, test, ks=p["ks"])
-            rows.append({"model": name, "seed": seed, **metrics, "fit_seconds": fit_seconds,
-                         **({"best_epoch": model.best_epoch_, "seconds_per_epoch": statistics.fmean(
-                             h["train_seconds"] for h in model.history_)} if name == "neural" else {})})
+            rows.append({"model": name, "seed": seed, **metrics, "fit_seconds": fit_seconds, "params": model.get_params(),
+                         **({"best_epoch": model.best_epoch_, "history": model.history_, "seconds_per_epoch":
+                             statistics.fmean(h["train_seconds"] for h in model.history_)} if name == "neural" else {})})
             if (name, seed) == (p["export"]["model"], p["export"]["seed"]):
                 exported = model
     return rows, exported
@@ -153,7 +157,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float, fl
     out: dict[str, dict[str, tuple[float, float]]] = {}
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
-        metrics = [k for k in mine[0] if k not in ("model", "seed", "n_users") and all(k in r for r in mine)]
+        metrics = [k for k in mine[0] if k not in NOT_METRICS and all(k in r for r in mine)]
         out[model] = {k: (statistics.fmean(r[k] for r in mine),
                           statistics.stdev(r[k] for r in mine) if len(mine) > 1 else 0.0) for k in metrics}
     return out
@@ -219,12 +223,15 @@ def log_results(rows: list[dict[str, Any]], exported: dict[str, Any], report: In
     for r in rows:
         with tracking.run("", f"{r['model']}-seed{r['seed']}", nested=True,
                           tags={"model": r["model"], "seed": str(r["seed"]), "dataset": source.name, **TAGS}):
+            # the fitted model's hyper-parameters: for tuned models, what the validation users chose
             mlflow.log_params({"model": r["model"], "seed": r["seed"], "fractions": str(p["fractions"]),
-                               **({f"neural.{k}": v for k, v in NeuralNextBasket(**p["neural"]).get_params().items()}
-                                  if r["model"] == "neural" else {})})
+                               **{f"{r['model']}.{k}": v for k, v in r["params"].items()}})
             timing = ("fit_seconds", "seconds_per_epoch", "best_epoch")
             tracking.log_metrics(mlflow, {(f"train/{k}" if k in timing else f"test/{k}"): v for k, v in r.items()
-                                          if k not in ("model", "seed")})
+                                          if k not in ("model", "seed", "params", "history")})
+            for epoch in r.get("history", []):  # learning curves, one step per epoch
+                tracking.log_metrics(mlflow, {"train/loss": epoch["train_loss"], "train/epoch_seconds": epoch["train_seconds"],
+                                              "valid/recall@10": epoch["valid_recall@10"]}, step=epoch["epoch"])
     summary = summarise(rows)
     for model, metrics in summary.items():
         tracking.log_metrics(mlflow, {f"{model}/test/{k}": mean for k, (mean, _) in metrics.items()})

@@ -146,6 +146,8 @@ def test_run_next_basket_pipeline_end_to_end(tiny_baskets, twins_home):
     assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.name == "tiny-events"
     children = mlflow.search_runs(experiment_names=["tiny-nbr"], filter_string=f"tags.mlflow.parentRunId = '{catalog['run_id']}'")
     assert len(children) == 6
+    tuned = children[children["tags.model"] == "tifuknn_tuned"].iloc[0]  # what the validation users chose
+    assert {"params.tifuknn_tuned.k", "params.tifuknn_tuned.alpha", "params.tifuknn_tuned.group_size"} <= set(tuned.dropna().index)
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(catalog["run_id"])}
     assert {"config", "results", "bundle", "ingest", "twins"} <= artifacts
 
@@ -168,6 +170,15 @@ def test_run_next_basket_pipeline_with_the_neural_model_exported(tiny_baskets, t
     catalog = api.run(tiny_baskets / "pipeline.yaml", overrides)
     neural = next(r for r in catalog["rows"] if r["model"] == "neural")
     assert neural["best_epoch"] in (1, 2) and neural["seconds_per_epoch"] > 0
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    child = client.search_runs([mlflow.get_experiment_by_name("tiny-nbr").experiment_id],
+                               f"tags.mlflow.parentRunId = '{catalog['run_id']}' and tags.model = 'neural'")[0]
+    curve = client.get_metric_history(child.info.run_id, "valid/recall_at_10")  # learning curves, a step per epoch
+    assert [(m.step, m.value) for m in curve] == [(h["epoch"], h["valid_recall@10"]) for h in neural["history"]]
+    assert len(client.get_metric_history(child.info.run_id, "train/loss")) == 2
+    assert child.data.params["neural.dim"] == "8" and child.data.params["neural.seed"] == "0"
     assert {"repeat_recall@10", "explore_recall@10"} <= set(neural)
     exported = catalog["exported"]
     assert exported["model"] == "neural" and exported["onnx_recall@5"] == exported["recall@5"]

@@ -89,8 +89,8 @@ def metric_key(name: str) -> str:
     return name.replace("@", "_at_")
 
 
-def log_metrics(mlflow, metrics: dict[str, float]) -> None:
-    mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items() if v is not None})
+def log_metrics(mlflow, metrics: dict[str, float], step: int | None = None) -> None:
+    mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items() if v is not None}, step=step)
 
 
 def log_dataset(mlflow, path: str | Path, name: str, context: str, targets: str | None = None) -> None:

@@ -55,6 +55,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, Self
 
 import numpy as np
+from sklearn.base import BaseEstimator
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from twins.models.tifuknn import TIFUKNN
@@ -69,7 +70,7 @@ NEVER = 1000.0  # baskets_since for an item the user never bought
 TARGET_FOLDS = 5  # folds of the out-of-fold target popularity of the training rows
 
 
-class CandidateReranker:
+class CandidateReranker(BaseEstimator):
     """TIFU-KNN candidates re-ranked by gradient-boosted trees (see the module docstring)."""
 
     def __init__(self, n_candidates: int = 100, tifu_params: Mapping[str, Any] | None = None, max_iter: int = 300,

@@ -42,6 +42,7 @@ from typing import Any, Self
 
 import numpy as np
 import scipy.sparse as sp
+from sklearn.base import BaseEstimator
 
 from twins.runtime.next_basket_features import basket_weights
 
@@ -51,7 +52,7 @@ Baskets = Sequence[Sequence[Item]]
 _BLOCK = 1024  # query rows per block of the distance / scoring computation
 
 
-class TIFUKNN:
+class TIFUKNN(BaseEstimator):
     """TIFU-KNN. Defaults are the paper's Ta-Feng hyper-parameters (HaojiHu/TIFUKNN README): 300 neighbours,
     within-group decay 0.9, group decay 0.7, alpha 0.7, 7 groups."""
 

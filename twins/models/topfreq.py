@@ -21,6 +21,8 @@ from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Literal, Self
 
+from sklearn.base import BaseEstimator
+
 Item = Hashable
 Baskets = Sequence[Sequence[Item]]
 
@@ -30,7 +32,7 @@ def _basket_counts(baskets: Baskets) -> Counter:
     return Counter(item for basket in baskets for item in dict.fromkeys(basket))
 
 
-class _TopFreq:
+class _TopFreq(BaseEstimator):
     """Shared fit and recommend loop; subclasses rank one user's history in ``_recommend_one``."""
 
     def fit(self, histories: Mapping[Hashable, Baskets]) -> Self:

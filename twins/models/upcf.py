@@ -17,6 +17,7 @@ from typing import Any, Self
 
 import numpy as np
 import scipy.sparse as sp
+from sklearn.base import BaseEstimator
 
 Item = Hashable
 Baskets = Sequence[Sequence[Item]]
@@ -24,7 +25,7 @@ DEFAULT_GRID: dict[str, list] = {"recency": [1, 5, 25, None], "asymmetry": [0.25
 _BLOCK = 1024
 
 
-class UPCF:
+class UPCF(BaseEstimator):
     """UP-CF@r; see the module docstring."""
 
     def __init__(self, recency: int | None = 5, asymmetry: float = 0.5, locality: float = 5) -> None:
