@@ -182,9 +182,12 @@ def run_setting(st: Setting, plots: Path, bundles: Path) -> tuple[list[dict], di
     days = purchase_days(scan_events(paths.events_dir(cfg.name)))
     s = summarise(days, st.cutoff, st.horizon_days)
     t = st.horizon_days / 7.0
-    bg = btyd(BetaGeoModel, s, t)
+    bg, mbg = btyd(BetaGeoModel, s, t), btyd(ModifiedBetaGeoModel, s, t)
     preds = {"persistence": (*persistence(s), None), "rate_extrapolation": (*rate_extrapolation(s, st.horizon_days), None),
-             "bgnbd+gg": bg[:3], "mbgnbd+gg": btyd(ModifiedBetaGeoModel, s, t)[:3]}
+             "bgnbd+gg": bg[:3], "mbgnbd+gg": mbg[:3]}
+    # the fitted parameters (weeks), logged with each BTYD child run: r, alpha, a, b and Gamma-Gamma's p, q, gamma
+    fitted = {name: {**counts.params_, **({f"gg_{k}": v for k, v in gg.params_.items()} if gg is not None else {})}
+              for name, (counts, gg) in (("bgnbd+gg", bg[3]), ("mbgnbd+gg", mbg[3]))}
     blended = blend(days, s, st, bg)
     if blended is not None:
         preds["blend(persistence, bgnbd+gg)"] = blended
@@ -197,7 +200,7 @@ def run_setting(st: Setting, plots: Path, bundles: Path) -> tuple[list[dict], di
         metrics = outlook_metrics(count, spend, s, p_any)
         for kind, pred, actual in (("count", count, s["actual_count"].to_numpy()), ("spend", spend, s["actual_spend"].to_numpy())):
             calibration_plot(pred, actual, f"{st.name} {name} {kind}", plots / f"{st.name}-{name}-{kind}.png")
-        rows.append({"setting": st.name, "model": name, "customers": s.height, **metrics})
+        rows.append({"setting": st.name, "model": name, "customers": s.height, **metrics, "fitted": fitted.get(name, {})})
     counts = bg[3][0]
     x, T = s["x"].to_numpy(), s["T"].to_numpy()
     bg_interval = (*(waiting_time_quantile(q, counts.params_["r"], counts.params_["alpha"], x, T) for q in (0.1, 0.9)),
@@ -270,7 +273,8 @@ def main() -> None:
             for r in mine:
                 with tracking.run("", f"{r['setting']}-{r['model']}", nested=True,
                                   tags={"dataset": st.source, "model": r["model"], "setting": st.name}):
-                    mlflow.log_params({"cutoff": st.cutoff.isoformat(), "horizon_days": st.horizon_days, "model": r["model"]})
+                    mlflow.log_params({"cutoff": st.cutoff.isoformat(), "horizon_days": st.horizon_days, "model": r["model"],
+                                       **{f"fitted.{k}": v for k, v in r["fitted"].items()}})
                     tracking.log_metrics(mlflow, {f"test/{k}": v for k, v in r.items() if isinstance(v, float)})
         mlflow.log_artifacts(str(plots), "calibration")
         for st in settings:
