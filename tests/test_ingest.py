@@ -10,6 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from twins.config import ConfigError
 from twins.data.events import read_report, scan_events
 from twins.data.ingest import IngestReport, ingest
 from twins.data.readers import SourceError
@@ -222,6 +223,20 @@ def test_overlapping_files_first_file_wins(tmp_path, with_basket_id):
                                    "duplicate_line": [("feb.csv", 5)]}
     assert events["item_id"].to_list() == ["a", "b", "c", "a"]
     assert events.height == 4 and events["basket_id"].n_unique() == 4
+
+
+def test_a_wildcard_path_reads_the_matching_files_in_name_order(tmp_path):
+    (tmp_path / "exports").mkdir()
+    write(tmp_path / "exports" / "orders_2023-02.csv", HEADER, "2,c1,b,1,2.0,2023-02-03 10:00",
+          "1,c1,a,1,1.0,2023-01-10 10:00")  # a copy of the January line: the earlier file (by name) wins
+    write(tmp_path / "exports" / "orders_2023-01.csv", HEADER, "1,c1,a,1,1.0,2023-01-10 10:00")
+    write(tmp_path / "exports" / "notes.csv", HEADER, "9,c9,z,1,1.0,2023-01-10 10:00")
+    report, events, quarantine = run(source(tmp_path, "exports/orders_*.csv"), tmp_path / "out")
+    assert list(report.per_file_rows) == [str(tmp_path / "exports" / f"orders_2023-0{m}.csv") for m in (1, 2)]
+    assert reasons(quarantine) == {"overlap_duplicate": [("orders_2023-02.csv", 3)]}
+    assert events["item_id"].to_list() == ["a", "b"] and report.rows_in == 3
+    with pytest.raises(ConfigError, match=r"'exports/returns_\*\.csv' matches no file"):
+        ingest(source(tmp_path, "exports/returns_*.csv"), tmp_path / "out2")
 
 
 # -------------------------------------------------------------------------------------- attribute tables

@@ -299,8 +299,8 @@ def plan(cfg: SourceConfig, not_after: datetime | None = None) -> tuple[pl.LazyF
     if cfg.returns.id_column:
         needed["returns.id_column"] = cfg.returns.id_column
     raws, files = [], []
-    for spec in cfg.files:
-        path = cfg.resolve(spec.path)
+    inputs = cfg.input_files()
+    for path, _ in inputs:
         fmt = readers.detect_format(path, cfg.format)
         raws.append(readers.scan(path, fmt, cfg.csv))
         readers.check_columns(path, raws[-1], needed, cfg.csv)
@@ -310,7 +310,7 @@ def plan(cfg: SourceConfig, not_after: datetime | None = None) -> tuple[pl.LazyF
     except pl.exceptions.PolarsError as exc:
         raise _read_error(cfg, files, exc) from None
     frames = []
-    for i, (raw, spec, (path, fmt)) in enumerate(zip(raws, cfg.files, files)):
+    for i, (raw, (_, spec), (path, fmt)) in enumerate(zip(raws, inputs, files)):
         lf = with_reasons(canonical_frame(raw, cfg, i, path.name, fmt, spec.constants), cfg, not_after)
         if dups is not None:
             same, earlier = (rows + _first_line(fmt, cfg) for rows in dups[i])

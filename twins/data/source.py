@@ -5,6 +5,7 @@ See README.md ("Bring your own log") for a worked example of every key.
 
 from __future__ import annotations
 
+import glob
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -26,7 +27,8 @@ class FileSpec(_Strict):
     """One input file. Files are read in the listed order; that order breaks ties for duplicates
     across files (the first file wins) and orders baskets of order-only sources."""
 
-    path: str
+    path: str = Field(description="relative to the config's folder, absolute, package://pkg/file, or a pattern "
+                                  "(exports/orders_*.csv) for the files it matches, in name order")
     constants: dict[str, str] = Field(default_factory=dict, description="extra columns set for every row of this file")
 
 
@@ -145,6 +147,23 @@ class SourceConfig(_Strict):
                 raise config.ConfigError(f"{path}: package {pkg!r} is not installed (pip install {pkg.replace('_', '-')})") from None
         p = Path(path)
         return p if p.is_absolute() else (self.base_dir / p)
+
+    def input_files(self) -> list[tuple[Path, FileSpec]]:
+        """Every input file in read order, with its spec. A ``path`` with a wildcard (``*``, ``?``, ``[...]``, ``**``,
+        e.g. ``exports/orders_*.csv``) stands for the files it matches, in path order; one that matches none is an
+        error."""
+        out = []
+        for spec in self.files:
+            path = self.resolve(spec.path)
+            if not any(ch in spec.path for ch in "*?["):
+                out.append((path, spec))
+                continue
+            matches = sorted(Path(q) for q in glob.glob(str(path), recursive=True) if Path(q).is_file())
+            if not matches:
+                raise config.ConfigError(f"files: {spec.path!r} matches no file ({path}); check the pattern "
+                                         "(wildcards: * ? [...], ** for any folders) and the folder")
+            out += [(q, spec) for q in matches]
+        return out
 
 
 def load_source(path: str | Path, overrides: list[str] | None = None) -> SourceConfig:
