@@ -239,6 +239,18 @@ def test_a_wildcard_path_reads_the_matching_files_in_name_order(tmp_path):
         ingest(source(tmp_path, "exports/returns_*.csv"), tmp_path / "out2")
 
 
+def test_gzipped_csv_is_read_by_its_suffix(tmp_path):
+    import gzip
+
+    text = "\n".join([HEADER, "1,c1,a,2,1.5,2023-01-10 10:00", "2,c2,b,x,1.0,2023-01-11 10:00"]) + "\n"
+    (tmp_path / "orders.csv.gz").write_bytes(gzip.compress(text.encode()))
+    report, events, quarantine = run(source(tmp_path, "orders.csv.gz"), tmp_path / "out")
+    assert events["quantity"].to_list() == [2.0] and reasons(quarantine) == {"bad_quantity": [("orders.csv.gz", 3)]}
+    (tmp_path / "t.parquet.gz").write_bytes(gzip.compress(b"x"))
+    with pytest.raises(SourceError, match="cannot tell the format from the suffix '.gz'"):
+        ingest(source(tmp_path, "t.parquet.gz"), tmp_path / "out2")
+
+
 # -------------------------------------------------------------------------------------- attribute tables
 
 def test_attribute_tables_are_written_and_joinable(tmp_path):

@@ -12,6 +12,7 @@ from twins.data.source import CsvOptions, Format
 _SUFFIX_FORMATS: dict[str, Format] = {
     ".csv": "csv", ".tsv": "csv", ".txt": "whitespace", ".parquet": "parquet", ".pq": "parquet", ".json": "basket_json",
 }
+_COMPRESSED = (".gz", ".zst")  # text files polars reads compressed
 _SEPARATORS = (",", ";", "\t", "|")
 
 
@@ -22,7 +23,12 @@ class SourceError(ValueError):
 def detect_format(path: Path, declared: Format | None) -> Format:
     if declared:
         return declared
-    fmt = _SUFFIX_FORMATS.get(path.suffix.lower())
+    suffixes = [x.lower() for x in path.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSED:  # orders.csv.gz: the format is the suffix before
+        suffixes.pop()
+    fmt = _SUFFIX_FORMATS.get(suffixes[-1]) if suffixes else None
+    if fmt in ("parquet", "basket_json") and path.suffix.lower() in _COMPRESSED:
+        fmt = None  # polars decompresses text formats only
     if fmt is None:
         raise SourceError(f"{path}: cannot tell the format from the suffix {path.suffix!r}; "
                           f"set `format:` to one of csv, parquet, whitespace, basket_json in the source config")
