@@ -28,7 +28,8 @@ def detect_format(path: Path, declared: Format | None) -> Format:
         suffixes.pop()
     fmt = _SUFFIX_FORMATS.get(suffixes[-1]) if suffixes else None
     if fmt in ("parquet", "basket_json") and path.suffix.lower() in _COMPRESSED:
-        fmt = None  # polars decompresses text formats only
+        raise SourceError(f"{path}: a compressed {fmt} file cannot be read; decompress it first (e.g. `gunzip`); "
+                          "compressed csv and whitespace files are read as they are")
     if fmt is None:
         raise SourceError(f"{path}: cannot tell the format from the suffix {path.suffix!r}; "
                           f"set `format:` to one of csv, parquet, whitespace, basket_json in the source config")
