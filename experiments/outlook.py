@@ -23,6 +23,7 @@ import polars as pl
 import torch
 
 from experiments.report import write_section
+from pipelines.outlook import btyd, btyd_params, calibration_plot
 from twins import paths, tracking
 from twins.data.events import scan_events
 from twins.data.ingest import ingest
@@ -30,7 +31,7 @@ from twins.data.source import load_source
 from twins.evaluate.outlook import blend_weight, interval_coverage, outlook_metrics, persistence, purchase_days, rate_extrapolation, summarise
 from twins.models.btyd import BetaGeoModel, ModifiedBetaGeoModel
 from twins.models.outlook_net import NeuralOutlook, day_table, features_at, horizon_weeks
-from twins.twin.outlook import fit_outlook, predict_outlook, waiting_time_quantile
+from twins.twin.outlook import waiting_time_quantile
 
 REPO = Path(__file__).resolve().parents[1]
 ALIVE = 0.9  # intervals of the time to the next purchase are given alive: scored where P(alive) >= this
@@ -53,35 +54,6 @@ SETTINGS = [
     Setting("cj-26w", "configs/sources/complete_journey.yaml", datetime(2017, 7, 2, tzinfo=timezone.utc), 26 * 7,
             "Complete Journey (simulated by its publisher); cut-off after 26 weeks (2017-07-01), 26-week horizon"),
 ]
-
-
-def btyd(model_cls, s: pl.DataFrame, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
-    """(expected purchase days, expected spend, P(>= 1 purchase), (count model, Gamma-Gamma))."""
-    counts, spend = fit_outlook(s, model_cls)
-    count, expected_spend, p_any, _ = predict_outlook(s, counts, spend, t)
-    return count, expected_spend, p_any, (counts, spend)
-
-
-def calibration_plot(pred: np.ndarray, actual: np.ndarray, title: str, path: Path) -> None:
-    """Mean predicted vs mean actual by decile of the prediction."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    order = np.argsort(pred, kind="mergesort")
-    bins = np.array_split(order, 10)
-    p = [pred[b].mean() for b in bins]
-    a = [actual[b].mean() for b in bins]
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    ax.plot(p, a, "o-", label="deciles")
-    hi = max(max(p), max(a))
-    ax.plot([0, hi], [0, hi], "k--", lw=0.8, label="y = x")
-    ax.set(xlabel="mean predicted", ylabel="mean actual", title=title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def check_bundle(model, gg, s: pl.DataFrame, st: Setting, out: Path, expected: np.ndarray) -> None:
@@ -110,8 +82,7 @@ def blend(days: pl.LazyFrame, s: pl.DataFrame, st: Setting, bg: tuple) -> tuple[
     earlier = summarise(days, st.cutoff - timedelta(days=st.horizon_days), st.horizon_days)
     if earlier.height == 0 or not (earlier["x"] > 0).any():
         return None
-    t = st.horizon_days / 7.0
-    count_b, spend_b, _, _ = btyd(BetaGeoModel, earlier, t)
+    (count_b, spend_b, _), _ = btyd(BetaGeoModel, earlier, st.horizon_days)
     count_p, spend_p = persistence(earlier)
     w_count = blend_weight(count_p, count_b, earlier["actual_count"].to_numpy())
     w_spend = blend_weight(spend_p, spend_b, earlier["actual_spend"].to_numpy())
@@ -181,17 +152,14 @@ def run_setting(st: Setting, plots: Path, bundles: Path) -> tuple[list[dict], di
     ingest(cfg, paths.events_dir(cfg.name))
     days = purchase_days(scan_events(paths.events_dir(cfg.name)))
     s = summarise(days, st.cutoff, st.horizon_days)
-    t = st.horizon_days / 7.0
-    bg, mbg = btyd(BetaGeoModel, s, t), btyd(ModifiedBetaGeoModel, s, t)
+    (bg, bg_models), (mbg, mbg_models) = btyd(BetaGeoModel, s, st.horizon_days), btyd(ModifiedBetaGeoModel, s, st.horizon_days)
     preds = {"persistence": (*persistence(s), None), "rate_extrapolation": (*rate_extrapolation(s, st.horizon_days), None),
-             "bgnbd+gg": bg[:3], "mbgnbd+gg": mbg[:3]}
-    # the fitted parameters (weeks), logged with each BTYD child run: r, alpha, a, b and Gamma-Gamma's p, q, gamma
-    fitted = {name: {**counts.params_, **({f"gg_{k}": v for k, v in gg.params_.items()} if gg is not None else {})}
-              for name, (counts, gg) in (("bgnbd+gg", bg[3]), ("mbgnbd+gg", mbg[3]))}
+             "bgnbd+gg": bg, "mbgnbd+gg": mbg}
+    fitted = {"bgnbd+gg": btyd_params(*bg_models), "mbgnbd+gg": btyd_params(*mbg_models)}  # logged with the child runs
     blended = blend(days, s, st, bg)
     if blended is not None:
         preds["blend(persistence, bgnbd+gg)"] = blended
-    check_bundle(*bg[3], s, st, bundles / st.name, expected=bg[0])
+    check_bundle(*bg_models, s, st, bundles / st.name, expected=bg[0])
     d = Days.of(days, s, st.cutoff)
     preds["neural"], info = neural(d, s, st, bundles / f"{st.name}-neural")
     preds["reference_holdout_trees"] = holdout_reference(d, s)
@@ -201,7 +169,7 @@ def run_setting(st: Setting, plots: Path, bundles: Path) -> tuple[list[dict], di
         for kind, pred, actual in (("count", count, s["actual_count"].to_numpy()), ("spend", spend, s["actual_spend"].to_numpy())):
             calibration_plot(pred, actual, f"{st.name} {name} {kind}", plots / f"{st.name}-{name}-{kind}.png")
         rows.append({"setting": st.name, "model": name, "customers": s.height, **metrics, "fitted": fitted.get(name, {})})
-    counts = bg[3][0]
+    counts = bg_models[0]
     x, T = s["x"].to_numpy(), s["T"].to_numpy()
     bg_interval = (*(waiting_time_quantile(q, counts.params_["r"], counts.params_["alpha"], x, T) for q in (0.1, 0.9)),
                    counts.p_alive(x, s["t_x"].to_numpy(), T))

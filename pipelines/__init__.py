@@ -8,6 +8,7 @@ from types import ModuleType
 PIPELINES = {
     "next_basket": "pipelines.next_basket",
     "emotion": "pipelines.emotion",
+    "outlook": "pipelines.outlook",
 }
 
 

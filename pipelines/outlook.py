@@ -1,0 +1,254 @@
+"""Purchase-outlook pipeline: ingest -> purchase days -> holdout evaluation -> refit on everything -> ONNX bundles.
+
+Protocol (DESIGN §4, calibration-holdout): the models are fitted on the purchase days before ``params.cutoff`` and
+scored on the customers first seen before it, over the next ``params.horizon_days``; persistence and rate
+extrapolation in the same table. Then the exported models (``params.export``) are refitted on every purchase day
+before the run's ``as_of`` (default: after the last one) and written as ONNX bundles whose torch-free runtime, fed
+each customer's raw purchase days, must reproduce the models' answers; they are registered in MLflow.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from twins import api, paths
+from twins.data.events import scan_events
+from twins.data.ingest import IngestReport
+from twins.data.source import SourceConfig
+from twins.evaluate.outlook import outlook_metrics, persistence, purchase_days, rate_extrapolation, summarise
+from twins.models.btyd import BetaGeoModel, ModifiedBetaGeoModel
+from twins.models.outlook_net import NeuralOutlook, day_table, features_at, horizon_weeks
+from twins.pipeline import Pipeline, node
+from twins.twin.outlook import fit_outlook, predict_outlook
+
+TAGS = {"protocol": "calibration-holdout: fit before the cut-off, score the horizon after it (purchase days)"}
+BTYD = {"bgnbd": BetaGeoModel, "mbgnbd": ModifiedBetaGeoModel}
+MODELS = ("persistence", "rate_extrapolation", *BTYD, "neural")
+EXPORTABLE = ("bgnbd", "neural")
+DEFAULTS: dict[str, Any] = {"cutoff": None, "horizon_days": 91.0, "models": list(MODELS), "neural": {},
+                            "export": ["bgnbd", "neural"]}
+
+
+def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(params) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"params: unknown key(s) {sorted(unknown)}; outlook takes {sorted(DEFAULTS)}")
+    p = DEFAULTS | params
+    if p["cutoff"] is None:
+        raise ValueError("params.cutoff is required: the date the holdout starts (e.g. 2017-09-30); the models are "
+                         "fitted on the purchase days before it and scored on the horizon after it")
+    p["cutoff"] = api.parse_as_of(str(p["cutoff"]))
+    if not float(p["horizon_days"]) >= 7:
+        raise ValueError(f"params.horizon_days must be >= 7 (the neural outlook answers in whole weeks), got {p['horizon_days']}")
+    for key, allowed in (("models", MODELS), ("export", EXPORTABLE)):
+        bad = [m for m in p[key] if m not in allowed]
+        if bad:
+            raise ValueError(f"params.{key}: unknown {bad}; available {list(allowed)}")
+    try:  # a misspelt hyper-parameter fails here, before any fitting
+        NeuralOutlook(**p["neural"])
+    except TypeError as exc:
+        raise ValueError(f"params.neural: {exc}; NeuralOutlook takes {sorted(NeuralOutlook().get_params())}") from None
+    return p
+
+
+# --------------------------------------------------------------------------------------------- edge nodes
+
+def ingest_events(source: SourceConfig) -> IngestReport:
+    return api.ingest(source, track=False)  # the parent run logs the report in log_results
+
+
+def load_days(source: SourceConfig, report: IngestReport) -> pl.DataFrame:
+    """One row per customer and UTC day with purchases: ``customer_id``, ``day``, ``spend`` (net of returns)."""
+    return purchase_days(scan_events(paths.events_dir(source.name))).collect()
+
+
+# --------------------------------------------------------------------------------------------- pure nodes
+
+def btyd(model_cls, summary: pl.DataFrame, horizon_days: float) -> tuple[tuple[np.ndarray, ...], tuple]:
+    """((expected purchase days, expected spend, P(>= 1 purchase)), (count model, Gamma-Gamma)) of a BTYD count
+    model with Gamma-Gamma, fitted on ``summary``'s calibration columns."""
+    counts, spend = fit_outlook(summary, model_cls)
+    count, expected_spend, p_any, _ = predict_outlook(summary, counts, spend, horizon_days / 7.0)
+    return (count, expected_spend, p_any), (counts, spend)
+
+
+def btyd_params(counts, gg) -> dict[str, float]:
+    """A BTYD fit's parameters (weeks) for logging: r, alpha, a, b and Gamma-Gamma's as gg_p, gg_q, gg_gamma."""
+    return {**counts.params_, **({f"gg_{k}": v for k, v in gg.params_.items()} if gg is not None else {})}
+
+
+def _features(days: pl.DataFrame, summary: pl.DataFrame, cutoff: datetime) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """The neural outlook's training input (customer code, age, spend of every purchase day) and the features of
+    ``summary``'s customers at ``cutoff``."""
+    ids, code, age, spend = day_table(days, cutoff)
+    rows = summary["customer_id"].cast(pl.Enum(ids)).to_physical().to_numpy()
+    return (code, age, spend), features_at(code, age, spend, rows)
+
+
+def evaluate_holdout(days: pl.DataFrame, params: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One row per model: count, spend and P(>= 1) metrics on the holdout, and each model's fitted parameters.
+    Also the predictions ``{model: (count, spend)}`` and the ``actual`` counts and spend, for the plots."""
+    p = resolve_params(params)
+    cutoff, horizon = p["cutoff"], float(p["horizon_days"])
+    summary = summarise(days.lazy(), cutoff, horizon)
+    if summary.is_empty() or summary["actual_count"].sum() == 0:
+        raise ValueError(f"params.cutoff {cutoff:%Y-%m-%d}: no customer buys both before it and in the {horizon:g} "
+                         "days after it; choose a cut-off inside the data with a full horizon after it")
+    preds: dict[str, tuple[np.ndarray, ...]] = {}
+    fitted: dict[str, dict[str, Any]] = {}
+    for name in p["models"]:
+        if name == "persistence":
+            preds[name] = (*persistence(summary), None)
+        elif name == "rate_extrapolation":
+            preds[name] = (*rate_extrapolation(summary, horizon), None)
+        elif name in BTYD:
+            preds[name], models = btyd(BTYD[name], summary, horizon)
+            fitted[name] = btyd_params(*models)
+        else:
+            (code, age, spend), x = _features(days, summary, cutoff)
+            model = NeuralOutlook(**p["neural"]).fit(code, age, spend, horizon_weeks(horizon))
+            out = model.predict(x, horizon_weeks(horizon))
+            preds[name] = (out["expected_purchases"], out["expected_spend"], out["p_any_purchase"])
+            fitted[name] = {**model.get_params(), "epochs": [len(h) for h in model.history_], "windows": model.n_windows_}
+    rows = [{"model": name, "customers": summary.height, **outlook_metrics(count, spend, summary, p_any),
+             "params": fitted.get(name, {})} for name, (count, spend, p_any) in preds.items()]
+    actual = (summary["actual_count"].to_numpy(), summary["actual_spend"].to_numpy())
+    return rows, {"predictions": {k: v[:2] for k, v in preds.items()}, "actual": actual}
+
+
+def _as_of(days: pl.DataFrame, as_of: datetime | None) -> datetime:
+    """The export fit's date: ``as_of``, or the start of the day after the last purchase day."""
+    return as_of if as_of is not None else days["day"].max() + timedelta(days=1)
+
+
+def fit_for_export(days: pl.DataFrame, as_of: datetime | None, params: dict[str, Any]) -> dict[str, Any]:
+    """The exported models refitted on every purchase day before ``as_of``: ``{"bgnbd": (BG/NBD, Gamma-Gamma),
+    "neural": NeuralOutlook}`` (those in ``params.export``), with ``as_of`` and the summary they score."""
+    p = resolve_params(params)
+    when = _as_of(days, as_of)
+    summary = summarise(days.lazy(), when, float(p["horizon_days"]))
+    out: dict[str, Any] = {"as_of": when, "summary": summary}
+    if "bgnbd" in p["export"]:
+        counts, gg = fit_outlook(summary, BetaGeoModel)
+        if gg is None:
+            raise ValueError("Gamma-Gamma could not be fitted (too few repeat buyers with spend, or all alike): no "
+                             "BG/NBD + Gamma-Gamma bundle; drop bgnbd from params.export")
+        out["bgnbd"] = (counts, gg)
+    if "neural" in p["export"]:
+        (code, age, spend), out["neural_x"] = _features(days, summary, when)
+        out["neural"] = NeuralOutlook(**p["neural"]).fit(code, age, spend, horizon_weeks(float(p["horizon_days"])))
+    return out
+
+
+def export_bundles(source: SourceConfig, days: pl.DataFrame, fitted: dict[str, Any], params: dict[str, Any]) -> dict[str, str]:
+    """Write the ONNX bundles (``$TWINS_HOME/models/<source>-outlook[-net]``) and check that each, fed every scored
+    customer's raw purchase days, gives the model's expected purchases, spend and P(>= 1 purchase) (rtol 1e-6)."""
+    from twins.models.outlook_export import export_neural_outlook, export_outlook
+    from twins.runtime import load
+
+    p = resolve_params(params)
+    when, summary, horizon = fitted["as_of"], fitted["summary"], float(p["horizon_days"])
+    before = days.filter(pl.col("day") < when).group_by("customer_id").agg("day", "spend")
+    by_id = {c: list(zip(d, s)) for c, d, s in before.iter_rows()}
+    histories = [by_id[c] for c in summary["customer_id"]]
+    bundles: dict[str, str] = {}
+    for name in p["export"]:
+        out = paths.models_dir() / f"{source.name}-outlook{'-net' if name == 'neural' else ''}"
+        if name == "bgnbd":
+            counts, gg = fitted["bgnbd"]
+            want = dict(zip(("expected_purchases", "expected_spend", "p_any_purchase"),
+                            predict_outlook(summary, counts, gg, horizon / 7.0)[:3]))
+            export_outlook(counts, gg, out, horizon_days=horizon, name=out.name, overwrite=True)
+            got = load(out).score(histories, when)
+        else:
+            model = fitted["neural"]
+            want = model.predict(fitted["neural_x"], horizon_weeks(horizon))
+            export_neural_outlook(model, out, horizon_days=horizon, name=out.name, overwrite=True)
+            got = load(out).score([[(d, max(s, 0.0)) for d, s in h] for h in histories], when)  # features floor spend at 0
+        for key in ("expected_purchases", "expected_spend", "p_any_purchase"):
+            if not np.allclose([g[key] for g in got], want[key], rtol=1e-6):
+                raise AssertionError(f"{out}: the runtime's {key} differs from the model's: the bundle does not "
+                                     "reproduce it")
+        bundles[name] = str(out)
+    return bundles
+
+
+def calibration_plot(pred: np.ndarray, actual: np.ndarray, title: str, path: Path) -> Path:
+    """Mean predicted vs mean actual by decile of the prediction, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = np.argsort(pred, kind="mergesort")
+    bins = [b for b in np.array_split(order, 10) if len(b)]
+    p = [pred[b].mean() for b in bins]
+    a = [actual[b].mean() for b in bins]
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.plot(p, a, "o-", label="deciles")
+    hi = max(max(p), max(a))
+    ax.plot([0, hi], [0, hi], "k--", lw=0.8, label="y = x")
+    ax.set(xlabel="mean predicted", ylabel="mean actual", title=title)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def format_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| model | count MAE | count RMSE | Σpred/Σactual | Spearman | spend MAE | spend RMSE | spend Σ ratio | AUC P(≥1) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['count/mae']:.4f} | {r['count/rmse']:.4f} | {r['count/sum_ratio']:.3f} | "
+                     f"{r['count/spearman']:.3f} | {r['spend/mae']:.3f} | {r['spend/rmse']:.3f} | "
+                     f"{r['spend/sum_ratio']:.3f} | {r['any/auc']:.3f} |")
+    return lines
+
+
+# --------------------------------------------------------------------------------------------- logging edge
+
+def log_results(rows: list[dict[str, Any]], holdout: dict[str, Any], bundles: dict[str, str], fitted: dict[str, Any],
+                report: IngestReport, source: SourceConfig, params: dict[str, Any], mlflow) -> list[str]:
+    """Log the ingest, one child run per model (fitted parameters, holdout metrics, calibration plots), the table
+    and the bundles (registered as ``<source>-outlook`` / ``<source>-outlook-net``)."""
+    import tempfile
+
+    from twins import registry, tracking
+
+    p = resolve_params(params)
+    api.log_ingest(mlflow, source, report)
+    protocol = (f"{TAGS['protocol']}; cut-off {p['cutoff']:%Y-%m-%d}, horizon {float(p['horizon_days']):g} days, "
+                f"{rows[0]['customers']:,} customers first seen before the cut-off")
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in rows:
+            with tracking.run("", r["model"], nested=True, tags={"model": r["model"], "dataset": source.name, **TAGS}):
+                mlflow.log_params({"model": r["model"], "cutoff": p["cutoff"].isoformat(), "horizon_days": p["horizon_days"],
+                                   **{f"{r['model']}.{k}": v for k, v in r["params"].items()}})
+                tracking.log_metrics(mlflow, {f"test/{k}": v for k, v in r.items() if isinstance(v, float)})
+                for kind, pred, actual in zip(("count", "spend"), holdout["predictions"][r["model"]], holdout["actual"]):
+                    png = calibration_plot(pred, actual, f"{source.name} {r['model']} {kind}", Path(tmp) / f"{r['model']}-{kind}.png")
+                    mlflow.log_artifact(str(png), "calibration")
+    table = format_table(rows)
+    mlflow.log_text("\n".join([protocol, "", *table]), "results/table.md")
+    registered = [registry.log_bundle(path, Path(path).name).uri for path in bundles.values()]
+    return [report.summary(), f"holdout metrics ({protocol}):", *table,
+            *(f"ONNX bundle ({name}, fitted on the purchase days before {fitted['as_of']:%Y-%m-%d}): {path}, registered as {uri}; "
+              "the runtime reproduces the model's answers" for (name, path), uri in zip(bundles.items(), registered))]
+
+
+def pipeline() -> Pipeline:
+    return Pipeline("outlook", [
+        node(ingest_events, "source", "report"),
+        node(load_days, ("source", "report"), "days"),
+        node(evaluate_holdout, ("days", "params"), ("rows", "holdout")),
+        node(fit_for_export, ("days", "as_of", "params"), "fitted"),
+        node(export_bundles, ("source", "days", "fitted", "params"), "bundles"),
+        node(log_results, ("rows", "holdout", "bundles", "fitted", "report", "source", "params", "mlflow"), "summary_lines"),
+    ])

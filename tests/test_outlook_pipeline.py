@@ -1,0 +1,76 @@
+"""`twins run` with the outlook pipeline on a generated shop: holdout table, refitted bundles that the runtime
+reproduces from raw purchase days, MLflow child runs with calibration plots, and parameter errors."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from twins import api
+from twins.cli import app
+from twins.runtime import load
+
+START = datetime(2023, 1, 1, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def shop(tmp_path) -> Path:
+    """A year of orders by 120 customers with their own rates, some of them leaving; a CSV log and its configs."""
+    rng = np.random.default_rng(5)
+    lines = ["order,customer,sku,qty,price,ts"]
+    for c in range(120):
+        rate, life = rng.gamma(1.5, 1 / 10), rng.exponential(500)
+        for o, day in enumerate(np.sort(rng.uniform(0, min(life, 365), rng.poisson(rate * min(life, 365)) + 1))):
+            when = START + timedelta(days=float(day))
+            lines.append(f"c{c}-{o},c{c},p{o % 7},{1 + o % 3},{rng.gamma(3.0, 4.0):.2f},{when:%Y-%m-%d %H:%M:%S}")
+    (tmp_path / "orders.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "shop.yaml").write_text(
+        "name: shop\nfiles: [{path: orders.csv}]\n"
+        "columns: {basket_id: order, customer_id: customer, item_id: sku, quantity: qty, unit_price: price, event_time: ts}\n"
+        "validation: {not_after: 2030-01-01T00:00:00Z}\n")
+    (tmp_path / "outlook.yaml").write_text(
+        "pipeline: outlook\nexperiment: shop-outlook\nsource: shop.yaml\nas_of: end\n"
+        "params: {cutoff: 2023-10-01, horizon_days: 28, neural: {n_members: 1, max_epochs: 3, hidden: 16}}\n")
+    return tmp_path
+
+
+def test_outlook_pipeline_evaluates_exports_and_tracks(shop, twins_home):
+    import mlflow
+
+    catalog = api.run(shop / "outlook.yaml")
+    rows = {r["model"]: r for r in catalog["rows"]}
+    assert list(rows) == ["persistence", "rate_extrapolation", "bgnbd", "mbgnbd", "neural"]
+    assert all(r["customers"] == rows["neural"]["customers"] > 50 and r["count/mae"] >= 0 for r in rows.values())
+    assert {"r", "alpha", "a", "b", "gg_p", "gg_q", "gg_gamma"} <= set(rows["bgnbd"]["params"])
+    # the bundles are refitted on every purchase day; the pipeline checked the runtime against the models
+    assert catalog["fitted"]["as_of"] > datetime(2023, 12, 1, tzinfo=timezone.utc)
+    bundles = catalog["bundles"]
+    assert sorted(Path(p).name for p in bundles.values()) == ["shop-outlook", "shop-outlook-net"]
+    answer = load(bundles["neural"]).score([[("2023-12-20T10:00:00", 12.0)]], as_of="2024-01-01")[0]
+    assert answer["known"] and answer["expected_purchases"] > 0 and answer["horizon_days"] == 28.0
+    client = mlflow.MlflowClient()
+    children = client.search_runs([mlflow.get_experiment_by_name("shop-outlook").experiment_id],
+                                  f"tags.mlflow.parentRunId = '{catalog['run_id']}'")
+    assert sorted(c.data.tags["model"] for c in children) == sorted(rows)
+    neural = next(c for c in children if c.data.tags["model"] == "neural")
+    assert neural.data.metrics["test/count/mae"] == pytest.approx(rows["neural"]["count/mae"])
+    assert neural.data.params["neural.n_members"] == "1"
+    plots = {a.path for a in client.list_artifacts(neural.info.run_id, "calibration")}
+    assert plots == {"calibration/neural-count.png", "calibration/neural-spend.png"}
+    assert {m.name for m in client.search_registered_models()} >= {"shop-outlook", "shop-outlook-net"}
+
+
+@pytest.mark.parametrize(("override", "words"), [
+    ("params.cutoff=null", "params.cutoff is required"),
+    ("params.models=[prophet]", "params.models: unknown ['prophet']"),
+    ("params.neural={layers: 3}", "layers"),
+    ("params.cutoff=2031-01-01", "no customer buys both before it and in the 28 days after it"),
+    ("params.horizon=7", "unknown key(s) ['horizon']"),
+])
+def test_outlook_pipeline_parameter_errors_name_the_key(shop, twins_home, override, words):
+    out = CliRunner().invoke(app, ["run", str(shop / "outlook.yaml"), "--set", override])
+    assert out.exit_code == 2 and words in out.output, out.output
