@@ -29,13 +29,13 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import polars as pl
 import torch
 
 from experiments.report import write_section
+from pipelines.replenishment import runtime_gap
 from twins.evaluate.replenishment import coverage, replenishment_metrics
 from twins.models.replenishment import History, Samples, baseline_predictions, histories, samples
 from twins.models.replenishment_export import export_replenishment
@@ -54,8 +54,6 @@ MODEL = "mlp_quantile (PyTorch)"
 ORACLE = "full-state oracle"
 FUTURES = 25  # re-simulated futures behind the full-state oracle
 DAY_S = 86_400
-DAY_US = 86_400_000_000
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def rate_mape(twins: pl.DataFrame, truth: pl.DataFrame) -> pl.DataFrame:
@@ -63,19 +61,6 @@ def rate_mape(twins: pl.DataFrame, truth: pl.DataFrame) -> pl.DataFrame:
     ape = ((pl.col("rate") - pl.col("rate_true")).abs() / pl.col("rate_true"))
     return pl.concat([j.group_by("kind").agg(ape.mean().alias("mape"), pl.len().alias("n")),
                       j.select(pl.lit("all").alias("kind"), ape.mean().alias("mape"), pl.len().cast(pl.UInt32).alias("n"))])
-
-
-def runtime_gap(bundle, hist: dict, machines: np.ndarray, as_of, out: dict[str, np.ndarray]) -> float:
-    """Largest relative difference (``|a - b| / max(|b|, 1)``) between the runtime's answers, from each machine's
-    raw orders and readings rebuilt as plain tuples (to the microsecond), and the model's ``out``."""
-    when = lambda days: EPOCH + timedelta(microseconds=round(days * DAY_US))  # noqa: E731
-    orders = [[(when(t), q, p) for t, q, p in zip(hist[m].t, hist[m].q, hist[m].promised)] for m in machines]
-    readings = [[(when(t), s, u) for t, s, u in zip(hist[m].tel_t, hist[m].stock, hist[m].usage)] for m in machines]
-    got = bundle.forecast(orders, as_of, readings)
-    pairs = {"days": "time", "days_low": "time_low", "days_high": "time_high", "quantity": "quantity",
-             "quantity_low": "quantity_low", "quantity_high": "quantity_high"}
-    return max(float(np.max(np.abs(np.array([a[k] for a in got]) - out[v]) / np.maximum(np.abs(out[v]), 1.0)))
-               for k, v in pairs.items())
 
 
 @dataclass

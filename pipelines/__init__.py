@@ -9,6 +9,7 @@ PIPELINES = {
     "next_basket": "pipelines.next_basket",
     "emotion": "pipelines.emotion",
     "outlook": "pipelines.outlook",
+    "replenishment": "pipelines.replenishment",
 }
 
 

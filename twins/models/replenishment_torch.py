@@ -15,6 +15,7 @@ from typing import Self
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator
 from torch import nn
 
 from twins.models.btyd import default_device
@@ -80,7 +81,7 @@ def pinball(pred: torch.Tensor, target: torch.Tensor, taus: torch.Tensor, lower_
     return loss.mean()
 
 
-class ReplenishmentForecaster:
+class ReplenishmentForecaster(BaseEstimator):
     """Fit on feature rows with targets (time, quantity, censored); predict median and interval of both."""
 
     def __init__(self, hidden: int = 64, epochs: int = 60, batch_size: int = 512, lr: float = 3e-3,
