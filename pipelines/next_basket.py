@@ -26,6 +26,8 @@ from twins.pipeline import Pipeline, node
 from twins.twin.customer import TwinParams
 from twins.twin.store import Snapshot
 
+from pipelines.common import ingest_events, merge_params
+
 TAGS = {"protocol": "next-basket: last basket target, users random 72/8/20 per seed"}
 #: name -> estimator factory. "_rc" variants break ties between a user's items by first purchase, as the
 #: Reality Check code does; the others by global popularity (the exportable form).
@@ -49,10 +51,7 @@ NOT_METRICS = ("model", "seed", "n_users", "params", "history")
 
 
 def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(params) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"params: unknown key(s) {sorted(unknown)}; next_basket takes {sorted(DEFAULTS)}")
-    p = DEFAULTS | params
+    p = merge_params(params, DEFAULTS, "next_basket")
     bad = [m for m in p["models"] if m not in MODELS and m not in TUNED]
     if bad:
         raise ValueError(f"params.models: unknown {bad}; available {sorted([*MODELS, *TUNED])}")
@@ -95,10 +94,6 @@ def _fit(name: str, parts: dict[str, tuple[dict, dict]], seed: int, neural: dict
 
 
 # --------------------------------------------------------------------------------------------- edge nodes
-
-def ingest_events(source: SourceConfig) -> IngestReport:
-    return api.ingest(source, track=False)  # the parent run logs the report in log_results
-
 
 def build_twins(source: SourceConfig, as_of, twin_params: TwinParams, report: IngestReport) -> Snapshot:
     return api.build(source, as_of, twin_params, track=False)

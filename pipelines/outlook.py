@@ -26,6 +26,8 @@ from twins.models.outlook_net import NeuralOutlook, day_table, features_at, hori
 from twins.pipeline import Pipeline, node
 from twins.twin.outlook import fit_outlook, predict_outlook
 
+from pipelines.common import check_hyper_parameters, ingest_events, merge_params, required_date
+
 TAGS = {"protocol": "calibration-holdout: fit before the cut-off, score the horizon after it (purchase days)"}
 BTYD = {"bgnbd": BetaGeoModel, "mbgnbd": ModifiedBetaGeoModel}
 MODELS = ("persistence", "rate_extrapolation", *BTYD, "neural")
@@ -35,32 +37,20 @@ DEFAULTS: dict[str, Any] = {"cutoff": None, "horizon_days": 91.0, "models": list
 
 
 def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(params) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"params: unknown key(s) {sorted(unknown)}; outlook takes {sorted(DEFAULTS)}")
-    p = DEFAULTS | params
-    if p["cutoff"] is None:
-        raise ValueError("params.cutoff is required: the date the holdout starts (e.g. 2017-09-30); the models are "
-                         "fitted on the purchase days before it and scored on the horizon after it")
-    p["cutoff"] = api.parse_as_of(str(p["cutoff"]))
+    p = merge_params(params, DEFAULTS, "outlook")
+    p["cutoff"] = required_date(p["cutoff"], "cutoff", "the date the holdout starts (e.g. 2017-10-01); the models "
+                                "are fitted on the purchase days before it and scored on the horizon after it")
     if not float(p["horizon_days"]) >= 7:
         raise ValueError(f"params.horizon_days must be >= 7 (the neural outlook answers in whole weeks), got {p['horizon_days']}")
     for key, allowed in (("models", MODELS), ("export", EXPORTABLE)):
         bad = [m for m in p[key] if m not in allowed]
         if bad:
             raise ValueError(f"params.{key}: unknown {bad}; available {list(allowed)}")
-    try:  # a misspelt hyper-parameter fails here, before any fitting
-        NeuralOutlook(**p["neural"])
-    except TypeError as exc:
-        raise ValueError(f"params.neural: {exc}; NeuralOutlook takes {sorted(NeuralOutlook().get_params())}") from None
+    check_hyper_parameters(NeuralOutlook, p["neural"], "neural")
     return p
 
 
 # --------------------------------------------------------------------------------------------- edge nodes
-
-def ingest_events(source: SourceConfig) -> IngestReport:
-    return api.ingest(source, track=False)  # the parent run logs the report in log_results
-
 
 def load_days(source: SourceConfig, report: IngestReport) -> pl.DataFrame:
     """One row per customer and UTC day with purchases: ``customer_id``, ``day``, ``spend`` (net of returns)."""

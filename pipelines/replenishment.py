@@ -26,6 +26,8 @@ from twins.models.replenishment import History, Samples, baseline_predictions, h
 from twins.models.replenishment_torch import ReplenishmentForecaster
 from twins.pipeline import Pipeline, node
 
+from pipelines.common import check_hyper_parameters, ingest_events, merge_params, required_date
+
 TAGS = {"protocol": "replenishment: train before the cut-off (targets censored there), score each machine's next order after it"}
 MODEL = "forecaster"
 DAY_S = 86_400
@@ -36,22 +38,13 @@ DEFAULTS: dict[str, Any] = {"cutoff": None, "horizon_days": 120.0, "cutoff_step_
 
 
 def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(params) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"params: unknown key(s) {sorted(unknown)}; replenishment takes {sorted(DEFAULTS)}")
-    p = DEFAULTS | params
-    if p["cutoff"] is None:
-        raise ValueError("params.cutoff is required: the forecast date of the holdout (e.g. 2025-12-01); the "
-                         "forecaster learns from before it and is scored on the next orders after it")
-    p["cutoff"] = api.parse_as_of(str(p["cutoff"]))
+    p = merge_params(params, DEFAULTS, "replenishment")
+    p["cutoff"] = required_date(p["cutoff"], "cutoff", "the forecast date of the holdout (e.g. 2025-09-01); the "
+                                "forecaster learns from before it and is scored on the next orders after it")
     for key in ("horizon_days", "cutoff_step_days"):
         if not float(p[key]) > 0:
             raise ValueError(f"params.{key} must be > 0, got {p[key]}")
-    try:  # a misspelt hyper-parameter fails here, before any fitting
-        ReplenishmentForecaster(**p["forecaster"])
-    except TypeError as exc:
-        raise ValueError(f"params.forecaster: {exc}; ReplenishmentForecaster takes "
-                         f"{sorted(ReplenishmentForecaster().get_params())}") from None
+    check_hyper_parameters(ReplenishmentForecaster, p["forecaster"], "forecaster")
     return p
 
 
@@ -61,10 +54,6 @@ def days(when: datetime) -> float:
 
 
 # --------------------------------------------------------------------------------------------- edge nodes
-
-def ingest_events(source: SourceConfig) -> IngestReport:
-    return api.ingest(source, track=False)  # the parent run logs the report in log_results
-
 
 def load_histories(source: SourceConfig, report: IngestReport) -> dict[str, History]:
     """Each machine's orders and readings (``twins.models.replenishment.histories``); at least one is needed."""
