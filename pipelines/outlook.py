@@ -135,6 +135,19 @@ def fit_for_export(days: pl.DataFrame, as_of: datetime | None, params: dict[str,
     return out
 
 
+def raw_histories(source: SourceConfig, before: datetime, customers: list[str]) -> list[list[tuple[datetime, float]]]:
+    """Each customer's lines before ``before`` as a caller of the runtime sends them: (time, amount), returns
+    negative."""
+    lines = (scan_events(paths.events_dir(source.name))
+             .filter(pl.col("customer_id").is_in(customers) & pl.col("event_type").is_in(["purchase", "return"])
+                     & (pl.col("event_time") < pl.lit(before, pl.Datetime("us", "UTC"))))
+             .select("customer_id", "event_time",
+                     pl.when(pl.col("event_type") == "return").then(-pl.col("amount")).otherwise(pl.col("amount")))
+             .group_by("customer_id").agg("event_time", "amount").collect())
+    by_id = {c: list(zip(t, a)) for c, t, a in lines.iter_rows()}
+    return [by_id.get(c, []) for c in customers]
+
+
 def export_bundles(source: SourceConfig, days: pl.DataFrame, fitted: dict[str, Any], params: dict[str, Any]) -> dict[str, str]:
     """Write the ONNX bundles (``$TWINS_HOME/models/<source>-outlook[-net]``) and check that each, fed every scored
     customer's raw purchase days, gives the model's expected purchases, spend and P(>= 1 purchase) (rtol 1e-6)."""
@@ -143,9 +156,7 @@ def export_bundles(source: SourceConfig, days: pl.DataFrame, fitted: dict[str, A
 
     p = resolve_params(params)
     when, summary, horizon = fitted["as_of"], fitted["summary"], float(p["horizon_days"])
-    before = days.filter(pl.col("day") < when).group_by("customer_id").agg("day", "spend")
-    by_id = {c: list(zip(d, s)) for c, d, s in before.iter_rows()}
-    histories = [by_id[c] for c in summary["customer_id"]]
+    histories = raw_histories(source, when, summary["customer_id"].to_list())
     bundles: dict[str, str] = {}
     for name in p["export"]:
         out = paths.models_dir() / f"{source.name}-outlook{'-net' if name == 'neural' else ''}"
@@ -159,7 +170,7 @@ def export_bundles(source: SourceConfig, days: pl.DataFrame, fitted: dict[str, A
             model = fitted["neural"]
             want = model.predict(fitted["neural_x"], horizon_weeks(horizon))
             export_neural_outlook(model, out, horizon_days=horizon, name=out.name, overwrite=True)
-            got = load(out).score([[(d, max(s, 0.0)) for d, s in h] for h in histories], when)  # features floor spend at 0
+            got = load(out).score(histories, when)
         for key in ("expected_purchases", "expected_spend", "p_any_purchase"):
             if not np.allclose([g[key] for g in got], want[key], rtol=1e-6):
                 raise AssertionError(f"{out}: the runtime's {key} differs from the model's: the bundle does not "

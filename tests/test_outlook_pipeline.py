@@ -19,7 +19,8 @@ START = datetime(2023, 1, 1, tzinfo=timezone.utc)
 
 @pytest.fixture
 def shop(tmp_path) -> Path:
-    """A year of orders by 120 customers with their own rates, some of them leaving; a CSV log and its configs."""
+    """A year of orders by 120 customers with their own rates, some of them leaving, and some returns; a CSV log
+    and its configs."""
     rng = np.random.default_rng(5)
     lines = ["order,customer,sku,qty,price,ts"]
     for c in range(120):
@@ -27,6 +28,8 @@ def shop(tmp_path) -> Path:
         for o, day in enumerate(np.sort(rng.uniform(0, min(life, 365), rng.poisson(rate * min(life, 365)) + 1))):
             when = START + timedelta(days=float(day))
             lines.append(f"c{c}-{o},c{c},p{o % 7},{1 + o % 3},{rng.gamma(3.0, 4.0):.2f},{when:%Y-%m-%d %H:%M:%S}")
+            if o % 9 == 4:  # a return a day later, worth more than that day's purchases: net spend < 0 that day
+                lines.append(f"r{c}-{o},c{c},p0,-4,30.00,{when + timedelta(days=1):%Y-%m-%d %H:%M:%S}")
     (tmp_path / "orders.csv").write_text("\n".join(lines) + "\n")
     (tmp_path / "shop.yaml").write_text(
         "name: shop\nfiles: [{path: orders.csv}]\n"

@@ -82,3 +82,20 @@ def test_interval_coverage_by_hand():
     got = interval_coverage(low=[0.5, 0.5, 1.0, 1.0], high=[2.0, 2.0, 3.0, 9.0], first_day=[6, 20, np.nan, np.nan],
                             horizon_days=28)
     assert got == {"coverage": pytest.approx(1 / 3), "decided": 3, "undecided_share": pytest.approx(0.25)}
+
+
+def test_gamma_gamma_falls_back_to_the_penalty_when_spend_is_alike_between_customers():
+    from twins.models.btyd import GammaGammaModel
+    from twins.twin.outlook import FALLBACK_PENALIZER, fit_outlook
+
+    rng = np.random.default_rng(3)
+    n = 300
+    x = rng.integers(1, 30, n).astype(float)
+    T = rng.uniform(20, 52, n)
+    summary = pl.DataFrame({"x": x, "t_x": T * rng.uniform(0.2, 1.0, n), "T": T,
+                            "m": 25.0 + rng.normal(0, 0.05, n)})  # every customer's mean spend about 25
+    with pytest.raises(Exception, match="not identified"):
+        GammaGammaModel().fit(x, summary["m"].to_numpy())
+    _, gg = fit_outlook(summary)
+    assert gg is not None and gg.penalizer == FALLBACK_PENALIZER
+    assert gg.expected_spend_per_transaction(np.array([5.0]), np.array([25.0]))[0] == pytest.approx(25.0, rel=0.02)

@@ -48,8 +48,8 @@ def waiting_time_quantile(q: float | np.ndarray, r: float, alpha: float, x: np.n
 
 def fit_outlook(summary: pl.DataFrame, count_model: type[CountModel] = BetaGeoModel) -> tuple[CountModel, GammaGammaModel | None]:
     """Fit a BTYD count model on a calibration summary (``twins.evaluate.outlook.summarise``), with a small
-    penalty when the data leave it unidentified, and Gamma-Gamma on the repeat buyers (None when they are too
-    few or too uniform for it)."""
+    penalty when the data leave it unidentified, and Gamma-Gamma on the repeat buyers, with the same penalty when
+    their spend leaves it unidentified (None when they are too few for it)."""
     x, t_x, T = (summary[c].to_numpy() for c in ("x", "t_x", "T"))
     if not (x > 0).any():
         raise ValueError("no repeat purchases in the calibration period: purchase rates cannot be estimated")
@@ -60,7 +60,10 @@ def fit_outlook(summary: pl.DataFrame, count_model: type[CountModel] = BetaGeoMo
     m = summary["m"].fill_null(0.0).to_numpy()
     repeat = (x > 0) & (m > 0)
     try:
-        return counts, GammaGammaModel().fit(x[repeat], m[repeat])
+        try:
+            return counts, GammaGammaModel().fit(x[repeat], m[repeat])
+        except ConvergenceError:  # spend too uniform between customers for a finite q: the penalty keeps it finite
+            return counts, GammaGammaModel(penalizer=FALLBACK_PENALIZER).fit(x[repeat], m[repeat])
     except (ValueError, ConvergenceError):
         return counts, None
 
