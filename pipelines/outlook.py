@@ -20,7 +20,8 @@ from twins import api, paths
 from twins.data.events import scan_events
 from twins.data.ingest import IngestReport
 from twins.data.source import SourceConfig
-from twins.evaluate.outlook import outlook_metrics, persistence, purchase_days, rate_extrapolation, summarise
+from twins.evaluate.outlook import (outlook_metrics, persistence, purchase_days, purchase_lines, rate_extrapolation,
+                                    summarise)
 from twins.models.btyd import BetaGeoModel, ModifiedBetaGeoModel
 from twins.models.outlook_net import NeuralOutlook, day_table, features_at, horizon_weeks
 from twins.pipeline import Pipeline, node
@@ -135,16 +136,11 @@ def fit_for_export(days: pl.DataFrame, as_of: datetime | None, params: dict[str,
     return out
 
 
-def raw_histories(source: SourceConfig, before: datetime, customers: list[str]) -> list[list[tuple[datetime, float]]]:
+def raw_histories(source: SourceConfig, before: datetime, customers: list[str]) -> list[list[tuple]]:
     """Each customer's lines before ``before`` as a caller of the runtime sends them: (time, amount), returns
-    negative."""
-    lines = (scan_events(paths.events_dir(source.name))
-             .filter(pl.col("customer_id").is_in(customers) & pl.col("event_type").is_in(["purchase", "return"])
-                     & (pl.col("event_time") < pl.lit(before, pl.Datetime("us", "UTC"))))
-             .select("customer_id", "event_time",
-                     pl.when(pl.col("event_type") == "return").then(-pl.col("amount")).otherwise(pl.col("amount")))
-             .group_by("customer_id").agg("event_time", "amount").collect())
-    by_id = {c: list(zip(t, a)) for c, t, a in lines.iter_rows()}
+    negative (``twins.evaluate.outlook.purchase_lines``)."""
+    events = scan_events(paths.events_dir(source.name)).filter(pl.col("event_time") < pl.lit(before, pl.Datetime("us", "UTC")))
+    by_id = purchase_lines(events.filter(pl.col("customer_id").is_in(customers)))
     return [by_id.get(c, []) for c in customers]
 
 

@@ -12,7 +12,7 @@ machine's raw orders and readings, must answer as the model does. Machine orders
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,8 @@ from twins.data.events import scan_events
 from twins.data.ingest import IngestReport
 from twins.data.source import SourceConfig
 from twins.evaluate.replenishment import coverage, replenishment_metrics
-from twins.models.replenishment import History, Samples, baseline_predictions, histories, samples
+from twins.models.replenishment import (EPOCH, History, Samples, baseline_predictions, histories, runtime_inputs,
+                                       samples)
 from twins.models.replenishment_torch import ReplenishmentForecaster
 from twins.pipeline import Pipeline, node
 
@@ -31,8 +32,6 @@ from pipelines.common import check_hyper_parameters, ingest_events, merge_params
 TAGS = {"protocol": "replenishment: train before the cut-off (targets censored there), score each machine's next order after it"}
 MODEL = "forecaster"
 DAY_S = 86_400
-DAY_US = 86_400_000_000
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 DEFAULTS: dict[str, Any] = {"cutoff": None, "horizon_days": 120.0, "cutoff_step_days": 5, "warmup_days": 60,
                             "forecaster": {}, "export": True}
 
@@ -118,9 +117,7 @@ def fit_for_export(hist: dict[str, History], as_of: datetime | None, params: dic
 def runtime_gap(bundle, hist: dict[str, History], machines: np.ndarray, as_of: datetime, out: dict[str, np.ndarray]) -> float:
     """Largest relative difference (``|a - b| / max(|b|, 1)``) between the runtime's answers, from each machine's
     raw orders and readings rebuilt as plain tuples (to the microsecond), and the model's ``out``."""
-    when = lambda d: EPOCH + timedelta(microseconds=round(d * DAY_US))  # noqa: E731
-    orders = [[(when(t), q, pr) for t, q, pr in zip(hist[m].t, hist[m].q, hist[m].promised)] for m in machines]
-    readings = [[(when(t), s, u) for t, s, u in zip(hist[m].tel_t, hist[m].stock, hist[m].usage)] for m in machines]
+    orders, readings = runtime_inputs(hist, list(machines))
     got = bundle.forecast(orders, as_of, readings)
     pairs = {"days": "time", "days_low": "time_low", "days_high": "time_high", "quantity": "quantity",
              "quantity_low": "quantity_low", "quantity_high": "quantity_high"}

@@ -143,3 +143,33 @@ def test_killed_snapshot_write_leaves_the_previous_snapshot(tmp_path):
     assert store.open("shop").path == first.path and store.open("shop").get("a")["baskets"] == 1
     again = store.write(pl.DataFrame({"customer_id": ["a", "b", "c"], "baskets": [9, 9, 9]}), "shop")   # the rerun
     assert store.open("shop").path == again.path and store.open("shop").get("c")["baskets"] == 9
+
+
+def test_replenishment_scores_every_machine_of_the_machine_twins(twins_home, tmp_path):
+    from twins.models.replenishment import histories, runtime_inputs, samples
+    from twins.models.replenishment_export import export_replenishment
+    from twins.models.replenishment_torch import ReplenishmentForecaster
+    from twins.sim import MarketConfig, simulate
+    from twins import paths
+    from twins.sim.store import write_market
+    from twins.twin.store import TwinStore
+
+    market = simulate(MarketConfig(name="mini", seed=4, n_machines=40, days=120, horizon_days=0, humans={"n": 10}))
+    write_market(market)
+    api.machines("mini")  # machine twins as of the end: the machines to score
+    hist = histories(market.events())
+    rows = samples(hist, list(hist), [float(d) for d in range(20130, 20200, 7)], 30.0, until=20200.0)
+    model = ReplenishmentForecaster(epochs=3, hidden=8).fit(rows.X, rows.T, rows.Q, rows.censored, rows.bound)
+    bundle = export_replenishment(model, tmp_path / "repl")
+    report = score_store(bundle, "mini", chunk_size=15)
+    got = pl.read_parquet(report.out)
+    machines = sorted(hist)
+    assert report.task == "replenishment" and report.chunks == 3 and sorted(got["customer_id"]) == machines
+    as_of = TwinStore(paths.store_dir()).open("mini", "machine").manifest["as_of"]  # the machine twins' as_of
+    orders, readings = runtime_inputs(hist, got["customer_id"].to_list())
+    want = load(bundle).forecast(orders, as_of, readings)
+    assert got["known"].to_list() == [w["known"] for w in want] and got["known"].sum() > 20  # >= 3 orders by then
+    known = got["known"].to_numpy()
+    np.testing.assert_allclose(got["days"].to_numpy()[known], [w["days"] for w in want if w["known"]], rtol=1e-9)
+    np.testing.assert_allclose(got["quantity_high"].to_numpy()[known], [w["quantity_high"] for w in want if w["known"]],
+                               rtol=1e-9)

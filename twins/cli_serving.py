@@ -92,7 +92,9 @@ def score(model: Annotated[str, typer.Argument(help="bundle folder or models:/NA
           chunk_size: Annotated[int, typer.Option(help="customers per chunk")] = 10_000,
           k: Annotated[int, typer.Option(help="next basket: items per customer")] = 10,
           horizon_days: Annotated[Optional[float], typer.Option(help="purchase outlook: horizon (default: the bundle's)")] = None) -> None:
-    """Score every twin of a source to Parquet, in chunks; a killed run leaves the old output and resumes when rerun."""
+    """Score every twin of a source to Parquet, in chunks; a killed run leaves the old output and resumes when rerun.
+    Next-basket and outlook bundles score the customer twins; a replenishment bundle the machines of the machine twins
+    (`twins machines`)."""
     from twins.runtime import BundleError
     from twins.score import score_store
 

@@ -24,6 +24,8 @@ import polars as pl
 
 from twins import paths
 from twins.data.events import baskets_by_customer, scan_events
+from twins.evaluate.outlook import purchase_lines
+from twins.models.replenishment import histories, runtime_inputs
 from twins.runtime import Bundle, load
 from twins.twin.store import TwinStore
 
@@ -54,12 +56,7 @@ def _outlook(bundle, events: pl.LazyFrame, ids: list[str], as_of: datetime | Non
     """Purchases as (time, amount) lines and returns as negative amounts, as ``twins.evaluate.outlook`` counts them."""
     if as_of is None:
         raise ValueError("the purchase outlook needs event times; this snapshot has no as_of (an order-only source)")
-    lines = (events.filter(pl.col("event_type").is_in(["purchase", "return"]))
-             .select("customer_id", "event_time",
-                     pl.when(pl.col("event_type") == "return").then(-pl.col("amount")).otherwise(pl.col("amount"))
-                     .fill_null(0.0).alias("amount"))
-             .group_by("customer_id").agg("event_time", "amount").collect())
-    by_id = {c: list(zip(t, a)) for c, t, a in lines.iter_rows()}
+    by_id = purchase_lines(events)
     answers = bundle.score([by_id.get(i, []) for i in ids], as_of, horizon_days)
     return pl.DataFrame([{"customer_id": i, **a} for i, a in zip(ids, answers)],
                         schema_overrides={"next_purchase": pl.Datetime("us", "UTC"),
@@ -67,9 +64,22 @@ def _outlook(bundle, events: pl.LazyFrame, ids: list[str], as_of: datetime | Non
                                           "next_purchase_high": pl.Datetime("us", "UTC")})
 
 
+def _replenishment(bundle, events: pl.LazyFrame, ids: list[str], as_of: datetime | None, **_) -> pl.DataFrame:
+    """Each machine's orders and readings (``twins.models.replenishment``) -> its next order, with intervals."""
+    orders, readings = runtime_inputs(histories(events), ids)
+    answers = bundle.forecast(orders, as_of, readings)
+    times = {k: pl.Datetime("us", "UTC") for k in ("next_order", "next_order_low", "next_order_high")}
+    return pl.DataFrame([{"customer_id": i, **a} for i, a in zip(ids, answers)],
+                        schema_overrides=times | {k: pl.Float64 for k in ("days", "days_low", "days_high", "quantity",
+                                                                           "quantity_low", "quantity_high")})
+
+
 #: task -> scorer(bundle, events of the chunk's customers before as_of, ids, as_of, **params) -> one row per id
 SCORERS: dict[str, Callable[..., pl.DataFrame]] = {"next_basket": _next_basket, "next_basket_net": _next_basket,
-                                                   "purchase_outlook": _outlook, "purchase_outlook_net": _outlook}
+                                                   "purchase_outlook": _outlook, "purchase_outlook_net": _outlook,
+                                                   "replenishment": _replenishment}
+#: task -> the twin kind whose snapshot lists the ids to score (its customer_id column); default: customer twins
+KINDS = {"replenishment": "machine"}
 
 
 def default_out(source: str, bundle: Bundle) -> Path:
@@ -94,10 +104,14 @@ def score_store(model: str | Path, source: str, out: str | Path | None = None, *
     task = bundle.manifest["task"]
     if task not in SCORERS:
         raise ValueError(f"no batch scorer for task {task!r}; available: {sorted(SCORERS)}")
-    snap = TwinStore(paths.store_dir()).open(source, "customer", snapshot)
+    kind = KINDS.get(task, "customer")
+    snap = TwinStore(paths.store_dir()).open(source, kind, snapshot)
     out = Path(out) if out else default_out(source, bundle)
     as_of = _as_of(snap)
-    ids = pl.read_parquet(snap.path / "twins.parquet", columns=[snap.id_column])[snap.id_column].cast(pl.String).to_list()
+    if as_of is None and task == "replenishment":
+        raise ValueError("replenishment forecasts need event times; this snapshot has no as_of")
+    ids = pl.read_parquet(snap.path / "twins.parquet", columns=["customer_id"])["customer_id"].cast(pl.String)
+    ids = ids.unique(maintain_order=True).to_list()  # machine twins: one per machine and consumable
     chunks = [ids[i:i + chunk_size] for i in range(0, len(ids), chunk_size)]
     job = {"model_sha256": bundle.manifest["model_sha256"], "task": task, "snapshot": str(snap.path.resolve()),
            "chunk_size": chunk_size, "k": k, "horizon_days": horizon_days}

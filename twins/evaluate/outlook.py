@@ -25,6 +25,17 @@ def purchase_days(events: pl.LazyFrame) -> pl.LazyFrame:
             .filter(pl.col("buys")).drop("buys"))
 
 
+def purchase_lines(events: pl.LazyFrame) -> dict[str, list[tuple]]:
+    """Each customer's purchase and return lines as the outlook runtime takes them: (time, amount), returns
+    negative (``twins.runtime.outlook.net_purchase_days`` turns them into the purchase days counted here)."""
+    lines = (events.filter(pl.col("customer_id").is_not_null() & pl.col("event_type").is_in(["purchase", "return"]))
+             .select("customer_id", "event_time",
+                     pl.when(pl.col("event_type") == "return").then(-pl.col("amount")).otherwise(pl.col("amount"))
+                     .fill_null(0.0).alias("amount"))
+             .group_by("customer_id").agg("event_time", "amount").collect())
+    return {c: list(zip(t, a)) for c, t, a in lines.iter_rows()}
+
+
 def summarise(days: pl.LazyFrame, cutoff: datetime, horizon_days: float, unit_days: float = 7.0) -> pl.DataFrame:
     """Per customer first seen before ``cutoff``: BTYD calibration summary and holdout actuals.
 

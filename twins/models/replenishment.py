@@ -10,6 +10,7 @@ by then is a censored target (``T = nan``, ``censored = True``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import polars as pl
@@ -17,6 +18,7 @@ import polars as pl
 from twins.runtime.replenishment_features import FEATURES, History, features
 
 DAY_US = 86_400_000_000
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def histories(events: pl.DataFrame | pl.LazyFrame) -> dict[str, History]:
@@ -44,6 +46,17 @@ def histories(events: pl.DataFrame | pl.LazyFrame) -> dict[str, History]:
                 h.tel_t, h.stock, h.usage = tel_t, stock, usage
         out[machine] = h
     return out
+
+
+def runtime_inputs(hist: dict[str, History], machines: list[str]) -> tuple[list[list[tuple]], list[list[tuple]]]:
+    """The runtime's ``forecast`` inputs for ``machines``: each one's orders as (time, quantity, promised days) and
+    readings as (time, stock, usage), times as UTC datetimes to the microsecond; a machine without a history gets
+    empty lists (the runtime answers it with ``known`` False)."""
+    when = lambda days: EPOCH + timedelta(microseconds=round(days * DAY_US))  # noqa: E731
+    empty = History(np.zeros(0), np.zeros(0), np.zeros(0))
+    hs = [hist.get(m, empty) for m in machines]
+    return ([[(when(t), q, p) for t, q, p in zip(h.t, h.q, h.promised)] for h in hs],
+            [[(when(t), s, u) for t, s, u in zip(h.tel_t, h.stock, h.usage)] for h in hs])
 
 
 def next_order(h: History, cutoff: float, horizon: float) -> tuple[float, float, bool]:
