@@ -23,7 +23,7 @@ import polars as pl
 import torch
 
 from experiments.report import write_section
-from pipelines.outlook import btyd, btyd_params, calibration_plot
+from pipelines.outlook import btyd, btyd_params, calibration_plot, raw_histories
 from twins import paths, tracking
 from twins.data.events import scan_events
 from twins.data.ingest import ingest
@@ -122,9 +122,7 @@ def neural(d: Days, s: pl.DataFrame, st: Setting, out: Path) -> tuple[tuple[np.n
     fit_s = time.perf_counter() - t0
     pred = model.predict(d.x, weeks)
     bundle = load(export_neural_outlook(model, out, horizon_days=st.horizon_days, name=f"outlook-net-{st.name}", overwrite=True))
-    before = d.table.filter(pl.col("day") < st.cutoff).group_by("customer_id").agg("day", "spend")
-    by_id = {c: [(day, max(a, 0.0)) for day, a in zip(t, v)] for c, t, v in before.iter_rows()}  # features floor spend at 0
-    got = bundle.score([by_id[c] for c in s["customer_id"]], st.cutoff)
+    got = bundle.score(raw_histories(load_source(REPO / st.source), st.cutoff, s["customer_id"].to_list()), st.cutoff)
     for key in ("expected_purchases", "expected_spend", "p_any_purchase"):
         if not np.allclose([g[key] for g in got], pred[key], rtol=1e-6):
             raise AssertionError(f"{st.name}: the neural bundle's {key} differs from the model's")
