@@ -204,3 +204,23 @@ def test_next_basket_pipeline_keeps_a_sources_own_split(tmp_path, twins_home):
     assert all(catalog["user_split"][u] == "test" for u in catalog["user_split"] if u.startswith("c"))
     with pytest.raises(ValueError, match="params.split"):
         api.run(tmp_path / "pipeline.yaml", ["params.split=by_time"])
+
+
+def test_every_shipped_pipeline_config_is_valid_and_its_pipeline_in_run_help():
+    import pipelines
+    from twins.data.source import load_source
+    from twins.pipeline import load_pipeline_config
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs" / "pipelines").glob("*.yaml"))
+    used = set()
+    for path in configs:
+        cfg = load_pipeline_config(path)
+        module = pipelines.get(cfg.pipeline)
+        assert cfg.source_path().exists(), f"{path.name}: source {cfg.source} not found"
+        load_source(cfg.source_path())
+        if hasattr(module, "resolve_params"):
+            module.resolve_params(cfg.params)  # keys, models and hyper-parameters the pipeline accepts
+        used.add(cfg.pipeline)
+    assert used == set(pipelines.PIPELINES)  # every pipeline ships with a config
+    text = runner.invoke(app, ["run", "--help"], terminal_width=120).output
+    assert all(f"  {name} " in text for name in pipelines.PIPELINES)

@@ -199,7 +199,15 @@ def machines(source: Annotated[str, typer.Argument(help="source config YAML, or 
 @app.command()
 def run(pipeline: Annotated[Path, typer.Argument(help="pipeline config YAML, e.g. configs/pipelines/tafeng_next_basket.yaml")],
         overrides: Overrides = None) -> None:
-    """Run a named pipeline end to end (ingest -> twins -> train -> evaluate -> export) as one MLflow run."""
+    """Run a named pipeline end to end (ingest -> twins -> train -> evaluate -> export) as one MLflow run.
+
+    \b
+    Pipelines (the config's `pipeline:`), with a config for each in configs/pipelines/:
+      next_basket     baselines and the neural model, ONNX bundle     tafeng_next_basket.yaml, cj_next_basket.yaml
+      emotion         GoEmotions classifiers, ONNX bundle              goemotions_emotion.yaml
+      outlook         purchase counts, spend, churn; 2 ONNX bundles    cj_outlook.yaml
+      replenishment   machines' next orders, ONNX bundle               sim_replenishment.yaml (after `twins sim`)
+    """
     from twins import api
 
     try:
