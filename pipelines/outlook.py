@@ -41,8 +41,12 @@ def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
     p = merge_params(params, DEFAULTS, "outlook")
     p["cutoff"] = required_date(p["cutoff"], "cutoff", "the date the holdout starts (e.g. 2017-10-01); the models "
                                 "are fitted on the purchase days before it and scored on the horizon after it")
-    if not float(p["horizon_days"]) >= 7:
-        raise ValueError(f"params.horizon_days must be >= 7 (the neural outlook answers in whole weeks), got {p['horizon_days']}")
+    weeks = float(p["horizon_days"]) / 7.0
+    if "neural" in [*p["models"], *p["export"]] and not (weeks >= 1 and weeks == round(weeks)):
+        raise ValueError(f"params.horizon_days must be whole weeks (7, 14, ..., 91) for the neural outlook, got "
+                         f"{p['horizon_days']}; or drop neural from params.models and params.export")
+    if not float(p["horizon_days"]) > 0:
+        raise ValueError(f"params.horizon_days must be > 0, got {p['horizon_days']}")
     for key, allowed in (("models", MODELS), ("export", EXPORTABLE)):
         bad = [m for m in p[key] if m not in allowed]
         if bad:

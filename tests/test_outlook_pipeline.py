@@ -73,6 +73,7 @@ def test_outlook_pipeline_evaluates_exports_and_tracks(shop, twins_home):
     ("params.neural={layers: 3}", "layers"),
     ("params.cutoff=2031-01-01", "no customer buys both before it and in the 28 days after it"),
     ("params.horizon=7", "unknown key(s) ['horizon']"),
+    ("params.horizon_days=30", "params.horizon_days must be whole weeks"),
 ])
 def test_outlook_pipeline_parameter_errors_name_the_key(shop, twins_home, override, words):
     out = CliRunner().invoke(app, ["run", str(shop / "outlook.yaml"), "--set", override])
