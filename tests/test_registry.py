@@ -133,6 +133,11 @@ def test_compare_experiment(mlflow_home, tmp_path):
     out = runner.invoke(app, ["compare", "cmp-exp", "--metric", "test/recall@10", "--markdown", "--out", str(tmp_path / "p2")])
     assert out.exit_code == 0, out.output
     assert "| shop | gp_topfreq | 2 | 0.1400 ± 0.0141 |" in out.output
+    with tracking.run("cmp-exp", "once", tags={"dataset": "shop"}):  # a pipeline without seeds (e.g. outlook)
+        with tracking.run("", "persistence", nested=True, tags={"model": "persistence", "dataset": "shop"}):
+            tracking.log_metrics(mlflow, {"test/recall@10": 0.05, "test/ndcg@10": 0.02})
+    once = {r["model"]: r for r in compare("cmp-exp", out_dir=tmp_path / "p3").summary}["persistence"]
+    assert once["n"] == 1 and once["test/recall@10"] == (0.05, 0.0)
     out = runner.invoke(app, ["compare", "cmp-exp", "--metric", "test/mrr"])
     assert out.exit_code == 2 and "test/mrr" in out.output and "test/recall@10" in out.output
     assert runner.invoke(app, ["compare", "no-such-experiment"]).exit_code == 2

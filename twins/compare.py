@@ -1,8 +1,8 @@
 """Compare the runs of an MLflow experiment (``twins compare``): model × data set × seed, mean ± std, PNG plots.
 
-Reads the child runs that pipelines log per model and seed (tags ``model``, ``seed``, ``dataset``; metrics
-``test/...``, DESIGN §7). When an experiment was run several times, the latest run of each (model, data set,
-seed) counts, so reruns do not add seeds.
+Reads the child runs that pipelines log per model and seed (tags ``model``, ``dataset`` and, where a pipeline
+repeats over seeds, ``seed``; metrics ``test/...``, DESIGN §7). When an experiment was run several times, the
+latest run of each (model, data set, seed) counts, so reruns do not add seeds.
 """
 
 from __future__ import annotations
@@ -46,12 +46,12 @@ def load_runs(experiment: str) -> list[dict]:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise ValueError(f"no experiment {experiment!r} in {tracking.tracking_uri()}")
-    found = client.search_runs([exp.experiment_id], "tags.model != '' and tags.seed != ''", max_results=50_000,
+    found = client.search_runs([exp.experiment_id], "tags.model != ''", max_results=50_000,
                                order_by=["attributes.start_time DESC"])
     latest: dict[tuple, dict] = {}
     for run in found:
         tags = run.data.tags
-        key = (tags.get("dataset", "?"), tags["model"], tags["seed"])
+        key = (tags.get("dataset", "?"), tags["model"], tags.get("seed", "-"))  # "-": a pipeline run once, no seeds
         if key not in latest:
             metrics = {name.replace("_at_", "@"): value for name, value in run.data.metrics.items() if name.startswith("test/")}
             latest[key] = dict(zip(KEYS, key), run_id=run.info.run_id, start=run.info.start_time, **metrics)
@@ -64,7 +64,7 @@ def compare(experiment: str, metrics: list[str] | None = None, out_dir: str | Pa
     the runs have but the user counts (``test/n_...``), which can still be asked for."""
     runs = load_runs(experiment)
     if not runs:
-        raise ValueError(f"experiment {experiment!r} has no runs tagged model and seed in {tracking.tracking_uri()}; "
+        raise ValueError(f"experiment {experiment!r} has no runs tagged with a model in {tracking.tracking_uri()}; "
                          "run a pipeline first (e.g. `twins run configs/pipelines/tafeng_next_basket.yaml`)")
     have = sorted({k for r in runs for k in r if k.startswith("test/")})
     metrics = metrics or [m for m in have if not m.startswith("test/n_")]  # n_users, n_explore_users: counts, not scores
