@@ -170,3 +170,55 @@ def test_projections_follow_an_s_S_machine_that_idles_at_weekends():
     f = dict(zip(FEATURES, features(h, t[-1] + 1.5)))  # Wednesday noon
     assert f["weekday_clock"] == 1.0 and f["log_season_cycle"] == pytest.approx(0.0, abs=1e-6)
     assert f["proj_cycle_left"] == pytest.approx(5.5) and f["proj_cover_left"] == pytest.approx(5.5)
+
+
+def _printer_log():
+    """A printer (p1) ordering black toner every 10 days and cyan every 30, with stock readings per toner and one
+    reading that names no toner; a fridge (f1) with one consumable and readings without an item."""
+    from datetime import datetime, timedelta, timezone
+
+    import polars as pl
+
+    from twins.data.schema import CANONICAL
+
+    start, rows = datetime(2025, 1, 1, tzinfo=timezone.utc), []
+
+    def add(customer, item, day, kind, qty, text=None):
+        rows.append({k: None for k in CANONICAL} | {"customer_id": customer, "item_id": item, "actor": "machine",
+                                                    "event_time": start + timedelta(days=day), "event_type": kind,
+                                                    "quantity": qty, "text": text})
+    for d in range(0, 90, 10):
+        add("p1", "toner-K", d, "purchase", 1.0)
+    for d in range(0, 90, 30):
+        add("p1", "toner-C", d + 3, "purchase", 2.0)
+    for d in range(0, 90, 7):
+        add("f1", "milk", d, "purchase", 6.0)
+    for customer, item, stock in (("p1", "toner-K", 40.0), ("p1", "toner-C", 80.0), ("p1", None, 5.0), ("f1", None, 3.0)):
+        add(customer, item, 85.0, "telemetry", stock, "stock")
+        add(customer, item, 85.0, "telemetry", 1.0, "usage")
+    return pl.DataFrame(rows, schema=CANONICAL)
+
+
+def test_histories_are_per_machine_and_consumable():
+    from twins.models.replenishment import histories, machine_keys
+
+    hist = histories(_printer_log())
+    assert set(hist) == {"p1/toner-K", "p1/toner-C", "f1"}  # a single-item machine keeps its customer id
+    assert np.allclose(np.diff(hist["p1/toner-K"].t), 10) and np.allclose(np.diff(hist["p1/toner-C"].t), 30)
+    assert list(hist["p1/toner-K"].stock) == [40.0] and list(hist["p1/toner-C"].stock) == [80.0]  # the unnamed one dropped
+    assert list(hist["f1"].stock) == [3.0]  # a single-item machine takes readings that name no item
+    keys = machine_keys(_printer_log()).sort("machine")
+    assert keys.rows() == [("f1", "f1", "milk"), ("p1/toner-C", "p1", "toner-C"), ("p1/toner-K", "p1", "toner-K")]
+
+
+def test_batch_scoring_answers_each_consumable_of_a_machine():
+    from twins.score import SCORERS
+
+    class Echo:  # stands in for a bundle: the number of orders it was given
+        def forecast(self, orders, as_of, readings):
+            return [{"known": len(o) >= 3, "days": float(len(o)), "quantity": None} for o in orders]
+
+    out = SCORERS["replenishment"](Echo(), _printer_log().lazy(), ["p1", "f1", "nobody"], None)
+    got = {r["machine"]: (r["customer_id"], r["item_id"], r["days"]) for r in out.iter_rows(named=True)}
+    assert got == {"p1/toner-K": ("p1", "toner-K", 9.0), "p1/toner-C": ("p1", "toner-C", 3.0), "f1": ("f1", "milk", 13.0),
+                   "nobody": ("nobody", None, 0.0)}

@@ -25,7 +25,7 @@ import polars as pl
 from twins import paths
 from twins.data.events import baskets_by_customer, scan_events
 from twins.evaluate.outlook import purchase_lines
-from twins.models.replenishment import histories, runtime_inputs
+from twins.models.replenishment import histories, machine_keys, runtime_inputs
 from twins.runtime import Bundle, load
 from twins.twin.store import TwinStore
 
@@ -65,13 +65,18 @@ def _outlook(bundle, events: pl.LazyFrame, ids: list[str], as_of: datetime | Non
 
 
 def _replenishment(bundle, events: pl.LazyFrame, ids: list[str], as_of: datetime | None, **_) -> pl.DataFrame:
-    """Each machine's orders and readings (``twins.models.replenishment``) -> its next order, with intervals."""
-    orders, readings = runtime_inputs(histories(events), ids)
+    """Each machine and consumable of the chunk's customers (``twins.models.replenishment``: ``machine`` is the
+    customer id, or ``<customer>/<item>`` for a machine that orders several items) -> its next order, with
+    intervals; a customer without machine orders gets one row with ``known`` False."""
+    keys = machine_keys(events)
+    seen = set(keys["customer_id"].to_list())
+    rows = [*keys.iter_rows(), *((c, c, None) for c in ids if c not in seen)]
+    orders, readings = runtime_inputs(histories(events), [machine for machine, _, _ in rows])
     answers = bundle.forecast(orders, as_of, readings)
     times = {k: pl.Datetime("us", "UTC") for k in ("next_order", "next_order_low", "next_order_high")}
-    return pl.DataFrame([{"customer_id": i, **a} for i, a in zip(ids, answers)],
-                        schema_overrides=times | {k: pl.Float64 for k in ("days", "days_low", "days_high", "quantity",
-                                                                           "quantity_low", "quantity_high")})
+    return pl.DataFrame([{"machine": m, "customer_id": c, "item_id": i, **a} for (m, c, i), a in zip(rows, answers)],
+                        schema_overrides=times | {"item_id": pl.String} | {k: pl.Float64 for k in (
+                            "days", "days_low", "days_high", "quantity", "quantity_low", "quantity_high")})
 
 
 #: task -> scorer(bundle, events of the chunk's customers before as_of, ids, as_of, **params) -> one row per id
