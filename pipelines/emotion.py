@@ -23,6 +23,8 @@ from twins.emotion.ensemble import LEVELS, LevelThresholds, blend_weight
 from twins.emotion.labels import LabelSpace, load_label_space, roll_up
 from twins.pipeline import Pipeline, node
 
+from pipelines.common import merge_params
+
 TAGS = {"protocol": "GoEmotions official train/dev/test; thresholds and blend weights tuned on dev only"}
 NEURAL = {"small_scratch", "minilm_finetuned"}
 BASELINES = {"tfidf_logreg", "frozen_minilm_logreg"}
@@ -31,10 +33,7 @@ DEFAULTS: dict[str, Any] = {"rows": None, "seed": 0, "models": {}, "ensemble": [
 
 
 def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(params) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"params: unknown key(s) {sorted(unknown)}; emotion takes {sorted(DEFAULTS)}")
-    p = DEFAULTS | params
+    p = merge_params(params, DEFAULTS, "emotion")
     bad = [m for m in p["models"] if m not in NEURAL | BASELINES]
     if bad:
         raise ValueError(f"params.models: unknown {bad}; available {sorted(NEURAL | BASELINES)}")
