@@ -294,6 +294,24 @@ def test_emotion_profile_matches_hand_computed_values():
     assert b["last_negative_time"] is None
 
 
+def test_emotion_profile_of_messages_without_times_covers_them_all():
+    """GoEmotions' comments carry no time: every message is recent, "last" is the last in the log, no trend."""
+    from datetime import datetime, timezone
+
+    import polars as pl
+
+    from twins.twin.emotion import emotion_profiles
+
+    scored = _scored([("a", 0, "awful!", 0.1, 0.95), ("a", 0, "fine", 0.7, 0.2), ("a", 0, "terrible", 0.2, 0.9),
+                      ("b", 0, "great", 0.9, 0.05)]).with_columns(pl.lit(None, pl.Datetime("us", "UTC")).alias("event_time"))
+    a, b = emotion_profiles(scored, None).rows(named=True)
+    assert (a["messages"], a["messages_recent"], b["messages_recent"]) == (3, 3, 1)
+    assert a["recent_joy"] == pytest.approx((0.1 + 0.7 + 0.2) / 3) and a["negative_trend"] is None
+    assert (a["last_negative_text"], a["last_negative_time"], b["last_negative_text"]) == ("terrible", None, None)
+    with pytest.raises(ValueError, match="carry no time"):
+        emotion_profiles(scored, datetime(2024, 1, 1, tzinfo=timezone.utc))
+
+
 def test_emotions_command_scores_messages_and_stores_profiles(bundle_dir, tmp_path):
     from typer.testing import CliRunner
 

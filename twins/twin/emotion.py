@@ -45,18 +45,32 @@ def emotion_profiles(scored: pl.DataFrame, as_of: datetime | None, window_days: 
     - ``negative_trend``: mean negative-sentiment probability in the recent window minus the window before it
       (null unless both windows have messages; > 0 means getting more negative);
     - ``last_negative_time`` / ``_text`` / ``_score``: the last message with negative probability >= ``strong_negative``.
+
+    Messages without times (a source that maps no ``event_time``, e.g. GoEmotions) have no clock: every message is
+    recent, ``negative_trend`` is null, "last" is the last in the log's order and ``as_of`` must be ``None``.
     """
+    if scored.height and scored["event_time"].null_count() == scored.height:
+        if as_of is not None:
+            raise ValueError(f"the messages carry no time (the source maps no event_time), so as_of {as_of} cannot "
+                             "apply; leave it out: the profiles cover every message")
+        every = pl.col("customer_id").is_not_null()  # each message (a literal would count once per group)
+        return _profiles(scored, every, ~every, strong_negative)
     if as_of is None:
         as_of = scored["event_time"].max() + timedelta(microseconds=1) if scored.height else datetime.now(timezone.utc)
     if as_of.tzinfo is None:
         as_of = as_of.replace(tzinfo=timezone.utc)
     window = timedelta(days=window_days)
-    ekman = [c for c in scored.columns if c.startswith("ekman_")]
-    past = scored.filter(pl.col("event_time") < as_of)
     recent = pl.col("event_time") >= as_of - window
     before = (pl.col("event_time") >= as_of - 2 * window) & ~recent
+    return _profiles(scored.filter(pl.col("event_time") < as_of).sort("event_time", maintain_order=True), recent, before,
+                     strong_negative)
+
+
+def _profiles(past: pl.DataFrame, recent: pl.Expr, before: pl.Expr, strong_negative: float) -> pl.DataFrame:
+    """``emotion_profiles`` of the messages ``past`` (in time order) with the windows ``recent`` and ``before``."""
+    ekman = [c for c in past.columns if c.startswith("ekman_")]
     negative = pl.col("sentiment_negative")
-    strong = past.filter(negative >= strong_negative).sort("event_time").group_by("customer_id").agg(
+    strong = past.filter(negative >= strong_negative).group_by("customer_id", maintain_order=True).agg(
         pl.col("event_time").last().alias("last_negative_time"), pl.col("text").last().alias("last_negative_text"),
         negative.last().alias("last_negative_score"))
     profile = past.group_by("customer_id").agg(
