@@ -312,7 +312,7 @@ def test_emotion_profile_of_messages_without_times_covers_them_all():
         emotion_profiles(scored, datetime(2024, 1, 1, tzinfo=timezone.utc))
 
 
-def test_emotions_command_scores_messages_and_stores_profiles(bundle_dir, tmp_path):
+def test_emotions_command_scores_messages_and_stores_profiles(bundle_dir, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from twins import api
@@ -338,6 +338,16 @@ def test_emotions_command_scores_messages_and_stores_profiles(bundle_dir, tmp_pa
     import polars as pl
     from twins import paths
     assert pl.read_parquet(paths.events_dir("chat") / "messages_scored.parquet").height == 4  # every message scored
+    # another as_of reuses the scores (same events, same bundle); new events are scored again
+    with monkeypatch.context() as m:
+        m.setattr("twins.twin.emotion.score_messages", None)  # would fail if called
+        api.emotions(tmp_path / "chat.yaml", bundle_dir, as_of="2024-04-10")
+    assert api.twin("c2", "chat", kind="emotion")["messages"] == 2
+    with (tmp_path / "chat.csv").open("a") as f:
+        f.write("c3,2024-03-03 08:00,so happy today\n")
+    api.ingest(tmp_path / "chat.yaml", track=False)
+    api.emotions(tmp_path / "chat.yaml", bundle_dir, as_of="2024-04-10")
+    assert pl.read_parquet(paths.events_dir("chat") / "messages_scored.parquet").height == 5
     bad = CliRunner().invoke(app, ["emotions", str(tmp_path / "chat.yaml"), "--bundle", str(tmp_path)])
     assert bad.exit_code == 2 and "error:" in bad.output
 

@@ -93,19 +93,29 @@ def emotions(source: str | Path | SourceConfig, bundle: str | Path, as_of: str |
              on_batch=None) -> Snapshot:
     """Score the source's message events with an emotion bundle (path or ``models:/NAME@ALIAS``), keep the scores
     in ``$TWINS_HOME/events/<source>/messages_scored.parquet`` and store per-customer emotion profiles as of a
-    date as twin kind ``emotion``."""
+    date as twin kind ``emotion``. The scores are reused while the events and the bundle are the same ones
+    (their sha256 in ``messages_scored.json``), so another ``as_of`` or window costs no scoring."""
     from twins.runtime import EmotionBundle, load
+    from twins.runtime.bundle import sha256_file
     from twins.twin.emotion import emotion_profiles, score_messages
 
     cfg = _source(source, overrides)
     model = load(bundle)
     if not isinstance(model, EmotionBundle):
         raise ValueError(f"{bundle}: task {model.manifest['task']!r}; `emotions` needs an emotion bundle")
-    scored = score_messages(scan_events(paths.events_dir(cfg.name)), model, on_batch=on_batch)
-    target = paths.events_dir(cfg.name) / "messages_scored.parquet"
-    tmp = target.with_name(".messages_scored.parquet.tmp")
-    scored.write_parquet(tmp)
-    tmp.replace(target)
+    folder = paths.events_dir(cfg.name)
+    events = scan_events(folder)  # a clear error when the source was not ingested
+    target, stamp = folder / "messages_scored.parquet", folder / "messages_scored.json"
+    key = {"events_sha256": sha256_file(folder / "events.parquet"), "bundle_sha256": model.manifest["model_sha256"]}
+    if target.exists() and stamp.exists() and json.loads(stamp.read_text()) == key:
+        scored = pl.read_parquet(target)
+    else:
+        scored = score_messages(events, model, on_batch=on_batch)
+        tmp = target.with_name(".messages_scored.parquet.tmp")
+        scored.write_parquet(tmp)
+        stamp.unlink(missing_ok=True)  # scores and stamp change together: no stamp, no reuse
+        tmp.replace(target)
+        stamp.write_text(json.dumps(key))
     when = parse_as_of(as_of)
     profiles = emotion_profiles(scored, when, window_days, strong_negative)
     return TwinStore(paths.store_dir()).write(profiles, cfg.name, "emotion", when, params={
