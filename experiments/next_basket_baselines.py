@@ -13,7 +13,8 @@ import argparse
 import resource
 
 from experiments.report import write_section
-from pipelines.next_basket import TAGS, format_table, resolve_params, summarise
+from pipelines.next_basket import format_table, resolve_params, summarise
+from pipelines.next_basket import protocol as run_protocol  # `protocol` names the text below
 from twins import api
 from twins.evaluate.metrics import evaluate_rankings
 from twins.evaluate.next_basket import id_order_split, split_history_target
@@ -113,9 +114,7 @@ def main() -> None:
     table = format_table(summarise(catalog["rows"]), p["ks"])
     rows = {r["model"] for r in catalog["rows"]}
     n_test = catalog["rows"][0]["n_users"]
-    protocol = (TAGS["protocol"] if p["split"] == "random" else
-                "next-basket: last basket target, the source's own train / validate / test users (fixed; the seeds "
-                "vary the models' randomness only)")
+    protocol = run_protocol(p)
     exported = catalog["exported"]
     body = "\n".join([
         f"Protocol: {protocol}; seeds {p['seeds']}; {n_test:,} test users per seed; models fitted on the "

@@ -28,7 +28,7 @@ from twins.twin.store import Snapshot
 
 from pipelines.common import ingest_events, merge_params
 
-TAGS = {"protocol": "next-basket: last basket target, users random 72/8/20 per seed"}
+TAGS = {"protocol": "next-basket: last basket target"}  # the parent run's; log_results sets the full one
 #: name -> estimator factory. "_rc" variants break ties between a user's items by first purchase, as the
 #: Reality Check code does; the others by global popularity (the exportable form).
 MODELS = {"g_topfreq": GTopFreq, "p_topfreq": PTopFreq, "gp_topfreq": GPTopFreq,
@@ -62,6 +62,14 @@ def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
     if p["export"]["model"] not in EXPORTABLE:
         raise ValueError(f"params.export.model: {p['export']['model']!r} cannot be exported; exportable: {sorted(EXPORTABLE)}")
     return p
+
+
+def protocol(p: dict[str, Any]) -> str:
+    """The protocol of a run with resolved params ``p``, as its tables and MLflow tags state it."""
+    if p["split"] == "column":
+        return ("next-basket: last basket target, the source's own train / validate / test users (fixed; the seeds "
+                "vary the models' randomness only)")
+    return f"next-basket: last basket target, users random {'/'.join(f'{100 * f:g}' for f in p['fractions'])} per seed"
 
 
 def _split_all(baskets: dict[str, list[list[str]]], seed: int, fractions,
@@ -217,7 +225,8 @@ def log_results(rows: list[dict[str, Any]], exported: dict[str, Any], report: In
     mlflow.log_dict(snapshot.manifest, "twins/manifest.json")
     for r in rows:
         with tracking.run("", f"{r['model']}-seed{r['seed']}", nested=True,
-                          tags={"model": r["model"], "seed": str(r["seed"]), "dataset": source.name, **TAGS}):
+                          tags={"model": r["model"], "seed": str(r["seed"]), "dataset": source.name,
+                                "protocol": protocol(p)}):
             # the fitted model's hyper-parameters: for tuned models, what the validation users chose
             mlflow.log_params({"model": r["model"], "seed": r["seed"], "fractions": str(p["fractions"]),
                                **{f"{r['model']}.{k}": v for k, v in r["params"].items()}})
@@ -231,13 +240,14 @@ def log_results(rows: list[dict[str, Any]], exported: dict[str, Any], report: In
     for model, metrics in summary.items():
         tracking.log_metrics(mlflow, {f"{model}/test/{k}": mean for k, (mean, _) in metrics.items()})
     table = format_table(summary, p["ks"])
-    mlflow.log_text("\n".join([f"protocol: {TAGS['protocol']}; seeds {p['seeds']}", "", *table]), "results/table.md")
+    mlflow.set_tag("protocol", protocol(p))
+    mlflow.log_text("\n".join([f"protocol: {protocol(p)}; seeds {p['seeds']}", "", *table]), "results/table.md")
     bundle = Path(exported["bundle"])
     registered = registry.log_bundle(bundle, bundle.name)  # mlflow.onnx model + bundle files, a new registered version
     tracking.log_metrics(mlflow, {f"export/{k}": v for k, v in exported.items() if "recall" in k})
     k = min(p["ks"])
     return [report.summary(), f"twins: {snapshot.manifest['rows']:,} -> {snapshot.path}",
-            f"test metrics, mean ± std over seeds {p['seeds']} ({TAGS['protocol']}):", *table,
+            f"test metrics, mean ± std over seeds {p['seeds']} ({protocol(p)}):", *table,
             f"ONNX bundle ({exported['model']}, seed {exported['seed']}): {bundle}, registered as {registered.uri}; "
             f"runtime recall@{k} {exported['onnx_recall@' + str(k)]:.4f} = estimator's"]
 

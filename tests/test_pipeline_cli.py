@@ -202,6 +202,12 @@ def test_next_basket_pipeline_keeps_a_sources_own_split(tmp_path, twins_home):
     catalog = api.run(tmp_path / "pipeline.yaml")
     assert catalog["rows"][0]["n_users"] == 9 and set(catalog["user_split"].values()) == {"train", "valid", "test"}
     assert all(catalog["user_split"][u] == "test" for u in catalog["user_split"] if u.startswith("c"))
+    import mlflow  # the protocol stated is the split used, not the random 72/8/20 of the default
+
+    assert mlflow.get_run(catalog["run_id"]).data.tags["protocol"].endswith("the source's own train / validate / test "
+                                                                             "users (fixed; the seeds vary the models' "
+                                                                             "randomness only)")
+    assert any("the source's own train / validate / test users" in line for line in catalog["summary_lines"])
     with pytest.raises(ValueError, match="params.split"):
         api.run(tmp_path / "pipeline.yaml", ["params.split=by_time"])
 
