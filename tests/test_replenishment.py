@@ -200,6 +200,8 @@ def _printer_log():
 
 
 def test_histories_are_per_machine_and_consumable():
+    import polars as pl
+
     from twins.models.replenishment import histories, machine_keys
 
     hist = histories(_printer_log())
@@ -209,6 +211,10 @@ def test_histories_are_per_machine_and_consumable():
     assert list(hist["f1"].stock) == [3.0]  # a single-item machine takes readings that name no item
     keys = machine_keys(_printer_log()).sort("machine")
     assert keys.rows() == [("f1", "f1", "milk"), ("p1/toner-C", "p1", "toner-C"), ("p1/toner-K", "p1", "toner-K")]
+    unnamed = _printer_log().with_columns(  # an order naming no item: both functions key it alike
+        pl.when((pl.col("item_id") == "toner-C") & (pl.col("event_type") == "purchase")).then(None)
+        .otherwise(pl.col("item_id")).alias("item_id"))
+    assert "p1/" in histories(unnamed) and "p1/" in machine_keys(unnamed)["machine"].to_list()
 
 
 def test_batch_scoring_answers_each_consumable_of_a_machine():
@@ -218,7 +224,10 @@ def test_batch_scoring_answers_each_consumable_of_a_machine():
         def forecast(self, orders, as_of, readings):
             return [{"known": len(o) >= 3, "days": float(len(o)), "quantity": None} for o in orders]
 
-    out = SCORERS["replenishment"](Echo(), _printer_log().lazy(), ["p1", "f1", "nobody"], None)
+    from datetime import datetime, timezone
+
+    out = SCORERS["replenishment"](Echo(), _printer_log().lazy(), ["p1", "f1", "nobody"],
+                                   datetime(2025, 4, 1, tzinfo=timezone.utc))
     got = {r["machine"]: (r["customer_id"], r["item_id"], r["days"]) for r in out.iter_rows(named=True)}
     assert got == {"p1/toner-K": ("p1", "toner-K", 9.0), "p1/toner-C": ("p1", "toner-C", 3.0), "f1": ("f1", "milk", 13.0),
                    "nobody": ("nobody", None, 0.0)}

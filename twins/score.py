@@ -68,6 +68,8 @@ def _replenishment(bundle, events: pl.LazyFrame, ids: list[str], as_of: datetime
     """Each machine and consumable of the chunk's customers (``twins.models.replenishment``: ``machine`` is the
     customer id, or ``<customer>/<item>`` for a machine that orders several items) -> its next order, with
     intervals; a customer without machine orders gets one row with ``known`` False."""
+    if as_of is None:
+        raise ValueError("replenishment forecasts need event times; this snapshot has no as_of")
     keys = machine_keys(events)
     seen = set(keys["customer_id"].to_list())
     rows = [*keys.iter_rows(), *((c, c, None) for c in ids if c not in seen)]
@@ -113,8 +115,6 @@ def score_store(model: str | Path, source: str, out: str | Path | None = None, *
     snap = TwinStore(paths.store_dir()).open(source, kind, snapshot)
     out = Path(out) if out else default_out(source, bundle)
     as_of = _as_of(snap)
-    if as_of is None and task == "replenishment":
-        raise ValueError("replenishment forecasts need event times; this snapshot has no as_of")
     ids = pl.read_parquet(snap.path / "twins.parquet", columns=["customer_id"])["customer_id"].cast(pl.String)
     ids = ids.unique(maintain_order=True).to_list()  # machine twins: one per machine and consumable
     chunks = [ids[i:i + chunk_size] for i in range(0, len(ids), chunk_size)]

@@ -22,52 +22,61 @@ EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def histories(events: pl.DataFrame | pl.LazyFrame) -> dict[str, History]:
-    """Machine orders and readings per machine and consumable (rows with actor ``machine``). The key is the
-    customer id when the machine orders one item (the simulated market's machines), ``<customer>/<item>`` when it
-    orders several (a printer's four toners), as the machine twins are keyed. Readings go to the consumable their
-    ``item_id`` names; a reading without one goes to a single-item machine's only consumable and is dropped for a
-    machine with several (it cannot be told which stock it measures)."""
+    """Machine orders and readings per machine and consumable (rows with actor ``machine``), keyed as
+    ``machine_keys`` says. Readings go to the consumable their ``item_id`` names; a reading without one goes to a
+    single-item machine's only consumable and is dropped for a machine with several (it cannot be told which stock
+    it measures)."""
     ev = events.lazy().filter(pl.col("actor") == "machine")
+    single = _single_item(_order_pairs(ev))
+    machine = _machine(single)
     days = (pl.col("event_time").cast(pl.Int64) / DAY_US).alias("t")
     has_promised = "promised_days" in ev.collect_schema().names()
     orders = (ev.filter(pl.col("event_type") == "purchase")
-              .select("customer_id", "item_id", days, "quantity",
+              .select(machine, days, "quantity",
                       (pl.col("promised_days").cast(pl.Float64) if has_promised else pl.lit(np.nan)).alias("promised"))
-              .sort("t").group_by("customer_id", "item_id", maintain_order=True).agg(pl.all()).collect())
-    single = _single_item(orders)
-    key = lambda customer, item: customer if customer in single else f"{customer}/{item}"  # noqa: E731
-    tele = (ev.filter(pl.col("event_type") == "telemetry").select("customer_id", "item_id", days, "text", "quantity")
-            .sort("t").group_by("customer_id", "item_id").agg(
+              .sort("t").group_by("machine", maintain_order=True).agg(pl.all()).collect())
+    tele = (ev.filter((pl.col("event_type") == "telemetry")
+                      & (pl.col("item_id").is_not_null() | pl.col("customer_id").is_in(list(single))))
+            .select(machine, days, "text", "quantity").sort("t").group_by("machine").agg(
                 pl.col("t").filter(pl.col("text") == "stock").alias("tel_t"),
                 pl.col("quantity").filter(pl.col("text") == "stock").alias("stock"),
                 pl.col("quantity").filter(pl.col("text") == "usage").alias("usage")).collect())
-    readings = {key(c, i): rest for c, i, *rest in tele.iter_rows() if i is not None or c in single}
+    readings = {m: rest for m, *rest in tele.iter_rows()}
     out = {}
-    for customer, item, t, q, promised in orders.iter_rows():
+    for m, t, q, promised in orders.iter_rows():
         h = History(np.asarray(t), np.asarray(q, float), np.asarray(promised, float))
-        machine = key(customer, item)
-        if machine in readings:
-            tel_t, stock, usage = (np.asarray(v, float) for v in readings[machine])
+        if m in readings:
+            tel_t, stock, usage = (np.asarray(v, float) for v in readings[m])
             if len(usage) == len(tel_t):
                 h.tel_t, h.stock, h.usage = tel_t, stock, usage
-        out[machine] = h
+        out[m] = h
     return out
 
 
-def _single_item(orders: pl.DataFrame) -> set[str]:
+def machine_keys(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    """``machine`` (the key of ``histories``), ``customer_id``, ``item_id``: one row per machine and consumable. The
+    key is the customer id when the machine orders one item (the simulated market's machines), ``<customer>/<item>``
+    when it orders several (a printer's four toners), as the machine twins are keyed."""
+    pairs = _order_pairs(events.lazy().filter(pl.col("actor") == "machine"))
+    return pairs.select(_machine(_single_item(pairs)), "customer_id", "item_id")
+
+
+def _order_pairs(machine_events: pl.LazyFrame) -> pl.DataFrame:
+    """The distinct (customer_id, item_id) of the machine orders, in first-seen order."""
+    return (machine_events.filter(pl.col("event_type") == "purchase").select("customer_id", "item_id")
+            .unique(maintain_order=True).collect())
+
+
+def _single_item(pairs: pl.DataFrame) -> set[str]:
     """Customers whose machine orders one item only (keyed by the customer id alone)."""
-    n_items = orders.group_by("customer_id").agg(pl.col("item_id").n_unique())
+    n_items = pairs.group_by("customer_id").agg(pl.col("item_id").n_unique())
     return set(n_items.filter(pl.col("item_id") == 1)["customer_id"].to_list())
 
 
-def machine_keys(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
-    """``machine`` (the key of ``histories``), ``customer_id``, ``item_id``: one row per machine and consumable."""
-    orders = (events.lazy().filter((pl.col("actor") == "machine") & (pl.col("event_type") == "purchase"))
-              .select("customer_id", "item_id").unique(maintain_order=True).collect())
-    single = _single_item(orders)
-    return orders.select(pl.when(pl.col("customer_id").is_in(list(single))).then(pl.col("customer_id"))
-                         .otherwise(pl.concat_str("customer_id", pl.lit("/"), pl.col("item_id").fill_null(""))).alias("machine"),
-                         "customer_id", "item_id")
+def _machine(single: set[str]) -> pl.Expr:
+    """The ``machine`` key of a row: its customer id for a single-item machine, else ``<customer>/<item>``."""
+    return (pl.when(pl.col("customer_id").is_in(list(single))).then(pl.col("customer_id"))
+            .otherwise(pl.concat_str("customer_id", pl.lit("/"), pl.col("item_id").fill_null(""))).alias("machine"))
 
 
 def runtime_inputs(hist: dict[str, History], machines: list[str]) -> tuple[list[list[tuple]], list[list[tuple]]]:
