@@ -56,21 +56,14 @@ SETTINGS = [
 ]
 
 
-def check_bundle(model, gg, s: pl.DataFrame, st: Setting, out: Path, expected: np.ndarray) -> None:
+def check_bundle(model, gg, st: Setting, out: Path, histories: list[list[tuple]], expected: np.ndarray) -> None:
     """Export BG/NBD + Gamma-Gamma as an ONNX bundle and check that the torch-free runtime, fed the customers'
-    raw purchase days, gives the same expected purchases as the model."""
+    raw lines (``histories``), gives the same expected purchases as the model."""
     from twins.models.outlook_export import export_outlook
     from twins.runtime import load
 
     bundle = load(export_outlook(model, gg, out, horizon_days=st.horizon_days, name=f"outlook-{st.name}", overwrite=True))
-    cut = st.cutoff
-    days = s.select("x", "t_x", "T", "m").to_numpy()
-    histories = []
-    for x, t_x, T, m in days:  # rebuild purchase-day histories with the summary's timing (first, repeat days)
-        first = cut - timedelta(days=T * 7)
-        repeat = [first + timedelta(days=t_x * 7 * (i + 1) / x) for i in range(int(x))] if x else []
-        histories.append([(first, 1.0)] + [(d, m if m == m else 0.0) for d in repeat])
-    got = np.array([a["expected_purchases"] for a in bundle.score(histories, cut)])
+    got = np.array([a["expected_purchases"] for a in bundle.score(histories, st.cutoff)])
     if not np.allclose(got, expected, rtol=1e-6):
         raise AssertionError(f"{st.name}: runtime expected purchases differ from the model's (max rel "
                              f"{np.max(np.abs(got - expected) / np.maximum(expected, 1e-12)):.3g})")
@@ -108,9 +101,10 @@ class Days:
         return cls(table, code, age, spend, features_at(code, age, spend, rows))
 
 
-def neural(d: Days, s: pl.DataFrame, st: Setting, out: Path) -> tuple[tuple[np.ndarray, ...], dict]:
+def neural(d: Days, st: Setting, out: Path, histories: list[list[tuple]]) -> tuple[tuple[np.ndarray, ...], dict]:
     """The neural outlook fitted on the purchase days before the cut-off: (count, spend, P(>= 1)) for the summary's
-    customers, and what its fit cost. Its bundle, fed each customer's raw purchase days, must agree (rtol 1e-6)."""
+    customers, and what its fit cost. Its bundle, fed each customer's raw lines (``histories``), must agree (rtol
+    1e-6)."""
     import time
 
     from twins.models.outlook_export import export_neural_outlook
@@ -122,7 +116,7 @@ def neural(d: Days, s: pl.DataFrame, st: Setting, out: Path) -> tuple[tuple[np.n
     fit_s = time.perf_counter() - t0
     pred = model.predict(d.x, weeks)
     bundle = load(export_neural_outlook(model, out, horizon_days=st.horizon_days, name=f"outlook-net-{st.name}", overwrite=True))
-    got = bundle.score(raw_histories(load_source(REPO / st.source), st.cutoff, s["customer_id"].to_list()), st.cutoff)
+    got = bundle.score(histories, st.cutoff)
     for key in ("expected_purchases", "expected_spend", "p_any_purchase"):
         if not np.allclose([g[key] for g in got], pred[key], rtol=1e-6):
             raise AssertionError(f"{st.name}: the neural bundle's {key} differs from the model's")
@@ -157,9 +151,10 @@ def run_setting(st: Setting, plots: Path, bundles: Path) -> tuple[list[dict], di
     blended = blend(days, s, st, bg)
     if blended is not None:
         preds["blend(persistence, bgnbd+gg)"] = blended
-    check_bundle(*bg_models, s, st, bundles / st.name, expected=bg[0])
+    histories = raw_histories(cfg, st.cutoff, s["customer_id"].to_list())  # as a caller sends them, for both bundles
+    check_bundle(*bg_models, st, bundles / st.name, histories, expected=bg[0])
     d = Days.of(days, s, st.cutoff)
-    preds["neural"], info = neural(d, s, st, bundles / f"{st.name}-neural")
+    preds["neural"], info = neural(d, st, bundles / f"{st.name}-neural", histories)
     preds["reference_holdout_trees"] = holdout_reference(d, s)
     rows = []
     for name, (count, spend, p_any) in preds.items():
