@@ -27,6 +27,7 @@ estimate is below 1e-14 of the result (up to ``MAX_HYP2F1_TERMS``); the scoring 
 it was built with (pass more for long horizons).
 """
 
+import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Self
@@ -34,6 +35,9 @@ from typing import Self
 import numpy as np
 import torch
 from torch import nn
+
+from twins.runtime.outlook_features import (MIN_CALENDAR_WEEKS, Calendar, calendar_design, calendar_summary,
+                                          holiday_spans)
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[float] | float
 Output = np.ndarray | torch.Tensor
@@ -583,3 +587,137 @@ class GammaGammaModel(_MaximumLikelihood):
         self._theta()
         self._population_mean_check()
         return GammaGammaScorer(self.params_)
+
+
+# --- BG/NBD on the calendar ------------------------------------------------------------------------------------
+
+
+class SeasonalBetaGeoModel:
+    """BG/NBD whose purchase rate is scaled by a calendar multiplier shared by every customer, and Gamma-Gamma on
+    spend divided by a calendar multiplier of the spend per purchase day.
+
+    A customer's repeat purchases follow a Poisson process with rate lambda·s(t), s a daily multiplier:
+    log s = Fourier terms of the day of the year (``order`` harmonics) + one effect per holiday span
+    (``holidays``, ``twins.runtime.outlook_features.holiday_spans``), the Fourier part normalised to a mean of 1
+    over a year. In calendar time τ(t) = ∫ s, the process is BG/NBD's, so the likelihood is BG/NBD's on the
+    summary in calendar time (x, τ(t_x), τ(T)) times Π s(t_j) over the repeat purchase days; the rate and dropout
+    parameters and the calendar are fitted jointly by L-BFGS (``ridge`` · |coefs|² added to the mean negative
+    log-likelihood). Spend: the log spend of each purchase day, centred per customer, is regressed on the same
+    design (ridge) for the spend multiplier; Gamma-Gamma is fitted on spend divided by it.
+
+    With less than ``MIN_CALENDAR_WEEKS`` of history before the cut-off the calendar is not identified: it stays
+    flat (plain BG/NBD + Gamma-Gamma), a RuntimeWarning says so, and ``calendar_["status"]`` records why.
+    Learned: ``calendar_`` (the spec ``twins.runtime.outlook_features.Calendar`` reads), ``counts_``
+    (``BetaGeoModel`` in calendar weeks), ``spend_`` (``GammaGammaModel`` or None)."""
+
+    def __init__(self, order: int = 3, holidays: Sequence = (), ridge: float = 1e-4, max_iter: int = 300) -> None:
+        self.order = order
+        self.holidays = holidays
+        self.ridge = ridge
+        self.max_iter = max_iter
+
+    def fit(self, code: np.ndarray, day: np.ndarray, spend: np.ndarray, cutoff_day: float) -> Self:
+        """``code``: customer code of each purchase day; ``day``: whole days since 1970-01-01 (UTC); ``spend``:
+        the day's net spend; only days before ``cutoff_day`` are used."""
+        code, day, spend = np.asarray(code, np.int64), np.asarray(day, np.int64), np.asarray(spend, np.float64)
+        keep = day < cutoff_day
+        code, day, spend = code[keep], day[keep], spend[keep]
+        if not len(day):
+            raise ValueError("no purchase day before the cut-off: nothing to fit the seasonal BG/NBD on")
+        holidays = holiday_spans(list(self.holidays))
+        weeks = (cutoff_day - day.min()) / 7.0
+        spec: dict = {"order": self.order, "holidays": holidays, "history_weeks": round(float(weeks), 1)}
+        _, code = np.unique(code, return_inverse=True)
+        n_rows = int(code.max()) + 1
+        flat = Calendar(spec)
+        s = calendar_summary(flat, code, day, spend, n_rows, cutoff_day, 7.0)
+        counts = BetaGeoModel(penalizer=1e-3).fit(s["x"], s["t_x"], s["T"])
+        if weeks < MIN_CALENDAR_WEEKS:
+            spec["status"] = (f"flat: the history before the cut-off spans {weeks:.1f} weeks, under the "
+                              f"{MIN_CALENDAR_WEEKS} a seasonal profile needs; plain BG/NBD")
+            warnings.warn(f"seasonal outlook: {spec['status']}", RuntimeWarning, stacklevel=2)
+        else:
+            lo, hi = int(day.min()), int(np.floor(cutoff_day))
+            design = torch.tensor(calendar_design(np.arange(lo, hi + 1), self.order, holidays))
+            year = torch.tensor(calendar_design(np.arange(10_957, 10_957 + 365), self.order, [])[:, : 2 * self.order])
+            first = np.full(n_rows, hi)
+            np.minimum.at(first, code, day)
+            last = np.zeros(n_rows, np.int64)
+            np.maximum.at(last, code, day)
+            x = torch.tensor(np.bincount(code, minlength=n_rows) - 1.0)
+            repeat = torch.tensor(day[day > first[code]] - lo)
+            i_first, i_last = torch.tensor(first - lo), torch.tensor(last - lo)
+            frac = float(cutoff_day - hi)
+            n_coef = design.shape[1]
+
+            def log_s(coefs: torch.Tensor) -> torch.Tensor:
+                offset = -torch.logsumexp(year @ coefs[: 2 * self.order], 0) + math.log(365.0)
+                return design @ coefs + offset
+
+            def objective(v: torch.Tensor) -> torch.Tensor:
+                theta, coefs = _unpack(v[:4]), v[4:]
+                g = log_s(coefs)
+                cum = torch.cat([g.new_zeros(1), torch.cumsum(torch.exp(g), 0)]) / 7.0
+                c_cut = cum[hi - lo] + frac * torch.exp(g[hi - lo]) / 7.0
+                t_x, T = cum[i_last] - cum[i_first], c_cut - cum[i_first]
+                ll = _bg_log_likelihood(theta, x, t_x, T, False).sum() + g[repeat].sum()
+                return -ll / n_rows + self.ridge * (coefs ** 2).sum()
+
+            start = torch.cat([torch.log(torch.tensor([counts.params_[k] for k in BG_PARAMS], dtype=torch.float64)),
+                               torch.zeros(n_coef, dtype=torch.float64)])
+            end = _lbfgs(objective, start, self.max_iter)
+            if end is None:
+                raise ConvergenceError("seasonal BG/NBD: the likelihood is not finite; the calendar cannot be fitted")
+            v = end[1]
+            coefs = v[4:]
+            offset = float(-torch.logsumexp(year @ coefs[: 2 * self.order], 0) + math.log(365.0))
+            spec |= {"count": coefs.tolist(), "count_offset": offset}
+            spec |= _spend_calendar(code, day, spend, self.order, holidays, self.ridge)
+            spec["status"] = f"fitted on {weeks:.1f} weeks of history"
+            counts = BetaGeoModel.from_params(dict(zip(BG_PARAMS, _unpack(v[:4]).tolist())), device="cpu")
+        self.calendar_ = spec
+        self.counts_ = counts
+        s = calendar_summary(Calendar(spec), code, day, spend, n_rows, cutoff_day, 7.0)
+        repeat_buyers = (s["x"] > 0) & (s["m"] > 0)
+        try:
+            try:
+                self.spend_ = GammaGammaModel().fit(s["x"][repeat_buyers], s["m"][repeat_buyers])
+            except ConvergenceError:
+                self.spend_ = GammaGammaModel(penalizer=0.01).fit(s["x"][repeat_buyers], s["m"][repeat_buyers])
+        except (ValueError, ConvergenceError):
+            self.spend_ = None
+        self.day_spend_ = float(np.maximum(spend, 0).mean())
+        return self
+
+    def predict(self, row: np.ndarray, day: np.ndarray, spend: np.ndarray, n_rows: int, cutoff_day: float,
+                horizon_days: float) -> dict[str, np.ndarray]:
+        """``expected_purchases``, ``expected_spend``, ``p_any_purchase``, ``p_alive`` per row (customers) from
+        their purchase days before ``cutoff_day`` (as ``fit``) over ``horizon_days``."""
+        keep = np.asarray(day) < cutoff_day
+        s = calendar_summary(Calendar(self.calendar_), np.asarray(row)[keep], np.asarray(day)[keep],
+                             np.asarray(spend)[keep], n_rows, cutoff_day, horizon_days)
+        x, t_x, T, t = s["x"], s["t_x"], s["T"], s["t"]
+        count = np.asarray(self.counts_.expected_purchases(t, x, t_x, T), float)
+        if self.spend_ is None:
+            per_day = np.full(n_rows, self.day_spend_)
+        else:
+            per_day = np.asarray(self.spend_.expected_spend_per_transaction(np.where(s["m"] > 0, x, 0), s["m"]), float)
+        return {"expected_purchases": count, "expected_spend": count * per_day * s["spend_scale"],
+                "p_any_purchase": np.asarray(self.counts_.p_at_least_one(t, x, t_x, T), float),
+                "p_alive": np.asarray(self.counts_.p_alive(x, t_x, T), float)}
+
+
+def _spend_calendar(code: np.ndarray, day: np.ndarray, spend: np.ndarray, order: int, holidays: list[dict],
+                    ridge: float) -> dict:
+    """Ridge regression of the purchase days' log spend, centred per customer, on the calendar design."""
+    ok = spend > 0
+    code, day, y = code[ok], day[ok], np.log(spend[ok])
+    n = np.bincount(code)
+    y = y - (np.bincount(code, y) / np.maximum(n, 1))[code]
+    several = n[code] > 1
+    X = calendar_design(day[several], order, holidays)
+    X = X - X.mean(0)
+    coefs = np.linalg.solve(X.T @ X + ridge * len(X) * np.eye(X.shape[1]), X.T @ y[several]) if len(X) else np.zeros(X.shape[1])
+    year = calendar_design(np.arange(10_957, 10_957 + 365), order, [])[:, : 2 * order]
+    offset = -float(np.log(np.exp(year @ coefs[: 2 * order]).mean()))
+    return {"spend": coefs.tolist(), "spend_offset": offset}

@@ -70,3 +70,123 @@ def features(row: np.ndarray, age_days: np.ndarray, spend: np.ndarray, n_rows: i
 def new_customer(day_spend: float) -> np.ndarray:
     """Features of a customer whose one purchase day is the cut-off day, spending ``day_spend``."""
     return features(np.zeros(1, np.int64), np.ones(1), np.full(1, day_spend), 1)[0]
+
+
+# --- the calendar: week-of-year and holiday multipliers of the purchase rate and the spend per purchase day ------
+
+YEAR_DAYS = 365.25
+MIN_CALENDAR_WEEKS = 52  # a seasonal profile is learnt only from at least a year of history
+CAL_WINDOWS = (1, 4, 13, 26, 52)  # weeks before the cut-off whose mean calendar multiplier is a feature
+
+
+def holiday_spans(holidays: list) -> list[dict]:
+    """Normalised holiday entries ``{"date", "before", "after"}``: ``date`` is ``MM-DD`` (every year) or
+    ``YYYY-MM-DD`` (once); the effect covers ``before`` days before the date to ``after`` days after it. A plain
+    string is a date with before = after = 0."""
+    out = []
+    for i, h in enumerate(holidays or []):
+        entry = {"date": h, "before": 0, "after": 0} if isinstance(h, str) else dict(h)
+        date = str(entry.get("date", ""))
+        try:
+            np.datetime64(date if len(date) == 10 else f"2000-{date}", "D")
+        except ValueError:
+            raise ValueError(f"holidays[{i}]: date {date!r} must be MM-DD (every year) or YYYY-MM-DD (once)") from None
+        before, after = int(entry.get("before", 0)), int(entry.get("after", 0))
+        if before < 0 or after < 0:
+            raise ValueError(f"holidays[{i}]: before and after must be >= 0 days, got {before}, {after}")
+        out.append({"date": date, "before": before, "after": after})
+    return out
+
+
+def calendar_design(day: np.ndarray, order: int, holidays: list[dict]) -> np.ndarray:
+    """``[len(day), 2 * order + len(holidays)]``: cos/sin of the day-of-year phase (harmonics 1..order) and one
+    0/1 column per holiday span. ``day``: whole days since 1970-01-01 (UTC)."""
+    d = np.asarray(day, np.int64).astype("datetime64[D]")
+    year = d.astype("datetime64[Y]")
+    phase = 2 * np.pi * (d - year.astype("datetime64[D]")).astype(np.float64) / YEAR_DAYS
+    cols = [f(k * phase) for k in range(1, order + 1) for f in (np.cos, np.sin)]
+    years = year.astype(np.int64) + 1970
+    for h in holidays:
+        if len(h["date"]) == 10:
+            centre = np.full(len(d), np.datetime64(h["date"], "D"))
+        else:  # the holiday of this day's year, or of the next / previous one when the span crosses new year
+            at = lambda y: (np.char.add((y).astype(str), "-" + h["date"])).astype("datetime64[D]")  # noqa: E731
+            centre = at(years)
+            nearer = [at(years + 1), at(years - 1)]
+            for other in nearer:
+                centre = np.where(np.abs((other - d).astype(np.int64)) < np.abs((centre - d).astype(np.int64)), other, centre)
+        off = (d - centre).astype(np.int64)
+        cols.append(((off >= -h["before"]) & (off <= h["after"])).astype(np.float64))
+    return np.stack(cols, 1) if cols else np.zeros((len(d), 0))
+
+
+class Calendar:
+    """Daily multipliers of the purchase rate (``kind="count"``) and of the spend per purchase day (``"spend"``)
+    from a fitted spec (``twins.models.btyd.SeasonalBetaGeoModel.calendar_``): log multiplier = design · coefs +
+    offset. An empty spec, or one without coefficients (history shorter than a year), is flat: every
+    multiplier 1."""
+
+    def __init__(self, spec: dict | None) -> None:
+        self.spec = dict(spec or {})
+        self.order = int(self.spec.get("order", 0))
+        self.holidays = holiday_spans(self.spec.get("holidays", []))
+        self.fitted = "count" in self.spec
+
+    def daily(self, day: np.ndarray, kind: str = "count") -> np.ndarray:
+        """Multiplier of each whole day ``day`` (days since 1970-01-01)."""
+        day = np.asarray(day, np.int64)
+        if not self.fitted or kind not in self.spec:
+            return np.ones(len(day))
+        coefs = np.asarray(self.spec[kind], np.float64)
+        return np.exp(calendar_design(day, self.order, self.holidays) @ coefs + float(self.spec[f"{kind}_offset"]))
+
+    def weekly(self, start_day: float, weeks: int, kind: str = "count") -> np.ndarray:
+        """``[weeks]``: mean multiplier of the days of each week from ``start_day`` (the cut-off's day)."""
+        first = int(np.floor(start_day))
+        return self.daily(np.arange(first, first + 7 * weeks), kind).reshape(weeks, 7).mean(1)
+
+    def warp(self, t_days: np.ndarray) -> np.ndarray:
+        """Calendar time in weeks (Σ of the daily multipliers / 7) from day 0 of ``t_days``' range to each of
+        ``t_days`` (fractional days count the started day's share): differences of it replace elapsed weeks."""
+        t = np.asarray(t_days, np.float64)
+        if not self.fitted or not len(t):
+            return t / 7.0
+        lo, hi = int(np.floor(t.min())), int(np.floor(t.max()))
+        s = self.daily(np.arange(lo, hi + 1))
+        cum = np.r_[0.0, np.cumsum(s)]
+        i = np.floor(t).astype(np.int64) - lo
+        return (cum[i] + (t - np.floor(t)) * s[i] + lo) / 7.0
+
+    def past_features(self, cutoff_day: float) -> np.ndarray:
+        """Mean count multiplier over the last w weeks before the cut-off, w in ``CAL_WINDOWS``."""
+        first = int(np.floor(cutoff_day))
+        s = self.daily(np.arange(first - 7 * max(CAL_WINDOWS), first))
+        return np.array([s[-7 * w:].mean() for w in CAL_WINDOWS])
+
+
+def calendar_summary(calendar: Calendar, row: np.ndarray, day: np.ndarray, spend: np.ndarray, n_rows: int,
+                     cutoff_day: float, horizon_days: float) -> dict[str, np.ndarray | float]:
+    """The BTYD summary in calendar time of purchase days (``row``, whole ``day`` since 1970-01-01, net
+    ``spend``) before ``cutoff_day``: ``x`` repeat days, ``t_x`` and ``T`` (calendar weeks from the first day to
+    the last / to the cut-off), ``m`` (mean repeat-day spend divided by the day's spend multiplier, floored at 0),
+    ``t`` (calendar weeks of the horizon) and ``spend_scale`` (the horizon's spend multiplier, weighted by its
+    count multipliers). With a flat calendar these are the plain summary's values. Rows without a purchase day
+    are zeros (a new customer)."""
+    row, day, spend = np.asarray(row, np.int64), np.asarray(day, np.float64), np.asarray(spend, np.float64)
+    n = np.bincount(row, minlength=n_rows)
+    first, last = np.full(n_rows, np.inf), np.full(n_rows, -np.inf)
+    np.minimum.at(first, row, day)
+    np.maximum.at(last, row, day)
+    known = n > 0
+    first, last = np.where(known, first, cutoff_day), np.where(known, last, cutoff_day)
+    end = cutoff_day + horizon_days
+    c_first, c_last, c_cut, c_end = np.split(calendar.warp(np.r_[first, last, cutoff_day, end]), [n_rows, 2 * n_rows, 2 * n_rows + 1])
+    x = np.maximum(n - 1, 0).astype(np.float64)
+    repeat = day > first[row]
+    adjusted = spend / calendar.daily(day.astype(np.int64), "spend") if len(day) else spend
+    m = np.where(x > 0, np.bincount(row, adjusted * repeat, n_rows) / np.maximum(x, 1), 0.0)
+    horizon = np.arange(int(np.floor(cutoff_day)), int(np.ceil(end)))
+    s = calendar.daily(horizon)
+    return {"x": x, "t_x": np.where(known, c_last - c_first, 0.0), "T": np.where(known, c_cut[0] - c_first, 0.0),
+            "m": np.maximum(m, 0.0), "t": float(c_end[0] - c_cut[0]),
+            "spend_scale": float((s * calendar.daily(horizon, "spend")).sum() / s.sum())}

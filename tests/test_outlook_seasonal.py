@@ -1,0 +1,81 @@
+"""The seasonal outlook: a calendar learnt from the log's own history (week-of-year terms and holiday spans shared
+by every customer) recovers a known seasonal profile from a generated log, and falls back, saying so, when the
+history is shorter than a year."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import numpy as np
+import polars as pl
+import pytest
+
+from twins.evaluate.outlook import purchase_days
+from twins.models.btyd import SeasonalBetaGeoModel
+from twins.runtime.outlook_features import Calendar, calendar_design, holiday_spans
+from twins.sim.seasonal import SeasonalLog, simulate_seasonal_log, true_multipliers
+
+CUTOFF = float((date(2023, 7, 2) - date(1970, 1, 1)).days)
+
+
+def _days(events: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    d = purchase_days(events.lazy()).collect()
+    code = d["customer_id"].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
+    return code, d["day"].dt.epoch("d").to_numpy(), d["spend"].to_numpy()
+
+
+@pytest.fixture(scope="module")
+def log():
+    cfg = SeasonalLog(n_customers=3000, seed=1)
+    events, truth = simulate_seasonal_log(cfg)
+    return cfg, truth, _days(events)
+
+
+def _weekly(v: np.ndarray) -> np.ndarray:
+    return v[: len(v) // 7 * 7].reshape(-1, 7).mean(1)
+
+
+def test_seasonal_bgnbd_recovers_the_generated_profile(log):
+    """Tolerances: every weekly purchase-rate multiplier of the two years before the cut-off within 10 % of the
+    truth (median within 3 %), each holiday's log lift within 0.15, weekly spend multipliers within 15 %, and
+    BG/NBD's r, alpha, a, b within 25 % of the generating values."""
+    cfg, truth, (code, day, spend) = log
+    model = SeasonalBetaGeoModel(order=2, holidays=truth["holidays"]).fit(code, day, spend, CUTOFF)
+    days = np.arange(int(CUTOFF) - 728, int(CUTOFF))
+    cal = Calendar(model.calendar_)
+    rate, spend_mult = true_multipliers(cfg, days)
+    err = np.abs(_weekly(cal.daily(days)) / _weekly(rate) - 1)
+    assert err.max() < 0.10 and np.median(err) < 0.03
+    assert np.abs(_weekly(cal.daily(days, "spend")) / _weekly(spend_mult) - 1).max() < 0.15
+    lifts = np.asarray(model.calendar_["count"][4:])
+    np.testing.assert_allclose(lifts, np.log([h["lift"] for h in cfg.holidays]), atol=0.15)
+    for name, want in (("r", cfg.r), ("alpha", cfg.alpha), ("a", cfg.a), ("b", cfg.b)):
+        assert model.counts_.params_[name] == pytest.approx(want, rel=0.25), name
+    assert model.calendar_["status"].startswith("fitted on 104")
+
+
+def test_a_flat_season_is_learnt_flat():
+    cfg = SeasonalLog(n_customers=2000, seed=2, amplitude=0.0, holidays=({"date": "12-24", "before": 13, "after": 0, "lift": 1.0},))
+    events, truth = simulate_seasonal_log(cfg)
+    model = SeasonalBetaGeoModel(order=2, holidays=truth["holidays"]).fit(*_days(events), CUTOFF)
+    days = np.arange(int(CUTOFF) - 364, int(CUTOFF))
+    assert np.abs(Calendar(model.calendar_).daily(days) - 1).max() < 0.12
+
+
+def test_less_than_a_year_falls_back_and_says_so(log):
+    _, truth, (code, day, spend) = log
+    recent = day >= CUTOFF - 39 * 7
+    with pytest.warns(RuntimeWarning, match="spans 39.0 weeks, under the 52"):
+        model = SeasonalBetaGeoModel(holidays=truth["holidays"]).fit(code[recent], day[recent], spend[recent], CUTOFF)
+    assert model.calendar_["status"].startswith("flat") and "count" not in model.calendar_
+    assert (Calendar(model.calendar_).daily(np.arange(19_000, 19_400)) == 1).all()
+
+
+def test_holiday_spans_recur_every_year_and_cross_new_year():
+    spans = holiday_spans([{"date": "12-30", "before": 1, "after": 3}, "2023-06-01"])
+    d = np.array([(date(y, m, dd) - date(1970, 1, 1)).days for y, m, dd in
+                  ((2022, 12, 29), (2023, 1, 2), (2023, 1, 3), (2023, 12, 28), (2023, 6, 1), (2024, 6, 1))])
+    cols = calendar_design(d, 0, spans)
+    assert cols[:, 0].tolist() == [1, 1, 0, 0, 0, 0] and cols[:, 1].tolist() == [0, 0, 0, 0, 1, 0]
+    with pytest.raises(ValueError, match=r"holidays\[0\]: date '25-12'"):
+        holiday_spans(["25-12"])
