@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from twins.export import ParityError, check_parity, export_bundle
-from twins.export.onnx_bundle import _move_into_place, sha256_file
+from twins.export.onnx_bundle import sha256_file
+from twins.publish import publish_dir
 from twins.models import GPTopFreq
 from twins.models.topfreq_torch import FrequencyScorer, export_gp_topfreq
 from twins.runtime import BundleError, NextBasketBundle, load
@@ -172,12 +173,12 @@ def test_export_refuses_to_overwrite(bundle_dir, fitted):
         )
 
 
-def test_move_into_place_replaces_an_existing_folder(tmp_path):
+def test_publish_dir_replaces_an_existing_folder(tmp_path):
     (tmp_path / "new").mkdir()
     (tmp_path / "new" / "f").write_text("new")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "f").write_text("old")
-    _move_into_place(tmp_path / "new", tmp_path / "out")
+    publish_dir(tmp_path / "new", tmp_path / "out")
     assert (tmp_path / "out" / "f").read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 

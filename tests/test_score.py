@@ -127,7 +127,7 @@ from twins.twin.store import TwinStore
 def die(self, target):
     os._exit(9)   # killed after the files are written, before the snapshot is published
 
-Path.rename = die
+os.rename = die   # Path.rename calls it too
 TwinStore(sys.argv[1]).write(pl.DataFrame({"customer_id": ["a", "b", "c"], "baskets": [9, 9, 9]}), "shop")
 """
 

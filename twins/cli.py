@@ -14,6 +14,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from twins import paths
+from twins.publish import WriteError
 
 app = typer.Typer(
     help="""twins: digital twins of customers (people and machines).
@@ -76,7 +77,7 @@ def ingest(source: Annotated[Path, typer.Argument(help="source config YAML, e.g.
         with _spinner() as progress:
             progress.add_task(f"ingesting {source}")
             report = api.ingest(source, overrides, track=track)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, FileNotFoundError, RuntimeError, WriteError) as exc:
         _fail(exc)
     console.print(report.summary(), highlight=False)
     console.print(f"events: {report.events_path}\nquarantine: {report.quarantine_path}", highlight=False)
@@ -100,7 +101,7 @@ def build(source: Annotated[Path, typer.Argument(help="source config YAML (inges
         with _spinner() as progress:
             progress.add_task(f"building twins as of {as_of}")
             snap = api.build(source, as_of, params, overrides, track=track)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, WriteError) as exc:
         _fail(exc)
     m = snap.manifest
     console.print(f"{m['rows']:,} twins of {m['source']} as of {m['as_of'] or 'end'} -> {snap.path}", highlight=False)
@@ -164,7 +165,7 @@ def emotions(source: Annotated[Path, typer.Argument(help="source config YAML who
         try:
             snap = api.emotions(source, bundle, as_of, window_days, strong_negative, overrides,
                                 on_batch=lambda done, total: bar.update(task, completed=done, total=total))
-        except (ValueError, FileNotFoundError, KeyError, BundleError) as exc:
+        except (ValueError, FileNotFoundError, KeyError, BundleError, WriteError) as exc:
             _fail(exc)
     console.print(f"emotion profiles: {snap.manifest['rows']:,} customers -> {snap.path}", highlight=False)
 
@@ -190,7 +191,7 @@ def machines(source: Annotated[str, typer.Argument(help="source config YAML, or 
     with console.status("building machine twins"):
         try:
             snaps = api.machines(str(source), as_of, detector, min_orders, overrides)
-        except (ValueError, FileNotFoundError, KeyError) as exc:
+        except (ValueError, FileNotFoundError, KeyError, WriteError) as exc:
             _fail(exc)
     for kind, snap in snaps.items():
         console.print(f"{kind} twins: {snap.manifest['rows']:,} -> {snap.path}", highlight=False)
@@ -219,7 +220,7 @@ def run(pipeline: Annotated[Path, typer.Argument(help="pipeline config YAML, e.g
                 progress.update(task, description=f"running {pipeline} (after {node.name})")
 
             catalog = api.run(pipeline, overrides, on_node=on_node)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
+    except (ValueError, FileNotFoundError, KeyError, WriteError) as exc:
         _fail(exc)
     for line in catalog.get("summary_lines", []):
         typer.echo(line)

@@ -97,6 +97,7 @@ def score(model: Annotated[str, typer.Argument(help="bundle folder or models:/NA
     (`twins machines`)."""
     from twins.runtime import BundleError
     from twins.score import score_store
+    from twins.publish import WriteError
 
     columns = [TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     try:
@@ -104,7 +105,7 @@ def score(model: Annotated[str, typer.Argument(help="bundle folder or models:/NA
             task = progress.add_task("score", total=None)
             report = score_store(model, source, out, snapshot=snapshot, chunk_size=chunk_size, k=k, horizon_days=horizon_days,
                                  on_chunk=lambda done, total: progress.update(task, completed=done, total=total))
-    except (BundleError, LookupError, FileNotFoundError, ValueError) as exc:
+    except (BundleError, LookupError, FileNotFoundError, ValueError, WriteError) as exc:
         _fail(exc)
     resumed = f", {report.resumed_chunks} resumed" if report.resumed_chunks else ""
     console.print(f"{report.rows:,} customers ({report.task}) in {report.chunks} chunk(s){resumed}, "

@@ -3,15 +3,15 @@
 Customers are scored in chunks: each chunk reads only its customers' events before the snapshot's ``as_of``,
 asks the bundle (``SCORERS[task]``) and is written as one Parquet part. Parts live in a hidden folder beside the
 output (``.<name>.parts/``) with a ``job.json`` naming the model, the snapshot and the parameters; when every
-part is there they are combined into a temporary file that is renamed over the output. A killed or failed run
-therefore leaves the previous output untouched, and the same command run again skips the parts already written
-and completes it; a different job (another model version, snapshot or parameter) starts its parts afresh.
+part is there they are combined into a temporary file that is fsynced and renamed over the output. A killed or
+failed run therefore leaves the previous output untouched, and the same command run again skips the parts already
+written and completes it; a different job (another model version, snapshot or parameter) starts its parts afresh.
+A run holds ``.<name>.lock`` beside the output (``twins.publish``): a second run on the same output is refused.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -22,7 +22,7 @@ from typing import Any
 
 import polars as pl
 
-from twins import paths
+from twins import paths, publish
 from twins.data.events import baskets_by_customer, scan_events
 from twins.evaluate.outlook import purchase_lines
 from twins.models.replenishment import histories, machine_keys, runtime_inputs
@@ -120,25 +120,24 @@ def score_store(model: str | Path, source: str, out: str | Path | None = None, *
     chunks = [ids[i:i + chunk_size] for i in range(0, len(ids), chunk_size)]
     job = {"model_sha256": bundle.manifest["model_sha256"], "task": task, "snapshot": str(snap.path.resolve()),
            "chunk_size": chunk_size, "k": k, "horizon_days": horizon_days}
-    parts = _parts_dir(out, job)
     events = scan_events(paths.events_dir(source))
     if as_of is not None:
         events = events.filter(pl.col("event_time") < pl.lit(as_of, pl.Datetime("us", "UTC")))
     resumed, done = 0, 0
-    for n, chunk in enumerate(chunks):
-        part = parts / f"part-{n:06d}.parquet"
-        if part.exists():
-            resumed += 1
-        else:
-            mine = events.filter(pl.col("customer_id").is_in(chunk))
-            frame = SCORERS[task](bundle, mine, chunk, as_of, k=k, horizon_days=horizon_days)
-            tmp = part.with_name(f".{part.name}.tmp")
-            frame.write_parquet(tmp)
-            os.replace(tmp, part)
-        done += len(chunk)
-        if on_chunk:
-            on_chunk(done, len(ids))
-    _combine(parts, out, len(chunks))
+    with publish.locked(out, f"twins score {source}"), publish.disk_errors(out.parent):
+        parts = _parts_dir(out, job)
+        for n, chunk in enumerate(chunks):
+            part = parts / f"part-{n:06d}.parquet"
+            if part.exists():
+                resumed += 1
+            else:
+                mine = events.filter(pl.col("customer_id").is_in(chunk))
+                frame = SCORERS[task](bundle, mine, chunk, as_of, k=k, horizon_days=horizon_days)
+                _publish_file(part, frame.write_parquet)
+            done += len(chunk)
+            if on_chunk:
+                on_chunk(done, len(ids))
+        _combine(parts, out, len(chunks))
     return ScoreReport(out, len(ids), len(chunks), resumed, time.perf_counter() - t0, task, job["model_sha256"])
 
 
@@ -159,19 +158,25 @@ def _parts_dir(out: Path, job: dict[str, Any]) -> Path:
         shutil.rmtree(parts)
     if not parts.exists():
         parts.mkdir(parents=True)
-        tmp = job_file.with_name(f".{JOB_FILE}.tmp")
-        tmp.write_text(json.dumps(job, indent=2))
-        os.replace(tmp, job_file)
+        publish.write_text(job_file, json.dumps(job, indent=2))
+    for stale in parts.glob(".*.tmp*"):  # a part a killed run was writing
+        publish.remove(stale)
     return parts
+
+
+def _publish_file(target: Path, write: Callable[[Path], object]) -> None:
+    """``write(temporary path)`` beside ``target``, then fsync and rename it over ``target``."""
+    tmp = publish.temp_path(target)
+    try:
+        write(tmp)
+        publish.publish_file(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _combine(parts: Path, out: Path, n_parts: int) -> None:
     """Stream the parts into a temporary file, rename it over ``out`` and remove the parts."""
     files = [parts / f"part-{n:06d}.parquet" for n in range(n_parts)]
-    tmp = out.with_name(f".{out.name}.tmp")
-    if files:
-        pl.scan_parquet(files).sink_parquet(tmp)
-    else:
-        pl.DataFrame({"customer_id": []}, schema={"customer_id": pl.String}).write_parquet(tmp)
-    os.replace(tmp, out)
+    empty = pl.DataFrame({"customer_id": []}, schema={"customer_id": pl.String})
+    _publish_file(out, lambda tmp: pl.scan_parquet(files).sink_parquet(tmp) if files else empty.write_parquet(tmp))
     shutil.rmtree(parts)

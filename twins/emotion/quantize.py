@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
+from twins import publish
 from twins.export.onnx_bundle import MANIFEST_FILE, MODEL_FILE, sha256_file
 
 
 def quantize_bundle(src: str | Path, dst: str | Path) -> Path:
     """Write ``dst``: a copy of bundle ``src`` whose ``model.onnx`` has int8 MatMul weights; the manifest gets the
-    new sha256, ``name`` + ``-int8`` and ``quantization``. Assembled beside ``dst`` and renamed into place."""
+    new sha256, ``name`` + ``-int8`` and ``quantization``. Assembled beside ``dst`` and swapped into place under
+    ``dst``'s lock (``twins.publish``)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     src, dst = Path(src), Path(dst)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent if dst.parent.exists() else None))
-    try:
+    with publish.locked(dst, f"quantize {dst.name}"), publish.staged_dir(dst) as tmp:
         for file in src.iterdir():
             if file.name != MODEL_FILE:
                 shutil.copyfile(file, tmp / file.name)
@@ -31,10 +31,5 @@ def quantize_bundle(src: str | Path, dst: str | Path) -> Path:
         manifest |= {"name": manifest["name"] + "-int8", "model_sha256": sha256_file(tmp / MODEL_FILE),
                      "quantization": "onnxruntime dynamic int8, MatMul weights (per tensor, QInt8)"}
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-        if dst.exists():
-            shutil.rmtree(dst)
-        tmp.rename(dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        publish.publish_dir(tmp, dst)
     return dst

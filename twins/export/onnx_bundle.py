@@ -9,8 +9,6 @@ opset and the sha256 of ``model.onnx``.
 import logging
 import json
 import shutil
-import tempfile
-import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +20,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from twins import publish
 from twins.runtime.bundle import sha256_file
 
 # The exporter logs one warning per torchvision op when torchvision is absent (it is not a dependency).
@@ -68,10 +67,11 @@ def export_bundle(
     "batch", 1: "sequence"}}``; axes sharing a name share a size. ``input_names`` name the ONNX inputs (use the
     argument names). Uses the dynamo exporter (``torch.onnx.export(..., dynamo=True)``, which needs onnxscript);
     example inputs must not have size 0 or 1 on a dynamic axis (the exporter would specialise it). The bundle is
-    assembled in a temporary folder next to ``out_dir`` and renamed into place, so a reader never sees a
-    half-written bundle. An existing ``out_dir`` is an error unless ``overwrite``. ``extra_files`` (bundle file
-    name -> source path or bytes) are what the preprocessing needs (a tokenizer, a vocabulary); they are copied
-    in before the rename and their sha256 recorded in the manifest's ``files``.
+    assembled in a temporary folder next to ``out_dir``, fsynced and swapped into place in one step under
+    ``out_dir``'s lock (``twins.publish``), so a reader never sees a half-written bundle. An existing ``out_dir``
+    is an error unless ``overwrite``. ``extra_files`` (bundle file name -> source path or bytes) are what the
+    preprocessing needs (a tokenizer, a vocabulary); they are copied in before the rename and their sha256
+    recorded in the manifest's ``files``.
     """
     missing = [key for key in REQUIRED_MANIFEST_KEYS if key not in manifest]
     if missing:
@@ -81,14 +81,11 @@ def export_bundle(
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass overwrite=True to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-
     dims = {name: torch.export.Dim(name) for axes in dynamic_axes.values() for name in axes.values()}
     dynamic_shapes = {
         arg: {axis: dims[name] for axis, name in axes.items()} for arg, axes in dynamic_axes.items()
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with publish.locked(out_dir, f"bundle export {out_dir.name}"), publish.staged_dir(out_dir) as tmp:
         model_path = tmp / MODEL_FILE
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecation notes from inside the exporter
@@ -123,22 +120,8 @@ def export_bundle(
             **({"files": {name: sha256_file(tmp / name) for name in extra_files}} if extra_files else {}),
         }
         (tmp / MANIFEST_FILE).write_text(json.dumps(full_manifest, indent=2, ensure_ascii=False) + "\n")
-        _move_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        publish.publish_dir(tmp, out_dir)
     return out_dir
-
-
-def _move_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename ``tmp`` to ``out_dir``, moving an existing ``out_dir`` aside first and deleting it after."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex}")
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    if old is not None:
-        shutil.rmtree(old)
 
 
 def check_parity(

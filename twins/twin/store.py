@@ -6,20 +6,22 @@ Layout under the store root::
     <source>/<kind>/<as_of>/<version>/manifest.json   rows, columns, parameters, creation time
     <source>/<kind>/LATEST                             "<as_of>/<version>" of the newest snapshot
 
-Snapshots are written to a temporary folder and renamed into place, and LATEST is replaced atomically, so a
-reader never sees a half-written snapshot and a killed writer leaves the previous one intact.
+Writers hold ``<source>/.<kind>.lock`` (``twins.publish``); a snapshot is written to a temporary folder, fsynced
+and renamed into place, then LATEST is replaced atomically, so a reader never sees a half-written snapshot, a
+killed writer leaves the previous one intact and the next writer removes what it left.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+
+from twins import publish
 
 
 class TwinNotFound(KeyError):
@@ -71,21 +73,22 @@ class TwinStore:
         """Store a new snapshot and point LATEST at it."""
         if twins[id_column].is_duplicated().any():
             raise ValueError(f"twins have duplicate {id_column} values; a snapshot needs one row per id")
-        now = datetime.now(timezone.utc)
-        rel = f"{_as_of_label(as_of)}/v{now.strftime('%Y%m%dT%H%M%S%fZ')}"
-        final = self.root / source / kind / rel
-        tmp = final.with_name(f".{final.name}.tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
-        twins.sort(id_column).write_parquet(tmp / "twins.parquet", row_group_size=16_384)
-        manifest = {"source": source, "kind": kind, "as_of": None if as_of is None else as_of.isoformat(),
-                    "version": final.name, "created": now.isoformat(), "rows": twins.height, "id_column": id_column,
-                    "columns": {c: str(t) for c, t in twins.schema.items()}, "params": params or {}}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
-        tmp.rename(final)
-        latest = self.root / source / kind / "LATEST"
-        latest_tmp = latest.with_name(".LATEST.tmp")
-        latest_tmp.write_text(rel)
-        os.replace(latest_tmp, latest)
+        base = self.root / source / kind
+        with publish.locked(base, f"twins store write {source}/{kind}"), publish.disk_errors(base):
+            for stale in [*base.glob("*/.v*.tmp*"), *base.glob(".LATEST.tmp*")]:  # left by killed writers
+                publish.remove(stale)
+            now = datetime.now(timezone.utc)
+            rel = f"{_as_of_label(as_of)}/v{now.strftime('%Y%m%dT%H%M%S%fZ')}"
+            final = base / rel
+            with publish.staged_dir(final) as tmp:
+                twins.sort(id_column).write_parquet(tmp / "twins.parquet", row_group_size=16_384)
+                manifest = {"source": source, "kind": kind, "as_of": None if as_of is None else as_of.isoformat(),
+                            "version": final.name, "created": now.isoformat(), "rows": twins.height,
+                            "id_column": id_column, "columns": {c: str(t) for c, t in twins.schema.items()},
+                            "params": params or {}}
+                (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+                publish.publish_dir(tmp, final)
+            publish.write_text(base / "LATEST", rel)
         return Snapshot(final, id_column)
 
     def snapshots(self, source: str, kind: str = "customer") -> list[str]:
