@@ -7,24 +7,39 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 import polars as pl
 
-from twins import publish
 from twins.data import readers
-from twins.data.schema import CANONICAL, EVENT_TYPES, FILE_COLUMN, QUARANTINE_REASON, ROW_COLUMN
-from twins.data.source import AttributeTable, SourceConfig
+from twins.data.schema import CANONICAL, EVENT_TYPES, FILE_COLUMN, QUARANTINE_REASON, READER_REASON, ROW_COLUMN
+from twins.data.source import AttributeTable, Ids, SourceConfig
 
-#: Quarantine reasons, in the order they are tested (a row gets the first that applies).
-REASONS = ("missing_item", "unparsable_time", "bad_order", "bad_quantity", "bad_price",
-           "non_finite", "negative_value", "absurd_quantity", "absurd_price", "bad_event_type", "future_event",
-           "non_product", "duplicate_line", "overlap_duplicate")
+#: Quarantine reasons, in the order they are tested (a row gets the first that applies; ``bad_item`` is a reader's).
+REASONS = ("bad_item", "missing_item", "missing_basket", "unparsable_time", "bad_order", "bad_quantity",
+           "missing_quantity", "bad_price", "missing_price", "non_finite", "negative_value", "absurd_quantity",
+           "absurd_price", "low_price", "bad_event_type", "early_event", "future_event", "non_product",
+           "duplicate_line", "overlap_duplicate", "superseded")
 
 _FILE_IDX = "_file_idx"
+
+
+class InputFile(NamedTuple):
+    """One input file as read: its path, format and (Excel) sheet."""
+
+    path: Path
+    fmt: str
+    sheet: str | None = None
+
+_ROW_IDX = "_row"  # 0-based record number in its file (source_row is the line number)
+#: Characters that never belong in an id: control (Cc) and format (Cf: zero-width space, BOM, soft hyphen...)
+_INVISIBLE = r"[\p{Cc}\p{Cf}]"
+_FLOAT_ID = r"^([+-]?\d+)\.0*$"  # "17850.0", as a spreadsheet or pandas writes an integer id
 
 
 class ReconciliationError(RuntimeError):
@@ -101,19 +116,50 @@ def _str(col: str) -> pl.Expr:
     return pl.col(col).cast(pl.String).str.strip_chars()
 
 
+def id_expr(col: str, dtype: pl.DataType, ids: Ids) -> pl.Expr:
+    """An id as text: invisible characters removed, blanks stripped; empty, a null value ('nan', 'NULL', 'N/A'...),
+    NaN or infinite -> null; with ``normalize_float`` a whole float ('17850.0', or 17850.0 in Parquet) -> '17850'."""
+    e = pl.col(col)
+    if dtype.is_float():
+        e = pl.when(e.is_finite()).then(e)
+        if ids.normalize_float:
+            whole = (e == e.round(0)) & (e.abs() < 2 ** 53)
+            e = pl.when(whole).then(e.cast(pl.Int64).cast(pl.String)).otherwise(e.cast(pl.String))
+    e = e.cast(pl.String).str.replace_all(_INVISIBLE, "").str.strip_chars()
+    if ids.normalize_float:
+        e = e.str.replace(_FLOAT_ID, "${1}")
+    nulls = [v.lower() for v in ids.null_values]
+    return pl.when((e == "") | e.str.to_lowercase().is_in(nulls)).then(None).otherwise(e)
+
+
 def _first_line(fmt: str, cfg: SourceConfig) -> int:
     """The 1-based file line of the first data row (after a header line for text formats)."""
     return 2 if fmt in ("csv", "whitespace") and cfg.csv.has_header else 1
 
 
+def _line_numbers(lf: pl.LazyFrame, first_line: int, multiline: bool) -> pl.LazyFrame:
+    """``_row`` (the record number) and ``source_row`` (the file's line number): with ``multiline`` records, every
+    line break inside the fields before a record moves it down a line."""
+    lf = lf.with_row_index(_ROW_IDX)
+    if not multiline:
+        return lf.with_columns((pl.col(_ROW_IDX) + first_line).alias(ROW_COLUMN))
+    text = [n for n, t in lf.collect_schema().items() if t == pl.String]
+    breaks = pl.sum_horizontal([pl.col(n).str.count_matches("\n", literal=True).fill_null(0) for n in text])
+    return lf.with_columns((pl.col(_ROW_IDX) + first_line + breaks.cum_sum() - breaks).cast(pl.get_index_type())
+                           .alias(ROW_COLUMN))
+
+
 def canonical_frame(lf: pl.LazyFrame, cfg: SourceConfig, file_idx: int, file_name: str, fmt: str,
-                    file_constants: dict[str, str]) -> pl.LazyFrame:
+                    file_constants: dict[str, str], multiline: bool = False) -> pl.LazyFrame:
     """Map one file's raw columns onto canonical columns; keeps raw values (as text) for the quarantine
-    and helper flags (``_bad_*``) for ``with_reasons``."""
+    and helper flags (``_bad_*``) for ``with_reasons``. ``multiline``: some records span lines (see
+    ``readers.multiline_records``)."""
     schema = lf.collect_schema()
     m, c = cfg.columns, cfg.constants
-    lf = lf.with_row_index(ROW_COLUMN, offset=_first_line(fmt, cfg)).with_columns(
+    lf = _line_numbers(lf, _first_line(fmt, cfg), multiline).with_columns(
         pl.lit(file_name).alias(FILE_COLUMN), pl.lit(file_idx, pl.Int32).alias(_FILE_IDX))
+    if READER_REASON not in schema:
+        lf = lf.with_columns(pl.lit(None, pl.String).alias(READER_REASON))
 
     def mapped_or_const(canon: str, parse) -> pl.Expr:
         if canon in m:
@@ -125,9 +171,12 @@ def canonical_frame(lf: pl.LazyFrame, cfg: SourceConfig, file_idx: int, file_nam
     def number(col: str, dtype: pl.DataType) -> pl.Expr:
         return _to_float(col, dtype, cfg.csv.decimal_comma and fmt in ("csv", "whitespace"))
 
+    def ident(col: str, dtype: pl.DataType) -> pl.Expr:
+        return id_expr(col, dtype, cfg.ids)
+
     exprs: dict[str, pl.Expr] = {
-        "customer_id": mapped_or_const("customer_id", lambda col, _: _str(col)),
-        "item_id": mapped_or_const("item_id", lambda col, _: _str(col)),
+        "customer_id": mapped_or_const("customer_id", ident),
+        "item_id": mapped_or_const("item_id", ident),
         "quantity": mapped_or_const("quantity", number),
         "unit_price": mapped_or_const("unit_price", number),
         "amount": mapped_or_const("amount", number),
@@ -140,9 +189,10 @@ def canonical_frame(lf: pl.LazyFrame, cfg: SourceConfig, file_idx: int, file_nam
     raw_cols = sorted({*m.values(), *cfg.extra_columns, *([cfg.order_column] if cfg.order_column else [])})
     order = pl.col(cfg.order_column).cast(pl.Int64, strict=False) if cfg.order_column else pl.lit(None, pl.Int64)
     # parse once; the flags below compare parsed values with the raw text kept for the quarantine
-    lf = lf.with_columns(**exprs, **{k: _str(m[k]) for k in ("basket_id",) if k in m}, _order=order,
+    lf = lf.with_columns(**exprs, **{k: ident(m[k], schema[m[k]]) for k in ("basket_id",) if k in m}, _order=order,
                          **{f"raw:{col}": pl.col(col).cast(pl.String) for col in raw_cols})
-    failed = lambda canon: (pl.col(f"raw:{m[canon]}").is_not_null() & pl.col(canon).is_null()) if canon in m else pl.lit(False)  # noqa: E731
+    written = lambda col: pl.col(f"raw:{col}").str.strip_chars().str.len_bytes() > 0  # noqa: E731  (blank = missing)
+    failed = lambda canon: (written(m[canon]) & pl.col(canon).is_null()).fill_null(False) if canon in m else pl.lit(False)  # noqa: E731
     negative_qty = (pl.col("quantity") < 0).fill_null(False) | (pl.col("amount") < 0).fill_null(False)
     is_return = negative_qty if cfg.returns.negative_quantity else pl.lit(False)
     if cfg.returns.id_prefix:
@@ -168,7 +218,7 @@ def canonical_frame(lf: pl.LazyFrame, cfg: SourceConfig, file_idx: int, file_nam
     ).with_columns(
         amount=pl.when(pl.col("amount").is_null()).then(pl.col("quantity") * pl.col("unit_price")).otherwise(pl.col("amount")),
     )
-    guests = pl.col("customer_id").is_null() | (pl.col("customer_id") == "")
+    guests = pl.col("customer_id").is_null()
     if cfg.guest_customer_ids:
         guests = guests | pl.col("customer_id").is_in(cfg.guest_customer_ids)
     lf = lf.with_columns(customer_id=pl.when(guests).then(None).otherwise(pl.col("customer_id")))
@@ -191,24 +241,37 @@ def with_reasons(lf: pl.LazyFrame, cfg: SourceConfig, not_after: datetime) -> pl
         excluded = excluded | pl.col("item_id").is_in(cfg.exclude.item_codes).fill_null(False)
     if cfg.exclude.item_pattern:
         excluded = excluded | pl.col("item_id").str.contains(cfg.exclude.item_pattern).fill_null(False)
+    mapped = lambda *canon: pl.lit(any(k in cfg.columns for k in canon))  # noqa: E731
+    low_price = (price < v.min_unit_price).fill_null(False) if v.min_unit_price is not None else pl.lit(False)
+    event_time = pl.col("event_time")
     checks: list[tuple[str, pl.Expr]] = [
-        ("missing_item", is_purchase & pl.col("item_id").is_null() & pl.lit("item_id" in cfg.columns)),
-        ("unparsable_time", pl.col("_bad_time") | (pl.lit("event_time" in cfg.columns) & pl.col("event_time").is_null())),
+        ("missing_item", is_purchase & pl.col("item_id").is_null() & mapped("item_id")),
+        ("missing_basket", is_purchase & pl.col("basket_id").is_null() if "basket_id" in cfg.columns else pl.lit(False)),
+        ("unparsable_time", pl.col("_bad_time") | (mapped("event_time") & event_time.is_null())),
         ("bad_order", pl.col("_bad_order") | (pl.lit(cfg.order_column is not None) & pl.col("_order").is_null())),
         ("bad_quantity", pl.col("_bad_qty")),
+        ("missing_quantity", is_purchase & qty.is_null() & mapped("quantity")),
         ("bad_price", pl.col("_bad_price")),
+        ("missing_price", is_purchase & price.is_null() & amount.is_null() & mapped("unit_price", "amount")),
         ("non_finite", non_finite),
         ("negative_value", negative),
         ("absurd_quantity", (qty > v.max_quantity).fill_null(False)),
         ("absurd_price", (price > v.max_unit_price).fill_null(False)),
+        ("low_price", is_purchase & low_price),
         ("bad_event_type", ~pl.col("event_type").is_in(list(EVENT_TYPES)) | ~pl.col("actor").is_in(["human", "machine", "unknown"])),
-        ("future_event", (pl.col("event_time") > pl.lit(not_after, CANONICAL["event_time"])).fill_null(False)),
+        ("early_event", (event_time < pl.lit(_utc(v.not_before), CANONICAL["event_time"])).fill_null(False)),
+        ("future_event", (event_time > pl.lit(not_after, CANONICAL["event_time"])).fill_null(False)),
         ("non_product", excluded),
     ]
     reason = pl.lit(None, pl.String)
     for name, cond in reversed(checks):
         reason = pl.when(cond).then(pl.lit(name)).otherwise(reason)
-    return lf.with_columns(reason.alias(QUARANTINE_REASON))
+    return lf.with_columns(pl.coalesce(READER_REASON, reason).alias(QUARANTINE_REASON))
+
+
+def _utc(t: datetime) -> datetime:
+    """A configured time: naive ones are UTC."""
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 def finish(lf: pl.LazyFrame, cfg: SourceConfig) -> pl.LazyFrame:
@@ -249,21 +312,23 @@ def duplicate_rows(raws: list[pl.LazyFrame], key_cols: list[str]) -> list[tuple[
 
 
 def attribute_frame(table: AttributeTable, key_name: str, prefix: str, cfg: SourceConfig) -> pl.LazyFrame:
-    """An item or customer attribute table keyed like the canonical events: its ``columns`` (the key must be
-    unique) or, with ``count_as``, the number of rows per key."""
+    """An item or customer attribute table keyed like the canonical events (its key read as the events' ids are,
+    rows without a key left out): its ``columns`` (the key must be unique) or, with ``count_as``, the number of
+    rows per key."""
     path = cfg.resolve(table.path)
     fmt = readers.detect_format(path, table.format)
-    attrs = readers.scan(path, fmt, table.csv)
+    attrs = readers.scan(path, fmt, table.csv, table.sheet)
     readers.check_columns(path, attrs, {f"{prefix}{c}": c for c in [table.key, *table.columns]}, table.csv,
                           where=f"its entry under `{prefix}attributes:` of the source config", mapping="`key:` and `columns:`")
-    key = pl.col(table.key).cast(pl.String).str.strip_chars().alias(key_name)
+    key = id_expr(table.key, attrs.collect_schema()[table.key], cfg.ids).alias(key_name)
+    attrs = attrs.filter(key.is_not_null())
     if table.count_as:
         return attrs.group_by(key).agg(pl.len().cast(pl.Int64).alias(f"{prefix}{table.count_as}"))
     attrs = attrs.select(key, *[pl.col(c).alias(f"{prefix}{c}") for c in table.columns])
     try:
         dupes = attrs.group_by(key_name).len().filter(pl.col("len") > 1).head(3).collect()
     except pl.exceptions.PolarsError as exc:
-        raise readers.read_error(path, fmt, exc) from None
+        raise readers.read_error(path, fmt, exc, table.csv) from None
     if dupes.height:
         raise readers.SourceError(f"{path}: key column {table.key!r} is not unique (e.g. {dupes[key_name].to_list()}); "
                                   f"an attribute table needs one row per key: de-duplicate it first")
@@ -283,9 +348,10 @@ def attribute_tables(tables: list[AttributeTable], key_name: str, prefix: str, c
 
 # ----------------------------------------------------------------------------------------------- I/O edge
 
-def plan(cfg: SourceConfig, not_after: datetime | None = None) -> tuple[pl.LazyFrame, list[tuple[Path, str]]]:
-    """The ingest plan over all files (lazy, with ``reason``) and the (path, format) of each file. Finding
-    duplicate lines is the one eager pass (over hashes only)."""
+def plan(cfg: SourceConfig, not_after: datetime | None = None) -> tuple[pl.LazyFrame, list[InputFile]]:
+    """The ingest plan over all files (lazy, with ``reason``) and the (path, format, sheet) of each file. Finding
+    duplicate lines is the one eager pass (over hashes only); with ``validation.overlap: later_file``, each file's
+    time range is another."""
     not_after = not_after or cfg.validation.not_after or datetime.now(timezone.utc)
     if not_after.tzinfo is None:
         not_after = not_after.replace(tzinfo=timezone.utc)
@@ -300,44 +366,59 @@ def plan(cfg: SourceConfig, not_after: datetime | None = None) -> tuple[pl.LazyF
         needed["returns.id_column"] = cfg.returns.id_column
     raws, files = [], []
     inputs = cfg.input_files()
-    for path, _ in inputs:
+    for path, spec in inputs:
         fmt = readers.detect_format(path, cfg.format)
-        raws.append(readers.scan(path, fmt, cfg.csv))
+        raws.append(readers.scan(path, fmt, cfg.csv, spec.sheet))
         readers.check_columns(path, raws[-1], needed, cfg.csv)
-        files.append((path, fmt))
+        files.append(InputFile(path, fmt, spec.sheet))
+    later_first = cfg.validation.overlap == "later_file"  # then a line's copy in a later file is the one kept
     try:
-        dups = duplicate_rows(raws, sorted(set(needed.values()))) if cfg.validation.duplicates == "quarantine" else None
+        dups = (duplicate_rows(raws[::-1] if later_first else raws, sorted(set(needed.values())))
+                if cfg.validation.duplicates == "quarantine" else None)
     except pl.exceptions.PolarsError as exc:
         raise _read_error(cfg, files, exc) from None
+    if dups is not None and later_first:
+        dups = dups[::-1]
     frames = []
-    for i, (raw, (_, spec), (path, fmt)) in enumerate(zip(raws, inputs, files)):
-        lf = with_reasons(canonical_frame(raw, cfg, i, path.name, fmt, spec.constants), cfg, not_after)
+    for i, (raw, (_, spec), (path, fmt, _)) in enumerate(zip(raws, inputs, files)):
+        multiline = readers.multiline_records(path, fmt, cfg.csv)
+        lf = with_reasons(canonical_frame(raw, cfg, i, path.name, fmt, spec.constants, multiline), cfg, not_after)
         if dups is not None:
-            same, earlier = (rows + _first_line(fmt, cfg) for rows in dups[i])
-            reason = pl.col(QUARANTINE_REASON)
-            lf = lf.with_columns(**{QUARANTINE_REASON: pl.when(reason.is_null() & pl.col(ROW_COLUMN).is_in(same.implode()))
+            same, earlier = (rows.implode() for rows in dups[i])
+            reason, row = pl.col(QUARANTINE_REASON), pl.col(_ROW_IDX)
+            lf = lf.with_columns(**{QUARANTINE_REASON: pl.when(reason.is_null() & row.is_in(same))
                                     .then(pl.lit("duplicate_line"))
-                                    .when(reason.is_null() & pl.col(ROW_COLUMN).is_in(earlier.implode()))
+                                    .when(reason.is_null() & row.is_in(earlier))
                                     .then(pl.lit("overlap_duplicate")).otherwise(reason)})
         frames.append(lf)
+    if later_first:
+        frames = superseded(frames)
     return finish(pl.concat(frames, how="diagonal_relaxed"), cfg), files
+
+
+def superseded(frames: list[pl.LazyFrame]) -> list[pl.LazyFrame]:
+    """``overlap: later_file``: a file's rows inside a later file's time range (its first to its last accepted
+    event) are ``superseded``: the later export is taken as the truth for the times it covers."""
+    ok = pl.col(QUARANTINE_REASON).is_null()
+    spans = [lf.filter(ok).select(pl.col("event_time").min().alias("lo"), pl.col("event_time").max().alias("hi"))
+             for lf in frames]
+    spans = [s.row(0) for s in pl.collect_all(spans, engine="streaming")]
+    out = []
+    for i, lf in enumerate(frames):
+        later = [pl.col("event_time").is_between(pl.lit(lo, CANONICAL["event_time"]), pl.lit(hi, CANONICAL["event_time"]))
+                 for lo, hi in spans[i + 1:] if lo is not None]
+        covered = pl.any_horizontal(later).fill_null(False) if later else pl.lit(False)
+        out.append(lf.with_columns(pl.when(ok & covered).then(pl.lit("superseded")).otherwise(pl.col(QUARANTINE_REASON))
+                                   .alias(QUARANTINE_REASON)))
+    return out
 
 
 def ingest(cfg: SourceConfig, out_dir: str | Path, not_after: datetime | None = None) -> IngestReport:
     """Run the ingest: write ``events.parquet``, ``quarantine.parquet``, ``report.json`` and the attribute
-    tables (``items.parquet``, ``customers.parquet``) into ``out_dir``, published by ``twins.publish`` (locked
-    against another run, one atomic swap: a failed or killed run leaves the previous output in place). Raises
-    SourceError on unreadable input, ``publish.OutputBusy`` / ``publish.DiskFull``."""
-    out_dir = Path(out_dir)
-    with publish.locked(out_dir, f"twins ingest {cfg.name}"), publish.staged_dir(out_dir) as tmp:
-        report = _write(cfg, tmp, out_dir, not_after)
-        publish.publish_dir(tmp, out_dir)
-    return report
-
-
-def _write(cfg: SourceConfig, tmp: Path, out_dir: Path, not_after: datetime | None) -> IngestReport:
-    """Write the ingest's files into the empty folder ``tmp``; the report names them as they will be in ``out_dir``."""
+    tables (``items.parquet``, ``customers.parquet``) into ``out_dir`` (atomically: a failed run leaves the
+    previous output in place). Raises SourceError on unreadable input."""
     t0 = time.perf_counter()
+    out_dir = Path(out_dir)
     lf, files = plan(cfg, not_after)
     extras = list(dict.fromkeys([*cfg.extra_columns, *(k for f in cfg.files for k in f.constants)]))
     ok = pl.col(QUARANTINE_REASON).is_null()
@@ -348,37 +429,59 @@ def _write(cfg: SourceConfig, tmp: Path, out_dir: Path, not_after: datetime | No
     raw_cols = [c for c in lf.collect_schema().names() if c.startswith("raw:")]
     quarantine = lf.filter(~ok).select(FILE_COLUMN, ROW_COLUMN, QUARANTINE_REASON,
                                        *[pl.col(c).alias(c.removeprefix("raw:")) for c in raw_cols])
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     sinks = [events.sink_parquet(tmp / "events.parquet", compression="lz4", lazy=True),
              quarantine.sink_parquet(tmp / "quarantine.parquet", compression="lz4", lazy=True),
              *[frame.sink_parquet(tmp / f"{name}.parquet", lazy=True) for name, frame in attributes.items()]]
     try:
         pl.collect_all(sinks, engine="streaming")
     except pl.exceptions.PolarsError as exc:
-        if publish.is_disk_full(exc):
-            raise publish.disk_full(out_dir.parent, exc) from exc
+        shutil.rmtree(tmp, ignore_errors=True)
         raise _read_error(cfg, files, exc) from None
-    per_file = {str(p): readers.count_rows(p, fmt, cfg.csv) for p, fmt in files}
+    per_file = {str(f.path): readers.count_rows(f.path, f.fmt, cfg.csv, f.sheet) for f in files}
     stats = pl.scan_parquet(tmp / "events.parquet").select(
         pl.len().alias("n"), pl.col("customer_id").is_null().sum().alias("guests"),
         (pl.col("event_type") == "return").sum().alias("returns"), pl.col("customer_id").n_unique().alias("customers"),
         pl.col("customer_id").null_count().alias("nulls")).collect().row(0, named=True)
     reasons = pl.scan_parquet(tmp / "quarantine.parquet").group_by(QUARANTINE_REASON).len().collect()
     report = IngestReport(
-        source=cfg.name, files=[str(p) for p, _ in files], rows_in=sum(per_file.values()), accepted=stats["n"],
+        source=cfg.name, files=[str(f.path) for f in files], rows_in=sum(per_file.values()), accepted=stats["n"],
         quarantined={r: n for r, n in reasons.iter_rows()}, guest_rows=stats["guests"], returns=stats["returns"],
         customers=stats["customers"] - (1 if stats["nulls"] else 0),
         events_path=str(out_dir / "events.parquet"), quarantine_path=str(out_dir / "quarantine.parquet"),
         seconds=time.perf_counter() - t0, per_file_rows=per_file, hints=_hints(tmp / "quarantine.parquet", cfg))
     if report.rows_in != report.accepted + report.quarantined_total:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise ReconciliationError(f"{cfg.name}: rows in {report.rows_in} != accepted {report.accepted} + "
                                   f"quarantined {report.quarantined_total}; output not written")
     (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
+    _replace_dir(tmp, out_dir)
     return report
 
 
 def _hints(quarantine_path: Path, cfg: SourceConfig) -> list[str]:
-    """Config fixes the quarantine points at: numbers quarantined as bad_quantity / bad_price that are written
-    with a decimal comma, when ``csv.decimal_comma`` is off."""
+    """Config fixes the output points at (the quarantine and the events written beside it)."""
+    return _decimal_comma_hint(quarantine_path, cfg) + _float_id_hint(quarantine_path.with_name("events.parquet"), cfg)
+
+
+def _float_id_hint(events_path: Path, cfg: SourceConfig) -> list[str]:
+    """Customer ids that read like floats ('17850.0', as a spreadsheet or pandas writes an integer id), when
+    ``ids.normalize_float`` is off: `twins twin show 17850` would not find them."""
+    if cfg.ids.normalize_float:
+        return []
+    ids = pl.scan_parquet(events_path).select(pl.col("customer_id").unique()).filter(pl.col("customer_id").str.contains(_FLOAT_ID))
+    found = ids.select(pl.len(), pl.col("customer_id").sort().first()).collect().row(0)
+    if not found[0]:
+        return []
+    return [f"{found[0]:,} customer id(s) are written as floats (e.g. {found[1]!r}); if they are whole numbers, set "
+            "`ids: {normalize_float: true}` in the source config"]
+
+
+def _decimal_comma_hint(quarantine_path: Path, cfg: SourceConfig) -> list[str]:
+    """Numbers quarantined as bad_quantity / bad_price that are written with a decimal comma, when
+    ``csv.decimal_comma`` is off."""
     columns = sorted({cfg.columns[c] for c in ("quantity", "unit_price", "amount") if c in cfg.columns})
     if cfg.csv.decimal_comma or not columns:
         return []
@@ -395,21 +498,31 @@ def _hints(quarantine_path: Path, cfg: SourceConfig) -> list[str]:
             "`csv: {decimal_comma: true}` in the source config"]
 
 
-def _read_error(cfg: SourceConfig, files: list[tuple[Path, str]], exc: Exception) -> readers.SourceError:
+def _read_error(cfg: SourceConfig, files: list[InputFile], exc: Exception) -> readers.SourceError:
     """The streaming run does not say which file failed: read each one alone to name it."""
     now = datetime.now(timezone.utc)
-    for i, (path, fmt) in enumerate(files):
-        frame = with_reasons(canonical_frame(readers.scan(path, fmt, cfg.csv), cfg, i, path.name, fmt, {}), cfg, now)
+    for i, (path, fmt, sheet) in enumerate(files):
+        frame = with_reasons(canonical_frame(readers.scan(path, fmt, cfg.csv, sheet), cfg, i, path.name, fmt, {}), cfg, now)
         try:
             frame.select(pl.all().null_count()).collect(engine="streaming")
         except pl.exceptions.PolarsError as file_exc:
-            return readers.read_error(path, fmt, file_exc)
+            return readers.read_error(path, fmt, file_exc, cfg.csv)
     for table in [*cfg.item_attributes, *cfg.customer_attributes]:
         path = cfg.resolve(table.path)
         fmt = readers.detect_format(path, table.format)
         try:
-            readers.scan(path, fmt, table.csv).select(pl.all().null_count()).collect(engine="streaming")
+            readers.scan(path, fmt, table.csv, table.sheet).select(pl.all().null_count()).collect(engine="streaming")
         except pl.exceptions.PolarsError as file_exc:
-            return readers.read_error(path, fmt, file_exc)
+            return readers.read_error(path, fmt, file_exc, table.csv)
     return readers.SourceError(f"source {cfg.name}: reading failed: {readers._first_line(exc)} "
                                f"(check the files' format, separator and encoding in the source config)")
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    """Swap ``tmp`` into ``out_dir`` with renames, so readers never see a half-written folder."""
+    old = out_dir.with_name(f".{out_dir.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)

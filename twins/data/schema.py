@@ -32,3 +32,4 @@ MAPPABLE = ("customer_id", "event_time", "basket_id", "item_id", "quantity", "un
 QUARANTINE_REASON = "reason"
 FILE_COLUMN = "source_file"
 ROW_COLUMN = "source_row"
+READER_REASON = "_reader_reason"  # a reader's own quarantine reason for a row (e.g. basket JSON's bad_item)

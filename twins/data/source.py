@@ -1,22 +1,23 @@
-"""Source configs: a declarative mapping from any CSV/Parquet/JSON log onto canonical events.
+"""Source configs: a declarative mapping from any CSV/Parquet/Excel/JSON log onto canonical events.
 
 See README.md ("Bring your own log") for a worked example of every key.
 """
 
 from __future__ import annotations
 
-import glob
-from datetime import datetime
+from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
+import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from twins import config
 from twins.data.schema import EVENT_TYPES, MAPPABLE
 
-Format = Literal["csv", "parquet", "whitespace", "basket_json"]
+Format = Literal["csv", "parquet", "whitespace", "basket_json", "excel"]
+WILDCARDS = "*?["
 
 
 class _Strict(BaseModel):
@@ -30,6 +31,7 @@ class FileSpec(_Strict):
     path: str = Field(description="relative to the config's folder, absolute, package://pkg/file, or a pattern "
                                   "(exports/orders_*.csv) for the files it matches, in name order")
     constants: dict[str, str] = Field(default_factory=dict, description="extra columns set for every row of this file")
+    sheet: str | None = Field(None, description="Excel files: the sheet to read (default: the first)")
 
 
 class CsvOptions(_Strict):
@@ -41,6 +43,14 @@ class CsvOptions(_Strict):
     comment_prefix: str | None = None
     decimal_comma: bool = Field(False, description="numbers are written '2,55', grouped '1.234,50' ('1.234' reads "
                                                      "1234), as in many European exports")
+
+    @field_validator("column_names")
+    @classmethod
+    def _unique(cls, names: list[str] | None) -> list[str] | None:
+        twice = sorted({n for n in names or [] if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"names {twice} are given more than once; each column needs its own name")
+        return names
 
 
 class TimeOptions(_Strict):
@@ -64,12 +74,49 @@ class Exclusions(_Strict):
     item_codes: list[str] = Field(default_factory=list)
     item_pattern: str | None = Field(None, description="regular expression on the item id, e.g. '^(POST|DOT|M|BANK)'")
 
+    @field_validator("item_pattern")
+    @classmethod
+    def _compiles(cls, pattern: str | None) -> str | None:
+        """Checked with the engine that runs it (Rust's regex syntax: no look-around, no back-references)."""
+        if pattern is not None:
+            try:
+                pl.select(pl.lit("").str.contains(pattern))
+            except pl.exceptions.ComputeError as exc:
+                error = next((line for line in str(exc).splitlines() if line.startswith("error:")), "invalid")
+                raise ValueError(f"{pattern!r} is not a regular expression polars can run ({error})") from None
+        return pattern
+
+
+class Ids(_Strict):
+    """How customer, item and basket ids are read. Control and format characters (zero-width space, BOM, soft
+    hyphen) are removed and blanks stripped; an id left empty, or one of ``null_values``, is no id: no customer
+    (a guest row), ``missing_item``, ``missing_basket``."""
+
+    null_values: list[str] = Field(default_factory=lambda: ["nan", "null", "none", "na", "n/a", "#n/a"],
+                                   description="texts meaning 'no id' (compared ignoring case), as pandas, R, "
+                                               "Excel and SQL exports write a missing value")
+    normalize_float: bool = Field(False, description="ids written as floats by a spreadsheet or pandas ('17850.0') "
+                                                     "become integers ('17850')")
+
+
+#: Default lower bound on event times: the day after the Unix epoch, so that placeholder dates are refused: a zero
+#: timestamp (1970-01-01 in any zone), Excel's zero dates (1899-12-30, 1900-01-01), .NET/SQL's minimum (0001-01-01).
+NOT_BEFORE = datetime(1970, 1, 2, tzinfo=timezone.utc)
+
 
 class Validation(_Strict):
     max_quantity: float = 1e6
     max_unit_price: float = 1e6
+    min_unit_price: float | None = Field(None, description="purchase and return lines priced below this are "
+                                                           "'low_price' (e.g. 0.01 refuses zero-price lines)")
+    not_before: datetime = Field(NOT_BEFORE, description="events earlier than this are 'early_event'")
     not_after: datetime | None = Field(None, description="events later than this are 'future_event'; default: ingest time")
     duplicates: Literal["quarantine", "keep"] = "quarantine"
+    overlap: Literal["lines", "later_file"] = Field(
+        "lines", description="files that overlap in time: 'lines' keeps every line once (a copy of an earlier file's "
+                             "line is 'overlap_duplicate'); 'later_file' takes each time range from the last file that "
+                             "covers it (an earlier file's lines inside a later file's first-to-last event are "
+                             "'superseded')")
 
 
 class AttributeTable(_Strict):
@@ -83,6 +130,7 @@ class AttributeTable(_Strict):
     count_as: str | None = Field(None, pattern=r"^[A-Za-z0-9_]+$")
     format: Format | None = None
     csv: CsvOptions = Field(default_factory=CsvOptions)
+    sheet: str | None = Field(None, description="Excel files: the sheet to read (default: the first)")
 
     @model_validator(mode="after")
     def _one_kind(self) -> "AttributeTable":
@@ -105,6 +153,7 @@ class SourceConfig(_Strict):
     returns: Returns = Field(default_factory=Returns)
     exclude: Exclusions = Field(default_factory=Exclusions)
     guest_customer_ids: list[str] = Field(default_factory=list, description="ids meaning 'no customer' besides null/empty")
+    ids: Ids = Field(default_factory=Ids)
     validation: Validation = Field(default_factory=Validation)
     item_attributes: list[AttributeTable] = Field(default_factory=list, description="one table or a list")
     customer_attributes: list[AttributeTable] = Field(default_factory=list, description="one table or a list")
@@ -135,6 +184,9 @@ class SourceConfig(_Strict):
             raise ValueError("columns.item_id (or constants.item_id) is required for purchase events")
         if "event_time" not in mapped and self.order_column is None and etype != "message":
             raise ValueError("give columns.event_time or, for sources without time, order_column")
+        if self.validation.overlap == "later_file" and "event_time" not in self.columns:
+            raise ValueError("validation.overlap: later_file compares the files' time ranges; map columns.event_time "
+                             "or use overlap: lines")
         return self
 
     def resolve(self, path: str) -> Path:
@@ -150,20 +202,38 @@ class SourceConfig(_Strict):
 
     def input_files(self) -> list[tuple[Path, FileSpec]]:
         """Every input file in read order, with its spec. A ``path`` with a wildcard (``*``, ``?``, ``[...]``, ``**``,
-        e.g. ``exports/orders_*.csv``) stands for the files it matches, in path order; one that matches none is an
-        error."""
+        e.g. ``exports/orders_*.csv``) stands for the files it matches, in path order (see ``expand``); one that
+        matches none is an error. A path that exists as written is that file, wildcard characters or not
+        (``orders[1].csv``)."""
         out = []
         for spec in self.files:
             path = self.resolve(spec.path)
-            if not any(ch in spec.path for ch in "*?["):
+            if not any(ch in spec.path for ch in WILDCARDS) or path.exists():
                 out.append((path, spec))
                 continue
-            matches = sorted(Path(q) for q in glob.glob(str(path), recursive=True) if Path(q).is_file())
+            matches = expand(path)
             if not matches:
                 raise config.ConfigError(f"files: {spec.path!r} matches no file ({path}); check the pattern "
                                          "(wildcards: * ? [...], ** for any folders) and the folder")
             out += [(q, spec) for q in matches]
         return out
+
+
+def expand(pattern: Path) -> list[Path]:
+    """The files an absolute wildcard path matches, in path order. ``**`` does not enter linked folders (a link to a
+    folder above would loop), names starting with '.' match only a pattern part starting with '.', and a file reached
+    twice (through a link) is read once, at its first path."""
+    parts = pattern.parts
+    first = next(i for i, part in enumerate(parts) if any(ch in part for ch in WILDCARDS))
+    root, rest = Path(*parts[:first]), parts[first:]
+    dotted = any(part.startswith(".") for part in rest)
+    seen, out = set(), []
+    for match in sorted(root.glob("/".join(rest))):
+        hidden = any(part.startswith(".") for part in match.relative_to(root).parts)
+        if match.is_file() and (dotted or not hidden) and match.resolve() not in seen:
+            seen.add(match.resolve())
+            out.append(match)
+    return out
 
 
 def load_source(path: str | Path, overrides: list[str] | None = None) -> SourceConfig:
