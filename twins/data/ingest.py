@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -16,6 +15,7 @@ from typing import NamedTuple
 
 import polars as pl
 
+from twins import publish
 from twins.data import readers
 from twins.data.schema import CANONICAL, EVENT_TYPES, FILE_COLUMN, QUARANTINE_REASON, READER_REASON, ROW_COLUMN
 from twins.data.source import AttributeTable, Ids, SourceConfig
@@ -415,10 +415,19 @@ def superseded(frames: list[pl.LazyFrame]) -> list[pl.LazyFrame]:
 
 def ingest(cfg: SourceConfig, out_dir: str | Path, not_after: datetime | None = None) -> IngestReport:
     """Run the ingest: write ``events.parquet``, ``quarantine.parquet``, ``report.json`` and the attribute
-    tables (``items.parquet``, ``customers.parquet``) into ``out_dir`` (atomically: a failed run leaves the
-    previous output in place). Raises SourceError on unreadable input."""
-    t0 = time.perf_counter()
+    tables (``items.parquet``, ``customers.parquet``) into ``out_dir``, published by ``twins.publish`` (locked
+    against another run, one atomic swap: a failed or killed run leaves the previous output in place). Raises
+    SourceError on unreadable input, ``publish.OutputBusy`` / ``publish.DiskFull``."""
     out_dir = Path(out_dir)
+    with publish.locked(out_dir, f"twins ingest {cfg.name}"), publish.staged_dir(out_dir) as tmp:
+        report = _write(cfg, tmp, out_dir, not_after)
+        publish.publish_dir(tmp, out_dir)
+    return report
+
+
+def _write(cfg: SourceConfig, tmp: Path, out_dir: Path, not_after: datetime | None) -> IngestReport:
+    """Write the ingest's files into the empty folder ``tmp``; the report names them as they will be in ``out_dir``."""
+    t0 = time.perf_counter()
     lf, files = plan(cfg, not_after)
     extras = list(dict.fromkeys([*cfg.extra_columns, *(k for f in cfg.files for k in f.constants)]))
     ok = pl.col(QUARANTINE_REASON).is_null()
@@ -429,16 +438,14 @@ def ingest(cfg: SourceConfig, out_dir: str | Path, not_after: datetime | None = 
     raw_cols = [c for c in lf.collect_schema().names() if c.startswith("raw:")]
     quarantine = lf.filter(~ok).select(FILE_COLUMN, ROW_COLUMN, QUARANTINE_REASON,
                                        *[pl.col(c).alias(c.removeprefix("raw:")) for c in raw_cols])
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     sinks = [events.sink_parquet(tmp / "events.parquet", compression="lz4", lazy=True),
              quarantine.sink_parquet(tmp / "quarantine.parquet", compression="lz4", lazy=True),
              *[frame.sink_parquet(tmp / f"{name}.parquet", lazy=True) for name, frame in attributes.items()]]
     try:
         pl.collect_all(sinks, engine="streaming")
     except pl.exceptions.PolarsError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if publish.is_disk_full(exc):
+            raise publish.disk_full(out_dir.parent, exc) from exc
         raise _read_error(cfg, files, exc) from None
     per_file = {str(f.path): readers.count_rows(f.path, f.fmt, cfg.csv, f.sheet) for f in files}
     stats = pl.scan_parquet(tmp / "events.parquet").select(
@@ -453,11 +460,9 @@ def ingest(cfg: SourceConfig, out_dir: str | Path, not_after: datetime | None = 
         events_path=str(out_dir / "events.parquet"), quarantine_path=str(out_dir / "quarantine.parquet"),
         seconds=time.perf_counter() - t0, per_file_rows=per_file, hints=_hints(tmp / "quarantine.parquet", cfg))
     if report.rows_in != report.accepted + report.quarantined_total:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise ReconciliationError(f"{cfg.name}: rows in {report.rows_in} != accepted {report.accepted} + "
                                   f"quarantined {report.quarantined_total}; output not written")
     (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
-    _replace_dir(tmp, out_dir)
     return report
 
 
@@ -516,13 +521,3 @@ def _read_error(cfg: SourceConfig, files: list[InputFile], exc: Exception) -> re
             return readers.read_error(path, fmt, file_exc, table.csv)
     return readers.SourceError(f"source {cfg.name}: reading failed: {readers._first_line(exc)} "
                                f"(check the files' format, separator and encoding in the source config)")
-
-
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Swap ``tmp`` into ``out_dir`` with renames, so readers never see a half-written folder."""
-    old = out_dir.with_name(f".{out_dir.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out_dir.exists():
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
