@@ -319,3 +319,38 @@ def scored(tmp_path, twins_home, monkeypatch) -> tuple[Path, bytes]:
     out = twins_home / "scores" / "t" / "fake.parquet"
     score_store("fake", "t", out, chunk_size=3)
     return out, out.read_bytes()
+
+
+# ------------------------------------------------------------------------------------------- bundles
+
+def test_an_exported_bundle_has_the_usual_permissions_and_its_lock(tmp_path, monkeypatch):
+    """The publishing of ``export_bundle``: the exporter itself is replaced by a tiny ONNX graph (seconds, not 15)."""
+    import onnx
+    import torch
+    from onnx import TensorProto, helper
+
+    from twins.export.onnx_bundle import export_bundle
+
+    class Program:
+        def save(self, path: str) -> None:
+            spec = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 3]) for n in ("input", "y")]
+            graph = helper.make_graph([helper.make_node("Identity", ["input"], ["y"])], "g", spec[:1], spec[1:])
+            onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+
+    monkeypatch.setattr(torch.onnx, "export", lambda *args, **kwargs: Program())
+
+    def export(out: Path) -> Path:
+        return export_bundle(torch.nn.Identity(), (torch.ones(2, 3),), out, {"name": "x", "version": "1", "task": "t"},
+                             input_names=["input"], output_names=["y"], dynamic_axes={"input": {0: "batch"}},
+                             overwrite=True)
+
+    umask = os.umask(0o022)
+    try:
+        bundle = export(tmp_path / "models" / "x")
+    finally:
+        os.umask(umask)
+    assert bundle.stat().st_mode & 0o777 == 0o755                      # not mkdtemp's 0700: another user can read it
+    with publish.locked(bundle, "bundle export x"):
+        with pytest.raises(publish.OutputBusy, match="bundle export x"):
+            export(bundle)
+    assert sorted(p.name for p in bundle.iterdir()) == ["manifest.json", "model.onnx"] and hidden(bundle.parent) == []
