@@ -96,8 +96,10 @@ def test_cli_build_explains_a_bad_date_and_prints_warnings_as_such(tiny_log):
     out = runner.invoke(app, ["build", str(tiny_log / "shop.yaml"), "--as-of", "yesterday", "--no-track"])
     assert out.exit_code == 2 and "as_of 'yesterday' is not a date" in out.output and "2017-09-30" in out.output
     out = runner.invoke(app, ["build", str(tiny_log / "shop.yaml"), "--as-of", "2020-01-01", "--no-track"])
+    assert out.exit_code == 2 and "not after the first event of source shop (2024-01-01 10:00)" in out.output
+    out = runner.invoke(app, ["build", str(tiny_log / "shop.yaml"), "--as-of", "2024-01-02", "--no-track"])
     assert out.exit_code == 0, out.output
-    assert "warning: twins without a purchase outlook: no purchases before 2020-01-01" in out.output
+    assert "warning: twins without a purchase outlook: no repeat purchases" in out.output
     assert "RuntimeWarning" not in out.output and ".py:" not in out.output
 
 

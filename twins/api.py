@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import polars as pl
-import yaml
 
 from twins import paths, tracking
+from twins.config import redact
 from twins.data.events import scan_events
 from twins.data.ingest import IngestReport
 from twins.data.ingest import ingest as _ingest
@@ -22,16 +22,51 @@ from twins.twin.customer import TwinParams, build_customer_twins
 from twins.twin.store import Snapshot, TwinStore
 
 
-def parse_as_of(value: str | datetime | None) -> datetime | None:
-    """``None``/``"end"`` -> None (after the last event); an ISO date or datetime -> aware UTC datetime."""
-    if value is None or (isinstance(value, str) and value.lower() == "end"):
+AS_OF_RANGE = (datetime(1900, 1, 1, tzinfo=timezone.utc), datetime(2200, 1, 1, tzinfo=timezone.utc))
+MAX_AS_OF_GAP = timedelta(days=3653)  # twins measure customers up to 10 years after their last event
+
+
+def parse_as_of(value: str | date | datetime | None) -> datetime | None:
+    """``None``/``"end"`` -> None (after the last event); any ISO 8601 date or time (``2017-09-30``,
+    ``2017-09-30T12:00``, ``...Z``, ``...+02:00``; naive times are UTC) or a ``date``/``datetime`` -> aware UTC datetime.
+    Dates outside 1900-2199 are refused here, before any arithmetic on them can overflow."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "end"):
         return None
     try:
-        dt = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+        if isinstance(value, datetime):
+            dt = value
+        elif isinstance(value, date):
+            dt = datetime(value.year, value.month, value.day)
+        else:
+            dt = datetime.fromisoformat(str(value).strip())
     except ValueError:
-        raise ValueError(f"as_of {value!r} is not a date: give an ISO date or time (2017-09-30, 2017-09-30T12:00:00Z, "
-                         "naive times are UTC) or 'end' (after the last event)") from None
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+        raise ValueError(f"as_of {value!r} is not a date: give an ISO 8601 date or time (2017-09-30, 2017-09-30T12:00, "
+                         "2017-09-30T12:00:00Z, 2017-09-30T14:00+02:00; naive times are UTC) or 'end' (after the last "
+                         "event)") from None
+    dt = dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+    if not AS_OF_RANGE[0] <= dt < AS_OF_RANGE[1]:
+        raise ValueError(f"as_of {value} is outside the years {AS_OF_RANGE[0].year}-{AS_OF_RANGE[1].year - 1} twins "
+                         "works with: give a date inside your data's range, or 'end' (after the last event)")
+    return dt
+
+
+def check_as_of(when: datetime, first: datetime | None, last: datetime | None, what: str) -> None:
+    """Refuse an ``as_of`` outside the data: not after its first event (no history yet), or more than
+    ``MAX_AS_OF_GAP`` after its last one (recency and outlooks would measure the gap, not the customers)."""
+    if first is None or last is None:
+        return
+    if when <= first:
+        raise ValueError(f"as_of {when:%Y-%m-%d %H:%M} is not after the first event of {what} ({first:%Y-%m-%d %H:%M}): "
+                         "no history before it; give a later date, or 'end' (after the last event)")
+    if when - last > MAX_AS_OF_GAP:
+        raise ValueError(f"as_of {when:%Y-%m-%d} is after the last event of {what} ({last:%Y-%m-%d}) by more than "
+                         f"{MAX_AS_OF_GAP.days // 365} years; give a date up to {last + MAX_AS_OF_GAP:%Y-%m-%d}, "
+                         "or 'end' (just after the last event)")
+
+
+def _event_range(events: pl.LazyFrame) -> tuple[datetime | None, datetime | None]:
+    row = events.select(pl.col("event_time").min().alias("first"), pl.col("event_time").max().alias("last")).collect()
+    return row["first"].item(), row["last"].item()
 
 
 def _source(source: str | Path | SourceConfig, overrides: list[str] | None = None) -> SourceConfig:
@@ -50,12 +85,12 @@ def ingest(source: str | Path | SourceConfig, overrides: list[str] | None = None
 
 def log_ingest(mlflow, cfg: SourceConfig, report: IngestReport) -> None:
     tracking.log_params(mlflow, {"source": cfg.model_dump(mode="json", exclude={"base_dir"})})
-    mlflow.log_dict(cfg.model_dump(mode="json"), "config/source.yaml")
+    tracking.log_config(mlflow, cfg.model_dump(mode="json"), "config/source.yaml")
     mlflow.log_metrics({"rows/in": report.rows_in, "rows/accepted": report.accepted,
                         "rows/quarantined": report.quarantined_total, "rows/guest": report.guest_rows,
                         "rows/returns": report.returns, "customers": report.customers, "time/ingest_s": report.seconds,
                         **{f"quarantine/{k}": v for k, v in report.quarantined.items()}})
-    mlflow.log_dict(report.to_dict(), "ingest/report.json")
+    mlflow.log_dict(redact(report.to_dict()), "ingest/report.json")
     tracking.log_dataset(mlflow, report.events_path, f"{cfg.name}-events", context="ingest")
     if report.quarantined_total:
         mlflow.log_artifact(report.quarantine_path, "ingest")
@@ -69,8 +104,11 @@ def build(source: str | Path | SourceConfig, as_of: str | datetime | None = None
     p = params or TwinParams()
     t0 = time.perf_counter()
     events = scan_events(paths.events_dir(cfg.name), with_attributes=bool(p.category_column))
-    if when is not None and not events.select(pl.col("event_time").is_not_null().any()).collect().item():
-        raise ValueError(f"source {cfg.name} has no event times (order only); build its twins with --as-of end")
+    if when is not None:
+        first, last = _event_range(events)
+        if last is None:
+            raise ValueError(f"source {cfg.name} has no event times (order only); build its twins with --as-of end")
+        check_as_of(when, first, last, f"source {cfg.name}")
     twins = build_customer_twins(events, when, p)
     snap = TwinStore(paths.store_dir()).write(twins, cfg.name, "customer", when, params=vars(p))
     seconds = time.perf_counter() - t0
@@ -100,6 +138,7 @@ def emotions(source: str | Path | SourceConfig, bundle: str | Path, as_of: str |
     from twins.twin.emotion import emotion_profiles, score_messages
 
     cfg = _source(source, overrides)
+    when = parse_as_of(as_of)  # a bad date fails before minutes of scoring
     model = load(bundle)
     if not isinstance(model, EmotionBundle):
         raise ValueError(f"{bundle}: task {model.manifest['task']!r}; `emotions` needs an emotion bundle")
@@ -116,7 +155,8 @@ def emotions(source: str | Path | SourceConfig, bundle: str | Path, as_of: str |
         stamp.unlink(missing_ok=True)  # scores and stamp change together: no stamp, no reuse
         tmp.replace(target)
         stamp.write_text(json.dumps(key))
-    when = parse_as_of(as_of)
+    if when is not None:
+        check_as_of(when, *_event_range(scored.lazy()), f"source {cfg.name}'s messages")
     profiles = emotion_profiles(scored, when, window_days, strong_negative)
     return TwinStore(paths.store_dir()).write(profiles, cfg.name, "emotion", when, params={
         "bundle": str(bundle), "bundle_name": model.manifest["name"], "window_days": window_days,
@@ -146,11 +186,12 @@ def machines(source: str | Path | SourceConfig, as_of: str | datetime | None = N
     folder = paths.events_dir(name)
     events = scan_events(folder)
     when = parse_as_of(as_of)
+    first, last = _event_range(events)
+    if last is None:
+        raise ValueError(f"{folder / 'events.parquet'}: no event has a time; machine twins need timed orders")
     if when is None:
-        last = events.select(pl.col("event_time").max()).collect().item()
-        if last is None:
-            raise ValueError(f"{folder / 'events.parquet'}: no event has a time; machine twins need timed orders")
         when = last + timedelta(microseconds=1)
+    check_as_of(when, first, last, name)
     past = events.filter(pl.col("event_time") < pl.lit(when, pl.Datetime("us", "UTC")))
     offers = pl.read_parquet(folder / "offers.parquet") if (folder / "offers.parquet").exists() else None
     machine = build_machine_twins(past, when, offers=offers)
@@ -176,20 +217,22 @@ def machines(source: str | Path | SourceConfig, as_of: str | datetime | None = N
 
 
 def run(pipeline_config: str | Path | PipelineConfig, overrides: list[str] | None = None,
-        on_node=None) -> dict[str, Any]:
-    """Run a named pipeline from its YAML config as one MLflow parent run; returns the catalog."""
+        on_node=None, on_start=None) -> dict[str, Any]:
+    """Run a named pipeline from its YAML config as one MLflow parent run; returns the catalog. ``on_start(node)``
+    and ``on_node(node, seconds)`` are called as each node starts and ends."""
     import pipelines
 
     cfg = pipeline_config if isinstance(pipeline_config, PipelineConfig) else load_pipeline_config(pipeline_config, overrides)
     module = pipelines.get(cfg.pipeline)
     source = load_source(cfg.source_path())
+    as_of = parse_as_of(cfg.as_of)
     resolved = cfg.model_dump(mode="json", exclude={"base_dir"}) | {"source_config": source.model_dump(mode="json")}
     with tracking.run(cfg.experiment, f"{cfg.pipeline}-{source.name}",
                       tags={"dataset": source.name, "pipeline": cfg.pipeline, **module.TAGS}) as mlflow:
         tracking.log_params(mlflow, {"pipeline": cfg.pipeline, "as_of": cfg.as_of, "twin": cfg.twin, "params": cfg.params})
-        mlflow.log_text(yaml.safe_dump(resolved, sort_keys=False), "config/resolved.yaml")
+        tracking.log_config(mlflow, resolved, "config/resolved.yaml")
         pipe = module.pipeline()
-        catalog = {"source": source, "as_of": parse_as_of(cfg.as_of), "twin_params": TwinParams(**cfg.twin),
+        catalog = {"source": source, "as_of": as_of, "twin_params": TwinParams(**cfg.twin),
                    "params": cfg.params, "experiment": cfg.experiment, "mlflow": mlflow}
 
         def done(n, seconds: float) -> None:
@@ -197,7 +240,7 @@ def run(pipeline_config: str | Path | PipelineConfig, overrides: list[str] | Non
             if on_node:
                 on_node(n, seconds)
 
-        pipe.run(catalog, on_node=done)
+        pipe.run(catalog, on_node=done, on_start=on_start)
         mlflow.log_text(json.dumps(pipe.timings, indent=2), "timings.json")
         catalog["run_id"] = mlflow.active_run().info.run_id
     return catalog

@@ -10,11 +10,13 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from twins import paths
 from twins.publish import WriteError
+from twins.config import redact_text
+from twins.progress import Progress
 
 app = typer.Typer(
     help="""twins: digital twins of customers (people and machines).
@@ -34,33 +36,46 @@ or $MLFLOW_TRACKING_URI). Open the UI with `twins ui`.""",
 )
 twin_app = typer.Typer(help="Look twins up in the twin store.", no_args_is_help=True)
 app.add_typer(twin_app, name="twin")
-console = Console(stderr=True, soft_wrap=True)  # paths and messages stay on one line, greppable in logs
+# paths and messages stay on one line, greppable in logs; markup off: text from users and files prints as written
+console = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 
 Overrides = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE",
                      help="override a config key, e.g. --set params.seeds=[0] (the value is YAML; repeatable)")]
 Track = Annotated[bool, typer.Option("--track/--no-track", help="log the run to MLflow")]
 
 
+def _say(label: str, style: str, message: object) -> None:
+    """``label: message`` with the message as plain text (never rich markup) and redacted (``config.redact_text``)."""
+    console.print(Text.assemble((f"{label}:", style), " ", redact_text(str(message))))
+    console.file.flush()
+
+
 def _fail(exc: Exception) -> None:
     message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # str(KeyError) adds quotes
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    _say("error", "bold red", message)
     raise typer.Exit(2)
 
 
 def _warn(message, category, filename, lineno, file=None, line=None) -> None:
     """``warnings.showwarning`` for the command line: the message, not the library line that raised it."""
-    console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    _say("warning", "yellow", message)
 
 
 @app.callback()
-def _setup() -> None:
+def _setup(threads: Annotated[Optional[int], typer.Option(
+        "--threads", metavar="N", help="threads for torch, BLAS/OpenMP and polars (default: $TWINS_THREADS, else "
+        "$OMP_NUM_THREADS, else half the usable cores)")] = None) -> None:
     import warnings
 
+    from twins.threads import set_threads
+
     warnings.showwarning = _warn
-
-
-def _spinner() -> Progress:
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True)
+    if not sys.stdout.isatty():  # results reach a log line by line, not when a buffer fills or the job ends
+        sys.stdout.reconfigure(line_buffering=True)
+    try:
+        set_threads(threads)  # before any command imports torch, numpy or polars
+    except ValueError as exc:
+        _fail(exc)
 
 
 @app.command()
@@ -74,13 +89,12 @@ def ingest(source: Annotated[Path, typer.Argument(help="source config YAML, e.g.
     from twins import api
 
     try:
-        with _spinner() as progress:
-            progress.add_task(f"ingesting {source}")
+        with Progress(f"ingesting {source}"):
             report = api.ingest(source, overrides, track=track)
     except (ValueError, FileNotFoundError, RuntimeError, WriteError) as exc:
         _fail(exc)
-    console.print(report.summary(), highlight=False)
-    console.print(f"events: {report.events_path}\nquarantine: {report.quarantine_path}", highlight=False)
+    console.print(redact_text(report.summary()))
+    console.print(f"events: {report.events_path}\nquarantine: {report.quarantine_path}")
 
 
 @app.command()
@@ -98,13 +112,12 @@ def build(source: Annotated[Path, typer.Argument(help="source config YAML (inges
     params = TwinParams(category_column=category_column, discount_columns=discount_columns or [],
                         outlook_horizon_days=outlook_days or None, outlook_model=outlook_model)
     try:
-        with _spinner() as progress:
-            progress.add_task(f"building twins as of {as_of}")
+        with Progress(f"building twins of {source} as of {as_of}"):
             snap = api.build(source, as_of, params, overrides, track=track)
     except (ValueError, FileNotFoundError, WriteError) as exc:
         _fail(exc)
     m = snap.manifest
-    console.print(f"{m['rows']:,} twins of {m['source']} as of {m['as_of'] or 'end'} -> {snap.path}", highlight=False)
+    console.print(f"{m['rows']:,} twins of {m['source']} as of {m['as_of'] or 'end'} -> {snap.path}")
 
 
 @twin_app.command("show")
@@ -126,17 +139,28 @@ def twin_show(twin_id: Annotated[str, typer.Argument(help="customer id")],
     table = Table(title=f"twin {twin_id} ({source})", show_header=False)
     for key, value in state.items():
         table.add_row(key, _short(value))
-    Console().print(table)
+    Console(markup=False, highlight=False).print(table)
 
 
 @twin_app.command("list")
 def twin_list(source: Annotated[str, typer.Option(help="source name")],
-              kind: Annotated[str, typer.Option(help="customer, emotion, machine or behaviour")] = "customer") -> None:
-    """List stored snapshots of a source."""
+              kind: Annotated[Optional[str], typer.Option(help="customer, emotion, machine or behaviour; default every kind")] = None) -> None:
+    """List stored snapshots of a source: `<kind> <as_of>/<version>` per line, oldest first per kind (with --kind,
+    `<as_of>/<version>` only)."""
     from twins.twin.store import TwinStore
 
-    for snap in TwinStore(paths.store_dir()).snapshots(source, kind):
-        typer.echo(snap)
+    store = TwinStore(paths.store_dir())
+    if kind is not None:
+        for snap in store.snapshots(source, kind):
+            typer.echo(snap)
+        return
+    folder = store.root / source
+    kinds = sorted(d.name for d in folder.iterdir() if d.is_dir()) if folder.is_dir() else []
+    lines = [f"{k} {snap}" for k in kinds for snap in store.snapshots(source, k)]
+    if not lines:
+        _fail(FileNotFoundError(f"no twins stored for source {source!r} under {store.root}: run `twins build` first"))
+    for line in lines:
+        typer.echo(line)
 
 
 @app.command()
@@ -154,20 +178,16 @@ def emotions(source: Annotated[Path, typer.Argument(help="source config YAML who
       twins emotions configs/sources/goemotions.yaml --bundle .twins/models/goemotions-ensemble
       twins twin show eebbqej --source goemotions --kind emotion
     """
-    from rich.progress import BarColumn, MofNCompleteColumn
-
     from twins import api
     from twins.runtime import BundleError
 
-    with Progress(TextColumn("scoring messages"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
-        task = bar.add_task("score", total=None)
-        try:
+    try:
+        with Progress("scoring messages", unit="messages") as bar:
             snap = api.emotions(source, bundle, as_of, window_days, strong_negative, overrides,
-                                on_batch=lambda done, total: bar.update(task, completed=done, total=total))
-        except (ValueError, FileNotFoundError, KeyError, BundleError, WriteError) as exc:
-            _fail(exc)
-    console.print(f"emotion profiles: {snap.manifest['rows']:,} customers -> {snap.path}", highlight=False)
+                                on_batch=lambda done, total: bar.update(done, total))
+    except (ValueError, FileNotFoundError, KeyError, BundleError, WriteError) as exc:
+        _fail(exc)
+    console.print(f"emotion profiles: {snap.manifest['rows']:,} customers -> {snap.path}")
 
 
 @app.command()
@@ -212,19 +232,21 @@ def run(pipeline: Annotated[Path, typer.Argument(help="pipeline config YAML, e.g
     from twins import api
 
     try:
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True) as progress:
-            task = progress.add_task(f"running {pipeline}")
+        with Progress(f"running {pipeline}") as progress:
+
+            def on_start(node) -> None:
+                progress.note(f"  start {node.name}")
+                progress.update(description=f"running {pipeline}: {node.name}")
 
             def on_node(node, seconds: float) -> None:
-                progress.console.print(f"  done {node.name} ({seconds:.1f} s)", highlight=False)
-                progress.update(task, description=f"running {pipeline} (after {node.name})")
+                progress.note(f"  done {node.name} ({seconds:.1f} s)")
 
-            catalog = api.run(pipeline, overrides, on_node=on_node)
+            catalog = api.run(pipeline, overrides, on_node=on_node, on_start=on_start)
     except (ValueError, FileNotFoundError, KeyError, WriteError) as exc:
         _fail(exc)
     for line in catalog.get("summary_lines", []):
         typer.echo(line)
-    console.print(f"MLflow run {catalog['run_id']} in {_tracking_hint()}", highlight=False)
+    console.print(f"MLflow run {catalog['run_id']} in {_tracking_hint()}")
 
 
 @app.command()
@@ -237,14 +259,14 @@ def ui(port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000) -> N
 
     env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking.tracking_uri(), "--host", "127.0.0.1", "--port", str(port)]
-    console.print(" ".join(cmd), highlight=False)
+    console.print(redact_text(" ".join(cmd)))
     raise typer.Exit(subprocess.call(cmd, env=env))
 
 
 def _tracking_hint() -> str:
     from twins import tracking
 
-    return f"{tracking.tracking_uri()} (open it with `twins ui`)"
+    return f"{redact_text(tracking.tracking_uri())} (open it with `twins ui`)"
 
 
 def _jsonable(value):
@@ -259,9 +281,35 @@ def _short(value) -> str:
 from twins.cli_serving import add_commands  # noqa: E402  (register, promote, serve, score, compare)
 
 add_commands(app)
-from twins.sim.cli import sim  # noqa: E402  (twins sim configs/sim/market.yaml)
 
-app.command()(sim)
+
+@app.command()
+def sim(config: Annotated[Path, typer.Argument(help="market config YAML, e.g. configs/sim/market.yaml")],
+        overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override a config key: --set n_machines=100000")] = None,
+        out: Annotated[Optional[Path], typer.Option(help="output folder (default $TWINS_HOME/events/<name>)")] = None) -> None:
+    """Simulate machine customers and human shoppers; write canonical events, ground truth and the offer feed."""
+    import time
+
+    from twins.config import ConfigError
+    from twins.sim import load_config, simulate
+    from twins.sim.store import write_market
+
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as exc:
+        _fail(exc)
+    start = time.perf_counter()
+    with Progress(f"simulating {cfg.n_machines:,} machines and {cfg.humans.n:,} shoppers"):
+        market = simulate(cfg)
+    seconds = time.perf_counter() - start
+    try:
+        files = write_market(market, out)
+    except (FileExistsError, WriteError) as exc:
+        _fail(exc)
+    typer.echo(f"{cfg.n_machines:,} machines and {cfg.humans.n:,} shoppers x {cfg.days + cfg.horizon_days} days "
+               f"simulated in {seconds:.1f} s; as_of {market.as_of:%Y-%m-%d}")
+    for name, path in files.items():
+        typer.echo(f"{name}: {path}")
 
 if __name__ == "__main__":
     app()

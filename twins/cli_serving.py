@@ -13,12 +13,15 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
-console = Console(stderr=True, soft_wrap=True)
+console = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)  # messages print as written
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    from twins.config import redact_text
+
+    console.print(Text.assemble(("error:", "bold red"), " ", redact_text(str(exc))))
     raise typer.Exit(2)
 
 
@@ -132,7 +135,7 @@ def compare(experiment: Annotated[str, typer.Argument(help="MLflow experiment, e
             table.add_column(column)
         for line in result.table()[2:]:
             table.add_row(*[cell.strip() for cell in line.strip("|").split("|")])
-        Console().print(table)
+        Console(markup=False).print(table)
     console.print("plots: " + ", ".join(str(p) for p in result.plots), highlight=False)
 
 

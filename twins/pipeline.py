@@ -60,12 +60,16 @@ class Pipeline:
     nodes: list[Node]
     timings: dict[str, float] = field(default_factory=dict)
 
-    def run(self, catalog: dict[str, Any], on_node: Callable[[Node, float], None] | None = None) -> dict[str, Any]:
-        """Run the nodes in order, reading inputs from and writing outputs to ``catalog``."""
+    def run(self, catalog: dict[str, Any], on_node: Callable[[Node, float], None] | None = None,
+            on_start: Callable[[Node], None] | None = None) -> dict[str, Any]:
+        """Run the nodes in order, reading inputs from and writing outputs to ``catalog``; ``on_start(node)`` and
+        ``on_node(node, seconds)`` are called as each node starts and ends."""
         for n in self.nodes:
             missing = [i for i in n.inputs if i not in catalog]
             if missing:
                 raise KeyError(f"pipeline {self.name}: node {n.name} needs {missing}, which no earlier node produces")
+            if on_start:
+                on_start(n)
             t0 = time.perf_counter()
             result = n.func(*(catalog[i] for i in n.inputs))
             results = result if len(n.outputs) > 1 else (result,)

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from twins.config import redact
 from twins.paths import twins_home
 
 
@@ -80,8 +81,16 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def log_params(mlflow, params: dict[str, Any]) -> None:
-    flat = {k: str(v)[:6000] for k, v in flatten(params).items()}
+    """Log a (nested) tree as flat params, redacted (``twins.config.redact``: environment values, credentials)."""
+    flat = {k: str(v)[:6000] for k, v in flatten(redact(params)).items()}
     mlflow.log_params(flat)
+
+
+def log_config(mlflow, tree: dict[str, Any], artifact_file: str) -> None:
+    """Log a config tree as a YAML artifact, redacted like ``log_params``."""
+    import yaml
+
+    mlflow.log_text(yaml.safe_dump(redact(tree), sort_keys=False), artifact_file)
 
 
 def metric_key(name: str) -> str:

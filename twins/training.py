@@ -21,11 +21,11 @@ def pick_device(device: str | None = None) -> torch.device:
 
 
 def progress(batches: list, description: str, show: bool) -> Iterable:
-    """``batches`` with a transient rich progress bar when ``show``."""
+    """``batches`` with progress when ``show`` (``twins.progress``: a bar on a terminal, plain lines in a log)."""
     if not show:
         return batches
-    from rich.progress import track
-    return track(batches, description=description, transient=True)
+    from twins.progress import track
+    return track(batches, description, unit="batches")
 
 
 @functools.cache
