@@ -142,9 +142,10 @@ def test_a_bug_answers_json_500_with_the_request_id_and_logs_the_traceback(folde
             caplog.at_level(logging.INFO, logger="twins.serve"):
         r = c.post("/v1/models/nbr/recommend", json={"histories": [[]]}, headers={"x-request-id": "bug-1"})
     assert r.status_code == 500 and r.headers["x-request-id"] == "bug-1"
-    assert r.json() == {"error": "internal", "message": "IndexError: boolean index did not match", "request_id": "bug-1"}
+    assert r.json() == {"error": "internal", "request_id": "bug-1"}  # the message may hold paths or data: log only
     logged = json.loads(JsonFormatter().format(next(x for x in caplog.records if x.getMessage() == "internal_error")))
     assert logged["request_id"] == "bug-1" and "IndexError" in logged["traceback"] and logged["level"] == "ERROR"
+    assert logged["error"] == "IndexError: boolean index did not match"
     status = json.loads(JsonFormatter().format(next(x for x in caplog.records if x.getMessage() == "request")))["status"]
     assert status == 500
 
@@ -162,7 +163,7 @@ def _edit_manifest(folder: Path, **changes) -> None:
 @pytest.mark.parametrize(("tamper", "why"), [
     (_append_byte, "does not match model_sha256"),
     (lambda folder: _edit_manifest(folder, opset=16), "opset 16 is not supported"),
-    (lambda folder: _edit_manifest(folder, vocabulary=None), "needs 'vocabulary'"),
+    (lambda folder: _edit_manifest(folder, vocabulary=None), "'vocabulary'"),
 ])
 def test_a_tampered_bundle_is_refused_and_the_old_one_kept(client, folders, caplog, tamper, why):
     service = client.app.state.service

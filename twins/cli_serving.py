@@ -57,10 +57,29 @@ def serve(models: Annotated[Optional[list[str]], typer.Option(
               "--model", metavar="[NAME=]URI", help="[NAME=]URI: a bundle folder or models:/NAME@ALIAS (repeatable)")] = None,
           twins_sources: Annotated[Optional[list[str]], typer.Option(
               "--twins", metavar="SOURCE", help="serve look-ups of this source's latest twins (repeatable)")] = None,
-          host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+          host: Annotated[str, typer.Option(help="interface to listen on (0.0.0.0: every one; see 'Exposing the service')")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="port")] = 8000,
           poll: Annotated[float, typer.Option(
-              help="seconds between checks for moved aliases / new bundles / new snapshots (0: off)")] = 30.0) -> None:
+              help="seconds between checks for moved aliases / new bundles / new snapshots (0: off)")] = 30.0,
+          token_file: Annotated[Optional[Path], typer.Option(
+              help="file holding the bearer token every request but /health must send (default: $TWINS_SERVE_TOKEN; "
+                   "neither: no authentication)")] = None,
+          allowed_hosts: Annotated[Optional[list[str]], typer.Option(
+              "--allowed-host", metavar="HOST", help="answer only requests for this Host (repeatable; '*.example.com' "
+                                                     "allowed; default: any)")] = None,
+          max_body_mb: Annotated[float, typer.Option(min=0.001, help="largest request body, MiB (413 above)")] = 4.0,
+          max_items: Annotated[int, typer.Option(min=1, help="basket items per next-basket request (413 above)")] = 100_000,
+          max_events: Annotated[int, typer.Option(
+              min=1, help="purchases (outlook), orders + readings (replenishment) per request (413 above)")] = 20_000,
+          max_text_chars: Annotated[int, typer.Option(min=1, help="characters per emotion request (413 above)")] = 1_000_000,
+          body_timeout: Annotated[float, typer.Option(min=0.1, help="seconds a client may take to send a body (408 after)")] = 10.0,
+          header_timeout: Annotated[float, typer.Option(min=0.1, help="seconds a client may take to send its headers")] = 10.0,
+          max_connections: Annotated[int, typer.Option(
+              min=1, help="open connections + requests in progress; more are answered 503")] = 256,
+          proxy_headers: Annotated[bool, typer.Option(
+              help="take the client address and scheme from X-Forwarded-For/-Proto (behind a reverse proxy)")] = False,
+          forwarded_allow_ips: Annotated[Optional[str], typer.Option(
+              help="comma-separated proxy addresses whose X-Forwarded-* headers are trusted (default 127.0.0.1)")] = None) -> None:
     """Serve the models over HTTP (FastAPI): POST /v1/models/NAME/recommend|outlook, GET /v1/twins/SOURCE/ID,
     /health, /ready, OpenAPI at /docs. Logs one JSON line per request and per reload.
 
@@ -71,8 +90,11 @@ def serve(models: Annotated[Optional[list[str]], typer.Option(
     import uvicorn
 
     from twins.serve import create_app
+    from twins.serve.auth import read_token
+    from twins.serve.limits import MIB, Limits
     from twins.serve.logs import configure
     from twins.serve.models import default_name
+    from twins.serve.server import config
 
     if not models and not twins_sources:
         _fail(ValueError("nothing to serve: give --model and/or --twins"))
@@ -81,11 +103,15 @@ def serve(models: Annotated[Optional[list[str]], typer.Option(
     for value in models or []:
         name, sep, uri = value.partition("=")
         named[name if sep else default_name(value)] = uri if sep else value
+    limits = Limits(max_body_bytes=int(max_body_mb * MIB), body_seconds=body_timeout, header_seconds=header_timeout,
+                    max_items=max_items, max_events=max_events, max_text_chars=max_text_chars,
+                    max_connections=max_connections)
     try:
-        app = create_app(named, twins_sources or [], poll_seconds=poll)
+        app = create_app(named, twins_sources or [], poll_seconds=poll, limits=limits, token=read_token(token_file),
+                         allowed_hosts=allowed_hosts or ())
     except (ValueError, LookupError) as exc:
         _fail(exc)
-    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")
+    uvicorn.Server(config(app, host, port, limits, proxy_headers, forwarded_allow_ips)).run()
 
 
 def score(model: Annotated[str, typer.Argument(help="bundle folder or models:/NAME@ALIAS")],

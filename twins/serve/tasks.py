@@ -152,6 +152,34 @@ class TaskRoute:
     request: type[BaseModel]
     response: type[BaseModel]
     handler: Callable[[Any, Any], list]
+    cost: Callable[[dict], int]  # the request's work in ``unit``s, counted on its parsed JSON before validation
+    unit: str                    # "items", "events" or "characters": ``Limits.cap(unit)`` bounds the cost
+
+
+def _entries(batch: Any, depth: int) -> int:
+    """Entries ``depth`` lists deep in parsed JSON; anything that is not a list, and an empty list, count one."""
+    if not isinstance(batch, list):
+        return 1
+    if depth == 1:
+        return max(len(batch), 1)
+    return max(sum(_entries(part, depth - 1) for part in batch), 1)
+
+
+def basket_items(data: dict) -> int:
+    return _entries(data.get("histories"), 3)
+
+
+def purchases(data: dict) -> int:
+    return _entries(data.get("histories"), 2)
+
+
+def machine_events(data: dict) -> int:
+    return _entries(data.get("orders"), 2) + _entries(data.get("readings"), 2)
+
+
+def text_characters(data: dict) -> int:
+    texts = data.get("texts")
+    return sum(len(t) for t in texts if isinstance(t, str)) if isinstance(texts, list) else 0
 
 
 def recommend(bundle: NextBasketBundle, body: NextBasketRequest) -> list[list[dict[str, Any]]]:
@@ -177,15 +205,15 @@ def replenishment(bundle: ReplenishmentBundle, body: ReplenishmentRequest) -> li
 
 ROUTES: dict[str, TaskRoute] = {
     "next_basket": TaskRoute("recommend", "Next basket: top-k items per purchase history", NextBasketRequest,
-                             NextBasketResponse, recommend),
+                             NextBasketResponse, recommend, basket_items, "items"),
     "next_basket_net": TaskRoute("recommend", "Next basket (neural): top-k items per purchase history", NextBasketRequest,
-                                 NextBasketResponse, recommend),
+                                 NextBasketResponse, recommend, basket_items, "items"),
     "purchase_outlook": TaskRoute("outlook", "Purchase outlook: when, how many, how much, churn risk", OutlookRequest,
-                                  OutlookResponse, outlook),
+                                  OutlookResponse, outlook, purchases, "events"),
     "purchase_outlook_net": TaskRoute("outlook", "Purchase outlook (neural): when, how many, how much, churn risk",
-                                      OutlookRequest, OutlookResponse, outlook),
+                                      OutlookRequest, OutlookResponse, outlook, purchases, "events"),
     "emotion": TaskRoute("emotion", "Emotion of messages: 28 labels, Ekman groups, sentiment", EmotionRequest,
-                         EmotionResponse, emotion),
+                         EmotionResponse, emotion, text_characters, "characters"),
     "replenishment": TaskRoute("replenishment", "Replenishment: when a machine orders next and how much, with intervals",
-                               ReplenishmentRequest, ReplenishmentResponse, replenishment),
+                               ReplenishmentRequest, ReplenishmentResponse, replenishment, machine_events, "events"),
 }

@@ -14,6 +14,7 @@ killed writer leaves the previous one intact and the next writer removes what it
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,13 +29,20 @@ class TwinNotFound(KeyError):
     """No twin with that id in the snapshot."""
 
 
+class SnapshotError(FileNotFoundError):
+    """A snapshot that cannot be served: absent, named outside the store, or unreadable."""
+
+
+_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,63}$")
+
+
 def _as_of_label(as_of: datetime | None) -> str:
     return "end" if as_of is None else as_of.astimezone(timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
 
 
 @dataclass
 class Snapshot:
-    """One stored snapshot; ``get`` looks a twin up by id through an index built on first use."""
+    """One stored snapshot; ``get`` looks a twin up by id through an index built on first use (or by ``index``)."""
 
     path: Path
     id_column: str = "customer_id"
@@ -42,6 +50,11 @@ class Snapshot:
     def __post_init__(self) -> None:
         self._frame: pl.DataFrame | None = None
         self._index: dict[str, int] | None = None
+
+    @property
+    def label(self) -> str:
+        """``<as_of>/<version>``: the snapshot's name inside its source and kind."""
+        return f"{self.path.parent.name}/{self.path.name}"
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -53,9 +66,23 @@ class Snapshot:
             self._frame = pl.read_parquet(self.path / "twins.parquet")
         return self._frame
 
+    def index(self) -> None:
+        """Read the twins and index them by id now; a file that cannot be read, or has no id column, raises
+        ``SnapshotError``."""
+        file = self.path / "twins.parquet"
+        try:
+            frame = pl.read_parquet(file)
+        except (OSError, pl.exceptions.PolarsError) as error:
+            raise SnapshotError(f"{file}: cannot read the twins ({error}); rebuild them with `twins build`") from None
+        if self.id_column not in frame.columns:
+            raise SnapshotError(f"{file}: no id column {self.id_column!r} (columns: {frame.columns[:20]}); "
+                                "rebuild the snapshot with `twins build`")
+        self._frame = frame
+        self._index = {str(k): i for i, k in enumerate(frame[self.id_column].to_list())}
+
     def get(self, twin_id: str) -> dict[str, Any]:
         if self._index is None:
-            self._index = {k: i for i, k in enumerate(self.frame[self.id_column].to_list())}
+            self.index()
         try:
             return self.frame.row(self._index[str(twin_id)], named=True)
         except KeyError:
@@ -98,15 +125,33 @@ class TwinStore:
             return []
         return sorted(f"{d.parent.name}/{d.name}" for d in base.glob("*/v*") if (d / "manifest.json").exists())
 
+    def latest(self, source: str, kind: str = "customer") -> str:
+        """The ``<as_of>/<version>`` LATEST names, checked to be a snapshot name (not a path out of the store)."""
+        latest = self.root / source / kind / "LATEST"
+        if not latest.exists():
+            raise SnapshotError(f"no {kind} twins for source {source!r} under {self.root}: run `twins build` first")
+        return self._checked(latest.read_text().strip(), f"{latest} names")
+
+    def _checked(self, snapshot: str, what: str) -> str:
+        parts = snapshot.split("/")
+        if len(parts) != 2 or not all(_PART.match(part) for part in parts):
+            raise SnapshotError(f"{what} {snapshot[:200]!r}: a snapshot is named '<as_of>/<version>' (two names of "
+                                "letters, digits, '.', '_', ':', '+' or '-', not starting with '.'); "
+                                "rebuild with `twins build`, or pick one of `twins twin list`")
+        return snapshot
+
     def open(self, source: str, kind: str = "customer", snapshot: str | None = None) -> Snapshot:
-        """Open ``snapshot`` (``<as_of>/<version>``) or the latest one."""
+        """Open ``snapshot`` (``<as_of>/<version>``) or the latest one; its manifest must name the id column."""
         base = self.root / source / kind
-        if snapshot is None:
-            latest = base / "LATEST"
-            if not latest.exists():
-                raise FileNotFoundError(f"no {kind} twins for source {source!r} under {self.root}: run `twins build` first")
-            snapshot = latest.read_text().strip()
+        snapshot = self.latest(source, kind) if snapshot is None else self._checked(snapshot, "snapshot")
         path = base / snapshot
-        if not (path / "manifest.json").exists():
-            raise FileNotFoundError(f"no snapshot {snapshot!r} for {source!r}; stored: {self.snapshots(source, kind)}")
-        return Snapshot(path, json.loads((path / "manifest.json").read_text())["id_column"])
+        file = path / "manifest.json"
+        if not file.exists():
+            raise SnapshotError(f"no snapshot {snapshot!r} for {source!r}; stored: {self.snapshots(source, kind)}")
+        try:
+            id_column = json.loads(file.read_text())["id_column"]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+            raise SnapshotError(f"{file}: not a snapshot manifest ({error!r}); rebuild with `twins build`") from None
+        if not isinstance(id_column, str):
+            raise SnapshotError(f"{file}: id_column must be a column name, got {id_column!r}; rebuild with `twins build`")
+        return Snapshot(path, id_column)
