@@ -125,11 +125,12 @@ def id_expr(col: str, dtype: pl.DataType, ids: Ids) -> pl.Expr:
         if ids.normalize_float:
             whole = (e == e.round(0)) & (e.abs() < 2 ** 53)
             e = pl.when(whole).then(e.cast(pl.Int64).cast(pl.String)).otherwise(e.cast(pl.String))
-    e = e.cast(pl.String).str.replace_all(_INVISIBLE, "").str.strip_chars()
+    e = e.cast(pl.String)
+    e = pl.when(e.str.contains(_INVISIBLE)).then(e.str.replace_all(_INVISIBLE, "")).otherwise(e).str.strip_chars()
     if ids.normalize_float:
         e = e.str.replace(_FLOAT_ID, "${1}")
-    nulls = [v.lower() for v in ids.null_values]
-    return pl.when((e == "") | e.str.to_lowercase().is_in(nulls)).then(None).otherwise(e)
+    no_id = "(?i)^(?:" + "|".join(re.escape(v) for v in ids.null_values) + ")?$"  # or empty
+    return pl.when(e.str.contains(no_id)).then(None).otherwise(e).alias(col)
 
 
 def _first_line(fmt: str, cfg: SourceConfig) -> int:
