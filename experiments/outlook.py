@@ -29,7 +29,7 @@ from twins.data.events import scan_events
 from twins.data.ingest import ingest
 from twins.data.source import load_source
 from twins.evaluate.outlook import blend_weight, interval_coverage, outlook_metrics, persistence, purchase_days, rate_extrapolation, summarise
-from twins.models.btyd import BetaGeoModel, ModifiedBetaGeoModel
+from twins.models.btyd import BetaGeoModel, ModifiedBetaGeoModel, SeasonalBetaGeoModel
 from twins.models.outlook_net import NeuralOutlook, day_table, features_at, horizon_weeks
 from twins.twin.outlook import waiting_time_quantile
 
@@ -44,6 +44,11 @@ class Setting:
     cutoff: datetime
     horizon_days: float
     note: str
+    holidays: tuple = ()  # the calendar's holiday spans (twins.runtime.outlook_features.holiday_spans)
+
+
+SEASONAL_HOLIDAYS = ({"date": "12-24", "before": 13, "after": 0}, {"date": "12-25", "before": 0, "after": 6},
+                     {"date": "11-25", "before": 0, "after": 3})
 
 
 SETTINGS = [
@@ -53,7 +58,13 @@ SETTINGS = [
             "Complete Journey (simulated by its publisher); cut-off 2017-09-30, 13-week horizon"),
     Setting("cj-26w", "configs/sources/complete_journey.yaml", datetime(2017, 7, 2, tzinfo=timezone.utc), 26 * 7,
             "Complete Journey (simulated by its publisher); cut-off after 26 weeks (2017-07-01), 26-week horizon"),
+    Setting("seasonal-26w", "configs/sources/seasonal_log.yaml", datetime(2023, 7, 2, tzinfo=timezone.utc), 26 * 7,
+            "generated seasonal log (`twins.sim.seasonal`, seed 0, 6,000 customers, 2021-07-01..2023-12-31); cut-off "
+            "2023-07-02 after two years, 26-week horizon over the November season and the Christmas rush; holidays "
+            "(the config list) 12-24 with 13 days before, 12-25 with 6 after, 11-25 with 3 after", SEASONAL_HOLIDAYS),
 ]
+CALENDAR_ORDER = 3  # harmonics of the day-of-year terms: chosen on the validation cut-off (VALIDATION below)
+VALIDATION = {"seasonal-26w": datetime(2023, 1, 1, tzinfo=timezone.utc)}  # earlier cut-offs for the choices
 
 
 def check_bundle(model, gg, st: Setting, out: Path, histories: list[list[tuple]], expected: np.ndarray) -> None:
@@ -88,9 +99,11 @@ class Days:
     """Every purchase day as the neural outlook reads it (``day_table``), and the scored customers' features."""
 
     table: pl.DataFrame
+    ids: list[str]
     code: np.ndarray
     age: np.ndarray
     spend: np.ndarray
+    rows: np.ndarray
     x: np.ndarray
 
     @classmethod
@@ -98,7 +111,25 @@ class Days:
         table = days.collect()
         ids, code, age, spend = day_table(table, cutoff)
         rows = s["customer_id"].cast(pl.Enum(ids)).to_physical().to_numpy()
-        return cls(table, code, age, spend, features_at(code, age, spend, rows))
+        return cls(table, ids, code, age, spend, rows, features_at(code, age, spend, rows))
+
+
+def day_number(when: datetime) -> float:
+    """Days since 1970-01-01 (UTC)."""
+    return when.timestamp() / 86_400
+
+
+def seasonal_btyd(d: Days, s: pl.DataFrame, st: Setting, cutoff: datetime | None = None) -> tuple[tuple[np.ndarray, ...], SeasonalBetaGeoModel]:
+    """BG/NBD + Gamma-Gamma on the calendar learnt from the purchase days before the cut-off: (count, spend,
+    P(>= 1)) for the summary's customers."""
+    cutoff = cutoff or st.cutoff
+    day = np.round(day_number(cutoff) - d.age).astype(np.int64)
+    model = SeasonalBetaGeoModel(CALENDAR_ORDER, st.holidays).fit(d.code, day, d.spend, day_number(cutoff))
+    index = np.full(len(d.ids), -1)
+    index[d.rows] = np.arange(len(d.rows))
+    keep = index[d.code] >= 0
+    out = model.predict(index[d.code[keep]], day[keep], d.spend[keep], len(d.rows), day_number(cutoff), st.horizon_days)
+    return (out["expected_purchases"], out["expected_spend"], out["p_any_purchase"]), model
 
 
 def neural(d: Days, st: Setting, out: Path, histories: list[list[tuple]]) -> tuple[tuple[np.ndarray, ...], dict]:
@@ -112,15 +143,18 @@ def neural(d: Days, st: Setting, out: Path, histories: list[list[tuple]]) -> tup
 
     weeks = horizon_weeks(st.horizon_days)
     t0 = time.perf_counter()
-    model = NeuralOutlook(n_members=5).fit(d.code, d.age, d.spend, weeks)
+    model = NeuralOutlook(n_members=5, calendar_order=CALENDAR_ORDER, holidays=st.holidays).fit(
+        d.code, d.age, d.spend, weeks, day_number(st.cutoff))
     fit_s = time.perf_counter() - t0
-    pred = model.predict(d.x, weeks)
+    x, cal, spend_cal = model.inputs_at(d.code, d.age, d.spend, d.rows, day_number(st.cutoff))
+    pred = model.predict(x, weeks, cal, spend_cal)
     bundle = load(export_neural_outlook(model, out, horizon_days=st.horizon_days, name=f"outlook-net-{st.name}", overwrite=True))
     got = bundle.score(histories, st.cutoff)
     for key in ("expected_purchases", "expected_spend", "p_any_purchase"):
         if not np.allclose([g[key] for g in got], pred[key], rtol=1e-6):
             raise AssertionError(f"{st.name}: the neural bundle's {key} differs from the model's")
     info = {"fit_s": fit_s, "windows": model.n_windows_, "epochs": [len(h) for h in model.history_],
+            "calendar": model.calendar_["status"],
             "interval": (pred["next_low"], pred["next_high"], pred["p_alive"])}
     return (pred["expected_purchases"], pred["expected_spend"], pred["p_any_purchase"]), info
 
@@ -139,7 +173,19 @@ def holdout_reference(d: Days, s: pl.DataFrame) -> tuple[np.ndarray, np.ndarray,
     return fit("poisson", s["actual_count"].to_numpy()), fit("squared_error", s["actual_spend"].to_numpy()), None
 
 
+def generated_log(st: Setting) -> None:
+    """Write the generated seasonal log where its source config reads it (once)."""
+    if st.source.endswith("seasonal_log.yaml"):
+        from twins.sim.seasonal import SeasonalLog, simulate_seasonal_log
+
+        raw = paths.twins_home() / "raw" / "seasonal_log.parquet"
+        if not raw.exists():
+            raw.parent.mkdir(parents=True, exist_ok=True)
+            simulate_seasonal_log(SeasonalLog())[0].write_parquet(raw)
+
+
 def run_setting(st: Setting, plots: Path, bundles: Path) -> tuple[list[dict], dict]:
+    generated_log(st)
     cfg = load_source(REPO / st.source)
     ingest(cfg, paths.events_dir(cfg.name))
     days = purchase_days(scan_events(paths.events_dir(cfg.name)))
@@ -154,6 +200,9 @@ def run_setting(st: Setting, plots: Path, bundles: Path) -> tuple[list[dict], di
     histories = raw_histories(cfg, st.cutoff, s["customer_id"].to_list())  # as a caller sends them, for both bundles
     check_bundle(*bg_models, st, bundles / st.name, histories, expected=bg[0])
     d = Days.of(days, s, st.cutoff)
+    if st.holidays:  # a setting with a year or more of history: the calendar models
+        preds["seasonal_bgnbd+gg"], seasonal = seasonal_btyd(d, s, st)
+        fitted["seasonal_bgnbd+gg"] = {**btyd_params(seasonal.counts_, seasonal.spend_), "calendar": seasonal.calendar_["status"]}
     preds["neural"], info = neural(d, st, bundles / f"{st.name}-neural", histories)
     preds["reference_holdout_trees"] = holdout_reference(d, s)
     rows = []

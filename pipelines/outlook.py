@@ -5,6 +5,13 @@ scored on the customers first seen before it, over the next ``params.horizon_day
 extrapolation in the same table. Then the exported models (``params.export``) are refitted on every purchase day
 before the run's ``as_of`` (default: after the last one) and written as ONNX bundles whose torch-free runtime, fed
 each customer's raw purchase days, must reproduce the models' answers; they are registered in MLflow.
+
+Calendar: with a year or more of history before a fit's cut-off, ``seasonal_bgnbd`` and the neural outlook learn
+a week-of-year profile (``params.calendar_order`` harmonics) and the ``params.holidays`` spans from the log, and
+extrapolate them over the horizon; with less they stay flat and the run says so. Per-customer predictions are
+written as Parquet (``$TWINS_HOME/outlook/<source>/holdout_predictions.parquet`` beside the actuals, and
+``predictions.parquet`` from the exported models as of ``as_of``) and logged to MLflow. When ``as_of`` equals the
+cut-off, the neural outlook of the holdout table is the one exported (trained once).
 """
 
 from __future__ import annotations
@@ -22,19 +29,21 @@ from twins.data.ingest import IngestReport
 from twins.data.source import SourceConfig
 from twins.evaluate.outlook import (outlook_metrics, persistence, purchase_days, purchase_lines, rate_extrapolation,
                                     summarise)
-from twins.models.btyd import BetaGeoModel, ModifiedBetaGeoModel
-from twins.models.outlook_net import NeuralOutlook, day_table, features_at, horizon_weeks
+from twins.models.btyd import BetaGeoModel, ModifiedBetaGeoModel, SeasonalBetaGeoModel
+from twins.models.outlook_net import NeuralOutlook, day_table, horizon_weeks
 from twins.pipeline import Pipeline, node
+from twins.runtime.outlook import MAX_HORIZON_WEEKS
+from twins.runtime.outlook_features import holiday_spans
 from twins.twin.outlook import fit_outlook, predict_outlook
 
 from pipelines.common import check_hyper_parameters, ingest_events, merge_params, required_date
 
 TAGS = {"protocol": "calibration-holdout: fit before the cut-off, score the horizon after it (purchase days)"}
 BTYD = {"bgnbd": BetaGeoModel, "mbgnbd": ModifiedBetaGeoModel}
-MODELS = ("persistence", "rate_extrapolation", *BTYD, "neural")
+MODELS = ("persistence", "rate_extrapolation", *BTYD, "seasonal_bgnbd", "neural")
 EXPORTABLE = ("bgnbd", "neural")
 DEFAULTS: dict[str, Any] = {"cutoff": None, "horizon_days": 91.0, "models": list(MODELS), "neural": {},
-                            "export": ["bgnbd", "neural"]}
+                            "export": ["bgnbd", "neural"], "holidays": [], "calendar_order": 3, "predictions": True}
 
 
 def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -42,9 +51,11 @@ def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
     p["cutoff"] = required_date(p["cutoff"], "cutoff", "the date the holdout starts (e.g. 2017-10-01); the models "
                                 "are fitted on the purchase days before it and scored on the horizon after it")
     weeks = float(p["horizon_days"]) / 7.0
-    if "neural" in [*p["models"], *p["export"]] and not (weeks >= 1 and weeks == round(weeks)):
-        raise ValueError(f"params.horizon_days must be whole weeks (7, 14, ..., 91) for the neural outlook, got "
-                         f"{p['horizon_days']}; or drop neural from params.models and params.export")
+    if "neural" in [*p["models"], *p["export"]] and not (1 <= weeks <= MAX_HORIZON_WEEKS and weeks == round(weeks)):
+        near = min(max(round(weeks), 1), MAX_HORIZON_WEEKS)
+        raise ValueError(f"params.horizon_days must be whole weeks from 7 to {7 * MAX_HORIZON_WEEKS} days (1 to "
+                         f"{MAX_HORIZON_WEEKS} weeks) for the neural outlook, got {p['horizon_days']} (e.g. {7 * near}); "
+                         "or drop neural from params.models and params.export")
     if not float(p["horizon_days"]) > 0:
         raise ValueError(f"params.horizon_days must be > 0, got {p['horizon_days']}")
     for key, allowed in (("models", MODELS), ("export", EXPORTABLE)):
@@ -52,7 +63,18 @@ def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
         if bad:
             raise ValueError(f"params.{key}: unknown {bad}; available {list(allowed)}")
     check_hyper_parameters(NeuralOutlook, p["neural"], "neural")
+    bad = {"holidays", "calendar_order", "seasonal"} & set(p["neural"])
+    if bad:
+        raise ValueError(f"params.neural: set {sorted(bad)} as params.holidays / params.calendar_order (shared by "
+                         "the calendar models)")
+    holiday_spans(p["holidays"])
+    p["neural"] = {"verbose": True, **p["neural"], "holidays": tuple(p["holidays"]), "calendar_order": int(p["calendar_order"])}
     return p
+
+
+def check_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The params checked before anything is read (a horizon the neural outlook cannot answer, unknown keys)."""
+    return resolve_params(params)
 
 
 # --------------------------------------------------------------------------------------------- edge nodes
@@ -77,12 +99,33 @@ def btyd_params(counts, gg) -> dict[str, float]:
     return {**counts.params_, **({f"gg_{k}": v for k, v in gg.params_.items()} if gg is not None else {})}
 
 
-def _features(days: pl.DataFrame, summary: pl.DataFrame, cutoff: datetime) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
-    """The neural outlook's training input (customer code, age, spend of every purchase day) and the features of
-    ``summary``'s customers at ``cutoff``."""
+def day_number(when: datetime) -> float:
+    """Days since 1970-01-01 (UTC)."""
+    return when.timestamp() / 86_400
+
+
+def fit_neural(days: pl.DataFrame, summary: pl.DataFrame, cutoff: datetime, p: dict[str, Any]) -> tuple[NeuralOutlook, tuple]:
+    """The neural outlook fitted on the purchase days before ``cutoff`` (with its calendar when a year of history
+    precedes it), and ``predict``'s inputs for ``summary``'s customers at ``cutoff``."""
     ids, code, age, spend = day_table(days, cutoff)
     rows = summary["customer_id"].cast(pl.Enum(ids)).to_physical().to_numpy()
-    return (code, age, spend), features_at(code, age, spend, rows)
+    print(f"outlook: training the neural outlook on the purchase days before {cutoff:%Y-%m-%d}", flush=True)
+    model = NeuralOutlook(**p["neural"]).fit(code, age, spend, horizon_weeks(float(p["horizon_days"])), day_number(cutoff))
+    print(f"outlook: neural outlook trained; calendar {model.calendar_['status']}", flush=True)
+    return model, model.inputs_at(code, age, spend, rows, day_number(cutoff))
+
+
+def seasonal_btyd(days: pl.DataFrame, summary: pl.DataFrame, cutoff: datetime, p: dict[str, Any]) -> tuple[tuple, SeasonalBetaGeoModel]:
+    """((count, spend, P(>= 1)), model) of BG/NBD + Gamma-Gamma on the calendar, for ``summary``'s customers."""
+    ids, code, age, spend = day_table(days, cutoff)
+    day = np.round(day_number(cutoff) - age).astype(np.int64)
+    model = SeasonalBetaGeoModel(int(p["calendar_order"]), tuple(p["holidays"])).fit(code, day, spend, day_number(cutoff))
+    index = np.full(len(ids), -1)
+    rows = summary["customer_id"].cast(pl.Enum(ids)).to_physical().to_numpy()
+    index[rows] = np.arange(len(rows))
+    keep = index[code] >= 0
+    out = model.predict(index[code[keep]], day[keep], spend[keep], len(rows), day_number(cutoff), float(p["horizon_days"]))
+    return (out["expected_purchases"], out["expected_spend"], out["p_any_purchase"]), model
 
 
 def evaluate_holdout(days: pl.DataFrame, params: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -96,24 +139,45 @@ def evaluate_holdout(days: pl.DataFrame, params: dict[str, Any]) -> tuple[list[d
                          "days after it; choose a cut-off inside the data with a full horizon after it")
     preds: dict[str, tuple[np.ndarray, ...]] = {}
     fitted: dict[str, dict[str, Any]] = {}
+    models: dict[str, Any] = {}
     for name in p["models"]:
+        print(f"outlook: holdout, {name}", flush=True)
         if name == "persistence":
             preds[name] = (*persistence(summary), None)
         elif name == "rate_extrapolation":
             preds[name] = (*rate_extrapolation(summary, horizon), None)
         elif name in BTYD:
-            preds[name], models = btyd(BTYD[name], summary, horizon)
-            fitted[name] = btyd_params(*models)
+            preds[name], pair = btyd(BTYD[name], summary, horizon)
+            fitted[name] = btyd_params(*pair)
+        elif name == "seasonal_bgnbd":
+            preds[name], seasonal = seasonal_btyd(days, summary, cutoff, p)
+            fitted[name] = {**btyd_params(seasonal.counts_, seasonal.spend_), "calendar": seasonal.calendar_["status"],
+                            **_calendar_effects(seasonal.calendar_)}
         else:
-            (code, age, spend), x = _features(days, summary, cutoff)
-            model = NeuralOutlook(**p["neural"]).fit(code, age, spend, horizon_weeks(horizon))
-            out = model.predict(x, horizon_weeks(horizon))
+            model, inputs = fit_neural(days, summary, cutoff, p)
+            models[name] = model
+            out = model.predict(inputs[0], horizon_weeks(horizon), *inputs[1:])
             preds[name] = (out["expected_purchases"], out["expected_spend"], out["p_any_purchase"])
-            fitted[name] = {**model.get_params(), "epochs": [len(h) for h in model.history_], "windows": model.n_windows_}
+            fitted[name] = {**model.get_params(), "epochs": [len(h) for h in model.history_], "windows": model.n_windows_,
+                            "calendar": model.calendar_["status"]}
     rows = [{"model": name, "customers": summary.height, **outlook_metrics(count, spend, summary, p_any),
              "params": fitted.get(name, {})} for name, (count, spend, p_any) in preds.items()]
     actual = (summary["actual_count"].to_numpy(), summary["actual_spend"].to_numpy())
-    return rows, {"predictions": {k: v[:2] for k, v in preds.items()}, "actual": actual}
+    table = summary.select("customer_id", "actual_count", "actual_spend").with_columns(
+        *(pl.Series(f"{name}_{kind}", v[i]) for name, v in preds.items() for i, kind in enumerate(("count", "spend"))))
+    return rows, {"predictions": {k: v[:2] for k, v in preds.items()}, "actual": actual, "table": table, "models": models}
+
+
+def _calendar_effects(spec: dict) -> dict[str, float]:
+    """The fitted holiday effects (multipliers of the purchase rate and of the spend per day), for logging."""
+    if "count" not in spec:
+        return {}
+    k = 2 * int(spec["order"])
+    out = {}
+    for i, h in enumerate(spec["holidays"]):
+        out[f"holiday.{h['date']}.rate_x"] = float(np.exp(spec["count"][k + i]))
+        out[f"holiday.{h['date']}.spend_x"] = float(np.exp(spec["spend"][k + i]))
+    return out
 
 
 def _as_of(days: pl.DataFrame, as_of: datetime | None) -> datetime:
@@ -121,9 +185,10 @@ def _as_of(days: pl.DataFrame, as_of: datetime | None) -> datetime:
     return as_of if as_of is not None else days["day"].max() + timedelta(days=1)
 
 
-def fit_for_export(days: pl.DataFrame, as_of: datetime | None, params: dict[str, Any]) -> dict[str, Any]:
+def fit_for_export(days: pl.DataFrame, as_of: datetime | None, params: dict[str, Any], holdout: dict[str, Any]) -> dict[str, Any]:
     """The exported models refitted on every purchase day before ``as_of``: ``{"bgnbd": (BG/NBD, Gamma-Gamma),
-    "neural": NeuralOutlook}`` (those in ``params.export``), with ``as_of`` and the summary they score."""
+    "neural": NeuralOutlook}`` (those in ``params.export``), with ``as_of`` and the summary they score. When
+    ``as_of`` is the cut-off, the holdout's neural outlook is reused rather than trained again."""
     p = resolve_params(params)
     when = _as_of(days, as_of)
     summary = summarise(days.lazy(), when, float(p["horizon_days"]))
@@ -135,8 +200,14 @@ def fit_for_export(days: pl.DataFrame, as_of: datetime | None, params: dict[str,
                              "BG/NBD + Gamma-Gamma bundle; drop bgnbd from params.export")
         out["bgnbd"] = (counts, gg)
     if "neural" in p["export"]:
-        (code, age, spend), out["neural_x"] = _features(days, summary, when)
-        out["neural"] = NeuralOutlook(**p["neural"]).fit(code, age, spend, horizon_weeks(float(p["horizon_days"])))
+        if when == p["cutoff"] and "neural" in holdout["models"]:
+            print("outlook: as_of is the cut-off: exporting the holdout's neural outlook (trained once)", flush=True)
+            ids, code, age, spend = day_table(days, when)
+            rows = summary["customer_id"].cast(pl.Enum(ids)).to_physical().to_numpy()
+            out["neural"] = holdout["models"]["neural"]
+            out["neural_inputs"] = out["neural"].inputs_at(code, age, spend, rows, day_number(when))
+        else:
+            out["neural"], out["neural_inputs"] = fit_neural(days, summary, when, p)
     return out
 
 
@@ -168,7 +239,7 @@ def export_bundles(source: SourceConfig, days: pl.DataFrame, fitted: dict[str, A
             got = load(out).score(histories, when)
         else:
             model = fitted["neural"]
-            want = model.predict(fitted["neural_x"], horizon_weeks(horizon))
+            want = model.predict(fitted["neural_inputs"][0], horizon_weeks(horizon), *fitted["neural_inputs"][1:])
             export_neural_outlook(model, out, horizon_days=horizon, name=out.name, overwrite=True)
             got = load(out).score(histories, when)
         for key in ("expected_purchases", "expected_spend", "p_any_purchase"):
@@ -176,6 +247,7 @@ def export_bundles(source: SourceConfig, days: pl.DataFrame, fitted: dict[str, A
                 raise AssertionError(f"{out}: the runtime's {key} differs from the model's: the bundle does not "
                                      "reproduce it")
         bundles[name] = str(out)
+        fitted.setdefault("answers", {})[name] = got
     return bundles
 
 
@@ -213,10 +285,32 @@ def format_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def write_predictions(source: SourceConfig, holdout: dict[str, Any], fitted: dict[str, Any], params: dict[str, Any]) -> dict[str, str]:
+    """Per-customer predictions as Parquet under ``$TWINS_HOME/outlook/<source>/``: ``holdout_predictions.parquet``
+    (actual count and spend in the horizon after the cut-off and each model's predictions) and
+    ``predictions.parquet`` (each exported model's answers from its bundle as of ``as_of``: columns
+    ``<model>_<answer>``); none when ``params.predictions`` is false."""
+    if not resolve_params(params)["predictions"]:
+        return {}
+    out = paths.twins_home() / "outlook" / source.name
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"holdout": out / "holdout_predictions.parquet", "predictions": out / "predictions.parquet"}
+    holdout["table"].write_parquet(files["holdout"])
+    answers = fitted.get("answers", {})
+    table = fitted["summary"].select("customer_id").with_columns(as_of=pl.lit(fitted["as_of"], pl.Datetime("us", "UTC")))
+    for name, rows in answers.items():
+        frame = pl.DataFrame(rows).drop("horizon_days")
+        table = table.with_columns(frame.rename({c: f"{name}_{c}" for c in frame.columns}))
+    table.write_parquet(files["predictions"])
+    print(f"outlook: per-customer predictions written: {files['holdout']}, {files['predictions']}", flush=True)
+    return {k: str(v) for k, v in files.items()}
+
+
 # --------------------------------------------------------------------------------------------- logging edge
 
 def log_results(rows: list[dict[str, Any]], holdout: dict[str, Any], bundles: dict[str, str], fitted: dict[str, Any],
-                report: IngestReport, source: SourceConfig, params: dict[str, Any], mlflow) -> list[str]:
+                predictions: dict[str, str], report: IngestReport, source: SourceConfig, params: dict[str, Any],
+                mlflow) -> list[str]:
     """Log the ingest, one child run per model (fitted parameters, holdout metrics, calibration plots), the table
     and the bundles (registered as ``<source>-outlook`` / ``<source>-outlook-net``)."""
     import tempfile
@@ -238,18 +332,24 @@ def log_results(rows: list[dict[str, Any]], holdout: dict[str, Any], bundles: di
                     mlflow.log_artifact(str(png), "calibration")
     table = format_table(rows)
     mlflow.log_text("\n".join([protocol, "", *table]), "results/table.md")
+    for path in predictions.values():
+        mlflow.log_artifact(path, "predictions")
     registered = [registry.log_bundle(path, Path(path).name).uri for path in bundles.values()]
     return [report.summary(), f"holdout metrics ({protocol}):", *table,
             *(f"ONNX bundle ({name}, fitted on the purchase days before {fitted['as_of']:%Y-%m-%d}): {path}, registered as {uri}; "
-              "the runtime reproduces the model's answers" for (name, path), uri in zip(bundles.items(), registered))]
+              "the runtime reproduces the model's answers" for (name, path), uri in zip(bundles.items(), registered)),
+            *(f"per-customer predictions ({kind}): {path}" for kind, path in predictions.items())]
 
 
 def pipeline() -> Pipeline:
     return Pipeline("outlook", [
+        node(check_params, "params", "checked_params"),
         node(ingest_events, "source", "report"),
         node(load_days, ("source", "report"), "days"),
         node(evaluate_holdout, ("days", "params"), ("rows", "holdout")),
-        node(fit_for_export, ("days", "as_of", "params"), "fitted"),
+        node(fit_for_export, ("days", "as_of", "params", "holdout"), "fitted"),
         node(export_bundles, ("source", "days", "fitted", "params"), "bundles"),
-        node(log_results, ("rows", "holdout", "bundles", "fitted", "report", "source", "params", "mlflow"), "summary_lines"),
+        node(write_predictions, ("source", "holdout", "fitted", "params"), "predictions"),
+        node(log_results, ("rows", "holdout", "bundles", "fitted", "predictions", "report", "source", "params", "mlflow"),
+             "summary_lines"),
     ])

@@ -161,7 +161,8 @@ def test_bundle_from_raw_histories_equals_the_model(market, bundle):
     median = [np.inf if g["next_purchase"] is None else (g["next_purchase"] - AS_OF).total_seconds() / 86_400 / 7 for g in got]
     np.testing.assert_allclose(median, want["next_median"], atol=1e-5)  # inf: half never buy again (5-year grid)
     assert all(g["known"] and g["horizon_days"] == 28.0 for g in got)
-    assert bundle.score([histories[ids[0]]], AS_OF, horizon_days=30)[0]["horizon_days"] == 28.0  # whole weeks
+    with pytest.raises(ValueError, match="horizon_days=30: the neural outlook answers whole weeks, 7 to 728 days"):
+        bundle.score([histories[ids[0]]], AS_OF, horizon_days=30)  # refused, not answered for 28
 
 
 def test_bundle_defined_answers_for_edge_cases(bundle):
@@ -175,14 +176,19 @@ def test_bundle_defined_answers_for_edge_cases(bundle):
         assert all(np.isfinite(v) for k, v in answer.items() if isinstance(v, float))
         assert 0 <= answer["p_alive"] <= 1 and 0 <= answer["p_any_purchase"] <= 1 and answer["expected_spend"] >= 0
     assert not new["known"] and not fut["known"] and new == fut
-    # a batch with no purchase day at all (this raised an IndexError in the features): the same answer
-    assert bundle.score([[]], AS_OF) == [new] and bundle.score([future_only, []], AS_OF) == [new, new]
+    # a batch with no purchase day at all (this raised an IndexError in the features): the same answer (to
+    # rounding: onnxruntime's reductions may differ in the last bits between batch sizes)
+    for got in (*bundle.score([[]], AS_OF), *bundle.score([future_only, []], AS_OF)):
+        assert got.keys() == new.keys()
+        for key, value in got.items():
+            assert value == (pytest.approx(new[key], rel=1e-12) if isinstance(value, float) else new[key]) or (
+                abs((value - new[key]).total_seconds()) < 1e-3), key
     assert heavy_a["expected_purchases"] > 2 * one_day["expected_purchases"]
     assert ret["known"] and ret["expected_purchases"] == pytest.approx(bundle.score([returns[:1]], AS_OF)[0]["expected_purchases"])
     assert zer["known"] and one_day["known"] and heavy_a["p_alive"] > 0.5
     with pytest.raises(ValueError, match="horizon_days must be > 0"):
         bundle.score([[]], AS_OF, horizon_days=0)
-    with pytest.raises(ValueError, match="horizons of 1 to 104 whole weeks, got 110"):
+    with pytest.raises(ValueError, match="horizon_days=770: .* 7 to 728 days"):
         bundle.score([[]], AS_OF, horizon_days=770)
 
 

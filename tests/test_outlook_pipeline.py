@@ -46,7 +46,8 @@ def test_outlook_pipeline_evaluates_exports_and_tracks(shop, twins_home):
 
     catalog = api.run(shop / "outlook.yaml")
     rows = {r["model"]: r for r in catalog["rows"]}
-    assert list(rows) == ["persistence", "rate_extrapolation", "bgnbd", "mbgnbd", "neural"]
+    assert list(rows) == ["persistence", "rate_extrapolation", "bgnbd", "mbgnbd", "seasonal_bgnbd", "neural"]
+    assert rows["neural"]["params"]["calendar"].startswith("flat: the history before the cut-off spans 39.0 weeks")
     assert all(r["customers"] == rows["neural"]["customers"] > 50 and r["count/mae"] >= 0 for r in rows.values())
     assert {"r", "alpha", "a", "b", "gg_p", "gg_q", "gg_gamma"} <= set(rows["bgnbd"]["params"])
     # the bundles are refitted on every purchase day; the pipeline checked the runtime against the models
@@ -74,7 +75,29 @@ def test_outlook_pipeline_evaluates_exports_and_tracks(shop, twins_home):
     ("params.cutoff=2031-01-01", "no customer buys both before it and in the 28 days after it"),
     ("params.horizon=7", "unknown key(s) ['horizon']"),
     ("params.horizon_days=30", "params.horizon_days must be whole weeks"),
+    ("params.horizon_days=735", "whole weeks from 7 to 728 days (1 to 104 weeks) for the neural outlook, got 735 (e.g. 728)"),
+    ("params.holidays=[25-12]", "holidays[0]: date '25-12' must be MM-DD"),
 ])
 def test_outlook_pipeline_parameter_errors_name_the_key(shop, twins_home, override, words):
     out = CliRunner().invoke(app, ["run", str(shop / "outlook.yaml"), "--set", override])
     assert out.exit_code == 2 and words in out.output, out.output
+
+
+def test_outlook_pipeline_for_the_analyst(shop, twins_home, capsys):
+    """A horizon the neural outlook cannot answer is refused before the log is read; with as_of at the cut-off the
+    holdout's neural outlook is the exported one (trained once); per-customer predictions are Parquet files;
+    progress is printed while it trains."""
+    import polars as pl
+
+    out = CliRunner().invoke(app, ["run", str(shop / "outlook.yaml"), "--set", "params.horizon_days=183"])
+    assert out.exit_code == 2 and "got 183 (e.g. 182)" in out.output and not (twins_home / "events" / "shop").exists()
+    catalog = api.run(shop / "outlook.yaml", ["as_of=2023-10-01", "params.models=[persistence, bgnbd, neural]"])
+    assert catalog["fitted"]["neural"] is catalog["holdout"]["models"]["neural"]
+    holdout = pl.read_parquet(catalog["predictions"]["holdout"])
+    assert {"customer_id", "actual_count", "neural_count", "bgnbd_spend"} <= set(holdout.columns)
+    assert holdout.height == catalog["rows"][0]["customers"]
+    preds = pl.read_parquet(catalog["predictions"]["predictions"])
+    assert {"neural_expected_purchases", "bgnbd_expected_spend", "neural_churn_risk"} <= set(preds.columns)
+    assert preds["neural_expected_purchases"].is_finite().all()
+    printed = capsys.readouterr().out
+    assert "outlook: training the neural outlook" in printed and "trained once" in printed

@@ -79,3 +79,40 @@ def test_holiday_spans_recur_every_year_and_cross_new_year():
     assert cols[:, 0].tolist() == [1, 1, 0, 0, 0, 0] and cols[:, 1].tolist() == [0, 0, 0, 0, 1, 0]
     with pytest.raises(ValueError, match=r"holidays\[0\]: date '25-12'"):
         holiday_spans(["25-12"])
+
+
+def test_neural_outlook_on_the_calendar_and_its_bundle_from_raw_histories(tmp_path):
+    """The neural outlook learns a calendar from two years of history; its bundle computes the calendar's inputs
+    from raw lines and as_of and gives the model's answers (rtol 1e-6); the season shows in the forecasts (a
+    horizon over the Christmas rush gets more purchase days per week than one in spring)."""
+    from datetime import datetime, timezone
+
+    from twins.evaluate.outlook import purchase_lines
+    from twins.models.outlook_export import export_neural_outlook
+    from twins.models.outlook_net import NeuralOutlook, day_table
+    from twins.runtime import OutlookNetBundle, load
+
+    cfg = SeasonalLog(n_customers=500, seed=3)
+    events, truth = simulate_seasonal_log(cfg)
+    as_of = datetime(2023, 7, 2, tzinfo=timezone.utc)
+    ids, code, age, spend = day_table(purchase_days(events.lazy()).collect(), as_of)
+    model = NeuralOutlook(n_members=1, max_epochs=2, hidden=16, max_windows=20, calendar_order=2,
+                          holidays=tuple(truth["holidays"])).fit(code, age, spend, 8, CUTOFF)
+    assert model.calendar_["status"].startswith("fitted")
+    rows = np.arange(len(ids))
+    x, cal, spend_cal = model.inputs_at(code, age, spend, rows, CUTOFF)
+    assert x.shape[1] == model.members_[0].mean.shape[0] and cal.shape == spend_cal.shape == (len(ids), 261)
+    want = model.predict(x, 8, cal, spend_cal)
+    bundle = load(export_neural_outlook(model, tmp_path / "net", horizon_days=56.0))
+    assert isinstance(bundle, OutlookNetBundle) and bundle.calendar.fitted
+    lines = purchase_lines(events.lazy().filter(pl.col("event_time") < as_of))
+    got = bundle.score([lines.get(c, []) for c in ids], as_of)
+    for key in ("expected_purchases", "expected_spend", "p_any_purchase", "p_alive"):
+        np.testing.assert_allclose([g[key] for g in got], want[key], rtol=1e-6)
+    # the calendar's rush: 8 weeks from 2023-11-26 against 8 weeks from 2023-04-02 (same customers' features)
+    christmas, spring = CUTOFF + 147, CUTOFF - 91
+    c_rush = model.inputs_at(code, age, spend, rows, christmas)[1]
+    c_spring = model.inputs_at(code, age, spend, rows, spring)[1]
+    assert model.predict(x, 4, c_rush, spend_cal)["expected_purchases"].sum() > 1.3 * model.predict(x, 4, c_spring, spend_cal)["expected_purchases"].sum()
+    with pytest.raises(ValueError, match="horizon_days=183: the neural outlook answers whole weeks"):
+        bundle.score([[]], as_of, horizon_days=183)

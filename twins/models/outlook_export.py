@@ -12,7 +12,7 @@ from twins.export import check_parity, export_bundle
 from twins.models.btyd import BetaGeoModel, GammaGammaModel
 from twins.models.outlook_net import NeuralOutlook, OutlookScorer as NeuralScorer, horizon_weeks
 from twins.runtime.outlook import INPUTS, NET_OUTPUTS
-from twins.runtime.outlook_features import N_FEATURES, NAMES
+from twins.runtime.outlook_features import CAL_WEEKS, CAL_WINDOWS, NAMES, Calendar
 
 TASK = "purchase_outlook"
 OUTPUTS = ("expected_purchases", "p_alive", "p_any_purchase", "expected_spend", "next_low", "next_median", "next_high")
@@ -76,25 +76,30 @@ def export_neural_outlook(model: NeuralOutlook, out_dir: str | Path, *, horizon_
                           name: str = "purchase-outlook-net", version: str = "1", metrics: dict[str, float] | None = None,
                           run_id: str | None = None, overwrite: bool = False) -> Path:
     """Export a fitted ``NeuralOutlook`` (all members, averaged in the graph) with its closed forms; the runtime
-    (``twins.runtime.OutlookNetBundle``) computes the features from raw histories. Parity is checked at several
+    (``twins.runtime.OutlookNetBundle``) computes the features and the calendar's weekly multipliers (the spec in
+    the manifest's ``preprocessing.calendar``) from raw histories and as_of. Parity is checked at several
     batch sizes and horizons: 1e-3 absolute (weeks, for the waiting-time quantiles: where the survival curve is
     nearly flat, 1e-12 in it moves the interpolated quantile by ~1e-4) plus 1e-6 relative."""
     scorer = NeuralScorer(model.members_, model.spend_factor_, interval)
+    calendar = Calendar(model.calendar_)
+    names = [*NAMES, *(f"calendar_{w}w" for w in CAL_WINDOWS if calendar.fitted)]
     manifest = {
         "name": name, "version": version, "task": NET_TASK, "model": f"neural outlook ({len(model.members_)} members)",
         "params": model.get_params(),
         "preprocessing": {"horizon_days": 7.0 * horizon_weeks(horizon_days), "unit_days": 7.0, "interval": interval,
-                          "features": list(NAMES), "new_customer_day_spend": model.day_spend_,
+                          "features": names, "new_customer_day_spend": model.day_spend_, "calendar": model.calendar_,
                           "purchase_day": "UTC calendar day; several purchases on one day count once; net of returns"},
         "metrics": dict(metrics or {}), "training_run_id": run_id,
     }
 
-    def batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(n: int, seed: int) -> tuple[torch.Tensor, ...]:
         g = torch.Generator().manual_seed(seed)
-        x = scorer.members[0].mean + scorer.members[0].std * torch.randn(n, N_FEATURES, generator=g, dtype=torch.float64)
-        return x, torch.randint(1, 60, (n,), generator=g).double()
+        x = scorer.members[0].mean + scorer.members[0].std * torch.randn(n, len(names), generator=g, dtype=torch.float64)
+        cal = torch.exp(0.3 * torch.randn(n, CAL_WEEKS, generator=g, dtype=torch.float64))
+        return x, torch.randint(1, 60, (n,), generator=g).double(), cal, torch.exp(0.1 * torch.log(cal))
 
-    path = export_bundle(scorer, batch(8, 0), out_dir, manifest, input_names=("x", "h"), output_names=NET_OUTPUTS,
-                         dynamic_axes={"x": {0: "batch"}, "h": {0: "batch"}}, overwrite=overwrite)
+    inputs = ("x", "h", "cal", "spend_cal")
+    path = export_bundle(scorer, batch(8, 0), out_dir, manifest, input_names=inputs, output_names=NET_OUTPUTS,
+                         dynamic_axes={k: {0: "batch"} for k in inputs}, overwrite=overwrite)
     check_parity(scorer, path, [batch(n, n) for n in (1, 5, 64)], atol=1e-3, rtol=1e-6)
     return path

@@ -34,7 +34,7 @@ from sklearn.base import BaseEstimator
 from torch import nn
 
 from twins.runtime.outlook import MAX_HORIZON_WEEKS, NET_OUTPUTS, check_horizon_weeks
-from twins.runtime.outlook_features import N_FEATURES, features
+from twins.runtime.outlook_features import CAL_WEEKS, CAL_WINDOWS, N_FEATURES, Calendar, calendar_inputs, features
 from twins.training import pick_device, progress
 
 DAY_US = 86_400 * 1_000_000
@@ -46,10 +46,11 @@ class OutlookNet(nn.Module):
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, hidden: int = 64, spend_scale: float = 1.0) -> None:
         super().__init__()
+        n_in = len(mean)
         self.register_buffer("mean", mean.float())
         self.register_buffer("std", std.float())
         self.register_buffer("log_spend", torch.tensor(math.log(max(spend_scale, 1e-6))))
-        self.body = nn.Sequential(nn.Linear(N_FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+        self.body = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                                   nn.Linear(hidden, 6))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -83,13 +84,22 @@ def lifetime_log_probs(pi: torch.Tensor, hazard: torch.Tensor, h: torch.Tensor, 
     return torch.cat([dead_now[:, None], lp[:, 1:]], 1)
 
 
-def count_nll(params: tuple[torch.Tensor, ...], count: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """−log P(count purchase days in h weeks), per row."""
+def calendar_weeks(cal: torch.Tensor | None, l_max: int, like: torch.Tensor) -> torch.Tensor:
+    """``[batch or 1, l_max + 1]``: calendar weeks in the first l weeks after the cut-off (Σ of the weekly
+    multipliers ``cal`` [batch, >= l_max]), l = 0..l_max; without a calendar simply l."""
+    if cal is None:
+        return torch.arange(l_max + 1, dtype=like.dtype, device=like.device)[None, :]
+    return torch.cat([torch.zeros_like(cal[:, :1]), torch.cumsum(cal[:, :l_max], 1)], 1).to(like.dtype)
+
+
+def count_nll(params: tuple[torch.Tensor, ...], count: torch.Tensor, h: torch.Tensor,
+              cal: torch.Tensor | None = None) -> torch.Tensor:
+    """−log P(count purchase days in h weeks), per row; ``cal``: weekly rate multipliers after the cut-off."""
     pi, lam, hazard, kappa = params[:4]
     l_max = int(h.max())
     lp = lifetime_log_probs(pi, hazard, h, l_max)
     l = torch.arange(l_max + 1, dtype=lam.dtype, device=lam.device)
-    mean = (lam[:, None] * l).clamp_min(1e-12)
+    mean = (lam[:, None] * calendar_weeks(cal, l_max, lam)).clamp_min(1e-12)
     n = count[:, None].expand_as(mean)
     ln = nb_log_pmf(n, mean, kappa[:, None].expand_as(mean))
     ln = torch.where(l == 0, torch.where(n == 0, 0.0, -torch.inf), ln)
@@ -109,20 +119,28 @@ def expected_weeks_alive(hazard: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return -torch.expm1(-hazard * h) / torch.expm1(hazard)
 
 
-def p_none(params: tuple[torch.Tensor, ...], h: torch.Tensor, l_max: int) -> torch.Tensor:
+def expected_calendar_weeks(hazard: torch.Tensor, h: torch.Tensor, cal: torch.Tensor) -> torch.Tensor:
+    """sum_{j=1..h} s^j cal_j: the calendar weeks a customer alive at the cut-off is expected to be alive for."""
+    j = torch.arange(1, cal.shape[1] + 1, dtype=hazard.dtype, device=hazard.device)
+    weight = torch.where(j[None, :] <= h[:, None], torch.exp(-hazard[:, None] * j), torch.zeros_like(cal))
+    return (weight * cal).sum(1)
+
+
+def p_none(params: tuple[torch.Tensor, ...], h: torch.Tensor, l_max: int, cal: torch.Tensor | None = None) -> torch.Tensor:
     """P(no purchase day in h weeks); ``l_max`` >= every h."""
     pi, lam, hazard, kappa = params[:4]
     lp = lifetime_log_probs(pi, hazard, h, l_max)
-    l = torch.arange(l_max + 1, dtype=lam.dtype, device=lam.device)
+    l = calendar_weeks(cal, l_max, lam)
     log_zero = kappa[:, None] * (torch.log(kappa[:, None]) - torch.log(kappa[:, None] + lam[:, None] * l))
     return torch.exp(torch.logsumexp(lp + log_zero, 1))
 
 
-def wait_survival(params: tuple[torch.Tensor, ...], weeks: int = MAX_WAIT_WEEKS) -> torch.Tensor:
+def wait_survival(params: tuple[torch.Tensor, ...], weeks: int = MAX_WAIT_WEEKS, cal: torch.Tensor | None = None) -> torch.Tensor:
     """``[batch, weeks + 1]``: P(no purchase day in the first w weeks | alive at the cut-off), w = 0..weeks."""
     _, lam, hazard, kappa = params[:4]
     w = torch.arange(weeks + 1, dtype=lam.dtype, device=lam.device)
-    log_zero = kappa[:, None] * (torch.log(kappa[:, None]) - torch.log(kappa[:, None] + lam[:, None] * w))
+    cw = calendar_weeks(cal, weeks, lam)
+    log_zero = kappa[:, None] * (torch.log(kappa[:, None]) - torch.log(kappa[:, None] + lam[:, None] * cw))
     log_dead_at = -hazard[:, None] * w + torch.log(-torch.expm1(-hazard))[:, None]  # P(L = l), l = w
     # dies in week l < w: no purchase with l alive weeks; alive through w: no purchase in w weeks
     died = torch.cumsum(torch.exp(log_dead_at + log_zero), 1) - torch.exp(log_dead_at + log_zero)
@@ -189,14 +207,19 @@ def training_windows(code: np.ndarray, age: np.ndarray, spend: np.ndarray, horiz
 class NeuralOutlook(BaseEstimator):
     """Neural purchase-process outlook (module docstring); scikit-learn's estimator contract.
 
-    ``fit(code, age, spend, horizon_weeks)`` takes every purchase day (customer code, age in days at the
-    cut-off, net spend; rows at or after the cut-off are ignored); ``predict(x, horizon_weeks)`` takes the
-    features of the customers to score (``twins.runtime.outlook_features.features``)."""
+    ``fit(code, age, spend, horizon_weeks, cutoff_day)`` takes every purchase day (customer code, age in days at
+    the cut-off, net spend; rows at or after the cut-off are ignored) and the cut-off's date (days since
+    1970-01-01): with ``seasonal`` and at least a year of history, a calendar (``SeasonalBetaGeoModel``'s:
+    day-of-year terms of ``calendar_order`` harmonics and the ``holidays`` spans) scales every window's purchase
+    rate and spend per day week by week, and its mean over recent weeks is a feature, so the network learns the
+    deseasonalised level and the horizon's calendar extrapolates it; ``calendar_["status"]`` says whether it was
+    fitted. ``predict(x, horizon_weeks, cal, spend_cal)`` takes ``inputs_at``'s arrays."""
 
     def __init__(self, hidden: int = 64, n_members: int = 5, max_epochs: int = 30, patience: int = 4,
                  batch_size: int = 1024, lr: float = 2e-3, weight_decay: float = 1e-5, max_windows: int = 52,
-                 sub_horizons: tuple[int, ...] = (4, 13), val_share: float = 0.1, seed: int = 0,
-                 device: str | None = None, verbose: bool = False) -> None:
+                 sub_horizons: tuple[int, ...] = (4, 13), val_share: float = 0.1, seasonal: bool = True,
+                 calendar_order: int = 3, holidays: tuple = (), seed: int = 0, device: str | None = None,
+                 verbose: bool = False) -> None:
         self.hidden = hidden
         self.n_members = n_members
         self.max_epochs = max_epochs
@@ -207,11 +230,15 @@ class NeuralOutlook(BaseEstimator):
         self.max_windows = max_windows
         self.sub_horizons = sub_horizons
         self.val_share = val_share
+        self.seasonal = seasonal
+        self.calendar_order = calendar_order
+        self.holidays = holidays
         self.seed = seed
         self.device = device
         self.verbose = verbose
 
-    def fit(self, code: np.ndarray, age: np.ndarray, spend: np.ndarray, horizon_weeks: int) -> Self:
+    def fit(self, code: np.ndarray, age: np.ndarray, spend: np.ndarray, horizon_weeks: int,
+            cutoff_day: float | None = None) -> Self:
         code, age, spend = np.asarray(code), np.asarray(age, float), np.asarray(spend, float)
         if not len(code) == len(age) == len(spend):
             raise ValueError(f"code, age and spend need one entry per purchase day; got {len(code)}, {len(age)}, {len(spend)}")
@@ -223,11 +250,24 @@ class NeuralOutlook(BaseEstimator):
         check_horizon_weeks(horizon_weeks)
         w = training_windows(code, age, spend, int(horizon_weeks), self.max_windows, sub_horizons=tuple(self.sub_horizons))
         device = pick_device(self.device)
-        x = torch.tensor(w.x, device=device)
+        self.calendar_ = self._fit_calendar(code, age, spend, cutoff_day)
+        calendar = Calendar(self.calendar_)
+        self._cal = self._scal = None
+        x = w.x
+        if calendar.fitted:
+            shifts = np.arange(int(w.weeks_back.max()) + 1)
+            starts = cutoff_day - 7.0 * shifts
+            k = w.weeks_back.astype(np.int64)
+            x = np.concatenate([x, np.stack([calendar.past_features(d) for d in starts])[k]], 1).astype(np.float32)
+            n = int(w.h.max())
+            self._cal = torch.tensor(np.stack([calendar.weekly(d, n) for d in starts]), device=device)
+            self._scal = torch.tensor(np.stack([calendar.weekly(d, n, "spend") for d in starts]), device=device)
+        x = torch.tensor(x, device=device)
         mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
         bought = (w.count > 0) & (w.spend > 0)
         spend_scale = float(w.spend[bought].sum() / w.count[bought].sum()) if bought.any() else 1.0
         data = [torch.tensor(v, dtype=torch.float32, device=device) for v in (w.count, w.spend, w.h)]
+        data.append(torch.tensor(w.weeks_back, dtype=torch.int64, device=device))
         self.members_, self.history_ = [], []
         for m in range(self.n_members):
             rng = np.random.default_rng(self.seed + m)
@@ -238,7 +278,8 @@ class NeuralOutlook(BaseEstimator):
             best, log = self._train(net, x, data, val, rng)
             self.members_.append(best.cpu().eval())
             self.history_.append(log)
-        self.spend_factor_ = self._spend_factor(w, int(horizon_weeks))
+        self.spend_factor_ = self._spend_factor(w, x.cpu(), data[3].cpu(), int(horizon_weeks))
+        self._cal = self._scal = None
         self.n_windows_ = len(w.count)
         self.day_spend_ = float(np.maximum(spend[age > 0], 0.0).mean())
         self.horizon_weeks_ = int(horizon_weeks)
@@ -271,7 +312,30 @@ class NeuralOutlook(BaseEstimator):
                     break
         return best, log
 
-    def _spend_factor(self, w: Windows, horizon_weeks: int) -> float:
+    def _fit_calendar(self, code: np.ndarray, age: np.ndarray, spend: np.ndarray, cutoff_day: float | None) -> dict:
+        """The calendar spec (``SeasonalBetaGeoModel``'s) learnt from the purchase days before the cut-off, or a
+        flat one with its reason."""
+        if not self.seasonal:
+            return {"status": "flat: seasonal=False"}
+        if cutoff_day is None:
+            return {"status": "flat: fit() got no cutoff_day, so no dates to learn a calendar from"}
+        from twins.models.btyd import SeasonalBetaGeoModel
+
+        before = age > 0
+        day = np.round(cutoff_day - age[before]).astype(np.int64)
+        model = SeasonalBetaGeoModel(self.calendar_order, tuple(self.holidays))
+        return model.fit(code[before], day, spend[before], cutoff_day).calendar_
+
+    def _window_calendar(self, k: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | float]:
+        """(weekly rate multipliers of rows' windows, their spend multiplier over the window weighted by rate)."""
+        if self._cal is None:
+            return None, 1.0
+        cal, scal = self._cal[k], self._scal[k]
+        inside = torch.arange(1, cal.shape[1] + 1, device=cal.device)[None, :] <= h[:, None]
+        weight = torch.where(inside, cal, torch.zeros_like(cal))
+        return cal, ((weight * scal).sum(1) / weight.sum(1)).float()
+
+    def _spend_factor(self, w: Windows, x: torch.Tensor, k: torch.Tensor, horizon_weeks: int) -> float:
         """Sum of spend over sum of purchase days x predicted spend per day, over the windows of the last
         horizon before the cut-off: puts the spend per day at its latest level (spend drifts, e.g. with
         prices), which the windows further back, most of the training rows, pull away from."""
@@ -279,28 +343,42 @@ class NeuralOutlook(BaseEstimator):
         if not rows.any():
             return 1.0
         with torch.no_grad():
-            x = torch.as_tensor(w.x[rows])
-            mu = torch.stack([net(x)[4] for net in self.members_]).mean(0).double().numpy()
+            mu = torch.stack([net(x[rows])[4] for net in self.members_]).mean(0)
+            mu = (mu * self._window_calendar(k[rows], torch.as_tensor(w.h[rows]))[1]).double().numpy()
         return float(w.spend[rows].sum() / (w.count[rows] * mu).sum())
 
-    @staticmethod
-    def _loss(net: OutlookNet, x: torch.Tensor, count: torch.Tensor, spend: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    def _loss(self, net: OutlookNet, x: torch.Tensor, count: torch.Tensor, spend: torch.Tensor, h: torch.Tensor,
+              k: torch.Tensor) -> torch.Tensor:
         params = net(x)
-        loss = count_nll(params, count, h).sum()
+        cal, spend_scale = self._window_calendar(k, h)
+        loss = count_nll(params, count, h, cal).sum()
         bought = (count > 0) & (spend > 0)
         if bought.any():
+            params = (*params[:4], params[4] * spend_scale, params[5])
             loss = loss + spend_nll(tuple(p[bought] for p in params), count[bought], spend[bought]).sum()
         return loss / len(count)
 
-    def predict(self, x: np.ndarray, horizon_weeks: float) -> dict[str, np.ndarray]:
+    def inputs_at(self, code: np.ndarray, age: np.ndarray, spend: np.ndarray, rows: np.ndarray,
+                  cutoff_day: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``predict``'s (x, cal, spend_cal) for customer codes ``rows`` at the cut-off (the fitted calendar's
+        features and the weeks after ``cutoff_day``), as the runtime computes them."""
+        x = features_at(code, age, spend, rows)
+        return calendar_inputs(Calendar(self.calendar_), x, 0.0 if cutoff_day is None else cutoff_day)
+
+    def predict(self, x: np.ndarray, horizon_weeks: float, cal: np.ndarray | None = None,
+                spend_cal: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Per row: ``expected_purchases``, ``expected_spend``, ``p_any_purchase`` in ``horizon_weeks``, ``p_alive``
         (at the cut-off), ``p_alive_end`` (still alive at the horizon's end: 1 − churn risk) and the time to the next
         purchase of a customer alive at the cut-off (``next_low`` / ``next_median`` / ``next_high``, weeks; inf when
-        not within 5 years), averaged over the members."""
+        not within 5 years), averaged over the members. ``cal`` / ``spend_cal``: ``[rows, CAL_WEEKS]`` weekly
+        multipliers after the cut-off (``inputs_at``; default flat)."""
         check_horizon_weeks(round(horizon_weeks))
         scorer = OutlookScorer(self.members_, self.spend_factor_)
+        ones = np.ones((len(x), CAL_WEEKS))
+        cal, spend_cal = (torch.as_tensor(np.asarray(ones if v is None else v, np.float64)) for v in (cal, spend_cal))
         with torch.no_grad():
-            out = scorer(torch.as_tensor(np.asarray(x, np.float64)), torch.full((len(x),), float(horizon_weeks), dtype=torch.float64))
+            out = scorer(torch.as_tensor(np.asarray(x, np.float64)), torch.full((len(x),), float(horizon_weeks), dtype=torch.float64),
+                         cal, spend_cal)
         return {name: v.numpy() for name, v in zip(NET_OUTPUTS, out)}
 
 
@@ -319,8 +397,9 @@ def _quantile_weeks(survival: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 class OutlookScorer(nn.Module):
-    """``forward(x, h)``: float64 features ``[batch, N_FEATURES]`` and horizons in weeks ``[batch]`` (rounded,
-    1..``max_horizon_weeks``) -> the ``NET_OUTPUTS``, averaged over float64 copies of the members (the waiting time
+    """``forward(x, h, cal, spend_cal)``: float64 features ``[batch, N_FEATURES (+ the calendar's)]``, horizons in
+    weeks ``[batch]`` (rounded, 1..``max_horizon_weeks``) and weekly rate and spend multipliers after the cut-off
+    ``[batch, CAL_WEEKS]`` -> the ``NET_OUTPUTS``, averaged over float64 copies of the members (the waiting time
     from the averaged survival curve; ``interval`` central probability around the median); spend per purchase
     day is the members' times ``spend_factor`` (``NeuralOutlook.spend_factor_``)."""
 
@@ -332,19 +411,19 @@ class OutlookScorer(nn.Module):
         self.max_horizon_weeks = max_horizon_weeks
         self.quantiles = ((1 - interval) / 2, 0.5, (1 + interval) / 2)
 
-    def forward(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor, h: torch.Tensor, cal: torch.Tensor, spend_cal: torch.Tensor) -> tuple[torch.Tensor, ...]:
         h = torch.clamp(torch.round(h), 1.0, float(self.max_horizon_weeks))
         count = spend = p_any = p_alive = p_end = survival = 0.0
+        near, spend_near = cal[:, : self.max_horizon_weeks], (cal * spend_cal)[:, : self.max_horizon_weeks]
         for net in self.members:
             params = net(x)
             pi, lam, hazard, _, mu, _ = params
-            expected = pi * lam * expected_weeks_alive(hazard, h)
-            count = count + expected
-            spend = spend + expected * mu * self.spend_factor
-            p_any = p_any + 1.0 - p_none(params, h, self.max_horizon_weeks)
+            count = count + pi * lam * expected_calendar_weeks(hazard, h, near)
+            spend = spend + pi * lam * expected_calendar_weeks(hazard, h, spend_near) * mu * self.spend_factor
+            p_any = p_any + 1.0 - p_none(params, h, self.max_horizon_weeks, near)
             p_alive = p_alive + pi
             p_end = p_end + pi * torch.exp(-hazard * h)
-            survival = survival + wait_survival(params)
+            survival = survival + wait_survival(params, cal=cal[:, :MAX_WAIT_WEEKS])
         k = float(len(self.members))
         survival = survival / k
         waits = [_quantile_weeks(survival, torch.full_like(h, q)) for q in self.quantiles]

@@ -4,8 +4,8 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
-from twins.runtime.bundle import Bundle, BundleError
-from twins.runtime.outlook_features import N_FEATURES, features
+from twins.runtime.bundle import Bundle, BundleError, need
+from twins.runtime.outlook_features import CAL_WEEKS, CAL_WINDOWS, N_FEATURES, Calendar, calendar_inputs, features
 
 DAY_US = 86_400_000_000
 MAX_WAIT_DAYS = 36_525  # a next purchase further than 100 years out is answered as None (not expected)
@@ -75,6 +75,14 @@ def answers(out: dict[str, np.ndarray], known: np.ndarray, as_of_us: int, unit_d
             for i in range(len(known))]
 
 
+def positive(manifest: dict, key: str, where) -> float:
+    """The finite number > 0 at ``key`` of the manifest."""
+    value = need(manifest, key, float, where)
+    if value <= 0:
+        raise BundleError(f"{where}: {key!r} must be > 0, got {value}; re-export the bundle")
+    return value
+
+
 def check_horizon_weeks(weeks: int) -> None:
     if not 1 <= weeks <= MAX_HORIZON_WEEKS:
         raise ValueError(f"the neural outlook answers horizons of 1 to {MAX_HORIZON_WEEKS} whole weeks, got {weeks}")
@@ -93,14 +101,14 @@ class OutlookBundle(Bundle):
 
     def __init__(self, path, manifest: dict, session) -> None:
         super().__init__(path, manifest, session)
-        try:
-            pre = manifest["preprocessing"]
-            self.unit_days, self.horizon_days = float(pre["unit_days"]), float(pre["horizon_days"])
-        except (KeyError, TypeError, ValueError) as error:
-            raise BundleError(f"{path}/manifest.json: task 'purchase_outlook' needs preprocessing.unit_days and "
-                              f"horizon_days ({error!r}); re-export with twins.models.outlook_export") from None
+        where = self.manifest_path
+        self.unit_days = positive(manifest, "preprocessing.unit_days", where)
+        self.horizon_days = positive(manifest, "preprocessing.horizon_days", where)
         if tuple(v["name"] for v in manifest["inputs"]) != INPUTS:
-            raise BundleError(f"{path}/manifest.json: task 'purchase_outlook' needs inputs {INPUTS}; re-export the bundle")
+            raise BundleError(f"{where}: task 'purchase_outlook' needs inputs {INPUTS}; re-export the bundle")
+        missing = set(NET_OUTPUTS[:-1]) - {v["name"] for v in manifest["outputs"]}
+        if missing:
+            raise BundleError(f"{where}: task 'purchase_outlook' lacks outputs {sorted(missing)}; re-export the bundle")
 
     def score(self, histories: list[list[tuple]], as_of: datetime | str, horizon_days: float | None = None) -> list[dict]:
         """One answer per history: ``expected_purchases``, ``expected_spend``, ``p_alive``, ``churn_risk``,
@@ -124,15 +132,19 @@ class OutlookNetBundle(Bundle):
 
     def __init__(self, path, manifest: dict, session) -> None:
         super().__init__(path, manifest, session)
+        where = self.manifest_path
+        self.horizon_days = positive(manifest, "preprocessing.horizon_days", where)
+        self.new_day_spend = need(manifest, "preprocessing.new_customer_day_spend", float, where)
         try:
-            self.horizon_days = float(manifest["preprocessing"]["horizon_days"])
-            self.new_day_spend = float(manifest["preprocessing"]["new_customer_day_spend"])
-        except (KeyError, TypeError, ValueError) as error:
-            raise BundleError(f"{path}/manifest.json: task 'purchase_outlook_net' needs preprocessing.horizon_days and new_customer_day_spend "
-                              f"({error!r}); re-export with twins.models.outlook_export.export_neural_outlook") from None
-        if tuple(v["name"] for v in manifest["inputs"]) != ("x", "h") or manifest["inputs"][0]["shape"][1] != N_FEATURES:
-            raise BundleError(f"{path}/manifest.json: task 'purchase_outlook_net' needs inputs x [batch, {N_FEATURES}] "
-                              "and h [batch] (this runtime's features); re-export the bundle")
+            self.calendar = Calendar(manifest["preprocessing"].get("calendar"))
+        except (TypeError, ValueError, KeyError) as error:
+            raise BundleError(f"{where}: preprocessing.calendar is not a calendar spec ({error}); re-export the bundle") from None
+        n_features = N_FEATURES + (len(CAL_WINDOWS) if self.calendar.fitted else 0)
+        if (tuple(v["name"] for v in manifest["inputs"]) != ("x", "h", "cal", "spend_cal")
+                or self.graph_width("x") != n_features or self.graph_width("cal") != CAL_WEEKS):
+            raise BundleError(f"{where}: task 'purchase_outlook_net' needs inputs x [batch, {n_features}], h [batch], "
+                              f"cal and spend_cal [batch, {CAL_WEEKS}] (this runtime's features and calendar); "
+                              "re-export the bundle")
         missing = set(NET_OUTPUTS) - {v["name"] for v in manifest["outputs"]}
         if missing:
             raise BundleError(f"{path}/manifest.json: task 'purchase_outlook_net' lacks outputs {sorted(missing)}; "
@@ -141,8 +153,11 @@ class OutlookNetBundle(Bundle):
     def score(self, histories: list[list[tuple]], as_of: datetime | str, horizon_days: float | None = None) -> list[dict]:
         """One answer per history (keys as ``OutlookBundle.score``)."""
         as_of_us = _to_us(as_of)
-        weeks = max(1, round(checked_horizon(self.horizon_days, horizon_days) / 7.0))
-        check_horizon_weeks(weeks)
+        days = checked_horizon(self.horizon_days, horizon_days)
+        weeks = round(days / 7.0)
+        if abs(days - 7.0 * weeks) > 1e-9 or not 1 <= weeks <= MAX_HORIZON_WEEKS:
+            raise ValueError(f"horizon_days={days:g}: the neural outlook answers whole weeks, 7 to {7 * MAX_HORIZON_WEEKS} "
+                             f"days (1 to {MAX_HORIZON_WEEKS} weeks); e.g. {7 * min(max(weeks, 1), MAX_HORIZON_WEEKS)}")
         row, age, spend = [], [], []
         for i, history in enumerate(histories):
             for day, amount in net_purchase_days(history, as_of_us).items():
@@ -150,6 +165,8 @@ class OutlookNetBundle(Bundle):
                 age.append((as_of_us - day) / DAY_US)
                 spend.append(amount)
         x = features(np.array(row, np.int64), np.array(age), np.array(spend), len(histories), self.new_day_spend)
-        out = self.run({"x": x.astype(np.float64), "h": np.full(len(histories), float(weeks))})
+        x, cal, spend_cal = calendar_inputs(self.calendar, x, as_of_us / DAY_US)
+        out = self.run({"x": x.astype(np.float64), "h": np.full(len(histories), float(weeks)), "cal": cal,
+                        "spend_cal": spend_cal})
         known = np.bincount(np.array(row, np.int64), minlength=len(histories)) > 0
         return answers(out, known, as_of_us, 7.0, 7.0 * weeks)

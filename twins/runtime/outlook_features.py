@@ -190,3 +190,17 @@ def calendar_summary(calendar: Calendar, row: np.ndarray, day: np.ndarray, spend
     return {"x": x, "t_x": np.where(known, c_last - c_first, 0.0), "T": np.where(known, c_cut[0] - c_first, 0.0),
             "m": np.maximum(m, 0.0), "t": float(c_end[0] - c_cut[0]),
             "spend_scale": float((s * calendar.daily(horizon, "spend")).sum() / s.sum())}
+
+
+CAL_WEEKS = 261  # weeks of calendar multipliers the neural outlook's graph takes (its waiting times look 260 ahead)
+
+
+def calendar_inputs(calendar: Calendar, x: np.ndarray, cutoff_day: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The neural outlook's inputs at a cut-off besides the horizon: the features ``x`` (with the calendar's
+    ``past_features`` appended when it is fitted), and ``[rows, CAL_WEEKS]`` count and spend multipliers of the
+    weeks after the cut-off (ones for a flat calendar)."""
+    rows = len(x)
+    if calendar.fitted:
+        x = np.concatenate([x, np.tile(calendar.past_features(cutoff_day), (rows, 1))], 1).astype(np.float32)
+    tile = lambda v: np.tile(v, (rows, 1))  # noqa: E731
+    return x, tile(calendar.weekly(cutoff_day, CAL_WEEKS)), tile(calendar.weekly(cutoff_day, CAL_WEEKS, "spend"))
