@@ -236,6 +236,16 @@ def test_duplicated_column_names_are_an_error_naming_them(tmp_path):
     pq.write_table(pa.table([pa.array(["c1"]), pa.array(["c2"])], names=["customer", "customer"]), tmp_path / "t.parquet")
     with pytest.raises(SourceError, match=r"t\.parquet: .*'customer'.*more than once"):
         ingest(source(tmp_path, "t.parquet"), tmp_path / "o3")
+    import xlsxwriter
+
+    book = xlsxwriter.Workbook(tmp_path / "t.xlsx")  # fastexcel alone would rename the second one 'customer_1'
+    sheet = book.add_worksheet()
+    sheet.write_row(0, 0, ["customer", "customer"])
+    sheet.write_row(1, 0, ["c1", "c2"])
+    book.close()
+    with pytest.raises(SourceError, match=r"t\.xlsx: the header names column\(s\) \['customer'\] more than once; rename"):
+        ingest(source(tmp_path, "t.xlsx"), tmp_path / "o4")
+
     with pytest.raises(ConfigError, match=r"csv\.column_names: .*\['a'\] are given more than once"):
         from twins.config import validate
 

@@ -70,7 +70,9 @@ def scan(path: Path, fmt: Format, csv: CsvOptions, sheet: str | None = None) -> 
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise SourceError(f"{path}: cannot be read as {fmt}: {_first_line(exc)}; check `format:` and `csv:` "
                           f"options in the source config") from None
-    _check_unique(path, fmt, names, csv)
+    if fmt == "csv":  # polars reads a second 'a' as 'a_duplicated_0'
+        _refuse_twice(path, fmt, [m.group(1) for n in names if (m := re.fullmatch(r"(.+)_duplicated_\d+", n))
+                                  and m.group(1) in names])
     return lf
 
 
@@ -135,29 +137,32 @@ def _scan_whitespace(path: Path, csv: CsvOptions) -> pl.LazyFrame:
     return lines.select([fields.list.get(i, null_on_oob=True).alias(n) for i, n in enumerate(names)])
 
 
-def _check_unique(path: Path, fmt: Format, names: list[str], csv: CsvOptions) -> None:
-    """Refuse a header that names a column twice (polars reads the second as '<name>_duplicated_0'): which of the two
-    a config means is anyone's guess."""
-    twice = sorted({m.group(1) for n in names if (m := re.fullmatch(r"(.+)_duplicated_\d+", n)) and m.group(1) in names})
-    if fmt == "whitespace":
-        twice = sorted({n for n in names if names.count(n) > 1})
-    if not twice:
-        return
-    fix = ("rename them in the file, or give every column a name with `csv: {column_names: [...]}` in the source "
-           "config (the header line is still skipped)") if fmt in ("csv", "whitespace") else "rename them in the file"
-    raise SourceError(f"{path}: the header names column(s) {twice} more than once; {fix}")
+def _refuse_twice(path: Path, fmt: Format, twice: list[str]) -> None:
+    """Refuse a header that names a column twice: which of the two a config means is anyone's guess."""
+    if twice:
+        fix = ("rename them in the file, or give every column a name with `csv: {column_names: [...]}` in the source "
+               "config (the header line is still skipped)") if fmt == "csv" else "rename them in the file"
+        raise SourceError(f"{path}: the header names column(s) {sorted(set(twice))} more than once; {fix}")
 
 
 def _read_excel(path: Path, sheet: str | None) -> pl.DataFrame:
-    """The first (or the named) sheet of a workbook, every cell as text (dates as ISO 8601), through calamine."""
+    """The first (or the named) sheet of a workbook, every cell as text (dates as ISO 8601), through calamine; its
+    first row names the columns (read as written: fastexcel would rename a second 'a' to 'a_1')."""
     try:
-        return pl.read_excel(path, sheet_name=sheet, engine="calamine", infer_schema_length=0)
+        cells = pl.read_excel(path, sheet_name=sheet, engine="calamine", infer_schema_length=0,
+                              read_options={"header_row": None})
     except ValueError as exc:  # a sheet that is not there
         raise SourceError(f"{path}: {_first_line(exc)}; set `sheet:` on the file in the source config to one of "
                           f"its sheets") from None
     except Exception as exc:  # fastexcel's CalamineError and friends derive from Exception only
         raise SourceError(f"{path}: cannot be read as an Excel workbook: {_first_line(exc)}; re-save it as .xlsx "
                           f"or export it as CSV") from None
+    if cells.height == 0:
+        raise SourceError(f"{path}: the sheet {sheet or '(the first)'} is empty; set `sheet:` on the file in the "
+                          f"source config to the sheet that holds the data")
+    names = [default if name is None else str(name) for default, name in zip(cells.columns, cells.row(0))]
+    _refuse_twice(path, "excel", [n for n in names if names.count(n) > 1])
+    return cells.slice(1).rename(dict(zip(cells.columns, names)))
 
 
 def _item_text(item: object) -> str | None:
