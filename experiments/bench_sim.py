@@ -79,13 +79,14 @@ def main() -> None:
               f"({r.get('events', 0):,} rows), parquet {r.get('write_s', 0):.1f} s, peak {r['peak_rss_gib']:.1f} GiB", flush=True)
 
     from twins import tracking
+    from twins.config import redact
 
     run_ids = []
     for r in results:
         tags = {"dataset": "simulated-market", "protocol": "simulator throughput", "model": "twins.sim"}
         with tracking.run("bench-sim", f"sim-{r['n_machines']}", tags=tags) as mlflow:
             tracking.log_params(mlflow, {"config": r["config"], "overrides": [*BASE, *args.overrides]})
-            mlflow.log_dict(r["config"], "market_config.json")
+            mlflow.log_dict(redact(r["config"]), "market_config.json")
             tracking.log_metrics(mlflow, {k: v for k, v in r.items() if isinstance(v, (int, float))}
                                  | {"machine_days_per_s": r["n_machines"] * r["days"] / r["simulate_s"]})
             run_ids.append(mlflow.active_run().info.run_id)

@@ -161,6 +161,7 @@ def main() -> None:
     total_s = time.perf_counter() - started
 
     from twins import tracking
+    from twins.config import redact
 
     with tracking.run("demand_rollup", "rollup-vs-aggregate",
                       tags={"dataset": "simulated-market", "protocol": "rolling weekly origins, 8 held-out weeks",
@@ -168,7 +169,7 @@ def main() -> None:
         tracking.log_params(mlflow, {"config": base.model_dump(mode="json"), "seed": args.seed, "epochs": args.epochs,
                                      "scenarios": scenarios(base.n_machines, shock_day), "origins": origins,
                                      "train_rows": len(train.T)})
-        mlflow.log_dict(base.model_dump(mode="json"), "market_config.json")
+        mlflow.log_dict(redact(base.model_dump(mode="json")), "market_config.json")
         for name, by_method in results.items():
             for method, metrics in by_method.items():
                 tracking.log_metrics(mlflow, {f"{slug(name)}/{slug(method)}/{k}": v for k, v in metrics.items()})

@@ -244,6 +244,7 @@ def main() -> None:
         return
 
     from twins import tracking
+    from twins.config import redact
 
     with tracking.run("machines", "twins-and-replenishment",
                       tags={"dataset": "simulated-market", "protocol": "held-out machines, as_of = end of window",
@@ -253,7 +254,7 @@ def main() -> None:
                                      "horizon_days": HORIZON, "cutoff_step": CUTOFF_STEP, "sim_seeds": args.sim_seeds,
                                      "train_machines": len(o.train), "test_machines": len(o.test_rows.T),
                                      "train_rows": o.fit_rows})
-        mlflow.log_dict(cfg.model_dump(mode="json"), "market_config.json")
+        mlflow.log_dict(redact(cfg.model_dump(mode="json")), "market_config.json")
         for x in outcomes:
             with tracking.run("machines", f"sim-seed-{x.cfg.seed}", tags={"sim_seed": str(x.cfg.seed)}, nested=True):
                 for label, table in x.twin_tables.items():

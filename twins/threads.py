@@ -10,7 +10,8 @@ wait on descheduled ones). Measured in the README ("Threads").
 
 Libraries read their variables when they load, so the CLI applies the count before importing any of them;
 ``set_threads`` also resizes torch's and BLAS's pools when they are already loaded. Polars sizes its pool once,
-at import: after that ``POLARS_MAX_THREADS`` no longer applies.
+at import: after that ``POLARS_MAX_THREADS`` no longer applies. torch's inter-op pool (``torch.jit.fork`` only;
+idle otherwise) reads no variable: only a ``set_threads`` after ``import torch`` sizes it.
 """
 
 from __future__ import annotations
