@@ -20,7 +20,7 @@ from twins.runtime import BundleError
 from twins.serve import create_app
 from twins.serve.auth import read_token
 from twins.serve.limits import MIB, Limits
-from twins.serve.tasks import OutlookRequest, machine_events, text_characters
+from twins.serve.tasks import OutlookRequest, machine_events, texts
 from twins.twin.store import SnapshotError, TwinStore
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*LeafSpec:FutureWarning"),
@@ -113,9 +113,9 @@ def test_the_work_per_request_is_capped_and_the_flag_named(folders, store):
         # counted on the raw JSON, so a malformed batch is still counted, then explained
         r = client.post("/v1/models/nbr/recommend", json={"histories": [["i01", 7, None]]})
         assert r.status_code == 422 and "histories[0][0]" in r.json()["message"]
-    assert text_characters({"texts": ["ab", "cde", 5]}) == 5 and text_characters({"texts": "abc"}) == 0
-    assert machine_events({"orders": [[{}] * 3, []], "readings": [[{}] * 2]}) == 6
-    assert Limits(max_text_chars=7).cap("characters") == (7, "--max-text-chars")
+    assert texts({"texts": ["ab", "cde", 5]}) == 3 and texts({"texts": "abc"}) == 1
+    assert machine_events({"orders": [[{}] * 3, []], "readings": [[{}] * 2]}) == 6 and machine_events({"orders": [[{}]]}) == 1
+    assert Limits(max_texts=7).cap("texts") == (7, "--max-texts")
 
 
 def test_a_large_body_is_parsed_off_the_event_loop(folders, store):

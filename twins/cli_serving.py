@@ -71,7 +71,7 @@ def serve(models: Annotated[Optional[list[str]], typer.Option(
           max_items: Annotated[int, typer.Option(min=1, help="basket items per next-basket request (413 above)")] = 100_000,
           max_events: Annotated[int, typer.Option(
               min=1, help="purchases (outlook), orders + readings (replenishment) per request (413 above)")] = 20_000,
-          max_text_chars: Annotated[int, typer.Option(min=1, help="characters per emotion request (413 above)")] = 1_000_000,
+          max_texts: Annotated[int, typer.Option(min=1, help="messages per emotion request (413 above)")] = 128,
           body_timeout: Annotated[float, typer.Option(min=0.1, help="seconds a client may take to send a body (408 after)")] = 10.0,
           header_timeout: Annotated[float, typer.Option(min=0.1, help="seconds a client may take to send its headers")] = 10.0,
           max_connections: Annotated[int, typer.Option(
@@ -104,7 +104,7 @@ def serve(models: Annotated[Optional[list[str]], typer.Option(
         name, sep, uri = value.partition("=")
         named[name if sep else default_name(value)] = uri if sep else value
     limits = Limits(max_body_bytes=int(max_body_mb * MIB), body_seconds=body_timeout, header_seconds=header_timeout,
-                    max_items=max_items, max_events=max_events, max_text_chars=max_text_chars,
+                    max_items=max_items, max_events=max_events, max_texts=max_texts,
                     max_connections=max_connections)
     try:
         app = create_app(named, twins_sources or [], poll_seconds=poll, limits=limits, token=read_token(token_file),

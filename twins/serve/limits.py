@@ -29,13 +29,13 @@ class Limits:
     max_header_bytes: int = 64 * 1024  # request line + headers
     max_items: int = 100_000           # --max-items: basket items per next-basket request
     max_events: int = 20_000           # --max-events: purchases (outlook), orders + readings (replenishment) per request
-    max_text_chars: int = 1_000_000    # --max-text-chars: characters per emotion request
+    max_texts: int = 128               # --max-texts: messages per emotion request (each read up to the bundle's max_length)
     max_connections: int = 256         # --max-connections: open connections + requests in progress (503 above)
 
     def cap(self, unit: str) -> tuple[int, str]:
-        """The cap for a cost ``unit`` ("items", "events" or "characters") and the flag that sets it."""
+        """The cap for a cost ``unit`` ("items", "events" or "texts") and the flag that sets it."""
         return {"items": (self.max_items, "--max-items"), "events": (self.max_events, "--max-events"),
-                "characters": (self.max_text_chars, "--max-text-chars")}[unit]
+                "texts": (self.max_texts, "--max-texts")}[unit]
 
 
 def _mib(n: int) -> str:

@@ -60,9 +60,9 @@ def protocol(limits: Limits) -> type[asyncio.Protocol]:
 def config(app, host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits(), proxy_headers: bool = False,
            forwarded_allow_ips: str | None = None) -> uvicorn.Config:
     """uvicorn's configuration for ``app``: ``limits`` on connections and headers, JSON logs left to the app
-    (no access log), the ``X-Forwarded-*`` headers trusted only with ``proxy_headers`` and only from
+    (no access log), no WebSocket, the ``X-Forwarded-*`` headers trusted only with ``proxy_headers`` and only from
     ``forwarded_allow_ips``."""
-    return uvicorn.Config(app, host=host, port=port, http=protocol(limits), access_log=False, log_level="warning",
+    return uvicorn.Config(app, host=host, port=port, http=protocol(limits), ws="none", access_log=False, log_level="warning",
                           limit_concurrency=limits.max_connections, timeout_keep_alive=5, timeout_graceful_shutdown=10,
                           h11_max_incomplete_event_size=limits.max_header_bytes, server_header=False,
                           proxy_headers=proxy_headers, forwarded_allow_ips=forwarded_allow_ips)

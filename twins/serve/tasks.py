@@ -153,13 +153,14 @@ class TaskRoute:
     response: type[BaseModel]
     handler: Callable[[Any, Any], list]
     cost: Callable[[dict], int]  # the request's work in ``unit``s, counted on its parsed JSON before validation
-    unit: str                    # "items", "events" or "characters": ``Limits.cap(unit)`` bounds the cost
+    unit: str                    # "items", "events" or "texts": ``Limits.cap(unit)`` bounds the cost
 
 
 def _entries(batch: Any, depth: int) -> int:
-    """Entries ``depth`` lists deep in parsed JSON; anything that is not a list, and an empty list, count one."""
+    """Entries ``depth`` lists deep in parsed JSON; absent (None) counts nothing, anything else that is not a
+    list, and an empty list, count one."""
     if not isinstance(batch, list):
-        return 1
+        return 0 if batch is None else 1
     if depth == 1:
         return max(len(batch), 1)
     return max(sum(_entries(part, depth - 1) for part in batch), 1)
@@ -177,9 +178,9 @@ def machine_events(data: dict) -> int:
     return _entries(data.get("orders"), 2) + _entries(data.get("readings"), 2)
 
 
-def text_characters(data: dict) -> int:
-    texts = data.get("texts")
-    return sum(len(t) for t in texts if isinstance(t, str)) if isinstance(texts, list) else 0
+def texts(data: dict) -> int:
+    """Messages: each costs about the same, being truncated to the bundle's ``max_length`` tokens."""
+    return _entries(data.get("texts"), 1)
 
 
 def recommend(bundle: NextBasketBundle, body: NextBasketRequest) -> list[list[dict[str, Any]]]:
@@ -213,7 +214,7 @@ ROUTES: dict[str, TaskRoute] = {
     "purchase_outlook_net": TaskRoute("outlook", "Purchase outlook (neural): when, how many, how much, churn risk",
                                       OutlookRequest, OutlookResponse, outlook, purchases, "events"),
     "emotion": TaskRoute("emotion", "Emotion of messages: 28 labels, Ekman groups, sentiment", EmotionRequest,
-                         EmotionResponse, emotion, text_characters, "characters"),
+                         EmotionResponse, emotion, texts, "texts"),
     "replenishment": TaskRoute("replenishment", "Replenishment: when a machine orders next and how much, with intervals",
                                ReplenishmentRequest, ReplenishmentResponse, replenishment, machine_events, "events"),
 }
