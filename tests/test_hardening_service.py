@@ -295,6 +295,18 @@ def test_a_bad_snapshot_is_refused_and_the_previous_one_serves(folders, store, b
         assert {"outside": "'<as_of>/<version>'", "corrupt": "cannot read", "no_id": "no id column"}[break_it] in reason
 
 
+def test_an_unexpected_refresh_error_shows_in_ready(folders, store, monkeypatch):
+    from twins.serve.models import TwinSource
+
+    with TestClient(_app(folders)) as client:
+        monkeypatch.setattr(TwinSource, "refresh", lambda self: 1 / 0)
+        client.app.state.service.refresh()
+        ready = client.get("/ready")
+        assert ready.status_code == 200 and ready.json()["degraded"]
+        assert ready.json()["reasons"] == ["twins shop: refresh failed: ZeroDivisionError: division by zero"]
+        assert client.get("/v1/twins/shop/a").status_code == 200
+
+
 def test_ready_is_503_only_with_nothing_to_serve(folders, twins_home):
     with TestClient(create_app(folders, ["shop"], poll_seconds=0)) as client:
         ready = client.get("/ready")

@@ -31,7 +31,7 @@ import twins
 from twins.serve.auth import BearerAuth
 from twins.serve.limits import BodyLimit, Limits
 from twins.serve.logs import log_event
-from twins.serve.models import ModelSlot, NotLoaded, TwinSource, default_name
+from twins.serve.models import ModelSlot, NotLoaded, TwinSource, default_name, public
 from twins.serve.tasks import MAX_BATCH, ROUTES, TaskRoute
 
 
@@ -50,7 +50,8 @@ class Service:
         for slot in [*self.models.values(), *self.twins.values()]:
             try:
                 slot.refresh()
-            except Exception as error:  # the poller must outlive any one broken source
+            except Exception as error:  # the poller must outlive any one broken source; /ready reports it
+                slot.error = f"refresh failed: {type(error).__name__}: {error}"
                 log_event("refresh_failed", level="ERROR", slot=slot.name, error=repr(error))
 
     def poll(self, seconds: float, stop: threading.Event) -> None:
@@ -180,7 +181,7 @@ def _add_model_route(app: FastAPI, slot: ModelSlot, route: TaskRoute, limits: Li
         try:
             results = route.handler(bundle, body)
         except (ValueError, TypeError, OverflowError) as error:
-            raise HTTPException(422, f"model {slot.name!r}: {error}") from None
+            raise HTTPException(422, f"model {slot.name!r}: {public(str(error))}") from None
         request.state.log["batch"] = len(results)
         answer = route.response(model=slot.name, version=version, results=results)
         return Response(answer.model_dump_json(), media_type="application/json")
