@@ -260,6 +260,16 @@ def test_progress_is_silent_for_short_jobs_and_keeps_a_log_alive_for_long_ones(m
     assert 4 <= len(lines) <= 7
 
 
+def test_a_job_in_a_log_flushes_standard_output_at_each_line(monkeypatch):
+    from twins.progress import Progress
+
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")  # a file, as under nohup
+    monkeypatch.setattr(sys, "stdout", stdout)
+    with Progress("job", console=Console(file=io.StringIO())):
+        print("result 1")
+        assert stdout.buffer.getvalue() == b"result 1\n"  # block-buffered until the job ended before
+
+
 def test_training_loop_progress_reaches_a_log(chatty, capsys):
     from twins.training import progress
 

@@ -14,9 +14,9 @@ from rich.table import Table
 from rich.text import Text
 
 from twins import paths
-from twins.publish import WriteError
 from twins.config import redact_text
-from twins.progress import Progress
+from twins.progress import Progress, line_buffered_stdout
+from twins.publish import WriteError
 
 app = typer.Typer(
     help="""twins: digital twins of customers (people and machines).
@@ -70,8 +70,7 @@ def _setup(threads: Annotated[Optional[int], typer.Option(
     from twins.threads import set_threads
 
     warnings.showwarning = _warn
-    if not sys.stdout.isatty():  # results reach a log line by line, not when a buffer fills or the job ends
-        sys.stdout.reconfigure(line_buffering=True)
+    line_buffered_stdout()
     try:
         set_threads(threads)  # before any command imports torch, numpy or polars
     except ValueError as exc:
@@ -208,13 +207,13 @@ def machines(source: Annotated[str, typer.Argument(help="source config YAML, or 
     """
     from twins import api
 
-    with console.status("building machine twins"):
-        try:
+    try:
+        with Progress(f"building machine twins of {source}"):
             snaps = api.machines(str(source), as_of, detector, min_orders, overrides)
-        except (ValueError, FileNotFoundError, KeyError, WriteError) as exc:
-            _fail(exc)
+    except (ValueError, FileNotFoundError, KeyError, WriteError) as exc:
+        _fail(exc)
     for kind, snap in snaps.items():
-        console.print(f"{kind} twins: {snap.manifest['rows']:,} -> {snap.path}", highlight=False)
+        console.print(f"{kind} twins: {snap.manifest['rows']:,} -> {snap.path}")
 
 
 @app.command()
@@ -240,6 +239,7 @@ def run(pipeline: Annotated[Path, typer.Argument(help="pipeline config YAML, e.g
 
             def on_node(node, seconds: float) -> None:
                 progress.note(f"  done {node.name} ({seconds:.1f} s)")
+                progress.update(description=f"running {pipeline}")
 
             catalog = api.run(pipeline, overrides, on_node=on_node, on_start=on_start)
     except (ValueError, FileNotFoundError, KeyError, WriteError) as exc:

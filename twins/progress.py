@@ -10,6 +10,7 @@ stays for results), where ``nohup`` and ``2>&1`` collect them.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -23,6 +24,14 @@ T = TypeVar("T")
 
 _stderr = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 QUIET_S = 2.0  # a job done sooner prints nothing in a log
+
+
+def line_buffered_stdout() -> None:
+    """Flush standard output at each line when it is not a terminal (``PYTHONUNBUFFERED`` for text): results
+    printed during a long job reach its log in order with the progress lines, not when a buffer fills or it ends."""
+    stream = sys.stdout
+    if stream is not None and not stream.isatty() and hasattr(stream, "reconfigure"):
+        stream.reconfigure(line_buffering=True)
 
 
 def _clock(seconds: float) -> str:
@@ -61,6 +70,7 @@ class Progress:
             self._bar.start()
             self._task = self._bar.add_task(self.description, total=self.total)
         else:
+            line_buffered_stdout()
             self._heart = threading.Thread(target=self._heartbeat, name="twins-progress", daemon=True)
             self._heart.start()
         return self
