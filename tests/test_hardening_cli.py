@@ -150,6 +150,12 @@ def test_recursive_or_deep_yaml_is_a_config_error(tmp_path, text, words):
         config.read_yaml(tmp_path / "c.yaml")
 
 
+def test_oversized_config_is_refused(tmp_path):
+    (tmp_path / "c.yaml").write_text("a: [" + "1, " * 400_000 + "1]\n")
+    with pytest.raises(config.ConfigError, match=r"c\.yaml is over 1,048,576 bytes"):
+        config.read_yaml(tmp_path / "c.yaml")
+
+
 def test_ordinary_aliases_still_work(tmp_path):
     (tmp_path / "c.yaml").write_text("base: &b {lr: 0.01, layers: [8, 8]}\nmodels: {one: *b, two: *b}\n")
     assert config.read_yaml(tmp_path / "c.yaml")["models"]["two"] == {"lr": 0.01, "layers": [8, 8]}

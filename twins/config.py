@@ -142,13 +142,16 @@ def read_yaml(path: str | Path, overrides: list[str] | None = None) -> dict[str,
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist (check the path; examples are in configs/)")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config file {path} is {path.stat().st_size:,} bytes; a config is at most "
-                          f"{MAX_CONFIG_BYTES:,} (list data in files, not in the config)")
+    with path.open("rb") as f:
+        raw = f.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is over {MAX_CONFIG_BYTES:,} bytes, the most a config may hold "
+                          "(list data in files, not in the config)")
     try:
-        tree = parse_yaml(path.read_text(encoding="utf-8"))
+        tree = parse_yaml(raw.decode("utf-8"))
     except _Bounded as exc:
-        raise ConfigError(f"config file {path} is refused: {exc}; write the values out instead of nesting aliases")
+        raise ConfigError(f"config file {path} is refused: {exc}; write the values out instead of nesting "
+                          "aliases") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
     if not isinstance(tree, dict):
