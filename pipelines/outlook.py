@@ -27,7 +27,7 @@ from twins import api, paths
 from twins.data.events import scan_events
 from twins.data.ingest import IngestReport
 from twins.data.source import SourceConfig
-from twins.evaluate.outlook import (outlook_metrics, persistence, purchase_days, purchase_lines, rate_extrapolation,
+from twins.evaluate.outlook import (SPEND, outlook_metrics, persistence, purchase_days, purchase_lines, rate_extrapolation,
                                     summarise)
 from twins.models.btyd import BetaGeoModel, ModifiedBetaGeoModel, SeasonalBetaGeoModel
 from twins.models.outlook_net import NeuralOutlook, day_table, horizon_weeks
@@ -43,7 +43,8 @@ BTYD = {"bgnbd": BetaGeoModel, "mbgnbd": ModifiedBetaGeoModel}
 MODELS = ("persistence", "rate_extrapolation", *BTYD, "seasonal_bgnbd", "neural")
 EXPORTABLE = ("bgnbd", "neural")
 DEFAULTS: dict[str, Any] = {"cutoff": None, "horizon_days": 91.0, "models": list(MODELS), "neural": {},
-                            "export": ["bgnbd", "neural"], "holidays": [], "calendar_order": 3, "predictions": True}
+                            "export": ["bgnbd", "neural"], "holidays": [], "calendar_order": 3, "predictions": True,
+                            "spend": "net"}
 
 
 def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -68,6 +69,8 @@ def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"params.neural: set {sorted(bad)} as params.holidays / params.calendar_order (shared by "
                          "the calendar models)")
     holiday_spans(p["holidays"])
+    if p["spend"] not in SPEND:
+        raise ValueError(f"params.spend must be one of {list(SPEND)} (returns subtracted or left out), got {p['spend']!r}")
     p["neural"] = {"verbose": True, **p["neural"], "holidays": tuple(p["holidays"]), "calendar_order": int(p["calendar_order"])}
     return p
 
@@ -79,9 +82,10 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------- edge nodes
 
-def load_days(source: SourceConfig, report: IngestReport) -> pl.DataFrame:
-    """One row per customer and UTC day with purchases: ``customer_id``, ``day``, ``spend`` (net of returns)."""
-    return purchase_days(scan_events(paths.events_dir(source.name))).collect()
+def load_days(source: SourceConfig, report: IngestReport, params: dict[str, Any]) -> pl.DataFrame:
+    """One row per customer and UTC day with purchases: ``customer_id``, ``day``, ``spend`` (net of returns, or
+    gross with ``params.spend: gross``)."""
+    return purchase_days(scan_events(paths.events_dir(source.name)), resolve_params(params)["spend"]).collect()
 
 
 # --------------------------------------------------------------------------------------------- pure nodes
@@ -235,12 +239,12 @@ def export_bundles(source: SourceConfig, days: pl.DataFrame, fitted: dict[str, A
             counts, gg = fitted["bgnbd"]
             want = dict(zip(("expected_purchases", "expected_spend", "p_any_purchase"),
                             predict_outlook(summary, counts, gg, horizon / 7.0)[:3]))
-            export_outlook(counts, gg, out, horizon_days=horizon, name=out.name, overwrite=True)
+            export_outlook(counts, gg, out, horizon_days=horizon, name=out.name, overwrite=True, spend=p["spend"])
             got = load(out).score(histories, when)
         else:
             model = fitted["neural"]
             want = model.predict(fitted["neural_inputs"][0], horizon_weeks(horizon), *fitted["neural_inputs"][1:])
-            export_neural_outlook(model, out, horizon_days=horizon, name=out.name, overwrite=True)
+            export_neural_outlook(model, out, horizon_days=horizon, name=out.name, overwrite=True, spend=p["spend"])
             got = load(out).score(histories, when)
         for key in ("expected_purchases", "expected_spend", "p_any_purchase"):
             if not np.allclose([g[key] for g in got], want[key], rtol=1e-6):
@@ -345,7 +349,7 @@ def pipeline() -> Pipeline:
     return Pipeline("outlook", [
         node(check_params, "params", "checked_params"),
         node(ingest_events, "source", "report"),
-        node(load_days, ("source", "report"), "days"),
+        node(load_days, ("source", "report", "params"), "days"),
         node(evaluate_holdout, ("days", "params"), ("rows", "holdout")),
         node(fit_for_export, ("days", "as_of", "params", "holdout"), "fitted"),
         node(export_bundles, ("source", "days", "fitted", "params"), "bundles"),

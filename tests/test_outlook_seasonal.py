@@ -92,7 +92,7 @@ def test_neural_outlook_on_the_calendar_and_its_bundle_from_raw_histories(tmp_pa
     from twins.models.outlook_net import NeuralOutlook, day_table
     from twins.runtime import OutlookNetBundle, load
 
-    cfg = SeasonalLog(n_customers=500, seed=3)
+    cfg = SeasonalLog(n_customers=300, seed=3)
     events, truth = simulate_seasonal_log(cfg)
     as_of = datetime(2023, 7, 2, tzinfo=timezone.utc)
     ids, code, age, spend = day_table(purchase_days(events.lazy()).collect(), as_of)
@@ -116,3 +116,25 @@ def test_neural_outlook_on_the_calendar_and_its_bundle_from_raw_histories(tmp_pa
     assert model.predict(x, 4, c_rush, spend_cal)["expected_purchases"].sum() > 1.3 * model.predict(x, 4, c_spring, spend_cal)["expected_purchases"].sum()
     with pytest.raises(ValueError, match="horizon_days=183: the neural outlook answers whole weeks"):
         bundle.score([[]], as_of, horizon_days=183)
+
+
+def test_spend_gross_or_net_of_returns_in_the_table_and_the_runtime():
+    from datetime import datetime, timezone
+
+    from twins.runtime.outlook import net_purchase_days
+
+    cfg = SeasonalLog(n_customers=200, seed=4, return_share=0.3)
+    events, _ = simulate_seasonal_log(cfg)
+    net = purchase_days(events.lazy()).collect()
+    gross = purchase_days(events.lazy(), "gross").collect()
+    bought = events.filter(pl.col("event_type") == "purchase")["amount"].sum()
+    # net: returns made on a purchase day are subtracted (a return-only day is no purchase day, as before)
+    assert gross["spend"].sum() == pytest.approx(bought) and net["spend"].sum() < bought - 100
+    assert net.height == gross.height  # the same purchase days: only their spend differs
+    day = datetime(2023, 1, 10, 12, tzinfo=timezone.utc)
+    lines = [(day, 50.0), (day.replace(day=12), 20.0), (day.replace(day=12, hour=15), -30.0), (day.replace(day=14), -5.0)]
+    as_of = int(datetime(2023, 2, 1, tzinfo=timezone.utc).timestamp() * 1e6)
+    assert list(net_purchase_days(lines, as_of).values()) == [50.0, -10.0]
+    assert list(net_purchase_days(lines, as_of, gross=True).values()) == [50.0, 20.0]
+    with pytest.raises(ValueError, match="spend must be one of"):
+        purchase_days(events.lazy(), "refunds")

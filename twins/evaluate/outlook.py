@@ -15,13 +15,20 @@ import polars as pl
 DAY_US = 86_400 * 1_000_000
 
 
-def purchase_days(events: pl.LazyFrame) -> pl.LazyFrame:
-    """One row per (customer, UTC day) with purchases: the day and the day's net spend (purchases − returns)."""
+SPEND = ("net", "gross")
+
+
+def purchase_days(events: pl.LazyFrame, spend: str = "net") -> pl.LazyFrame:
+    """One row per (customer, UTC day) with purchases: the day and the day's spend, ``net`` of returns (purchases −
+    returns) or ``gross`` (purchases only)."""
+    if spend not in SPEND:
+        raise ValueError(f"spend must be one of {SPEND}, got {spend!r}")
     buy = pl.col("event_type") == "purchase"
+    returned = pl.lit(0.0) if spend == "gross" else -pl.col("amount")
     return (events.filter(pl.col("customer_id").is_not_null() & pl.col("event_type").is_in(["purchase", "return"]))
             .with_columns(day=pl.col("event_time").dt.truncate("1d"))
             .group_by("customer_id", "day")
-            .agg(spend=pl.when(buy).then(pl.col("amount")).otherwise(-pl.col("amount")).sum(), buys=buy.any())
+            .agg(spend=pl.when(buy).then(pl.col("amount")).otherwise(returned).sum(), buys=buy.any())
             .filter(pl.col("buys")).drop("buys"))
 
 

@@ -42,15 +42,17 @@ class OutlookScorer(nn.Module):
 
 def export_outlook(bgnbd: BetaGeoModel, gamma_gamma: GammaGammaModel, out_dir: str | Path, *, horizon_days: float,
                    unit_days: float = 7.0, interval: float = 0.8, name: str = "purchase-outlook", version: str = "1",
-                   metrics: dict[str, float] | None = None, run_id: str | None = None, overwrite: bool = False) -> Path:
-    """Export the outlook of fitted models, check parity at several batch sizes, return the bundle folder."""
+                   metrics: dict[str, float] | None = None, run_id: str | None = None, overwrite: bool = False,
+                   spend: str = "net") -> Path:
+    """Export the outlook of fitted models, check parity at several batch sizes, return the bundle folder.
+    ``spend``: the models' spend is ``net`` of returns or ``gross`` (the runtime then leaves returns out)."""
     scorer = OutlookScorer(bgnbd, gamma_gamma, interval)
     manifest = {
         "name": name, "version": version, "task": TASK, "model": "BG/NBD + Gamma-Gamma",
         "params": {"bgnbd": bgnbd.params_, "gamma_gamma": gamma_gamma.params_},
         "preprocessing": {"unit_days": unit_days, "horizon_days": horizon_days, "interval": interval,
                           "purchase_day": "UTC calendar day; several purchases on one day count once",
-                          "m": "mean net spend of the repeat purchase days (the first day excluded)"},
+                          "m": "mean spend of the repeat purchase days (the first day excluded)", "spend": spend},
         "metrics": dict(metrics or {}), "training_run_id": run_id,
     }
 
@@ -74,7 +76,7 @@ NET_TASK = "purchase_outlook_net"
 
 def export_neural_outlook(model: NeuralOutlook, out_dir: str | Path, *, horizon_days: float, interval: float = 0.8,
                           name: str = "purchase-outlook-net", version: str = "1", metrics: dict[str, float] | None = None,
-                          run_id: str | None = None, overwrite: bool = False) -> Path:
+                          run_id: str | None = None, overwrite: bool = False, spend: str = "net") -> Path:
     """Export a fitted ``NeuralOutlook`` (all members, averaged in the graph) with its closed forms; the runtime
     (``twins.runtime.OutlookNetBundle``) computes the features and the calendar's weekly multipliers (the spec in
     the manifest's ``preprocessing.calendar``) from raw histories and as_of. Parity is checked at several
@@ -88,7 +90,7 @@ def export_neural_outlook(model: NeuralOutlook, out_dir: str | Path, *, horizon_
         "params": model.get_params(),
         "preprocessing": {"horizon_days": 7.0 * horizon_weeks(horizon_days), "unit_days": 7.0, "interval": interval,
                           "features": names, "new_customer_day_spend": model.day_spend_, "calendar": model.calendar_,
-                          "purchase_day": "UTC calendar day; several purchases on one day count once; net of returns"},
+                          "purchase_day": "UTC calendar day; several purchases on one day count once", "spend": spend},
         "metrics": dict(metrics or {}), "training_run_id": run_id,
     }
 

@@ -26,15 +26,16 @@ def _to_us(value) -> int:
     return int(value.timestamp() * 1_000_000)
 
 
-def net_purchase_days(purchases: list[tuple], as_of_us: int) -> dict[int, float]:
+def net_purchase_days(purchases: list[tuple], as_of_us: int, gross: bool = False) -> dict[int, float]:
     """{UTC day start (µs): net amount} of the purchase days before ``as_of`` in a history of (time, amount)
     lines, as ``twins.evaluate.outlook`` summarises events: a day with a purchase (amount >= 0) is one purchase
-    day worth its net amount; negative amounts are returns, and a day with returns only is no purchase day."""
+    day worth its net amount; negative amounts are returns, and a day with returns only is no purchase day.
+    ``gross``: returns are left out of the amounts (the bundle's ``preprocessing.spend``)."""
     net: dict[int, float] = {}
     bought: set[int] = set()
     for when, amount in purchases:
         us = _to_us(when)
-        if us < as_of_us:
+        if us < as_of_us and not (gross and amount < 0):
             day = us // DAY_US * DAY_US
             net[day] = net.get(day, 0.0) + float(amount)
             if amount >= 0:
@@ -42,11 +43,11 @@ def net_purchase_days(purchases: list[tuple], as_of_us: int) -> dict[int, float]
     return {d: net[d] for d in sorted(bought)}
 
 
-def summary(purchases: list[tuple], as_of_us: int, unit_days: float) -> tuple[float, float, float, float]:
+def summary(purchases: list[tuple], as_of_us: int, unit_days: float, gross: bool = False) -> tuple[float, float, float, float]:
     """(x, t_x, T, m) of one history of (time, amount) lines before ``as_of`` (``net_purchase_days``). ``m`` is
     the mean of the repeat days, floored at 0 (the bundle then answers with the population's mean spend per
     purchase day). No purchase before as_of: a new customer (0, 0, 0, 0)."""
-    days = net_purchase_days(purchases, as_of_us)
+    days = net_purchase_days(purchases, as_of_us, gross)
     if not days:
         return 0.0, 0.0, 0.0, 0.0
     order = list(days)
@@ -117,7 +118,8 @@ class OutlookBundle(Bundle):
         with the population's values for a new customer)."""
         as_of_us = _to_us(as_of)
         horizon = checked_horizon(self.horizon_days, horizon_days)
-        rows = np.array([summary(h, as_of_us, self.unit_days) for h in histories], dtype=np.float64).reshape(-1, 4)
+        gross = self.manifest["preprocessing"].get("spend") == "gross"
+        rows = np.array([summary(h, as_of_us, self.unit_days, gross) for h in histories], dtype=np.float64).reshape(-1, 4)
         feeds = {name: np.ascontiguousarray(rows[:, i]) for i, name in enumerate(INPUTS[:4])}
         feeds["t"] = np.full(len(rows), horizon / self.unit_days)
         known = (rows[:, 2] > 0) | (rows[:, 0] > 0)
@@ -160,7 +162,7 @@ class OutlookNetBundle(Bundle):
                              f"days (1 to {MAX_HORIZON_WEEKS} weeks); e.g. {7 * min(max(weeks, 1), MAX_HORIZON_WEEKS)}")
         row, age, spend = [], [], []
         for i, history in enumerate(histories):
-            for day, amount in net_purchase_days(history, as_of_us).items():
+            for day, amount in net_purchase_days(history, as_of_us, self.manifest["preprocessing"].get("spend") == "gross").items():
                 row.append(i)
                 age.append((as_of_us - day) / DAY_US)
                 spend.append(amount)

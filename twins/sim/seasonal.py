@@ -152,3 +152,27 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def oracle_outlook(cfg: SeasonalLog, truth: dict, customers: list[str], cutoff_day: int, horizon_days: int,
+                   paths: int = 400, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Not a forecaster: each customer's expected purchase days and spend in the horizon under the true process,
+    with their true rate, dropout probability, spend and alive state at the cut-off (Monte Carlo, ``paths`` per
+    customer): the best any mean forecast could do, which bounds what a model can reach."""
+    rng = np.random.default_rng(seed)
+    idx = np.array([int(c[1:]) for c in customers])
+    dropped = truth["dropout_day"][idx]
+    alive = (truth["first_day"][idx] < cutoff_day) & ((dropped < 0) | (dropped >= cutoff_day))
+    days = np.arange(cutoff_day, cutoff_day + horizon_days)
+    rate, spend_mult = true_multipliers(cfg, days)
+    lam, p, nu = truth["lambda"][idx], truth["p"][idx], truth["nu"][idx]
+    on = np.repeat(alive, paths)
+    count = np.zeros(len(on))
+    spend = np.zeros(len(on))
+    lam_r, p_r, mean_day = np.repeat(lam, paths), np.repeat(p, paths), np.repeat(cfg.p_spend / nu, paths)
+    for i in range(len(days)):
+        buys = on & (rng.random(len(on)) < -np.expm1(-lam_r * rate[i] / 7.0))
+        count += buys
+        spend += buys * mean_day * spend_mult[i]
+        on &= ~(buys & (rng.random(len(on)) < p_r))
+    return count.reshape(-1, paths).mean(1), spend.reshape(-1, paths).mean(1)
