@@ -52,7 +52,7 @@ def torch_scorer(checkpoint: Path, max_length: int):
 
     torch.set_num_threads(1)
     net = EmotionNet(Encoder.pretrained(), 28, 0.1)
-    net.load_state_dict(torch.load(checkpoint, map_location="cpu")["net"])
+    net.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["net"])
     net.eval()
     tokenizer = load_tokenizer(pretrained_dir() / "tokenizer.json", max_length)
 

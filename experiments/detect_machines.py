@@ -145,7 +145,7 @@ def main() -> None:
             tracking.log_metrics(mlflow, {f"sweep/auc/{k.replace(' ', '_')}/level_{row['level']:g}": v
                                           for k, v in row.items() if "/" in k})
         run_id = mlflow.active_run().info.run_id
-    saved = save_detector(detectors["boosting", "all"], paths.models_dir() / "machine-detector.joblib")
+    saved = save_detector(detectors["boosting", "all"], paths.models_dir() / "machine-detector.skops")
 
     group_rows = " | ".join(f"{g} {n:,} ({int(m)})" for g, n, m in counts.iter_rows())
     auc_rows = "\n".join(f"| {model} | {fs} | " + " | ".join(f"{r[k]:.3f}" for k in (*KINDS, "all machines")) + " |"

@@ -61,7 +61,7 @@ def test_help_teaches():
     ([], "twins ingest configs/sources/complete_journey.yaml       # raw log -> canonical events + quarantine"),
     ([], "twins run configs/pipelines/tafeng_next_basket.yaml --set params.seeds=[0]"),
     (["emotions"], "twins emotions configs/sources/goemotions.yaml --bundle .twins/models/goemotions-ensemble"),
-    (["machines"], "twins machines sim_market --detector .twins/models/machine-detector.joblib"),
+    (["machines"], "twins machines sim_market --detector .twins/models/machine-detector.skops"),
     (["serve"], "twins serve --model nbr=models:/tafeng-next-basket@champion --twins complete_journey"),
 ])
 def test_help_examples_stay_one_command_a_line(command, example):

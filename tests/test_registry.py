@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from twins import registry
 from twins.cli import app
 from twins.runtime import BundleError, load
-from twins.runtime.registry import RegistryError, current_version
+from twins import tracking
+from twins.runtime.registry import RegistryError, cache_dir, current_version, store_key
 from twins.serve import create_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*LeafSpec:FutureWarning"),
@@ -47,7 +48,8 @@ def test_register_promote_and_load_by_alias(mlflow_home, nbr_bundle):
     assert out.exit_code == 0 and "models:/reg-nbr@champion" in out.output
     bundle = load("models:/reg-nbr@champion")
     assert bundle.recommend_one([["i01"]], k=3) == load(nbr_bundle).recommend_one([["i01"]], k=3)
-    assert bundle.path == mlflow_home / "cache" / "registry" / "reg-nbr" / reg.version
+    assert bundle.path.parent == cache_dir() / store_key(tracking.tracking_uri()) / "reg-nbr"
+    assert bundle.path.name.startswith(f"{reg.version}-") and bundle.digest == load(nbr_bundle).digest
     # the mlflow.onnx flavour loads the same model
     import mlflow.onnx
 

@@ -202,7 +202,7 @@ def machines(source: Annotated[str, typer.Argument(help="source config YAML, or 
     \b
     Example:
       twins sim configs/sim/market.yaml --set n_machines=2000
-      twins machines sim_market --detector .twins/models/machine-detector.joblib
+      twins machines sim_market --detector .twins/models/machine-detector.skops
       twins twin show m4/p5 --source sim_market --kind machine
     """
     from twins import api

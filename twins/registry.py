@@ -3,7 +3,8 @@
 A registered version's artifacts are a complete bundle folder: mlflow's ``MLmodel`` (so ``mlflow.onnx`` and
 pyfunc load it too) plus every file of the bundle as exported (``model.onnx`` byte for byte, so its sha256 still
 matches ``manifest.json``, the manifest and any preprocessing files such as ``tokenizer.json``). The same files
-are logged to the run under ``bundle/``. Systems load a version with ``twins.runtime.load("models:/NAME@champion")``.
+are logged to the run under ``bundle/``. The version's tag ``bundle_sha256`` is the bundle's digest, checked after
+every download (``twins.runtime.registry``). Systems load a version with ``twins.runtime.load("models:/NAME@champion")``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from twins import tracking
 from twins.runtime import load
 from twins.runtime.bundle import MODEL_FILE
+from twins.runtime.registry import DIGEST_TAG
 
 DEFAULT_EXPERIMENT = "twins-models"
 
@@ -39,7 +41,9 @@ def log_bundle(bundle_dir: str | Path, name: str, experiment: str = DEFAULT_EXPE
     preprocessing files, and register it as a new version of model ``name``.
 
     Logs into the active MLflow run if there is one (e.g. a pipeline's), else into a new run of ``experiment``.
-    A bundle the runtime refuses (``BundleError``) is neither logged nor registered.
+    A bundle the runtime refuses (``BundleError``) is neither logged nor registered. The version's tag
+    ``bundle_sha256`` records the bundle's digest (the sha256 of its manifest, which pins every file):
+    ``twins.runtime.load("models:/...")`` loads nothing else.
     """
     import mlflow
     import numpy as np
@@ -47,7 +51,8 @@ def log_bundle(bundle_dir: str | Path, name: str, experiment: str = DEFAULT_EXPE
     import onnxruntime as ort
 
     bundle_dir = Path(bundle_dir)
-    manifest = load(bundle_dir).manifest
+    bundle = load(bundle_dir)
+    manifest = bundle.manifest
     if mlflow.active_run() is None:
         tracking.setup(experiment)
         run = mlflow.start_run(run_name=f"register-{name}", tags={"git_sha": tracking.git_sha()})
@@ -64,7 +69,7 @@ def log_bundle(bundle_dir: str | Path, name: str, experiment: str = DEFAULT_EXPE
         client.log_model_artifacts(info.model_id, str(bundle_dir))  # the bundle's own bytes over mlflow's copy
         mlflow.log_artifacts(str(bundle_dir), "bundle")
         version = mlflow.register_model(info.model_uri, name, tags={
-            "task": manifest["task"], "model_sha256": manifest["model_sha256"], "bundle_name": str(manifest["name"]),
+            DIGEST_TAG: bundle.digest, "task": manifest["task"], "model_sha256": manifest["model_sha256"], "bundle_name": str(manifest["name"]),
             "bundle_version": str(manifest["version"]), "training_run_id": str(manifest.get("training_run_id"))})
     return RegisteredBundle(name, str(version.version), run_id, info.model_id, manifest["task"])
 

@@ -27,6 +27,7 @@ from twins.data.events import baskets_by_customer, scan_events
 from twins.evaluate.outlook import purchase_lines
 from twins.models.replenishment import histories, machine_keys, runtime_inputs
 from twins.runtime import Bundle, load
+from twins.runtime.bundle import PLAIN_NAME
 from twins.twin.store import TwinStore
 
 JOB_FILE = "job.json"
@@ -90,7 +91,17 @@ KINDS = {"replenishment": "machine"}
 
 
 def default_out(source: str, bundle: Bundle) -> Path:
-    return paths.twins_home() / "scores" / source / f"{bundle.manifest['name']}.parquet"
+    """``$TWINS_HOME/scores/<source>/<bundle name>.parquet``, refused (``ValueError``) when the manifest's name is
+    not one plain file name or the path would lead out of the scores folder: a bundle never picks where to write."""
+    name = bundle.manifest["name"]
+    if not PLAIN_NAME.match(name):
+        raise ValueError(f"{bundle.path / 'manifest.json'}: name {name!r} cannot name the output file (letters, "
+                         "digits, '_', '.', '+', '-', not starting with '.'); pass --out to choose the output file")
+    root = paths.twins_home() / "scores"
+    out = root / source / f"{name}.parquet"
+    if not out.resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"{out}: leads outside {root}; pass --out to choose the output file")
+    return out
 
 
 def score_store(model: str | Path, source: str, out: str | Path | None = None, *, snapshot: str | None = None,

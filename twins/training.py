@@ -1,14 +1,19 @@
-"""What every twins training loop shares: the device, the progress bar, crash-safe checkpoints and heap trimming."""
+"""What every twins training loop shares: the device, the progress bar, crash-safe checkpoints (tensors and plain
+values only, read with ``torch.load(weights_only=True)``: a checkpoint file never runs code) and heap trimming."""
 
 import ctypes
 import functools
 import hashlib
 import json
 import os
+import pickle
+import random
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -55,24 +60,82 @@ def fingerprint(params: Mapping[str, Any], *data: Any) -> str:
 
 
 def save_checkpoint(folder: Path | None, name: str, payload: dict, rank: int = 0) -> None:
-    """Write ``folder/name`` atomically (a killed run leaves the previous file intact); only rank 0 writes."""
+    """Write ``folder/name`` atomically (a killed run leaves the previous file intact); only rank 0 writes. The
+    random generators' states go in too (``rng``), and numpy values become Python numbers and tensors: the file
+    holds only what ``torch.load(weights_only=True)`` reads, so loading it never runs code."""
     if folder is None or rank != 0:
         return
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{name}.tmp"
-    torch.save(payload, tmp)
+    torch.save(_plain({**payload, "rng": rng_state()}), tmp)
     tmp.replace(folder / name)
 
 
 def load_checkpoint(folder: Path | None, expected: str, device: torch.device) -> dict | None:
-    """The ``last.pt`` payload of ``folder``, or ``None`` when there is none; refuses another fingerprint."""
+    """The ``last.pt`` payload of ``folder``, or ``None`` when there is none; refuses another fingerprint. The
+    random generators continue from the saved states."""
     if folder is None or not (folder / LAST).exists():
         return None
-    saved = torch.load(folder / LAST, map_location=device, weights_only=False)
-    if saved["fingerprint"] != expected:
+    saved = _read(folder / LAST, device)
+    if not isinstance(saved, dict) or saved.get("fingerprint") != expected:
         raise ValueError(f"{folder / LAST}: checkpoint was written with other hyper-parameters or data; "
                          "use another checkpoint_dir, or delete this one to start over")
+    if "rng" in saved:
+        set_rng_state(saved["rng"])
     return saved
+
+
+def rng_state() -> dict:
+    """The states of torch's (CPU and CUDA), numpy's global and Python's random generators, as tensors, lists and
+    numbers."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "python": [version, list(internal), gauss_next]}
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what ``rng_state`` returned (CUDA states only where as many devices are there)."""
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with numpy scalars as Python numbers and numpy arrays as tensors; containers holding none are
+    returned as they are (a state dict keeps its type and metadata)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        return value if all(a is b for a, b in zip(items, value)) else type(value)(items)
+    if isinstance(value, dict):
+        items = {k: _plain(v) for k, v in value.items()}
+        return value if all(items[k] is v for k, v in value.items()) else items
+    return value
+
+
+def _read(path: Path, device: torch.device) -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain values only, never code; errors say what to do."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: (GLOBAL \S+)", str(error))
+        if found is None:
+            raise ValueError(f"{path}: not a readable checkpoint; delete it to start over") from None
+        raise ValueError(f"{path}: holds {found[1]}, which twins refuses to load: a checkpoint holds tensors and plain "
+                         "values only (unpickling anything else could run code). Delete the file to start over, or "
+                         "write it with twins.training.save_checkpoint") from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise ValueError(f"{path}: not a readable checkpoint ({error}); delete it to start over") from None
 
 
 def setup_distributed(device: str | None = None) -> tuple[torch.device, int, int]:
@@ -102,4 +165,4 @@ def restore_best(net: torch.nn.Module, best_state: dict | None, folder: Path | N
     if best_state is not None:
         net.load_state_dict(best_state)
     elif folder is not None and (folder / "best.pt").exists():
-        net.load_state_dict(torch.load(folder / "best.pt", map_location=device)["net"])
+        net.load_state_dict(_read(folder / "best.pt", device)["net"])

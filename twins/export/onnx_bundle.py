@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from twins import publish
-from twins.runtime.bundle import sha256_file
+from twins.runtime.bundle import PLAIN_NAME, sha256_file
 
 # The exporter logs one warning per torchvision op when torchvision is absent (it is not a dependency).
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
@@ -76,6 +76,13 @@ def export_bundle(
     missing = [key for key in REQUIRED_MANIFEST_KEYS if key not in manifest]
     if missing:
         raise ValueError(f"manifest lacks required keys {missing}")
+    if not isinstance(manifest["name"], str) or not PLAIN_NAME.match(manifest["name"]):
+        raise ValueError(f"manifest name {manifest['name']!r} must be a plain name (letters, digits, '_', '.', '+', "
+                         "'-', not starting with '.'): it may become a file name")
+    for name in extra_files or {}:
+        if not isinstance(name, str) or not PLAIN_NAME.match(name) or name in (MODEL_FILE, MANIFEST_FILE):
+            raise ValueError(f"extra_files: {name!r} must be a plain file name inside the bundle folder (no folder, "
+                             f"not starting with '.'), other than {MODEL_FILE} and {MANIFEST_FILE}")
     if opset < 17:
         raise ValueError(f"opset must be >= 17 (DESIGN.md section 6), got {opset}")
     out_dir = Path(out_dir)

@@ -12,9 +12,9 @@ import warnings
 from pathlib import Path
 from typing import Self
 
-import joblib
 import numpy as np
 import polars as pl
+import skops.io
 import sklearn
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -25,6 +25,9 @@ from sklearn.preprocessing import StandardScaler
 from twins.twin.behaviour import BEHAVIOUR_FEATURES, behaviour_features
 
 MODELS = ("boosting", "logistic")
+#: what a detector file may hold beyond the types skops trusts by default (scikit-learn's estimators, numpy)
+TRUSTED = ("twins.models.machine_detector.MachineDetector",
+           "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor")
 
 
 class MachineDetector(ClassifierMixin, BaseEstimator):
@@ -84,31 +87,37 @@ def machine_likeness(detector: MachineDetector, events: pl.DataFrame | pl.LazyFr
 
 
 def save_detector(detector: MachineDetector, path: str | Path) -> Path:
-    """Write a fitted detector with joblib (written atomically). A joblib file runs code when loaded: load only
-    files you wrote or trust."""
+    """Write a fitted detector as a skops file (written atomically; ``.skops`` by convention). Unlike pickle or
+    joblib, reading it back runs no code from the file (``load_detector``)."""
     if not hasattr(detector, "estimator_"):
         raise ValueError("the detector is not fitted; fit it before saving")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    joblib.dump({"detector": detector, "sklearn": sklearn.__version__}, tmp)
+    skops.io.dump({"detector": detector, "sklearn": sklearn.__version__}, tmp)
     tmp.replace(path)
     return path
 
 
 def load_detector(path: str | Path) -> MachineDetector:
-    """Read a detector written by ``save_detector``."""
+    """Read a detector written by ``save_detector``. skops builds only the types it trusts (scikit-learn's, numpy's)
+    and ``TRUSTED``; a file naming any other type is refused before anything is built."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such detector file; write one with twins.models.machine_detector.save_detector "
-                                "(python -m experiments.detect_machines saves .twins/models/machine-detector.joblib)")
+                                "(python -m experiments.detect_machines saves .twins/models/machine-detector.skops)")
     try:
-        saved = joblib.load(path)
-    except Exception as error:  # pickle and joblib raise many types for a damaged or foreign file
-        raise ValueError(f"{path}: cannot be read as a detector file ({error!r}); write it with save_detector") from None
+        foreign = sorted(set(skops.io.get_untrusted_types(file=path)) - set(TRUSTED))
+        saved = None if foreign else skops.io.load(path, trusted=list(TRUSTED))
+    except Exception as error:  # zipfile, json and skops raise many types for a damaged or foreign file
+        raise ValueError(f"{path}: cannot be read as a detector file ({error!r}); write it with save_detector (files "
+                         "from before twins saved detectors with skops were joblib pickles: refit and save again)") from None
+    if foreign:
+        raise ValueError(f"{path}: names types a machine detector does not hold ({', '.join(foreign)}); refused "
+                         "without loading. Write the file with save_detector")
     if not isinstance(saved, dict) or not isinstance(saved.get("detector"), MachineDetector):
         raise ValueError(f"{path}: not a twins machine detector file; write it with save_detector")
-    if saved["sklearn"] != sklearn.__version__:
-        warnings.warn(f"{path}: saved with scikit-learn {saved['sklearn']}, loaded with {sklearn.__version__}; "
+    if saved.get("sklearn") != sklearn.__version__:
+        warnings.warn(f"{path}: saved with scikit-learn {saved.get('sklearn')}, loaded with {sklearn.__version__}; "
                       "refit it if the scores look wrong", stacklevel=2)
     return saved["detector"]

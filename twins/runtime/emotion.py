@@ -9,7 +9,7 @@ import json
 
 import numpy as np
 
-from twins.runtime.bundle import Bundle, BundleError
+from twins.runtime.bundle import Bundle, BundleError, need, need_numbers, need_strings
 from twins.runtime.lexical import TfidfFeatures
 from twins.runtime.text import by_length, clean_text
 
@@ -24,34 +24,55 @@ class EmotionBundle(Bundle):
         super().__init__(path, manifest, session)
         from tokenizers import Tokenizer
 
-        where = f"{path}/manifest.json"
-        try:
-            pre = manifest["preprocessing"]
-            self.labels = list(manifest["labels"])
-            self.groups = {"labels": self.labels, **{k: list(v) for k, v in manifest["groups"].items()}}
-            self.thresholds = {level: np.asarray(manifest["thresholds"][level], dtype=np.float32) for level in LEVELS}
-            self.max_length = int(pre["max_length"])
-            files = dict(manifest["files"])
-        except (KeyError, TypeError, ValueError) as error:
-            raise BundleError(f"{where}: task 'emotion' needs labels, groups, thresholds, files and preprocessing."
-                              f"max_length ({error!r}); re-export with twins.emotion.export.export_emotion") from None
+        where = self.manifest_path
+        self.labels = need_strings(manifest, "labels", where, unique=True)
+        self.groups = {"labels": self.labels}
+        for level in LEVELS[1:]:
+            self.groups[level] = list(need(manifest, f"groups.{level}", dict, where))
+        self.thresholds = {}
         for level in LEVELS:
-            if len(self.thresholds[level]) != len(self.groups[level]):
-                raise BundleError(f"{where}: {len(self.thresholds[level])} thresholds for {len(self.groups[level])} "
-                                  f"{level}; re-export the bundle")
-        needed = [pre["tokenizer"]] + ([pre["lexical"]] if pre.get("lexical") else [])
-        for name in needed:  # load() checked the sha256 of every file the manifest lists
-            if name not in files:
+            self.thresholds[level] = need_numbers(manifest, f"thresholds.{level}", where).astype(np.float32)
+            width = self.graph_width(level)
+            if not len(self.thresholds[level]) == len(self.groups[level]) == width:
+                raise BundleError(f"{where}: {len(self.thresholds[level])} thresholds and {len(self.groups[level])} "
+                                  f"names for the graph's {width} {level}; re-export the bundle")
+        self.max_length = need(manifest, "preprocessing.max_length", int, where)
+        if self.max_length < 2:
+            raise BundleError(f"{where}: preprocessing.max_length must be >= 2 ([CLS] and [SEP]); re-export the bundle")
+        tokenizer = need(manifest, "preprocessing.tokenizer", str, where)
+        lexical = (need(manifest, "preprocessing.lexical", str, where)
+                   if manifest["preprocessing"].get("lexical") is not None else None)
+        for name in [tokenizer] + ([lexical] if lexical else []):  # load() checked the sha256 of every listed file
+            if name not in manifest.get("files", {}):
                 raise BundleError(f"{path / name}: missing from {where}'s files; the bundle's preprocessing needs it. "
                                   "Re-export it")
-        self.tokenizer = Tokenizer.from_file(str(path / pre["tokenizer"]))
+        try:
+            self.tokenizer = Tokenizer.from_file(str(path / tokenizer))
+        except Exception as error:  # tokenizers raises a bare Exception for a file it cannot parse
+            raise BundleError(f"{path / tokenizer}: not a tokenizer file ({error}); re-export the bundle") from None
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_length)
-        self.lexical = None
-        if pre.get("lexical"):
-            lex = json.loads((path / pre["lexical"]).read_text(encoding="utf-8"))
-            self.lexical = TfidfFeatures({t: i for i, t in enumerate(lex["terms"])}, np.asarray(lex["idf"]),
-                                         tuple(lex["ngram_range"]))
+        self.lexical = _lexical(path / lexical) if lexical else None
+        self._check_index_ranges()
+
+    def _check_index_ranges(self) -> None:
+        """The graph takes the tokenizer's last token id and, with a lexical model, its last term's column, and
+        refuses the column past it (its tables refuse an index past their end): files and graph are one export."""
+        tokens = self.tokenizer.get_vocab_size()
+        probe = {"input_ids": np.array([[tokens - 1]], np.int64), "attention_mask": np.ones((1, 1), np.int64)}
+        if self.lexical is None:
+            fits, terms = self.accepts(probe), 0
+        else:
+            terms = len(self.lexical.vocabulary)
+
+            def column(i: int) -> dict[str, np.ndarray]:
+                return probe | {"lex_ids": np.array([[i]], np.int64), "lex_values": np.ones((1, 1), np.float32)}
+
+            fits = self.accepts(column(terms - 1)) and not self.accepts(column(terms))
+        if not fits:
+            raise BundleError(f"{self.manifest_path}: the tokenizer's {tokens} tokens or the lexical model's {terms} "
+                              "terms do not match the graph in model.onnx; the files come from different exports. "
+                              "Re-export the bundle")
 
     def probabilities(self, texts: list[str], batch_size: int = 64) -> dict[str, np.ndarray]:
         """``{"labels": (n, 28), "ekman": (n, 7), "sentiment": (n, 4)}`` float32 probabilities."""
@@ -72,3 +93,22 @@ class EmotionBundle(Bundle):
         return [{level: {"scores": {name: round(float(p), 6) for name, p in zip(self.groups[level], probs[level][i])},
                          "predicted": [name for name, p, t in zip(self.groups[level], probs[level][i], self.thresholds[level]) if p >= t]}
                  for level in LEVELS} for i in range(len(texts))]
+
+
+MAX_NGRAM = 10  # a lexical model's longest n-gram: more would make each request's term loop as long as asked
+
+
+def _lexical(file) -> TfidfFeatures:
+    """The TF-IDF model of ``lexical.json``: terms in column order, one idf each, an n-gram range."""
+    try:
+        lex = json.loads(file.read_bytes())
+        terms, idf, (low, high) = lex["terms"], np.asarray(lex["idf"], dtype=np.float64), lex["ngram_range"]
+        valid = (all(isinstance(t, str) for t in terms) and len(set(terms)) == len(terms) == len(idf) > 0
+                 and idf.ndim == 1 and np.isfinite(idf).all() and all(type(n) is int for n in (low, high))
+                 and 1 <= low <= high <= MAX_NGRAM)
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as error:
+        raise BundleError(f"{file}: not a lexical model ({error!r}); re-export the bundle") from None
+    if not valid:
+        raise BundleError(f"{file}: needs distinct string terms, one finite idf each and an ngram_range of two "
+                          f"integers 1 <= low <= high <= {MAX_NGRAM}; re-export the bundle")
+    return TfidfFeatures({t: i for i, t in enumerate(terms)}, idf, (low, high))

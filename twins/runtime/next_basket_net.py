@@ -3,7 +3,7 @@ items out. numpy and onnxruntime only."""
 
 from pathlib import Path
 
-from twins.runtime.bundle import Bundle, BundleError
+from twins.runtime.bundle import Bundle, BundleError, need, need_strings
 from twins.runtime.next_basket_features import INPUTS, NeighbourIndex, by_shape, network_inputs
 
 
@@ -14,29 +14,32 @@ class NeighbourNextBasketBundle(Bundle):
 
     def __init__(self, path: Path, manifest: dict, session) -> None:
         super().__init__(path, manifest, session)
-        where = path / "manifest.json"
-        try:
-            self.vocabulary = [str(item) for item in manifest["vocabulary"]]
-            pre = manifest["preprocessing"]
-            self.max_baskets = int(pre["max_baskets"])
-            file = path / pre["neighbours"]
-            listed = pre["neighbours"] in manifest["files"]  # then load() checked its sha256
-        except (KeyError, TypeError, ValueError) as error:
-            raise BundleError(f"{where}: task 'next_basket_net' needs vocabulary, preprocessing.max_baskets, "
-                              f"preprocessing.neighbours and files ({error!r}); re-export with "
-                              "twins.models.nbr_net_export.export_nbr_net") from None
-        if not listed:
-            raise BundleError(f"{where}: files does not list {pre['neighbours']!r}, the neighbour search's file; "
+        where = self.manifest_path
+        self.vocabulary = need_strings(manifest, "vocabulary", where, unique=True)
+        self.max_baskets = need(manifest, "preprocessing.max_baskets", int, where)
+        neighbours = need(manifest, "preprocessing.neighbours", str, where)
+        if self.max_baskets < 1:
+            raise BundleError(f"{where}: preprocessing.max_baskets must be >= 1; re-export the bundle")
+        if neighbours not in manifest.get("files", {}):  # listed: load() checked it is inside and its sha256
+            raise BundleError(f"{where}: files does not list {neighbours!r}, the neighbour search's file; "
                               "re-export with twins.models.nbr_net_export.export_nbr_net")
         inputs = sorted(i.name for i in session.get_inputs())
         if inputs != sorted(INPUTS):
             raise BundleError(f"{path / 'model.onnx'}: graph inputs {inputs}, this runtime feeds {sorted(INPUTS)}; the "
                               "bundle comes from another twins version. Re-export it with export_nbr_net")
-        self.neighbours = NeighbourIndex.load(file)
-        if self.neighbours.n_items != len(self.vocabulary):
-            raise BundleError(f"{file}: {self.neighbours.n_items} items, the vocabulary {len(self.vocabulary)}; "
+        self.top_k = self.graph_width("scores")
+        n = len(self.vocabulary)
+        if self.graph_width("context") != 2 * n or self.top_k > n:
+            raise BundleError(f"{where}: the vocabulary's {n} items do not match the graph in model.onnx (context "
+                              f"width {self.graph_width('context')} = 2 x items, top {self.top_k}); the manifest and "
+                              "the model come from different exports. Re-export the bundle")
+        try:
+            self.neighbours = NeighbourIndex.load(path / neighbours)
+        except (KeyError, ValueError, OSError, EOFError) as error:  # np.load never unpickles (allow_pickle=False)
+            raise BundleError(f"{path / neighbours}: not a neighbour index ({error!r}); re-export the bundle") from None
+        if self.neighbours.n_items != n:
+            raise BundleError(f"{path / neighbours}: {self.neighbours.n_items} items, the vocabulary {n}; "
                               "the files come from different exports. Re-export the bundle")
-        self.top_k = int(manifest["outputs"][0]["shape"][1])
         self._index = {item: i for i, item in enumerate(self.vocabulary)}
 
     def _encode(self, history: list[list[str]]) -> list[list[int]]:

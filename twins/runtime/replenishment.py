@@ -5,8 +5,8 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
-from twins.runtime.bundle import Bundle, BundleError
-from twins.runtime.outlook import _to_us
+from twins.runtime.bundle import Bundle, BundleError, need, need_strings
+from twins.runtime.outlook import _to_us, positive
 from twins.runtime.replenishment_features import FEATURES, History, features
 
 DAY_US = 86_400_000_000
@@ -46,21 +46,20 @@ class ReplenishmentBundle(Bundle):
 
     def __init__(self, path, manifest: dict, session) -> None:
         super().__init__(path, manifest, session)
-        try:
-            self.horizon_days = float(manifest["preprocessing"]["horizon_days"])
-            self.interval = float(manifest["preprocessing"]["interval"])
-            names = tuple(manifest["features"])
-        except (KeyError, TypeError, ValueError) as error:
-            raise BundleError(f"{path}/manifest.json: task 'replenishment' needs features and preprocessing."
-                              f"horizon_days and interval ({error!r}); re-export with "
-                              "twins.models.replenishment_export") from None
+        where = self.manifest_path
+        self.horizon_days = positive(manifest, "preprocessing.horizon_days", where)
+        self.interval = need(manifest, "preprocessing.interval", float, where)
+        names = tuple(need_strings(manifest, "features", where))
         if names != FEATURES:
-            raise BundleError(f"{path}/manifest.json: the bundle's features {names} differ from this runtime's "
+            raise BundleError(f"{where}: the bundle's features {names} differ from this runtime's "
                               f"{FEATURES}; re-export the bundle or install the runtime it was exported with")
         names_in, names_out = [v["name"] for v in manifest["inputs"]], tuple(v["name"] for v in manifest["outputs"])
         if names_in != [INPUT] or names_out != LOG_OUTPUTS:
-            raise BundleError(f"{path}/manifest.json: task 'replenishment' needs input {INPUT!r} and outputs "
+            raise BundleError(f"{where}: task 'replenishment' needs input {INPUT!r} and outputs "
                               f"{LOG_OUTPUTS}; re-export the bundle")
+        if self.graph_width(INPUT) != len(FEATURES):
+            raise BundleError(f"{path / 'model.onnx'}: the graph reads {self.graph_width(INPUT)} features, this "
+                              f"runtime computes {len(FEATURES)}; re-export the bundle")
 
     def forecast(self, orders: list[list[tuple]], as_of: datetime | str,
                  readings: list[list[tuple] | None] | None = None) -> list[dict]:
