@@ -41,7 +41,8 @@ from pipelines.common import check_hyper_parameters, ingest_events, merge_params
 TAGS = {"protocol": "calibration-holdout: fit before the cut-off, score the horizon after it (purchase days)"}
 BTYD = {"bgnbd": BetaGeoModel, "mbgnbd": ModifiedBetaGeoModel}
 MODELS = ("persistence", "rate_extrapolation", *BTYD, "seasonal_bgnbd", "neural")
-EXPORTABLE = ("bgnbd", "neural")
+EXPORTABLE = ("bgnbd", "seasonal_bgnbd", "neural")
+BUNDLE_SUFFIX = {"bgnbd": "", "seasonal_bgnbd": "-seasonal", "neural": "-net"}
 DEFAULTS: dict[str, Any] = {"cutoff": None, "horizon_days": 91.0, "models": list(MODELS), "neural": {},
                             "export": ["bgnbd", "neural"], "holidays": [], "calendar_order": 3, "predictions": True,
                             "spend": "net"}
@@ -203,6 +204,11 @@ def fit_for_export(days: pl.DataFrame, as_of: datetime | None, params: dict[str,
             raise ValueError("Gamma-Gamma could not be fitted (too few repeat buyers with spend, or all alike): no "
                              "BG/NBD + Gamma-Gamma bundle; drop bgnbd from params.export")
         out["bgnbd"] = (counts, gg)
+    if "seasonal_bgnbd" in p["export"]:
+        out["seasonal_bgnbd_answers"], out["seasonal_bgnbd"] = seasonal_btyd(days, summary, when, p)
+        if out["seasonal_bgnbd"].spend_ is None:
+            raise ValueError("Gamma-Gamma could not be fitted (too few repeat buyers with spend, or all alike): no "
+                             "seasonal BG/NBD bundle; drop seasonal_bgnbd from params.export")
     if "neural" in p["export"]:
         if when == p["cutoff"] and "neural" in holdout["models"]:
             print("outlook: as_of is the cut-off: exporting the holdout's neural outlook (trained once)", flush=True)
@@ -234,12 +240,18 @@ def export_bundles(source: SourceConfig, days: pl.DataFrame, fitted: dict[str, A
     histories = raw_histories(source, when, summary["customer_id"].to_list())
     bundles: dict[str, str] = {}
     for name in p["export"]:
-        out = paths.models_dir() / f"{source.name}-outlook{'-net' if name == 'neural' else ''}"
+        out = paths.models_dir() / f"{source.name}-outlook{BUNDLE_SUFFIX[name]}"
         if name == "bgnbd":
             counts, gg = fitted["bgnbd"]
             want = dict(zip(("expected_purchases", "expected_spend", "p_any_purchase"),
                             predict_outlook(summary, counts, gg, horizon / 7.0)[:3]))
             export_outlook(counts, gg, out, horizon_days=horizon, name=out.name, overwrite=True, spend=p["spend"])
+            got = load(out).score(histories, when)
+        elif name == "seasonal_bgnbd":
+            model = fitted["seasonal_bgnbd"]
+            want = dict(zip(("expected_purchases", "expected_spend", "p_any_purchase"), fitted["seasonal_bgnbd_answers"]))
+            export_outlook(model.counts_, model.spend_, out, horizon_days=horizon, name=out.name, overwrite=True,
+                           spend=p["spend"], calendar=model.calendar_)
             got = load(out).score(histories, when)
         else:
             model = fitted["neural"]
@@ -316,7 +328,7 @@ def log_results(rows: list[dict[str, Any]], holdout: dict[str, Any], bundles: di
                 predictions: dict[str, str], report: IngestReport, source: SourceConfig, params: dict[str, Any],
                 mlflow) -> list[str]:
     """Log the ingest, one child run per model (fitted parameters, holdout metrics, calibration plots), the table
-    and the bundles (registered as ``<source>-outlook`` / ``<source>-outlook-net``)."""
+    and the bundles (registered as ``<source>-outlook``, ``-outlook-seasonal``, ``-outlook-net``)."""
     import tempfile
 
     from twins import registry, tracking

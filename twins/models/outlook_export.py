@@ -43,16 +43,22 @@ class OutlookScorer(nn.Module):
 def export_outlook(bgnbd: BetaGeoModel, gamma_gamma: GammaGammaModel, out_dir: str | Path, *, horizon_days: float,
                    unit_days: float = 7.0, interval: float = 0.8, name: str = "purchase-outlook", version: str = "1",
                    metrics: dict[str, float] | None = None, run_id: str | None = None, overwrite: bool = False,
-                   spend: str = "net") -> Path:
+                   spend: str = "net", calendar: dict | None = None) -> Path:
     """Export the outlook of fitted models, check parity at several batch sizes, return the bundle folder.
-    ``spend``: the models' spend is ``net`` of returns or ``gross`` (the runtime then leaves returns out)."""
+    ``spend``: the models' spend is ``net`` of returns or ``gross`` (the runtime then leaves returns out).
+    ``calendar``: a fitted ``SeasonalBetaGeoModel.calendar_`` (its ``counts_`` and ``spend_`` as the models): the
+    runtime then computes the summary in calendar weeks and scales spend by the horizon's spend multiplier."""
+    if calendar and "count" in calendar and unit_days != 7.0:
+        raise ValueError(f"a calendar outlook counts time in weeks: unit_days must be 7, got {unit_days:g}")
     scorer = OutlookScorer(bgnbd, gamma_gamma, interval)
     manifest = {
-        "name": name, "version": version, "task": TASK, "model": "BG/NBD + Gamma-Gamma",
+        "name": name, "version": version, "task": TASK,
+        "model": "BG/NBD + Gamma-Gamma" + (" on the calendar" if calendar and "count" in calendar else ""),
         "params": {"bgnbd": bgnbd.params_, "gamma_gamma": gamma_gamma.params_},
         "preprocessing": {"unit_days": unit_days, "horizon_days": horizon_days, "interval": interval,
                           "purchase_day": "UTC calendar day; several purchases on one day count once",
-                          "m": "mean spend of the repeat purchase days (the first day excluded)", "spend": spend},
+                          "m": "mean spend of the repeat purchase days (the first day excluded)", "spend": spend,
+                          "calendar": calendar or {}},
         "metrics": dict(metrics or {}), "training_run_id": run_id,
     }
 

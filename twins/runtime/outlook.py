@@ -5,7 +5,8 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 
 from twins.runtime.bundle import Bundle, BundleError, need
-from twins.runtime.outlook_features import CAL_WEEKS, CAL_WINDOWS, N_FEATURES, Calendar, calendar_inputs, features
+from twins.runtime.outlook_features import (CAL_WEEKS, CAL_WINDOWS, N_FEATURES, Calendar, calendar_inputs, calendar_summary,
+                                           features)
 
 DAY_US = 86_400_000_000
 MAX_WAIT_DAYS = 36_525  # a next purchase further than 100 years out is answered as None (not expected)
@@ -110,6 +111,13 @@ class OutlookBundle(Bundle):
         missing = set(NET_OUTPUTS[:-1]) - {v["name"] for v in manifest["outputs"]}
         if missing:
             raise BundleError(f"{where}: task 'purchase_outlook' lacks outputs {sorted(missing)}; re-export the bundle")
+        try:
+            self.calendar = Calendar(manifest["preprocessing"].get("calendar"))
+        except (TypeError, ValueError, KeyError) as error:
+            raise BundleError(f"{where}: preprocessing.calendar is not a calendar spec ({error}); re-export the bundle") from None
+        if self.calendar.fitted and self.unit_days != 7.0:
+            raise BundleError(f"{where}: a calendar bundle counts time in weeks (preprocessing.unit_days 7), got "
+                              f"{self.unit_days:g}; re-export the bundle")
 
     def score(self, histories: list[list[tuple]], as_of: datetime | str, horizon_days: float | None = None) -> list[dict]:
         """One answer per history: ``expected_purchases``, ``expected_spend``, ``p_alive``, ``churn_risk``,
@@ -119,11 +127,35 @@ class OutlookBundle(Bundle):
         as_of_us = _to_us(as_of)
         horizon = checked_horizon(self.horizon_days, horizon_days)
         gross = self.manifest["preprocessing"].get("spend") == "gross"
+        if self.calendar.fitted:
+            return self._score_on_calendar(histories, as_of_us, horizon, gross)
         rows = np.array([summary(h, as_of_us, self.unit_days, gross) for h in histories], dtype=np.float64).reshape(-1, 4)
         feeds = {name: np.ascontiguousarray(rows[:, i]) for i, name in enumerate(INPUTS[:4])}
         feeds["t"] = np.full(len(rows), horizon / self.unit_days)
         known = (rows[:, 2] > 0) | (rows[:, 0] > 0)
         return answers(self.run(feeds), known, as_of_us, self.unit_days, horizon)
+
+    def _score_on_calendar(self, histories: list[list[tuple]], as_of_us: int, horizon: float, gross: bool) -> list[dict]:
+        """BG/NBD on the calendar (``twins.models.btyd.SeasonalBetaGeoModel``): the summary and the horizon in
+        calendar weeks (``calendar_summary``), spend times the horizon's spend multiplier, waiting times turned
+        back into real time."""
+        row, day, spend = [], [], []
+        for i, history in enumerate(histories):
+            for start, amount in net_purchase_days(history, as_of_us, gross).items():
+                row.append(i)
+                day.append(start // DAY_US)
+                spend.append(amount)
+        as_of_day = as_of_us / DAY_US
+        s = calendar_summary(self.calendar, np.array(row, np.int64), np.array(day, np.int64), np.array(spend, np.float64),
+                             len(histories), as_of_day, horizon)
+        feeds = {name: np.ascontiguousarray(s[name], np.float64) for name in INPUTS[:4]}
+        feeds["t"] = np.full(len(histories), s["t"])
+        out = self.run(feeds)
+        out["expected_spend"] = out["expected_spend"] * s["spend_scale"]
+        for key in ("next_low", "next_median", "next_high"):
+            out[key] = self.calendar.unwarp(as_of_day, out[key]) / 7.0
+        known = np.bincount(np.array(row, np.int64), minlength=len(histories)) > 0
+        return answers(out, known, as_of_us, 7.0, horizon)
 
 
 class OutlookNetBundle(Bundle):

@@ -157,6 +157,20 @@ class Calendar:
         i = np.floor(t).astype(np.int64) - lo
         return (cum[i] + (t - np.floor(t)) * s[i] + lo) / 7.0
 
+    def unwarp(self, start_day: float, weeks: np.ndarray, max_days: int = 36_525) -> np.ndarray:
+        """Real days from ``start_day`` after which ``weeks`` calendar weeks have passed (inf beyond
+        ``max_days``): turns waiting times in calendar time back into dates."""
+        w = np.asarray(weeks, np.float64)
+        if not self.fitted:
+            return 7.0 * w
+        first = int(np.floor(start_day))
+        frac = start_day - first
+        s = self.daily(np.arange(first, first + max_days + 1))
+        cum = np.r_[0.0, np.cumsum(s)]
+        target = 7.0 * w + frac * s[0]
+        real = np.interp(np.where(np.isfinite(target), target, 0.0), cum, np.arange(len(cum), dtype=np.float64)) - frac
+        return np.where(np.isfinite(target) & (target <= cum[-1]), real, np.inf)
+
     def past_features(self, cutoff_day: float) -> np.ndarray:
         """Mean count multiplier over the last w weeks before the cut-off, w in ``CAL_WINDOWS``."""
         first = int(np.floor(cutoff_day))
