@@ -11,7 +11,7 @@ from typing import Any
 
 import polars as pl
 
-from twins import paths, tracking
+from twins import paths, publish, tracking
 from twins.config import redact
 from twins.data.events import scan_events
 from twins.data.ingest import IngestReport
@@ -145,16 +145,24 @@ def emotions(source: str | Path | SourceConfig, bundle: str | Path, as_of: str |
     folder = paths.events_dir(cfg.name)
     events = scan_events(folder)  # a clear error when the source was not ingested
     target, stamp = folder / "messages_scored.parquet", folder / "messages_scored.json"
-    key = {"events_sha256": sha256_file(folder / "events.parquet"), "bundle_sha256": model.manifest["model_sha256"]}
+    # the bundle's digest pins every file it reads (tokenizer, lexical model), not only model.onnx
+    key = {"events_sha256": sha256_file(folder / "events.parquet"), "bundle_sha256": model.digest}
     if target.exists() and stamp.exists() and json.loads(stamp.read_text()) == key:
         scored = pl.read_parquet(target)
     else:
         scored = score_messages(events, model, on_batch=on_batch)
-        tmp = target.with_name(".messages_scored.parquet.tmp")
-        scored.write_parquet(tmp)
-        stamp.unlink(missing_ok=True)  # scores and stamp change together: no stamp, no reuse
-        tmp.replace(target)
-        stamp.write_text(json.dumps(key))
+        with publish.locked(folder, f"twins emotions {cfg.name}"):  # the events folder is ingest's: never both at once
+            if sha256_file(folder / "events.parquet") != key["events_sha256"]:
+                raise publish.OutputBusy(f"{folder}: the events changed while their messages were scored (another "
+                                         "`twins ingest` ran); run `twins emotions` again")
+            tmp = publish.temp_path(target)
+            try:
+                scored.write_parquet(tmp)
+                stamp.unlink(missing_ok=True)  # scores and stamp change together: no stamp, no reuse
+                publish.publish_file(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+            publish.write_text(stamp, json.dumps(key))
     if when is not None:
         check_as_of(when, *_event_range(scored.lazy()), f"source {cfg.name}'s messages")
     profiles = emotion_profiles(scored, when, window_days, strong_negative)

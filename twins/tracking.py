@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from twins.config import redact
 from twins.paths import twins_home
 
 
@@ -82,6 +81,8 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def log_params(mlflow, params: dict[str, Any]) -> None:
     """Log a (nested) tree as flat params, redacted (``twins.config.redact``: environment values, credentials)."""
+    from twins.config import redact  # not at the top: the twins-runtime wheel ships this module without twins.config
+
     flat = {k: str(v)[:6000] for k, v in flatten(redact(params)).items()}
     mlflow.log_params(flat)
 
@@ -89,6 +90,8 @@ def log_params(mlflow, params: dict[str, Any]) -> None:
 def log_config(mlflow, tree: dict[str, Any], artifact_file: str) -> None:
     """Log a config tree as a YAML artifact, redacted like ``log_params``."""
     import yaml
+
+    from twins.config import redact
 
     mlflow.log_text(yaml.safe_dump(redact(tree), sort_keys=False), artifact_file)
 
