@@ -23,6 +23,7 @@ from twins.models.tifuknn import TIFUKNN, tune_tifuknn
 from twins.models.upcf import UPCF, tune_upcf
 from twins.models.topfreq import GPTopFreq, GTopFreq, PTopFreq
 from twins.pipeline import Pipeline, node
+from twins.provenance import last_event, provenance
 from twins.twin.customer import TwinParams
 from twins.twin.store import Snapshot
 
@@ -199,11 +200,12 @@ def export_model(source: SourceConfig, baskets: dict[str, list[list[str]]], user
     expected = evaluate_rankings(model.recommend(known, k), targets, test, ks=[k])
     out = paths.models_dir() / f"{source.name}-{e['model']}"
     metrics = {f"test/recall@{k}": expected[f"recall@{k}"]}
+    fitted_on = provenance(source.name, last_event(scan_events(paths.events_dir(source.name))))  # every event
     if e["model"] == "neural":
-        export_nbr_net(model, out, k=e["k"], name=out.name, metrics=metrics, overwrite=True)
+        export_nbr_net(model, out, k=e["k"], name=out.name, metrics=metrics, overwrite=True, provenance=fitted_on)
     else:
         export_gp_topfreq(model, out, k=e["k"], max_history_items=e["max_history_items"], name=out.name,
-                          metrics=metrics, overwrite=True)
+                          metrics=metrics, overwrite=True, provenance=fitted_on)
     users = list(test)
     got = load(out).recommend([test[u] for u in users], k=k)
     onnx_metrics = evaluate_rankings({u: [i for i, _ in r] for u, r in zip(users, got)}, targets, test, ks=[k])

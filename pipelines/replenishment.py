@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
+import polars as pl
 
 from twins import api, paths
 from twins.data.events import scan_events
@@ -26,6 +27,7 @@ from twins.models.replenishment import (EPOCH, History, Samples, baseline_predic
                                        samples)
 from twins.models.replenishment_torch import ReplenishmentForecaster
 from twins.pipeline import Pipeline, node
+from twins.provenance import last_event, provenance
 
 from pipelines.common import check_hyper_parameters, ingest_events, merge_params, required_date
 
@@ -134,7 +136,10 @@ def export_bundle(source: SourceConfig, hist: dict[str, History], fitted: dict[s
     if not resolve_params(params)["export"]:
         return None
     out = paths.models_dir() / f"{source.name}-replenishment"
-    export_replenishment(fitted["model"], out, name=out.name, overwrite=True)
+    events = scan_events(paths.events_dir(source.name)).filter(
+        pl.col("event_time") < pl.lit(fitted["as_of"], pl.Datetime("us", "UTC")))
+    export_replenishment(fitted["model"], out, name=out.name, overwrite=True,
+                         provenance=provenance(source.name, last_event(events)))
     gap = runtime_gap(load(out), hist, fitted["machines"], fitted["as_of"], fitted["answers"])
     if gap > 1e-4:
         raise AssertionError(f"{out}: the runtime's answers differ from the model's by up to {gap:.2g} (relative)")

@@ -175,7 +175,8 @@ def machines(source: str | Path | SourceConfig, as_of: str | datetime | None = N
              min_orders: int = 3, overrides: list[str] | None = None) -> dict[str, Snapshot]:
     """Machine twins and machine-likeness from a source's events (``$TWINS_HOME/events/<name>``; ``source`` is a
     source config or the name of an events folder, e.g. a simulated market's), using only events before ``as_of``
-    (default: after the last event). Stores two twin kinds and returns their snapshots:
+    (default: a simulated market's own ``as_of``, the end of its observed period, else after the last event).
+    Stores two twin kinds and returns their snapshots:
 
     * ``machine``: one twin per machine and consumable, id ``<customer_id>/<item_id>`` (``twins.twin.machine``:
       consumption rate, stock now, reorder point and quantity, review period, lead time, price sensitivity, with
@@ -187,6 +188,7 @@ def machines(source: str | Path | SourceConfig, as_of: str | datetime | None = N
     A log without machine orders (people, or actors unknown) gets the behaviour twins only, with a warning.
     """
     from twins.models.machine_detector import load_detector
+    from twins.sim.store import observed_as_of
     from twins.twin.behaviour import behaviour_features
     from twins.twin.machine import build_machine_twins
 
@@ -197,8 +199,8 @@ def machines(source: str | Path | SourceConfig, as_of: str | datetime | None = N
     first, last = _event_range(events)
     if last is None:
         raise ValueError(f"{folder / 'events.parquet'}: no event has a time; machine twins need timed orders")
-    if when is None:
-        when = last + timedelta(microseconds=1)
+    if when is None:  # a simulated market's events go on through its truth horizon: stop where it was observed
+        when = observed_as_of(folder) or last + timedelta(microseconds=1)
     check_as_of(when, first, last, name)
     past = events.filter(pl.col("event_time") < pl.lit(when, pl.Datetime("us", "UTC")))
     offers = pl.read_parquet(folder / "offers.parquet") if (folder / "offers.parquet").exists() else None

@@ -191,7 +191,7 @@ def emotions(source: Annotated[Path, typer.Argument(help="source config YAML who
 
 @app.command()
 def machines(source: Annotated[str, typer.Argument(help="source config YAML, or the name of an events folder (a simulated market's)")],
-             as_of: Annotated[Optional[str], typer.Option(help="twins as of this date (ISO 8601); default after the last event")] = None,
+             as_of: Annotated[Optional[str], typer.Option(help="twins as of this date (ISO 8601); default a simulated market's as_of (its market.json), else after the last event")] = None,
              detector: Annotated[Optional[Path], typer.Option(help="machine detector file (save_detector) for machine_score")] = None,
              min_orders: Annotated[int, typer.Option(help="customers with fewer orders get no behaviour twin")] = 3,
              overrides: Overrides = None) -> None:
@@ -285,18 +285,28 @@ add_commands(app)
 
 @app.command()
 def sim(config: Annotated[Path, typer.Argument(help="market config YAML, e.g. configs/sim/market.yaml")],
-        overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override a config key: --set n_machines=100000")] = None,
+        overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override a config key: --set n_machines=20000")] = None,
         out: Annotated[Optional[Path], typer.Option(help="output folder (default $TWINS_HOME/events/<name>)")] = None) -> None:
-    """Simulate machine customers and human shoppers; write canonical events, ground truth and the offer feed."""
+    """Simulate machine customers and human shoppers; write canonical events, ground truth, the offer feed and
+    market.json (the market's as_of: `twins machines` stops there, before the truth horizon). A market whose
+    estimated memory (about 0.23 MiB per machine with the repo config) exceeds 80 % of the memory available is
+    refused before it starts, with the size that fits.
+
+    \b
+    Example:
+      twins sim configs/sim/market.yaml --set n_machines=2000     # about 1 GiB and 15 s
+    """
     import time
 
     from twins.config import ConfigError
     from twins.sim import load_config, simulate
+    from twins.sim.memory import check_fits
     from twins.sim.store import write_market
 
     try:
         cfg = load_config(config, overrides)
-    except ConfigError as exc:
+        check_fits(cfg)
+    except (ConfigError, MemoryError) as exc:
         _fail(exc)
     start = time.perf_counter()
     with Progress(f"simulating {cfg.n_machines:,} machines and {cfg.humans.n:,} shoppers"):

@@ -79,7 +79,10 @@ def serve(models: Annotated[Optional[list[str]], typer.Option(
           proxy_headers: Annotated[bool, typer.Option(
               help="take the client address and scheme from X-Forwarded-For/-Proto (behind a reverse proxy)")] = False,
           forwarded_allow_ips: Annotated[Optional[str], typer.Option(
-              help="comma-separated proxy addresses whose X-Forwarded-* headers are trusted (default 127.0.0.1)")] = None) -> None:
+              help="comma-separated proxy addresses whose X-Forwarded-* headers are trusted (default 127.0.0.1)")] = None,
+          allow_future: Annotated[bool, typer.Option(
+              "--allow-future", help="serve a model fitted on a served source's events after its twins' as_of "
+                                     "(refused by default: it has seen those customers' future)")] = False) -> None:
     """Serve the models over HTTP (FastAPI): POST /v1/models/NAME/recommend|outlook, GET /v1/twins/SOURCE/ID,
     /health, /ready, OpenAPI at /docs. Logs one JSON line per request and per reload.
 
@@ -87,14 +90,12 @@ def serve(models: Annotated[Optional[list[str]], typer.Option(
     Example:
       twins serve --model nbr=models:/tafeng-next-basket@champion --twins complete_journey
     """
-    import uvicorn
-
     from twins.serve import create_app
     from twins.serve.auth import read_token
     from twins.serve.limits import MIB, Limits
     from twins.serve.logs import configure
     from twins.serve.models import default_name
-    from twins.serve.server import config
+    from twins.serve.server import Server, config
 
     if not models and not twins_sources:
         _fail(ValueError("nothing to serve: give --model and/or --twins"))
@@ -108,10 +109,10 @@ def serve(models: Annotated[Optional[list[str]], typer.Option(
                     max_connections=max_connections)
     try:
         app = create_app(named, twins_sources or [], poll_seconds=poll, limits=limits, token=read_token(token_file),
-                         allowed_hosts=allowed_hosts or ())
+                         allowed_hosts=allowed_hosts or (), allow_future=allow_future)
     except (ValueError, LookupError) as exc:
         _fail(exc)
-    uvicorn.Server(config(app, host, port, limits, proxy_headers, forwarded_allow_ips)).run()
+    Server(config(app, host, port, limits, proxy_headers, forwarded_allow_ips)).run()
 
 
 def score(model: Annotated[str, typer.Argument(help="bundle folder or models:/NAME@ALIAS")],
@@ -120,10 +121,13 @@ def score(model: Annotated[str, typer.Argument(help="bundle folder or models:/NA
           snapshot: Annotated[Optional[str], typer.Option(help="'<as_of>/<version>'; default the latest")] = None,
           chunk_size: Annotated[int, typer.Option(help="customers per chunk")] = 10_000,
           k: Annotated[int, typer.Option(help="next basket: items per customer")] = 10,
-          horizon_days: Annotated[Optional[float], typer.Option(help="purchase outlook: horizon (default: the bundle's)")] = None) -> None:
+          horizon_days: Annotated[Optional[float], typer.Option(help="purchase outlook: horizon (default: the bundle's)")] = None,
+          allow_future: Annotated[bool, typer.Option(
+              "--allow-future", help="score even with a bundle fitted on this source's events after the twins' as_of "
+                                     "(a deliberate backtest); refused by default")] = False) -> None:
     """Score every twin of a source to Parquet, in chunks; a killed run leaves the old output and resumes when rerun.
     Next-basket and outlook bundles score the customer twins; a replenishment bundle the machines of the machine twins
-    (`twins machines`)."""
+    (`twins machines`). A bundle fitted on the source's events after the twins' as_of is refused (--allow-future)."""
     from twins.runtime import BundleError
     from twins.score import score_store
     from twins.publish import WriteError
@@ -133,7 +137,8 @@ def score(model: Annotated[str, typer.Argument(help="bundle folder or models:/NA
         with Progress(*columns, console=console, transient=True) as progress:
             task = progress.add_task("score", total=None)
             report = score_store(model, source, out, snapshot=snapshot, chunk_size=chunk_size, k=k, horizon_days=horizon_days,
-                                 on_chunk=lambda done, total: progress.update(task, completed=done, total=total))
+                                 on_chunk=lambda done, total: progress.update(task, completed=done, total=total),
+                                 allow_future=allow_future)
     except (BundleError, LookupError, FileNotFoundError, ValueError, WriteError) as exc:
         _fail(exc)
     resumed = f", {report.resumed_chunks} resumed" if report.resumed_chunks else ""

@@ -7,6 +7,8 @@ part is there they are combined into a temporary file that is fsynced and rename
 failed run therefore leaves the previous output untouched, and the same command run again skips the parts already
 written and completes it; a different job (another model version, snapshot or parameter) starts its parts afresh.
 A run holds ``.<name>.lock`` beside the output (``twins.publish``): a second run on the same output is refused.
+A bundle of the snapshot's source fitted on events at or after the snapshot's ``as_of`` is refused before any
+scoring (``twins.provenance``): it has seen the customers' future; ``allow_future`` scores it with a warning.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from twins import paths, publish
 from twins.data.events import baskets_by_customer, scan_events
 from twins.evaluate.outlook import purchase_lines
 from twins.models.replenishment import histories, machine_keys, runtime_inputs
+from twins.provenance import check_fitted_before
 from twins.runtime import Bundle, load
 from twins.runtime.bundle import PLAIN_NAME
 from twins.twin.store import TwinStore
@@ -106,14 +109,15 @@ def default_out(source: str, bundle: Bundle) -> Path:
 
 def score_store(model: str | Path, source: str, out: str | Path | None = None, *, snapshot: str | None = None,
                 chunk_size: int = 10_000, k: int = 10, horizon_days: float | None = None,
-                on_chunk: Callable[[int, int], None] | None = None) -> ScoreReport:
+                on_chunk: Callable[[int, int], None] | None = None, allow_future: bool = False) -> ScoreReport:
     """Score every twin of ``source``'s latest (or named) snapshot with ``model`` (a bundle folder or
     ``models:/NAME@ALIAS``) and write one row per customer to ``out`` (default
     ``$TWINS_HOME/scores/<source>/<bundle name>.parquet``).
 
     ``on_chunk(customers done, customers in all)`` is called after each chunk (the CLI draws a progress bar with
     it). Next basket: ``customer_id, items, scores`` (top ``k``); purchase outlook: ``customer_id`` and the
-    runtime's answer fields over ``horizon_days`` (default: the bundle's).
+    runtime's answer fields over ``horizon_days`` (default: the bundle's). A bundle fitted on ``source``'s events
+    at or after the snapshot's ``as_of`` raises ``twins.provenance.FutureLeak`` unless ``allow_future``.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -126,6 +130,7 @@ def score_store(model: str | Path, source: str, out: str | Path | None = None, *
     snap = TwinStore(paths.store_dir()).open(source, kind, snapshot)
     out = Path(out) if out else default_out(source, bundle)
     as_of = _as_of(snap)
+    check_fitted_before(bundle.manifest, source, as_of, f"the {kind} twins {snap.label}", allow_future)
     ids = pl.read_parquet(snap.path / "twins.parquet", columns=["customer_id"])["customer_id"].cast(pl.String)
     ids = ids.unique(maintain_order=True).to_list()  # machine twins: one per machine and consumable
     chunks = [ids[i:i + chunk_size] for i in range(0, len(ids), chunk_size)]

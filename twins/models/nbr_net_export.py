@@ -9,6 +9,7 @@ import copy
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,7 +23,7 @@ NEIGHBOURS_FILE = "neighbours.npz"
 
 def export_nbr_net(estimator: NeuralNextBasket, out_dir: str | Path, *, k: int = 100, name: str = "nbr-net",
                    version: str = "1", metrics: Mapping[str, float] | None = None, run_id: str | None = None,
-                   overwrite: bool = False) -> Path:
+                   overwrite: bool = False, provenance: Mapping[str, Any] | None = None) -> Path:
     """Export, check parity on real training histories (batch sizes 1, 3 and 17) and return the bundle folder.
     Item ids are stored as strings; ``k`` is capped at the number of items."""
     if not hasattr(estimator, "net_"):
@@ -37,7 +38,8 @@ def export_nbr_net(estimator: NeuralNextBasket, out_dir: str | Path, *, k: int =
                 "preprocessing": {"max_baskets": estimator.max_baskets, "neighbours": NEIGHBOURS_FILE,
                                   "unknown_items": "dropped", "basket_order": "newest_first", "pad_index": n},
                 "params": {k_: v for k_, v in estimator.get_params().items() if k_ not in ("checkpoint_dir", "device")},
-                "metrics": dict(metrics or {}), "training_run_id": run_id}
+                "metrics": dict(metrics or {}), "training_run_id": run_id,
+                **(provenance or {})}  # data_source, data_until: twins.provenance
     # probe inputs: the first training users' own histories, rebuilt from the index (item indices)
     histories = [_history_of(index, r) for r in range(min(17, index.n_users))]
 

@@ -36,7 +36,7 @@ class LogQuantiles(nn.Module):
 
 def export_replenishment(model: ReplenishmentForecaster, out_dir: str | Path, *, name: str = "replenishment",
                          version: str = "1", metrics: dict[str, float] | None = None, run_id: str | None = None,
-                         overwrite: bool = False) -> Path:
+                         overwrite: bool = False, provenance: dict | None = None) -> Path:
     """Export a fitted forecaster (its net takes the raw ``FEATURES``; standardisation is inside), check parity
     within 1e-4 (log space) at several batch sizes, return the bundle folder."""
     if not hasattr(model, "net_"):
@@ -51,6 +51,7 @@ def export_replenishment(model: ReplenishmentForecaster, out_dir: str | Path, *,
                           "min_orders": 3, "time_unit": "days since the Unix epoch",
                           "features": "twins.runtime.replenishment_features.features"},
         "metrics": dict(metrics or {}), "training_run_id": run_id,
+        **(provenance or {}),  # data_source, data_until: twins.provenance
     }
 
     def batch(n: int, seed: int) -> tuple[torch.Tensor]:

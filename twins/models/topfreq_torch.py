@@ -2,6 +2,7 @@
 
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -69,6 +70,7 @@ def export_gp_topfreq(
     metrics: Mapping[str, float] | None = None,
     run_id: str | None = None,
     overwrite: bool = False,
+    provenance: Mapping[str, Any] | None = None,
 ) -> Path:
     """Export a fitted ``GPTopFreq`` as a ``next_basket`` bundle, check parity, and return its folder.
 
@@ -95,6 +97,7 @@ def export_gp_topfreq(
         },
         "metrics": dict(metrics or {}),
         "training_run_id": run_id,
+        **(provenance or {}),  # data_source, data_until: twins.provenance
     }
     n_slots = len(vocabulary) + 1
     generator = torch.Generator().manual_seed(0)

@@ -11,6 +11,7 @@ import threading
 import time
 import traceback
 import uuid
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import date, datetime
@@ -42,9 +43,25 @@ class TwinIds(BaseModel):
 class Service:
     """What the app serves; ``refresh`` reloads every model and twin source whose source moved."""
 
-    def __init__(self, models: Mapping[str, str], twin_sources: Sequence[str], store_root: Path) -> None:
+    def __init__(self, models: Mapping[str, str], twin_sources: Sequence[str], store_root: Path,
+                 allow_future: bool = False) -> None:
         self.models = {name: ModelSlot(name, str(uri)) for name, uri in models.items()}
         self.twins = {source: TwinSource(source, store_root) for source in twin_sources}
+        self.allow_future = allow_future
+
+    def future_leaks(self) -> list[str]:
+        """For each served model fitted on a served source's events at or after its snapshot's as_of, why
+        (``twins.provenance.future_leak``): such a model has seen those customers' future."""
+        from twins.provenance import future_leak
+
+        leaks = []
+        for slot in self.models.values():
+            for source, twin_source in self.twins.items():
+                if slot.current is not None and twin_source.snapshot is not None:
+                    what = f"the twins {twin_source.snapshot.label} served for {source}"
+                    leak = future_leak(slot.current[0].manifest, source, twin_source.as_of(), what)
+                    leaks += [f"model {slot.name}: {leak}"] if leak else []
+        return leaks
 
     def refresh(self) -> None:
         for slot in [*self.models.values(), *self.twins.values()]:
@@ -66,12 +83,13 @@ class Service:
         ok = all(m["loaded"] for m in models.values()) and all(t["snapshot"] for t in twin_state.values())
         reasons = [f"model {name}: {m['error']}" for name, m in models.items() if m["error"]]
         reasons += [f"twins {source}: {t['error']}" for source, t in twin_state.items() if t["error"]]
+        reasons += [] if self.allow_future else self.future_leaks()
         return {"ready": ok, "degraded": bool(reasons), "reasons": reasons, "models": models, "twins": twin_state}
 
 
 def create_app(models: Mapping[str, str] | Sequence[str] = (), twin_sources: Sequence[str] = (),
                store_root: str | Path | None = None, poll_seconds: float = 30.0, limits: Limits = Limits(),
-               token: str | None = None, allowed_hosts: Sequence[str] = ()) -> FastAPI:
+               token: str | None = None, allowed_hosts: Sequence[str] = (), allow_future: bool = False) -> FastAPI:
     """An app serving ``models`` (``{name: uri}``, or URIs named after their model or folder) and the latest twin
     snapshots of ``twin_sources`` (store: ``store_root``, default ``$TWINS_HOME/store``).
 
@@ -79,13 +97,23 @@ def create_app(models: Mapping[str, str] | Sequence[str] = (), twin_sources: Seq
     task's route added. While the app runs, a thread polls every ``poll_seconds`` (0: never) and reloads what
     moved (``Service.refresh``). Every request is bounded by ``limits``; with a ``token`` every path but
     ``/health`` needs it as a bearer token; with ``allowed_hosts`` other ``Host`` headers are answered 400.
+    A model fitted on a served source's events at or after its snapshot's ``as_of`` is refused (``ValueError``)
+    unless ``allow_future`` (then a warning); one that becomes so at a reload makes ``/ready`` degraded.
     """
     from twins import paths
 
     if not isinstance(models, Mapping):
         models = {default_name(uri): uri for uri in models}
-    service = Service(models, twin_sources, Path(store_root) if store_root else paths.store_dir())
+    service = Service(models, twin_sources, Path(store_root) if store_root else paths.store_dir(), allow_future)
     service.refresh()
+    for slot in service.models.values() if service.twins else ():
+        if slot.current is not None and "data_until" not in slot.current[0].manifest:
+            warnings.warn(f"model {slot.name!r}: its bundle does not record the data it was fitted on (no data_until); "
+                          "the service cannot check that it never saw the served twins' future; re-export it")
+    for leak in service.future_leaks():
+        if not allow_future:
+            raise ValueError(leak)
+        warnings.warn(leak)
     for slot in service.models.values():
         if slot.current is None:
             raise ValueError(f"model {slot.name!r}: cannot load {slot.uri}: {slot.error}")
@@ -282,7 +310,10 @@ def _add_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         error = {404: "not_found", 422: "invalid_request"}.get(exc.status_code, f"http_{exc.status_code}")
-        return JSONResponse({"error": error, "message": exc.detail}, status_code=exc.status_code)
+        message = exc.detail
+        if exc.status_code == 404 and exc.detail == "Not Found":  # no route: say what there is
+            message = _no_route(request.app.state.service, request.url.path)
+        return JSONResponse({"error": error, "message": message}, status_code=exc.status_code)
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
@@ -298,6 +329,23 @@ def _add_handlers(app: FastAPI) -> None:
     @app.exception_handler(NotLoaded)
     async def not_loaded(request: Request, exc: NotLoaded) -> JSONResponse:
         return JSONResponse({"error": "unavailable", "message": str(exc)}, status_code=503)
+
+
+def _no_route(service: Service, path: str) -> str:
+    """A 404's message for a path no route has: the model or task asked for, and what the service has."""
+    routes = {name: ROUTES[slot.task].action for name, slot in service.models.items() if slot.task in ROUTES}
+    served = ", ".join(f"POST /v1/models/{name}/{action}" for name, action in routes.items()) or "none"
+    parts = path.strip("/").split("/")
+    if parts[:2] == ["v1", "models"] and len(parts) > 2:
+        name = parts[2][:64]
+        if name in routes:
+            return (f"model {name!r} answers {routes[name]!r} only (task {service.models[name].task}): "
+                    f"POST /v1/models/{name}/{routes[name]}")
+        return f"no model {name!r} is served; models: {served}"
+    if parts[:2] == ["v1", "twins"] and len(parts) > 2:
+        return f"no twins of {parts[2][:64]!r} are served; sources: {', '.join(service.twins) or 'none'}"
+    return (f"no route {path[:200]!r}; this service has: {served}; GET/POST /v1/twins/<source> for "
+            f"{', '.join(service.twins) or 'no source'}; GET /v1/models, /health, /ready, /docs")
 
 
 def _where(loc: Sequence) -> str:

@@ -208,6 +208,18 @@ class TwinSource:
             raise NotLoaded(f"no twin snapshot of source {self.source!r} to serve: {self._public(self.error)}")
         return self.snapshot
 
+    def as_of(self):
+        """The served snapshot's as_of: the one it was built at, or for 'end' snapshots the time in its rows."""
+        from datetime import datetime
+
+        snap = self.snapshot
+        if snap is None:
+            return None
+        if snap.manifest.get("as_of"):
+            return datetime.fromisoformat(snap.manifest["as_of"])
+        column = snap.frame["as_of"] if "as_of" in snap.frame.columns else []
+        return column[0] if len(column) else None
+
     def _public(self, text: str | None) -> str | None:
         root = Path(self.store_root)
         return public(text, {str(root.resolve()): "<store>", str(root): "<store>"})

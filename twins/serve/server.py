@@ -14,6 +14,7 @@ import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from twins.serve.limits import Limits
+from twins.serve.logs import log_event
 
 
 def protocol(limits: Limits) -> type[asyncio.Protocol]:
@@ -66,3 +67,21 @@ def config(app, host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limi
                           limit_concurrency=limits.max_connections, timeout_keep_alive=5, timeout_graceful_shutdown=10,
                           h11_max_incomplete_event_size=limits.max_header_bytes, server_header=False,
                           proxy_headers=proxy_headers, forwarded_allow_ips=forwarded_allow_ips)
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server that prints ``listening on http://HOST:PORT`` (standard output) and logs it, once bound."""
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        if not self.started:  # the port could not be bound: uvicorn has said why
+            return
+        host, port = self.config.host, self.config.port
+        for server in getattr(self, "servers", []):
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                break
+        shown = f"[{host}]" if ":" in str(host) else host
+        print(f"twins serve: listening on http://{shown}:{port} (ready: /ready, API docs: /docs; Ctrl-C to stop)",
+              flush=True)
+        log_event("listening", url=f"http://{shown}:{port}")

@@ -4,7 +4,11 @@ Layout under the store root::
 
     <source>/<kind>/<as_of>/<version>/twins.parquet   rows sorted by id
     <source>/<kind>/<as_of>/<version>/manifest.json   rows, columns, parameters, creation time
-    <source>/<kind>/LATEST                             "<as_of>/<version>" of the newest snapshot
+    <source>/<kind>/LATEST                             "<as_of>/<version>": the newest as_of (its newest version)
+    <source>/<kind>/LATEST_WRITTEN                     "<as_of>/<version>" of the snapshot written last
+
+LATEST is what readers take by default (``open``, ``twins score``, ``twins serve``): a snapshot built later at an
+earlier ``as_of`` (a backtest) never replaces the newest state. "end" (after the last event) counts as the newest.
 
 Writers hold ``<source>/.<kind>.lock`` (``twins.publish``); a snapshot is written to a temporary folder, fsynced
 and renamed into place, then LATEST is replaced atomically, so a reader never sees a half-written snapshot, a
@@ -97,12 +101,12 @@ class TwinStore:
 
     def write(self, twins: pl.DataFrame, source: str, kind: str = "customer", as_of: datetime | None = None,
               params: dict[str, Any] | None = None, id_column: str = "customer_id") -> Snapshot:
-        """Store a new snapshot and point LATEST at it."""
+        """Store a new snapshot; LATEST names the snapshot with the newest as_of, LATEST_WRITTEN this one."""
         if twins[id_column].is_duplicated().any():
             raise ValueError(f"twins have duplicate {id_column} values; a snapshot needs one row per id")
         base = self.root / source / kind
         with publish.locked(base, f"twins store write {source}/{kind}"), publish.disk_errors(base):
-            for stale in [*base.glob("*/.v*.tmp*"), *base.glob(".LATEST.tmp*")]:  # left by killed writers
+            for stale in [*base.glob("*/.v*.tmp*"), *base.glob(".LATEST*.tmp*")]:  # left by killed writers
                 publish.remove(stale)
             now = datetime.now(timezone.utc)
             rel = f"{_as_of_label(as_of)}/v{now.strftime('%Y%m%dT%H%M%S%fZ')}"
@@ -115,11 +119,13 @@ class TwinStore:
                             "params": params or {}}
                 (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
                 publish.publish_dir(tmp, final)
-            publish.write_text(base / "LATEST", rel)
+            publish.write_text(base / "LATEST_WRITTEN", rel)
+            publish.write_text(base / "LATEST", max(self.snapshots(source, kind)))
         return Snapshot(final, id_column)
 
     def snapshots(self, source: str, kind: str = "customer") -> list[str]:
-        """Stored snapshots as ``<as_of>/<version>``, oldest first."""
+        """Stored snapshots as ``<as_of>/<version>``, oldest ``as_of`` first (labels sort by time, "end" last),
+        versions in the order written."""
         base = self.root / source / kind
         if not base.exists():
             return []
