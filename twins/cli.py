@@ -142,13 +142,21 @@ def twin_show(twin_id: Annotated[str, typer.Argument(help="customer id")],
 
 
 @twin_app.command("list")
-def twin_list(source: Annotated[str, typer.Option(help="source name")],
+def twin_list(source: Annotated[Optional[str], typer.Option(help="source name; default: list the sources with twins")] = None,
               kind: Annotated[Optional[str], typer.Option(help="customer, emotion, machine or behaviour; default every kind")] = None) -> None:
     """List stored snapshots of a source: `<kind> <as_of>/<version>` per line, oldest first per kind (with --kind,
-    `<as_of>/<version>` only)."""
+    `<as_of>/<version>` only). Without --source: each source with twins and its kinds."""
     from twins.twin.store import TwinStore
 
     store = TwinStore(paths.store_dir())
+    if source is None:
+        sources = store.sources()
+        if not sources:
+            _fail(FileNotFoundError(f"no twins stored under {store.root}: build some with `twins build`, "
+                                    "`twins emotions` or `twins machines`"))
+        for name, kinds in sources.items():
+            typer.echo(f"{name}: {', '.join(kinds)}")
+        return
     if kind is not None:
         for snap in store.snapshots(source, kind):
             typer.echo(snap)
@@ -164,7 +172,7 @@ def twin_list(source: Annotated[str, typer.Option(help="source name")],
 
 @app.command()
 def emotions(source: Annotated[Path, typer.Argument(help="source config YAML whose events include messages")],
-             bundle: Annotated[str, typer.Option(help="emotion bundle folder or models:/NAME@ALIAS")],
+             bundle: Annotated[Optional[str], typer.Option(help="emotion bundle folder or models:/NAME@ALIAS (made by `twins run configs/pipelines/goemotions_emotion.yaml`: .twins/models/goemotions-ensemble)")] = None,
              as_of: Annotated[Optional[str], typer.Option(help="profiles as of this date (ISO 8601); default after the last message")] = None,
              window_days: Annotated[float, typer.Option(help="'recent' = this many days before as_of")] = 30.0,
              strong_negative: Annotated[float, typer.Option(help="negative-sentiment probability of a 'strongly negative' message")] = 0.8,
@@ -180,6 +188,11 @@ def emotions(source: Annotated[Path, typer.Argument(help="source config YAML who
     from twins import api
     from twins.runtime import BundleError
 
+    if bundle is None:
+        _fail(ValueError("give --bundle: an emotion bundle folder or models:/NAME@ALIAS. Make one with `twins run "
+                         "configs/pipelines/goemotions_emotion.yaml` (about 1 h on 2 cores; it writes "
+                         f"{paths.models_dir() / 'goemotions-ensemble'}; a smoke run in minutes: see that config's "
+                         "first lines) or `python -m experiments.emotion`"))
     try:
         with Progress("scoring messages", unit="messages") as bar:
             snap = api.emotions(source, bundle, as_of, window_days, strong_negative, overrides,
@@ -273,7 +286,19 @@ def _jsonable(value):
     return value.isoformat() if isinstance(value, (datetime, date)) else str(value)
 
 
+def _rounded(value):
+    """Floats to 4 significant digits, inside lists and dicts too (``twin show``'s table; --json is exact)."""
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v) for v in value]
+    return value
+
+
 def _short(value) -> str:
+    value = _rounded(value)
     text = json.dumps(value, default=_jsonable) if isinstance(value, (list, dict)) else str(value)
     return text if len(text) <= 300 else text[:297] + "..."
 

@@ -163,7 +163,14 @@ def croston(h: History, cutoff: float, alpha: float = 0.1) -> tuple[float, float
 
 def tsb(h: History, cutoff: float, alpha: float = 0.1, beta: float = 0.05) -> tuple[float, float]:
     """Teunter-Syntetos-Babai on daily buckets: smoothed order probability p (every day) and size (order days);
-    time to the next order is the geometric median log(0.5) / log(1 - p)."""
+    time to the next order is the geometric median log(0.5) / log(1 - p).
+
+    Its large time MAE (about 40 days where the others have 4-7, BENCHMARKS.md) is what TSB is, not a bug: it
+    forecasts a constant daily order probability, so the time to the next order ignores the time since the last
+    one (a machine ordering every 14 days is told 6.7 days on every day of its cycle), and p decays by ``beta`` on
+    every day without an order, so a machine late in a long interval is told several intervals (one ordering every
+    33 days, already 33 days after its last order, is told 69 days; it ordered 4 days later). It is kept as the
+    intermittent-demand reference; Croston is the same smoothing measured per order and has no such bias."""
     t, q = h.t[h.t < cutoff], h.q[h.t < cutoff]
     days = np.floor(t - t[0]).astype(int)
     daily = np.zeros(int(np.floor(cutoff - t[0])) + 1)

@@ -61,7 +61,8 @@ class Outlook(BaseModel):
     expected_purchases: float = Field(description="how many: expected purchase days in the horizon")
     expected_spend: float = Field(description="how much: expected spend in the horizon")
     p_alive: float
-    churn_risk: float = Field(description="1 - p_alive")
+    churn_risk: float = Field(description="P(gone by the end of the horizon) = 1 - P(alive at its end); equal to "
+                                          "1 - p_alive for BG/NBD bundles, whose customers drop out only at a purchase")
     p_any_purchase: float = Field(description="P(at least one purchase day in the horizon)")
     next_purchase: datetime | None = Field(description="when: median time of the next purchase, given alive")
     next_purchase_low: datetime | None

@@ -38,6 +38,14 @@ class SnapshotError(FileNotFoundError):
 
 
 _PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,63}$")
+#: the command that builds each kind of twin, named in errors
+BUILT_BY = {"customer": "twins build", "emotion": "twins emotions", "machine": "twins machines",
+            "behaviour": "twins machines"}
+
+
+def built_by(kind: str) -> str:
+    """The command that builds twins of ``kind`` (``twins build`` for kinds it does not know)."""
+    return BUILT_BY.get(kind, "twins build")
 
 
 def _as_of_label(as_of: datetime | None) -> str:
@@ -77,10 +85,11 @@ class Snapshot:
         try:
             frame = pl.read_parquet(file)
         except (OSError, pl.exceptions.PolarsError) as error:
-            raise SnapshotError(f"{file}: cannot read the twins ({error}); rebuild them with `twins build`") from None
+            raise SnapshotError(f"{file}: cannot read the twins ({error}); rebuild them with "
+                                f"`{built_by(self.path.parent.parent.name)}`") from None
         if self.id_column not in frame.columns:
             raise SnapshotError(f"{file}: no id column {self.id_column!r} (columns: {frame.columns[:20]}); "
-                                "rebuild the snapshot with `twins build`")
+                                f"rebuild the snapshot with `{built_by(self.path.parent.parent.name)}`")
         self._frame = frame
         self._index = {str(k): i for i, k in enumerate(frame[self.id_column].to_list())}
 
@@ -123,6 +132,14 @@ class TwinStore:
             publish.write_text(base / "LATEST", max(self.snapshots(source, kind)))
         return Snapshot(final, id_column)
 
+    def sources(self) -> dict[str, list[str]]:
+        """Each source with stored twins and its kinds, by name."""
+        if not self.root.is_dir():
+            return {}
+        found = {d.name: sorted(k.name for k in d.iterdir() if k.is_dir() and self.snapshots(d.name, k.name))
+                 for d in sorted(self.root.iterdir()) if d.is_dir()}
+        return {source: kinds for source, kinds in found.items() if kinds}
+
     def snapshots(self, source: str, kind: str = "customer") -> list[str]:
         """Stored snapshots as ``<as_of>/<version>``, oldest ``as_of`` first (labels sort by time, "end" last),
         versions in the order written."""
@@ -135,7 +152,7 @@ class TwinStore:
         """The ``<as_of>/<version>`` LATEST names, checked to be a snapshot name (not a path out of the store)."""
         latest = self.root / source / kind / "LATEST"
         if not latest.exists():
-            raise SnapshotError(f"no {kind} twins for source {source!r} under {self.root}: run `twins build` first")
+            raise SnapshotError(f"no {kind} twins for source {source!r} under {self.root}: run `{built_by(kind)}` first")
         return self._checked(latest.read_text().strip(), f"{latest} names")
 
     def _checked(self, snapshot: str, what: str) -> str:
@@ -157,7 +174,8 @@ class TwinStore:
         try:
             id_column = json.loads(file.read_text())["id_column"]
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
-            raise SnapshotError(f"{file}: not a snapshot manifest ({error!r}); rebuild with `twins build`") from None
+            raise SnapshotError(f"{file}: not a snapshot manifest ({error!r}); rebuild with `{built_by(kind)}`") from None
         if not isinstance(id_column, str):
-            raise SnapshotError(f"{file}: id_column must be a column name, got {id_column!r}; rebuild with `twins build`")
+            raise SnapshotError(f"{file}: id_column must be a column name, got {id_column!r}; rebuild with "
+                                f"`{built_by(kind)}`")
         return Snapshot(path, id_column)
