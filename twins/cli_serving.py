@@ -88,7 +88,7 @@ def serve(models: Annotated[Optional[list[str]], typer.Option(
 
     \b
     Example:
-      twins serve --model nbr=models:/tafeng-next-basket@champion --twins complete_journey
+      twins serve --model nbr=models:/tafeng_realitycheck-neural/1 --twins tafeng_realitycheck   # registered by the tafeng_next_basket pipeline
     """
     from twins.serve import create_app
     from twins.serve.auth import read_token
@@ -147,11 +147,13 @@ def score(model: Annotated[str, typer.Argument(help="bundle folder or models:/NA
 
 
 def compare(experiment: Annotated[str, typer.Argument(help="MLflow experiment, e.g. tafeng-next-basket")],
-            metrics: Annotated[Optional[list[str]], typer.Option("--metric", metavar="METRIC", help="e.g. test/recall@10 (repeatable; default all)")] = None,
+            metrics: Annotated[Optional[list[str]], typer.Option("--metric", metavar="METRIC", help="e.g. test/recall@10 (repeatable; `all`: every test metric; default: a few per kind of experiment)")] = None,
             out: Annotated[Optional[Path], typer.Option(help="folder for the PNG plots; default $TWINS_HOME/compare/EXPERIMENT")] = None,
             markdown: Annotated[bool, typer.Option("--markdown", help="print a Markdown table")] = False) -> None:
-    """Table of an experiment's runs by model x data set x seed (mean ± std over seeds) and a PNG plot per metric.
-    Browse the same runs in the MLflow UI with `twins ui`."""
+    """Table of an experiment's models (mean ± std over seeds; ↑ higher is better, ↓ lower, best in bold) and a PNG
+    plot per metric. Browse the same runs in the MLflow UI with `twins ui`."""
+    from rich import box
+
     from twins.compare import compare as _compare
 
     try:
@@ -161,12 +163,14 @@ def compare(experiment: Annotated[str, typer.Argument(help="MLflow experiment, e
     if markdown:
         typer.echo("\n".join(result.table()))
     else:
-        table = Table(title=f"{experiment}: mean ± std over seeds")
-        for column in ("dataset", "model", "seeds", *result.metrics):
-            table.add_column(column)
-        for line in result.table()[2:]:
-            table.add_row(*[cell.strip() for cell in line.strip("|").split("|")])
-        Console(markup=False).print(table)
+        seeds = sorted({r["n"] for r in result.summary})
+        spread = "mean ±std over seeds" if seeds[-1] > 1 else "one run per model"
+        table = Table(title=f"{experiment}: {spread}", box=box.SIMPLE_HEAD, title_justify="left")
+        for i, title in enumerate(result.header()):
+            table.add_column(title, justify="left" if i == 0 else "right", overflow="fold")
+        for cells, best in result.rows():
+            table.add_row(*[Text(c, style="bold" if i in best else "") for i, c in enumerate(cells)])
+        Console().print(table)
     console.print("plots: " + ", ".join(str(p) for p in result.plots), highlight=False)
 
 
