@@ -147,13 +147,11 @@ def score(model: Annotated[str, typer.Argument(help="bundle folder or models:/NA
 
 
 def compare(experiment: Annotated[str, typer.Argument(help="MLflow experiment, e.g. tafeng-next-basket")],
-            metrics: Annotated[Optional[list[str]], typer.Option("--metric", metavar="METRIC", help="e.g. test/recall@10 (repeatable; `all`: every test metric; default: a few per kind of experiment)")] = None,
+            metrics: Annotated[Optional[list[str]], typer.Option("--metric", metavar="METRIC", help="e.g. test/recall@10 (repeatable; default all)")] = None,
             out: Annotated[Optional[Path], typer.Option(help="folder for the PNG plots; default $TWINS_HOME/compare/EXPERIMENT")] = None,
             markdown: Annotated[bool, typer.Option("--markdown", help="print a Markdown table")] = False) -> None:
-    """Table of an experiment's models (mean ± std over seeds; ↑ higher is better, ↓ lower, best in bold) and a PNG
-    plot per metric. Browse the same runs in the MLflow UI with `twins ui`."""
-    from rich import box
-
+    """Table of an experiment's runs by model x data set x seed (mean ± std over seeds) and a PNG plot per metric.
+    Browse the same runs in the MLflow UI with `twins ui`."""
     from twins.compare import compare as _compare
 
     try:
@@ -163,14 +161,12 @@ def compare(experiment: Annotated[str, typer.Argument(help="MLflow experiment, e
     if markdown:
         typer.echo("\n".join(result.table()))
     else:
-        seeds = sorted({r["n"] for r in result.summary})
-        spread = "mean ±std over seeds" if seeds[-1] > 1 else "one run per model"
-        table = Table(title=f"{experiment}: {spread}", box=box.SIMPLE_HEAD, title_justify="left")
-        for i, title in enumerate(result.header()):
-            table.add_column(title, justify="left" if i == 0 else "right", overflow="fold")
-        for cells, best in result.rows():
-            table.add_row(*[Text(c, style="bold" if i in best else "") for i, c in enumerate(cells)])
-        Console().print(table)
+        table = Table(title=f"{experiment}: mean ± std over seeds")
+        for column in ("dataset", "model", "seeds", *result.metrics):
+            table.add_column(column)
+        for line in result.table()[2:]:
+            table.add_row(*[cell.strip() for cell in line.strip("|").split("|")])
+        Console(markup=False).print(table)
     console.print("plots: " + ", ".join(str(p) for p in result.plots), highlight=False)
 
 
