@@ -6,8 +6,8 @@ up to the cut-off only (a later order is censored there); it is scored, beside t
 interval, Croston, TSB, (s, S) inference), on each machine with 3 or more orders before the cut-off: its next order
 within ``horizon_days`` after it, censoring-aware (``twins.evaluate.replenishment``). Then it is refitted on every
 cut-off before the run's ``as_of`` (default: after the last event) and exported; the torch-free runtime, fed each
-machine's raw orders and readings, must answer as the model does. Machine orders are the rows with actor
-``machine`` (``twins.models.replenishment.histories``).
+machine's raw orders and readings, must answer as the model does. Machines need no labels: every (customer, item)
+series that behaves like a machine's is one (``twins.twin.machine.machine_series``; ``actor`` is a hint).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from twins.data.events import scan_events
 from twins.data.ingest import IngestReport
 from twins.data.source import SourceConfig
 from twins.evaluate.replenishment import coverage, replenishment_metrics
-from twins.models.replenishment import (EPOCH, History, Samples, baseline_predictions, histories, runtime_inputs,
-                                       samples)
+from twins.models.replenishment import (EPOCH, UNUSABLE, History, Samples, baseline_predictions, histories,
+                                       runtime_inputs, samples)
 from twins.models.replenishment_torch import ReplenishmentForecaster
 from twins.pipeline import Pipeline, node
 from twins.provenance import last_event, provenance
@@ -35,7 +35,7 @@ TAGS = {"protocol": "replenishment: train before the cut-off (targets censored t
 MODEL = "forecaster"
 DAY_S = 86_400
 DEFAULTS: dict[str, Any] = {"cutoff": None, "horizon_days": 120.0, "cutoff_step_days": 5, "warmup_days": 60,
-                            "forecaster": {}, "export": True}
+                            "forecaster": {}, "export": True, "detector": None, "detector_threshold": 0.5}
 
 
 def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -56,13 +56,36 @@ def days(when: datetime) -> float:
 
 # --------------------------------------------------------------------------------------------- edge nodes
 
-def load_histories(source: SourceConfig, report: IngestReport) -> dict[str, History]:
-    """Each machine's orders and readings (``twins.models.replenishment.histories``); at least one is needed."""
-    hist = histories(scan_events(paths.events_dir(source.name)))
+def load_histories(source: SourceConfig, report: IngestReport, params: dict[str, Any]) -> dict[str, History]:
+    """Each machine's orders and readings (``twins.models.replenishment.histories``): the series that behave like a
+    machine's (``twins.twin.machine.machine_series``: actor hints, else a detector's scores with ``params.detector``,
+    else each series' regularity); at least one is needed. Readings that cannot be used are counted and printed."""
+    events = scan_events(paths.events_dir(source.name))
+    series = _series(events, resolve_params(params))
+    skipped: dict[str, int] = {}
+    hist = histories(events, series, skipped)
     if not hist:
-        raise ValueError(f"source {source.name!r}: no machine orders (rows with actor 'machine' and event_type "
-                         "'purchase'); map the actor column or set `constants: {actor: machine}` in the source config")
+        raise ValueError(f"source {source.name!r}: no machine orders: no row says actor 'machine' and no (customer, "
+                         "item) series orders regularly enough to be a machine's (twins.twin.machine.SeriesRule); map "
+                         "the actor column, set `constants: {actor: machine}` in the source config or give "
+                         "params.detector (a file from `twins detect`)")
+    bases = series.group_by("basis").len().sort("basis").rows()
+    print(f"machine series: {len(hist):,} (" + ", ".join(f"{b} {n:,}" for b, n in bases) + ")")
+    if skipped:
+        print("readings left out: " + ", ".join(f"{n:,} {why} ({UNUSABLE[why]})" for why, n in sorted(skipped.items())))
     return hist
+
+
+def _series(events, p: dict[str, Any]):
+    """The machine series: by the detector's scores with ``params.detector``, else by actor hints and regularity."""
+    from twins.twin.machine import machine_series
+
+    if not p["detector"]:
+        return machine_series(events)
+    from twins.models.machine_detector import load_detector, machine_likeness
+
+    scores = machine_likeness(load_detector(p["detector"]), events)
+    return machine_series(events, scores, float(p["detector_threshold"]))
 
 
 # --------------------------------------------------------------------------------------------- pure nodes
@@ -165,11 +188,14 @@ def log_results(rows: list[dict[str, Any]], holdout: dict[str, Any], bundle: str
     from twins import registry, tracking
 
     p = resolve_params(params)
-    api.log_ingest(mlflow, source, report)
+    events = api.log_ingest(mlflow, source, report)
     protocol = (f"{TAGS['protocol']}; cut-off {p['cutoff']:%Y-%m-%d}, horizon {float(p['horizon_days']):g} days, "
                 f"{holdout['machines']:,} machines, {holdout['training_rows']:,} training rows")
     for r in rows:
-        with tracking.run("", r["model"], nested=True, tags={"model": r["model"], "dataset": source.name, **TAGS}):
+        with tracking.run("", r["model"], nested=True, tags={"model": r["model"], "dataset": source.name, **TAGS},
+                          description=f"`{r['model']}` on `{source.name}`: `test/...` metrics of each machine's next "
+                                      f"order after the cut-off ({protocol})."):
+            mlflow.log_input(events, context="train+test")
             mlflow.log_params({"model": r["model"], "cutoff": p["cutoff"].isoformat(), "horizon_days": p["horizon_days"],
                                **({f"forecaster.{k}": v for k, v in fitted["model"].get_params().items()}
                                   if r["model"] == MODEL else {})})
@@ -190,7 +216,7 @@ def log_results(rows: list[dict[str, Any]], holdout: dict[str, Any], bundle: str
 def pipeline() -> Pipeline:
     return Pipeline("replenishment", [
         node(ingest_events, "source", "report"),
-        node(load_histories, ("source", "report"), "hist"),
+        node(load_histories, ("source", "report", "params"), "hist"),
         node(evaluate_holdout, ("hist", "params"), ("rows", "holdout")),
         node(fit_for_export, ("hist", "as_of", "params"), "fitted"),
         node(export_bundle, ("source", "hist", "fitted", "params"), "bundle"),

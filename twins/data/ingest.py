@@ -18,7 +18,7 @@ import polars as pl
 from twins import publish
 from twins.data import readers
 from twins.data.schema import CANONICAL, EVENT_TYPES, FILE_COLUMN, QUARANTINE_REASON, READER_REASON, ROW_COLUMN
-from twins.data.source import AttributeTable, Ids, SourceConfig
+from twins.data.source import AttributeTable, FileSpec, Ids, SourceConfig
 
 #: Quarantine reasons, in the order they are tested (a row gets the first that applies; ``bad_item`` is a reader's).
 REASONS = ("bad_item", "missing_item", "missing_basket", "unparsable_time", "bad_order", "bad_quantity",
@@ -151,12 +151,13 @@ def _line_numbers(lf: pl.LazyFrame, first_line: int, multiline: bool) -> pl.Lazy
 
 
 def canonical_frame(lf: pl.LazyFrame, cfg: SourceConfig, file_idx: int, file_name: str, fmt: str,
-                    file_constants: dict[str, str], multiline: bool = False) -> pl.LazyFrame:
-    """Map one file's raw columns onto canonical columns; keeps raw values (as text) for the quarantine
-    and helper flags (``_bad_*``) for ``with_reasons``. ``multiline``: some records span lines (see
-    ``readers.multiline_records``)."""
+                    spec: FileSpec, multiline: bool = False) -> pl.LazyFrame:
+    """Map one file's raw columns onto canonical columns (its own mapping, ``SourceConfig.mapping``); keeps raw
+    values (as text) for the quarantine and helper flags (``_bad_*``) for ``with_reasons``. ``multiline``: some
+    records span lines (see ``readers.multiline_records``). Return rules apply to purchase rows only: a negative
+    reading or service value keeps its sign."""
     schema = lf.collect_schema()
-    m, c = cfg.columns, cfg.constants
+    m, c = cfg.mapping(spec)
     lf = _line_numbers(lf, _first_line(fmt, cfg), multiline).with_columns(
         pl.lit(file_name).alias(FILE_COLUMN), pl.lit(file_idx, pl.Int32).alias(_FILE_IDX))
     if READER_REASON not in schema:
@@ -190,11 +191,13 @@ def canonical_frame(lf: pl.LazyFrame, cfg: SourceConfig, file_idx: int, file_nam
     raw_cols = sorted({*m.values(), *cfg.extra_columns, *([cfg.order_column] if cfg.order_column else [])})
     order = pl.col(cfg.order_column).cast(pl.Int64, strict=False) if cfg.order_column else pl.lit(None, pl.Int64)
     # parse once; the flags below compare parsed values with the raw text kept for the quarantine
-    lf = lf.with_columns(**exprs, **{k: ident(m[k], schema[m[k]]) for k in ("basket_id",) if k in m}, _order=order,
+    lf = lf.with_columns(**exprs, basket_id=ident(m["basket_id"], schema[m["basket_id"]]) if "basket_id" in m
+                         else pl.lit(None, pl.String), _order=order,
                          **{f"raw:{col}": pl.col(col).cast(pl.String) for col in raw_cols})
     written = lambda col: pl.col(f"raw:{col}").str.strip_chars().str.len_bytes() > 0  # noqa: E731  (blank = missing)
     failed = lambda canon: (written(m[canon]) & pl.col(canon).is_null()).fill_null(False) if canon in m else pl.lit(False)  # noqa: E731
-    negative_qty = (pl.col("quantity") < 0).fill_null(False) | (pl.col("amount") < 0).fill_null(False)
+    sale = pl.col("event_type").is_null() | pl.col("event_type").is_in(["purchase", "return"])
+    negative_qty = sale & ((pl.col("quantity") < 0).fill_null(False) | (pl.col("amount") < 0).fill_null(False))
     is_return = negative_qty if cfg.returns.negative_quantity else pl.lit(False)
     if cfg.returns.id_prefix:
         id_col = cfg.returns.id_column or m.get("basket_id")
@@ -203,6 +206,7 @@ def canonical_frame(lf: pl.LazyFrame, cfg: SourceConfig, file_idx: int, file_nam
                 .str.strip_chars().str.starts_with(cfg.returns.id_prefix).fill_null(False)
     if cfg.returns.flag_column:
         is_return = is_return | _str(cfg.returns.flag_column).is_in(cfg.returns.flag_values).fill_null(False)
+    is_return = is_return & sale
     lf = lf.with_columns(
         _bad_time=failed("event_time"), _bad_qty=failed("quantity"), _bad_price=failed("unit_price") | failed("amount"),
         _bad_order=(pl.col(f"raw:{cfg.order_column}").is_not_null() & pl.col("_order").is_null()) if cfg.order_column else pl.lit(False),
@@ -212,7 +216,8 @@ def canonical_frame(lf: pl.LazyFrame, cfg: SourceConfig, file_idx: int, file_nam
     lf = lf.with_columns(
         event_type=pl.when(pl.col("_is_return")).then(pl.lit("return"))
         .otherwise(pl.col("event_type").fill_null("purchase")),
-        quantity=qty.abs(), amount=amount.abs(), actor=pl.col("actor").fill_null("unknown"),
+        quantity=pl.when(sale).then(qty.abs()).otherwise(qty), amount=pl.when(sale).then(amount.abs()).otherwise(amount),
+        actor=pl.col("actor").fill_null("unknown"), _no_basket=pl.lit("basket_id" not in m),
     ).with_columns(
         unit_price=pl.when(price.is_null() & pl.col("quantity").is_not_null() & (pl.col("quantity") != 0))
         .then(pl.col("amount") / pl.col("quantity")).otherwise(price),
@@ -224,13 +229,16 @@ def canonical_frame(lf: pl.LazyFrame, cfg: SourceConfig, file_idx: int, file_nam
         guests = guests | pl.col("customer_id").is_in(cfg.guest_customer_ids)
     lf = lf.with_columns(customer_id=pl.when(guests).then(None).otherwise(pl.col("customer_id")))
     extras = {col: pl.col(col) for col in cfg.extra_columns}
-    consts = {k: pl.lit(v) for k, v in file_constants.items()}
+    consts = {k: pl.lit(v) for k, v in cfg.extra_constants(spec).items()}
     return lf.with_columns(**extras, **consts)
 
 
-def with_reasons(lf: pl.LazyFrame, cfg: SourceConfig, not_after: datetime) -> pl.LazyFrame:
-    """Add the quarantine ``reason`` (null for accepted rows): the first failed check, in REASONS order."""
+def with_reasons(lf: pl.LazyFrame, cfg: SourceConfig, not_after: datetime,
+                 columns: dict[str, str] | None = None) -> pl.LazyFrame:
+    """Add the quarantine ``reason`` (null for accepted rows): the first failed check, in REASONS order.
+    ``columns``: the file's mapping (default: the source's)."""
     v = cfg.validation
+    columns = cfg.columns if columns is None else columns
     is_purchase = pl.col("event_type").is_in(["purchase", "return"])
     qty, price, amount = pl.col("quantity"), pl.col("unit_price"), pl.col("amount")
     numbers = [qty, price, amount]
@@ -242,12 +250,12 @@ def with_reasons(lf: pl.LazyFrame, cfg: SourceConfig, not_after: datetime) -> pl
         excluded = excluded | pl.col("item_id").is_in(cfg.exclude.item_codes).fill_null(False)
     if cfg.exclude.item_pattern:
         excluded = excluded | pl.col("item_id").str.contains(cfg.exclude.item_pattern).fill_null(False)
-    mapped = lambda *canon: pl.lit(any(k in cfg.columns for k in canon))  # noqa: E731
+    mapped = lambda *canon: pl.lit(any(k in columns for k in canon))  # noqa: E731
     low_price = (price < v.min_unit_price).fill_null(False) if v.min_unit_price is not None else pl.lit(False)
     event_time = pl.col("event_time")
     checks: list[tuple[str, pl.Expr]] = [
         ("missing_item", is_purchase & pl.col("item_id").is_null() & mapped("item_id")),
-        ("missing_basket", is_purchase & pl.col("basket_id").is_null() if "basket_id" in cfg.columns else pl.lit(False)),
+        ("missing_basket", is_purchase & pl.col("basket_id").is_null() if "basket_id" in columns else pl.lit(False)),
         ("unparsable_time", pl.col("_bad_time") | (mapped("event_time") & event_time.is_null())),
         ("bad_order", pl.col("_bad_order") | (pl.lit(cfg.order_column is not None) & pl.col("_order").is_null())),
         ("bad_quantity", pl.col("_bad_qty")),
@@ -276,13 +284,14 @@ def _utc(t: datetime) -> datetime:
 
 
 def finish(lf: pl.LazyFrame, cfg: SourceConfig) -> pl.LazyFrame:
-    """Across all files: basket ids, and basket order for order-only sources."""
-    if "basket_id" not in cfg.columns:
+    """Across all files: basket ids (for the files that map none), and basket order for order-only sources."""
+    if any("basket_id" not in cfg.mapping(spec)[0] for spec in cfg.files):
         # order numbers may restart in every file; a time is the same instant in any file (so overlapping
         # files still yield the same basket ids and their copies are found as overlap_duplicate)
         key = (pl.col(_FILE_IDX).cast(pl.String) + "|" + pl.col("_order").cast(pl.String) if cfg.order_column
                else pl.col("event_time").dt.to_string("%Y-%m-%dT%H:%M:%S%.f"))
-        lf = lf.with_columns(basket_id=pl.col("customer_id").fill_null("guest") + "|" + key)
+        lf = lf.with_columns(basket_id=pl.when(pl.col("_no_basket"))
+                             .then(pl.col("customer_id").fill_null("guest") + "|" + key).otherwise(pl.col("basket_id")))
     if cfg.order_column:
         # rank accepted rows only, so that a quarantined basket leaves no gap in 0..n-1
         lf = lf.with_columns(basket_seq=pl.when(pl.col(QUARANTINE_REASON).is_null())
@@ -292,15 +301,17 @@ def finish(lf: pl.LazyFrame, cfg: SourceConfig) -> pl.LazyFrame:
     return lf
 
 
-def duplicate_rows(raws: list[pl.LazyFrame], key_cols: list[str]) -> list[tuple[pl.Series, pl.Series]]:
+def duplicate_rows(raws: list[pl.LazyFrame], key_cols: list[list[str]]) -> list[tuple[pl.Series, pl.Series]]:
     """Exact copies of raw lines, per file: (0-based row numbers of ``duplicate_line``, of ``overlap_duplicate``).
 
     The first occurrence (by file, then row) is kept; a copy is an overlap_duplicate when its line first appeared
     in an earlier file. Only a 64-bit hash of each line's mapped columns is held in memory (a false match among
     10M lines has p ~ 3e-6), so the main pass can stream. A copy of a bad line is bad for the same reason; that
-    reason wins over the duplicate one."""
-    keys = pl.concat([raw.select(pl.lit(i, pl.Int32).alias("f"), pl.struct(key_cols).hash(seed=7).alias("h"))
-                      .with_row_index("r") for i, raw in enumerate(raws)]).collect(engine="streaming")
+    reason wins over the duplicate one. ``key_cols``: each file's mapped columns (files that map other columns
+    hold no copies of each other's lines)."""
+    keys = pl.concat([raw.select(pl.lit(i, pl.Int32).alias("f"),
+                                 pl.struct(pl.lit(key_cols.index(cols)).alias("_mapping"), *cols).hash(seed=7).alias("h"))
+                      .with_row_index("r") for i, (raw, cols) in enumerate(zip(raws, key_cols))]).collect(engine="streaming")
     first = keys["h"].is_first_distinct()
     copies = keys.filter(~first)
     if copies.height:
@@ -356,25 +367,18 @@ def plan(cfg: SourceConfig, not_after: datetime | None = None) -> tuple[pl.LazyF
     not_after = not_after or cfg.validation.not_after or datetime.now(timezone.utc)
     if not_after.tzinfo is None:
         not_after = not_after.replace(tzinfo=timezone.utc)
-    needed = dict(cfg.columns)
-    for col in cfg.extra_columns:
-        needed[f"extra:{col}"] = col
-    if cfg.order_column:
-        needed["order_column"] = cfg.order_column
-    if cfg.returns.flag_column:
-        needed["returns.flag_column"] = cfg.returns.flag_column
-    if cfg.returns.id_column:
-        needed["returns.id_column"] = cfg.returns.id_column
-    raws, files = [], []
+    raws, files, keys = [], [], []
     inputs = cfg.input_files()
     for path, spec in inputs:
+        needed = _needed(cfg, spec)
         fmt = readers.detect_format(path, cfg.format)
         raws.append(readers.scan(path, fmt, cfg.csv, spec.sheet))
         readers.check_columns(path, raws[-1], needed, cfg.csv)
         files.append(InputFile(path, fmt, spec.sheet))
+        keys.append(sorted(set(needed.values())))
     later_first = cfg.validation.overlap == "later_file"  # then a line's copy in a later file is the one kept
     try:
-        dups = (duplicate_rows(raws[::-1] if later_first else raws, sorted(set(needed.values())))
+        dups = (duplicate_rows(raws[::-1] if later_first else raws, keys[::-1] if later_first else keys)
                 if cfg.validation.duplicates == "quarantine" else None)
     except pl.exceptions.PolarsError as exc:
         raise _read_error(cfg, files, exc) from None
@@ -383,7 +387,8 @@ def plan(cfg: SourceConfig, not_after: datetime | None = None) -> tuple[pl.LazyF
     frames = []
     for i, (raw, (_, spec), (path, fmt, _)) in enumerate(zip(raws, inputs, files)):
         multiline = readers.multiline_records(path, fmt, cfg.csv)
-        lf = with_reasons(canonical_frame(raw, cfg, i, path.name, fmt, spec.constants, multiline), cfg, not_after)
+        lf = with_reasons(canonical_frame(raw, cfg, i, path.name, fmt, spec, multiline), cfg, not_after,
+                          cfg.mapping(spec)[0])
         if dups is not None:
             same, earlier = (rows.implode() for rows in dups[i])
             reason, row = pl.col(QUARANTINE_REASON), pl.col(_ROW_IDX)
@@ -395,6 +400,20 @@ def plan(cfg: SourceConfig, not_after: datetime | None = None) -> tuple[pl.LazyF
     if later_first:
         frames = superseded(frames)
     return finish(pl.concat(frames, how="diagonal_relaxed"), cfg), files
+
+
+def _needed(cfg: SourceConfig, spec: FileSpec) -> dict[str, str]:
+    """The source columns one file must have, keyed by the config key that names each."""
+    needed = dict(cfg.mapping(spec)[0])
+    for col in cfg.extra_columns:
+        needed[f"extra:{col}"] = col
+    if cfg.order_column:
+        needed["order_column"] = cfg.order_column
+    if cfg.returns.flag_column:
+        needed["returns.flag_column"] = cfg.returns.flag_column
+    if cfg.returns.id_column:
+        needed["returns.id_column"] = cfg.returns.id_column
+    return needed
 
 
 def superseded(frames: list[pl.LazyFrame]) -> list[pl.LazyFrame]:
@@ -430,7 +449,7 @@ def _write(cfg: SourceConfig, tmp: Path, out_dir: Path, not_after: datetime | No
     """Write the ingest's files into the empty folder ``tmp``; the report names them as they will be in ``out_dir``."""
     t0 = time.perf_counter()
     lf, files = plan(cfg, not_after)
-    extras = list(dict.fromkeys([*cfg.extra_columns, *(k for f in cfg.files for k in f.constants)]))
+    extras = list(dict.fromkeys([*cfg.extra_columns, *(k for f in cfg.files for k in cfg.extra_constants(f))]))
     ok = pl.col(QUARANTINE_REASON).is_null()
     events = lf.filter(ok).select(*[pl.col(c).cast(t) for c, t in CANONICAL.items()], *extras)
     attributes = {name: attribute_tables(tables, key, prefix, cfg) for name, tables, key, prefix in
@@ -507,8 +526,10 @@ def _decimal_comma_hint(quarantine_path: Path, cfg: SourceConfig) -> list[str]:
 def _read_error(cfg: SourceConfig, files: list[InputFile], exc: Exception) -> readers.SourceError:
     """The streaming run does not say which file failed: read each one alone to name it."""
     now = datetime.now(timezone.utc)
-    for i, (path, fmt, sheet) in enumerate(files):
-        frame = with_reasons(canonical_frame(readers.scan(path, fmt, cfg.csv, sheet), cfg, i, path.name, fmt, {}), cfg, now)
+    specs = [spec for _, spec in cfg.input_files()]
+    for i, ((path, fmt, sheet), spec) in enumerate(zip(files, specs)):
+        frame = with_reasons(canonical_frame(readers.scan(path, fmt, cfg.csv, sheet), cfg, i, path.name, fmt, spec),
+                             cfg, now, cfg.mapping(spec)[0])
         try:
             frame.select(pl.all().null_count()).collect(engine="streaming")
         except pl.exceptions.PolarsError as file_exc:

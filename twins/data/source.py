@@ -26,12 +26,25 @@ class _Strict(BaseModel):
 
 class FileSpec(_Strict):
     """One input file. Files are read in the listed order; that order breaks ties for duplicates
-    across files (the first file wins) and orders baskets of order-only sources."""
+    across files (the first file wins) and orders baskets of order-only sources. A file may map its own columns
+    and fix its own event type and canonical values, so that the orders, readings, service requests and messages
+    of one log, each exported with its own columns, are one source."""
 
     path: str = Field(description="relative to the config's folder, absolute, package://pkg/file, or a pattern "
                                   "(exports/orders_*.csv) for the files it matches, in name order")
-    constants: dict[str, str] = Field(default_factory=dict, description="extra columns set for every row of this file")
+    columns: dict[str, str] | None = Field(None, description="canonical column -> source column for this file "
+                                                              "(default: the source's `columns`)")
+    event_type: str | None = Field(None, description="every row of this file is this event type (e.g. telemetry)")
+    constants: dict[str, str | float] = Field(default_factory=dict, description="values set for every row of this "
+                                              "file: canonical columns (text: stock, actor: machine, ...) override "
+                                              "the source's constants; other names are extra columns")
     sheet: str | None = Field(None, description="Excel files: the sheet to read (default: the first)")
+
+    @model_validator(mode="after")
+    def _one_event_type(self) -> "FileSpec":
+        if self.event_type is not None and "event_type" in self.constants:
+            raise ValueError(f"{self.path}: give event_type or constants.event_type, not both")
+        return self
 
 
 class CsvOptions(_Strict):
@@ -145,7 +158,8 @@ class SourceConfig(_Strict):
     format: Format | None = Field(None, description="default: from each file's suffix")
     files: list[FileSpec] = Field(min_length=1)
     csv: CsvOptions = Field(default_factory=CsvOptions)
-    columns: dict[str, str] = Field(description="canonical column -> source column")
+    columns: dict[str, str] = Field(description="canonical column -> source column (a file with its own `columns` "
+                                                "uses those instead; optional when every file has them)")
     constants: dict[str, str | float] = Field(default_factory=dict, description="canonical column -> fixed value")
     order_column: str | None = Field(None, description="source column giving basket order for sources without time")
     extra_columns: list[str] = Field(default_factory=list, description="source columns passed through unchanged")
@@ -159,6 +173,16 @@ class SourceConfig(_Strict):
     customer_attributes: list[AttributeTable] = Field(default_factory=list, description="one table or a list")
     base_dir: Path = Field(Path("."), description="relative paths resolve against this (the config's folder)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _columns_per_file(cls, data):
+        """``columns`` may be left out when every file maps its own."""
+        files = data.get("files") if isinstance(data, dict) else None
+        if isinstance(files, list) and files and "columns" not in data and all(
+                isinstance(f, dict) and f.get("columns") is not None for f in files):
+            data = {**data, "columns": {}}
+        return data
+
     @field_validator("item_attributes", "customer_attributes", mode="before")
     @classmethod
     def _one_or_many(cls, value):
@@ -168,26 +192,31 @@ class SourceConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "SourceConfig":
-        unknown = set(self.columns) - set(MAPPABLE)
-        if unknown:
-            raise ValueError(f"columns: unknown canonical column(s) {sorted(unknown)}; allowed: {list(MAPPABLE)}")
-        both = set(self.columns) & set(self.constants)
-        if both:
-            raise ValueError(f"{sorted(both)} given both in columns and constants; keep one")
-        mapped = set(self.columns) | set(self.constants)
-        if "customer_id" not in mapped:
-            raise ValueError("columns.customer_id is required (the source column that identifies the customer)")
-        etype = self.constants.get("event_type")
-        if etype is not None and etype not in EVENT_TYPES:
-            raise ValueError(f"constants.event_type must be one of {EVENT_TYPES}, not {etype!r}")
-        if etype in (None, "purchase", "return") and "item_id" not in mapped:
-            raise ValueError("columns.item_id (or constants.item_id) is required for purchase events")
-        if "event_time" not in mapped and self.order_column is None and etype != "message":
-            raise ValueError("give columns.event_time or, for sources without time, order_column")
-        if self.validation.overlap == "later_file" and "event_time" not in self.columns:
+        for where, columns, constants in [("", self.columns, self.constants)] * (not self.per_file()) + [
+                (f"files[{i}] ({spec.path}): ", *self.mapping(spec)) for i, spec in enumerate(self.files)]:
+            _check_mapping(where, columns, constants, self.order_column)
+        if self.validation.overlap == "later_file" and any("event_time" not in self.mapping(f)[0] for f in self.files):
             raise ValueError("validation.overlap: later_file compares the files' time ranges; map columns.event_time "
                              "or use overlap: lines")
         return self
+
+    def per_file(self) -> bool:
+        """Whether some file maps its own columns."""
+        return any(spec.columns is not None for spec in self.files)
+
+    def mapping(self, spec: FileSpec) -> tuple[dict[str, str], dict[str, str | float]]:
+        """A file's canonical mapping: (canonical -> source column, canonical -> fixed value). The file's own
+        ``columns``, ``event_type`` and canonical ``constants`` win over the source's."""
+        columns = self.columns if spec.columns is None else spec.columns
+        own = {k: v for k, v in spec.constants.items() if k in MAPPABLE}
+        if spec.event_type is not None:
+            own["event_type"] = spec.event_type
+        constants = {k: v for k, v in self.constants.items() if k not in columns} | own
+        return {k: v for k, v in columns.items() if k not in own}, constants
+
+    def extra_constants(self, spec: FileSpec) -> dict[str, str | float]:
+        """A file's constants that are not canonical columns: extra columns set for its every row."""
+        return {k: v for k, v in spec.constants.items() if k not in MAPPABLE}
 
     def resolve(self, path: str) -> Path:
         """Resolve a file path: ``package://pkg/sub/file`` inside an installed package, else relative to base_dir."""
@@ -217,6 +246,31 @@ class SourceConfig(_Strict):
                                          "(wildcards: * ? [...], ** for any folders) and the folder")
             out += [(q, spec) for q in matches]
         return out
+
+
+def _check_mapping(where: str, columns: dict[str, str], constants: dict[str, str | float],
+                   order_column: str | None) -> None:
+    """One file's (or the source's) mapping covers what its events need; errors start with ``where``."""
+    unknown = (set(columns) | set(constants)) - set(MAPPABLE)
+    if unknown:
+        raise ValueError(f"{where}columns/constants: unknown canonical column(s) {sorted(unknown)}; allowed: "
+                         f"{list(MAPPABLE)}")
+    both = set(columns) & set(constants)
+    if both:
+        raise ValueError(f"{where}{sorted(both)} given both in columns and constants; keep one")
+    mapped = set(columns) | set(constants)
+    if "customer_id" not in mapped:
+        raise ValueError(f"{where}columns.customer_id is required (the source column that identifies the customer)")
+    etype = constants.get("event_type")
+    if etype is not None and etype not in EVENT_TYPES:
+        raise ValueError(f"{where}event_type must be one of {EVENT_TYPES}, not {etype!r}")
+    if etype in (None, "purchase", "return") and "item_id" not in mapped:
+        raise ValueError(f"{where}columns.item_id (or constants.item_id) is required for purchase events")
+    if etype == "telemetry" and not {"quantity", "text"} <= mapped:
+        raise ValueError(f"{where}telemetry rows need columns.quantity (the reading) and columns.text or "
+                         "constants.text ('stock': units on hand, 'usage': a cumulative usage counter)")
+    if "event_time" not in mapped and order_column is None and etype != "message":
+        raise ValueError(f"{where}give columns.event_time or, for sources without time, order_column")
 
 
 def expand(pattern: Path) -> list[Path]:

@@ -16,17 +16,28 @@ import numpy as np
 import polars as pl
 
 from twins.runtime.replenishment_features import FEATURES, History, features
+from twins.twin.machine import machine_events, machine_series
 
 DAY_US = 86_400_000_000
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-def histories(events: pl.DataFrame | pl.LazyFrame) -> dict[str, History]:
-    """Machine orders and readings per machine and consumable (rows with actor ``machine``), keyed as
-    ``machine_keys`` says. Readings go to the consumable their ``item_id`` names; a reading without one goes to a
-    single-item machine's only consumable and is dropped for a machine with several (it cannot be told which stock
-    it measures)."""
-    ev = events.lazy().filter(pl.col("actor") == "machine")
+#: why a reading is left out of a history (counted by ``histories``)
+UNUSABLE = {"not_finite": "its value is missing or not finite", "negative_stock": "a stock reading below 0",
+            "unknown_kind": "text is neither 'stock' nor 'usage'", "no_item": "no item_id, and the machine orders "
+            "several items", "no_orders": "its machine and item have no order"}
+
+
+def histories(events: pl.DataFrame | pl.LazyFrame, series: pl.DataFrame | None = None,
+              skipped: dict[str, int] | None = None) -> dict[str, History]:
+    """Machine orders and readings per machine and consumable, keyed as ``machine_keys`` says. The machines are
+    ``series`` (default: ``twins.twin.machine.machine_series``: actor hints, else the series' own regularity).
+    Readings go to the consumable their ``item_id`` names (one without goes to a single-item machine's only
+    consumable); a stock reading and a usage reading at the same time are one reading, and a machine may send
+    either kind or both (``History`` completes the usage counter). A reading that cannot be used is counted in
+    ``skipped`` by reason (``UNUSABLE``), never dropped silently."""
+    events = events.lazy() if isinstance(events, pl.DataFrame) else events
+    ev = machine_events(events, machine_series(events) if series is None else series)
     single = _single_item(_order_pairs(ev))
     machine = _machine(single)
     days = (pl.col("event_time").cast(pl.Int64) / DAY_US).alias("t")
@@ -35,29 +46,36 @@ def histories(events: pl.DataFrame | pl.LazyFrame) -> dict[str, History]:
               .select(machine, days, "quantity",
                       (pl.col("promised_days").cast(pl.Float64) if has_promised else pl.lit(np.nan)).alias("promised"))
               .sort("t").group_by("machine", maintain_order=True).agg(pl.all()).collect())
-    tele = (ev.filter((pl.col("event_type") == "telemetry")
-                      & (pl.col("item_id").is_not_null() | pl.col("customer_id").is_in(list(single))))
-            .select(machine, days, "text", "quantity").sort("t").group_by("machine").agg(
-                pl.col("t").filter(pl.col("text") == "stock").alias("tel_t"),
-                pl.col("quantity").filter(pl.col("text") == "stock").alias("stock"),
-                pl.col("quantity").filter(pl.col("text") == "usage").alias("usage")).collect())
+    known = orders["machine"].implode()
+    value = pl.col("quantity")
+    reason = (pl.when(~value.is_finite().fill_null(False)).then(pl.lit("not_finite"))
+              .when(~pl.col("text").is_in(["stock", "usage"]).fill_null(False)).then(pl.lit("unknown_kind"))
+              .when((pl.col("text") == "stock") & (value < 0)).then(pl.lit("negative_stock"))
+              .when(pl.col("item_id").is_null() & ~pl.col("customer_id").is_in(list(single))).then(pl.lit("no_item"))
+              .when(~pl.col("machine").is_in(known)).then(pl.lit("no_orders")))
+    tele = ev.filter(pl.col("event_type") == "telemetry").select(machine, days, "text", "quantity", "item_id",
+                                                                  "customer_id").with_columns(reason.alias("why"))
+    if skipped is not None:
+        for why, n in tele.filter(pl.col("why").is_not_null()).group_by("why").len().collect().iter_rows():
+            skipped[why] = skipped.get(why, 0) + n
+    tele = (tele.filter(pl.col("why").is_null()).group_by("machine", "t").agg(
+                pl.col("quantity").filter(pl.col("text") == "stock").first().alias("stock"),
+                pl.col("quantity").filter(pl.col("text") == "usage").first().alias("usage"))
+            .sort("t").group_by("machine").agg("t", "stock", "usage").collect())
     readings = {m: rest for m, *rest in tele.iter_rows()}
     out = {}
     for m, t, q, promised in orders.iter_rows():
-        h = History(np.asarray(t), np.asarray(q, float), np.asarray(promised, float))
-        if m in readings:
-            tel_t, stock, usage = (np.asarray(v, float) for v in readings[m])
-            if len(usage) == len(tel_t):
-                h.tel_t, h.stock, h.usage = tel_t, stock, usage
-        out[m] = h
+        tel_t, stock, usage = (np.asarray([np.nan if v is None else v for v in col], float) for col in readings.get(m, ([], [], [])))
+        out[m] = History(np.asarray(t), np.asarray(q, float), np.asarray(promised, float), tel_t, stock, usage)
     return out
 
 
-def machine_keys(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+def machine_keys(events: pl.DataFrame | pl.LazyFrame, series: pl.DataFrame | None = None) -> pl.DataFrame:
     """``machine`` (the key of ``histories``), ``customer_id``, ``item_id``: one row per machine and consumable. The
     key is the customer id when the machine orders one item (the simulated market's machines), ``<customer>/<item>``
     when it orders several (a printer's four toners), as the machine twins are keyed."""
-    pairs = _order_pairs(events.lazy().filter(pl.col("actor") == "machine"))
+    events = events.lazy() if isinstance(events, pl.DataFrame) else events
+    pairs = _order_pairs(machine_events(events, machine_series(events) if series is None else series))
     return pairs.select(_machine(_single_item(pairs)), "customer_id", "item_id")
 
 

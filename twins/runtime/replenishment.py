@@ -23,21 +23,29 @@ MAX_LOG_QUANTITY = 50.0  # and quantities are capped at e^50, so that no answer 
 def history(orders: list[tuple], readings: list[tuple] | None = None) -> History:
     """A ``History`` (days since the epoch, sorted) from ``(time, quantity)`` or ``(time, quantity, promised_days)``
     orders and ``(time, stock, usage)`` readings; times are datetimes (naive = UTC) or ISO 8601 strings. Quantities
-    must be finite and >= 0 and readings finite (``ValueError`` names the entry)."""
+    must be finite and >= 0. A reading may leave out one of its values (None or nan: a machine that reports stock
+    only, or a usage counter only); the other must be finite, and stock >= 0 (``ValueError`` names the entry)."""
     o = [(_to_us(row[0]), float(row[1]), float(row[2]) if len(row) > 2 and row[2] is not None else np.nan)
          for row in orders]
-    r = [(_to_us(when), float(stock), float(usage)) for when, stock, usage in readings or []]
+    r = [(_to_us(when), _value(stock), _value(usage)) for when, stock, usage in readings or []]
     for j, (_, quantity, _) in enumerate(o):
         if not (np.isfinite(quantity) and quantity >= 0):
             raise ValueError(f"orders[{j}]: quantity {orders[j][1]!r} must be a finite number >= 0 (a return or a "
                              "cancellation is not an order: leave it out)")
     for j, (_, stock, usage) in enumerate(r):
-        if not (np.isfinite(stock) and np.isfinite(usage)):
-            raise ValueError(f"readings[{j}]: stock and usage must be finite numbers, got {tuple(readings[j][1:])!r}")
+        given = [v for v in (stock, usage) if not np.isnan(v)]
+        if not given or not np.isfinite(given).all() or stock < 0:
+            raise ValueError(f"readings[{j}]: give stock (>= 0) or usage or both as finite numbers (the other None), "
+                             f"got {tuple(readings[j][1:])!r}")
     o.sort()
     r.sort()
     o_arr, r_arr = np.array(o, dtype=np.float64).reshape(-1, 3), np.array(r, dtype=np.float64).reshape(-1, 3)
     return History(o_arr[:, 0] / DAY_US, o_arr[:, 1], o_arr[:, 2], r_arr[:, 0] / DAY_US, r_arr[:, 1], r_arr[:, 2])
+
+
+def _value(v) -> float:
+    """A reading's value; None is nan (not taken)."""
+    return np.nan if v is None else float(v)
 
 
 class ReplenishmentBundle(Bundle):

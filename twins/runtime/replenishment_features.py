@@ -10,6 +10,11 @@ nothing at weekends. Such a machine's stock cannot fall over a weekend, so it ne
 with readings, its usage stands still on Saturdays and Sundays. The seasonal rate is a robust (Huber) ridge fit of
 the log consumption rate between orders on one yearly sine and cosine, read half a mean gap after the last order;
 with four weeks of readings or more, the seasonal shape comes from the weekly usage instead.
+
+Readings come in either kind or both: a usage counter (cumulative units used) and stock on hand. A history with
+stock readings only gets its usage counter from them (``usage_from_stock``: what the stock lost between readings,
+plus the order a refill delivered); one with a counter only has its stock features from the orders (the
+order-up-to identity: what was used since the last order).
 """
 
 from __future__ import annotations
@@ -33,9 +38,15 @@ FEATURES = ("log_orders", "since_last", "last_gap", "mean_gap", "median_gap", "g
             "log_season_cycle", "log_season_cover", "dow_sin", "dow_cos")
 
 
+REFILL_WINDOW = 30.0  # days: a refill seen in the stock readings is matched to an order placed this long before it
+
+
 @dataclass
 class History:
-    """One machine's orders (time, quantity, quoted lead days), sorted by time, and readings (time, stock, usage)."""
+    """One machine's orders (time, quantity, quoted lead days), sorted by time, and readings (time, stock, usage),
+    sorted by time, either value nan where that reading was not taken. On construction the usage counter is
+    completed: interpolated between counter readings, or derived from the stock readings where there is no counter
+    (``usage_from_stock``); readings that leave neither are dropped."""
 
     t: np.ndarray
     q: np.ndarray
@@ -43,6 +54,38 @@ class History:
     tel_t: np.ndarray = field(default_factory=lambda: np.empty(0))
     stock: np.ndarray = field(default_factory=lambda: np.empty(0))
     usage: np.ndarray = field(default_factory=lambda: np.empty(0))
+
+    def __post_init__(self) -> None:
+        counted, stocked = np.isfinite(self.usage), np.isfinite(self.stock)
+        if counted.any():
+            self.usage = np.interp(self.tel_t, self.tel_t[counted], self.usage[counted])
+        elif stocked.any():
+            self.tel_t, self.stock = self.tel_t[stocked], self.stock[stocked]
+            self.usage = usage_from_stock(self.tel_t, self.stock, self.t, self.q)
+        else:
+            self.tel_t, self.stock, self.usage = np.empty(0), np.empty(0), np.empty(0)
+
+
+def usage_from_stock(tel_t: np.ndarray, stock: np.ndarray, order_t: np.ndarray, order_q: np.ndarray) -> np.ndarray:
+    """A cumulative usage counter at each stock reading: between two readings the machine used what its stock lost,
+    plus what a refill brought when the stock rose (the order placed in the ``REFILL_WINDOW`` days before that
+    best matches the rise plus the usual use, each order matched once). A rise no order explains counts the usual
+    use (the median daily use times the days). Causal: a reading's counter reads only the orders before it."""
+    lost, days = stock[:-1] - stock[1:], np.diff(tel_t)
+    daily = np.where(lost >= 0, lost / np.maximum(days, 1e-6), np.nan)
+    used, matched = lost.copy(), np.zeros(len(order_t), bool)
+    for i in np.flatnonzero(lost < 0):
+        when = tel_t[i + 1]
+        before = daily[:i][np.isfinite(daily[:i])]
+        usual = float(np.median(before)) if len(before) else 0.0
+        open_ = np.flatnonzero(~matched & (order_t < when) & (order_t >= when - REFILL_WINDOW))
+        if len(open_):
+            k = open_[np.argmin(np.abs(order_q[open_] - (-lost[i] + usual * days[i])))]
+            matched[k] = True
+            used[i] = lost[i] + order_q[k]
+        else:
+            used[i] = usual * days[i]
+    return np.concatenate([[0.0], np.cumsum(np.maximum(used, 0.0))])
 
 
 def _safe_log(x: float) -> float:
@@ -132,25 +175,40 @@ def features(h: History, cutoff: float) -> np.ndarray | None:
     if j >= 2 and h.usage[j - 1] <= h.usage[0]:
         j = 0  # readings whose usage never grew (a stuck or broken meter) are ignored
     if j >= 2:
-        tel_t, stock, usage = h.tel_t[:j], h.stock[:j], h.usage[:j]
+        tel_t, usage = h.tel_t[:j], h.usage[:j]
         usage_rate = max((usage[-1] - usage[0]) / max(tel_t[-1] - tel_t[0], 1e-6), 1e-6)
-        lead = float(np.nanmedian(h.promised[:k])) + 0.5 if np.isfinite(h.promised[:k]).any() else 4.0
-        open_q = q[t + lead > cutoff].sum()
-        before = np.searchsorted(tel_t, t) - 1
-        ok = before >= 0
-        tk = t[ok][:, None]
-        positions = stock[before[ok]] + ((t[None, :] < tk) & (t[None, :] + lead >= tk)) @ q  # stock + open orders
-        s_hat = float(np.median(positions)) if ok.any() else 0.0
-        up_to = float(np.median(positions + q[ok])) if ok.any() else s_hat + float(np.median(q))
-        position = stock[-1] - usage_rate * (cutoff - tel_t[-1]) + open_q
         recent = np.searchsorted(tel_t, tel_t[-1] - RECENT_DAYS)
         recent_rate = (usage[-1] - usage[recent]) / max(tel_t[-1] - tel_t[recent], 1e-6)
-        out += [1.0, stock[-1] / usage_rate, (position - s_hat) / usage_rate, (up_to - position) / max(np.median(q), 1e-6),
-                usage_rate / max(rate, 1e-6), float(hours.std()), _safe_log(usage_rate), recent_rate / usage_rate]
+        stocked = np.isfinite(h.stock[:j])
+        if stocked.any():
+            cover, above, gap_q = _stock_position(t, q, h.promised[:k], tel_t[stocked], h.stock[:j][stocked],
+                                                  usage_rate, cutoff)
+        else:  # a usage counter only: the order-up-to identity, what was used since the last order
+            used = usage[-1] - np.interp(t[-1], tel_t, usage) + usage_rate * (cutoff - tel_t[-1])
+            cover = above = (float(np.median(q)) - used) / usage_rate
+            gap_q = used / max(float(np.median(q)), 1e-6)
+        out += [1.0, cover, above, gap_q, usage_rate / max(rate, 1e-6), float(hours.std()), _safe_log(usage_rate),
+                recent_rate / usage_rate]
     else:
         out += [0.0, 0.0, mean_gap - since, 1.0, 1.0, float(hours.std()), _safe_log(rate), 1.0]
     out.append(q[-1] / max(rate * gaps[-1], 1e-6))
     return np.clip(np.asarray(out + _calendar(h, t, q, mean_gap, j, cutoff), dtype=np.float64), -FEATURE_LIMIT, FEATURE_LIMIT)
+
+
+def _stock_position(t: np.ndarray, q: np.ndarray, promised: np.ndarray, tel_t: np.ndarray, stock: np.ndarray,
+                    usage_rate: float, cutoff: float) -> tuple[float, float, float]:
+    """From stock readings: days the last stock covers, days until the position (stock + open orders) falls to the
+    reorder point (the median position at the orders), and the gap to the order-up-to level in order quantities."""
+    lead = float(np.nanmedian(promised)) + 0.5 if np.isfinite(promised).any() else 4.0
+    open_q = q[t + lead > cutoff].sum()
+    before = np.searchsorted(tel_t, t) - 1
+    ok = before >= 0
+    tk = t[ok][:, None]
+    positions = stock[before[ok]] + ((t[None, :] < tk) & (t[None, :] + lead >= tk)) @ q  # stock + open orders
+    s_hat = float(np.median(positions)) if ok.any() else 0.0
+    up_to = float(np.median(positions + q[ok])) if ok.any() else s_hat + float(np.median(q))
+    position = stock[-1] - usage_rate * (cutoff - tel_t[-1]) + open_q
+    return stock[-1] / usage_rate, (position - s_hat) / usage_rate, (up_to - position) / max(np.median(q), 1e-6)
 
 
 def _calendar(h: History, t: np.ndarray, q: np.ndarray, mean_gap: float, j: int, cutoff: float) -> list[float]:

@@ -172,26 +172,105 @@ def telemetry_state(state: dict[str, float], t: np.ndarray, q: np.ndarray, tele:
     return state
 
 
+@dataclass(frozen=True)
+class SeriesRule:
+    """Which (customer, item) series are a machine's, when neither ``actor`` nor a detector says: orders of the
+    item at least ``min_orders`` times, its gaps' coefficient of variation at most ``max_gap_cv`` and their median
+    absolute deviation at most ``max_gap_mad`` of the median gap, and such regular series hold at least
+    ``min_regular_share`` of the customer's order lines (a person's one regular habit among many other purchases
+    does not make a machine)."""
+
+    min_orders: int = 5
+    max_gap_cv: float = 0.5
+    max_gap_mad: float = 0.35
+    min_regular_share: float = 0.5
+
+
+def series_regularity(events: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame:
+    """Per (customer_id, item_id) of the purchase rows: ``n_orders`` (distinct baskets holding the item), ``lines``,
+    the gaps' ``gap_cv`` and ``gap_mad`` (median absolute deviation / median gap) and ``quantity_cv`` of the quantity per
+    order; the customer's ``actor`` hint (``machine`` if any row says so, ``human`` if every row does, else
+    ``unknown``)."""
+    ev = events.lazy() if isinstance(events, pl.DataFrame) else events
+    hint = ev.group_by("customer_id").agg(
+        pl.when((pl.col("actor") == "machine").any()).then(pl.lit("machine"))
+        .when((pl.col("actor") == "human").all()).then(pl.lit("human")).otherwise(pl.lit("unknown")).alias("actor"))
+    gap = pl.col("event_time").dt.timestamp("us").diff().drop_nulls() / DAY_US
+    order = pl.col("basket_id" if "basket_id" in ev.collect_schema().names() else "event_time").alias("_order")
+    orders = (ev.filter((pl.col("event_type") == "purchase") & pl.col("customer_id").is_not_null())
+              .group_by("customer_id", "item_id", order).agg(pl.col("event_time").min(), pl.col("quantity").sum(), pl.len().alias("lines"))
+              .sort("event_time").group_by("customer_id", "item_id").agg(
+                  pl.len().alias("n_orders"), pl.col("lines").sum(),
+                  (gap.std() / gap.mean()).alias("gap_cv"),
+                  ((gap - gap.median()).abs().median() / gap.median()).alias("gap_mad"),
+                  (pl.col("quantity").std() / pl.col("quantity").mean()).alias("quantity_cv")))
+    return (orders.join(hint, on="customer_id", how="left").collect()
+            .with_columns(pl.col("gap_cv", "gap_mad", "quantity_cv").fill_nan(None)).sort("customer_id", "item_id"))
+
+
+def machine_series(events: pl.LazyFrame | pl.DataFrame, scores: pl.DataFrame | None = None, threshold: float = 0.5,
+                   rule: SeriesRule = SeriesRule()) -> pl.DataFrame:
+    """The (customer, item) series that behave like a machine customer, with the ``basis`` of each choice: every
+    series of a customer whose ``actor`` says machine (``actor``); none of one whose every row says human; for
+    the others, with ``scores`` (``customer_id, machine_score``: a detector's calibrated P(machine)), the series
+    with 3 orders or more of customers scoring ``threshold`` or more (``detector``), else the regular series
+    (``SeriesRule``: ``regularity``). Labels are a hint, never a requirement."""
+    reg = series_regularity(events)
+    by_actor = reg.filter(pl.col("actor") == "machine").with_columns(pl.lit("actor").alias("basis"))
+    rest = reg.filter(pl.col("actor") == "unknown")
+    if scores is not None:
+        chosen = rest.join(scores.select("customer_id", "machine_score"), on="customer_id").filter(
+            (pl.col("machine_score") >= threshold) & (pl.col("n_orders") >= 3)).with_columns(pl.lit("detector").alias("basis"))
+    else:
+        regular = ((pl.col("n_orders") >= rule.min_orders) & (pl.col("gap_cv") <= rule.max_gap_cv)
+                   & (pl.col("gap_mad") <= rule.max_gap_mad)).fill_null(False)
+        share = (pl.col("lines").filter(regular).sum() / pl.col("lines").sum()).over("customer_id")
+        chosen = rest.filter(regular & (share >= rule.min_regular_share)).with_columns(pl.lit("regularity").alias("basis"))
+    return pl.concat([f.select("customer_id", "item_id", "basis") for f in (by_actor, chosen)]).sort("customer_id", "item_id")
+
+
+def machine_events(events: pl.LazyFrame | pl.DataFrame, series: pl.DataFrame) -> pl.LazyFrame:
+    """The events of the machine ``series`` (``machine_series``), with actor ``machine``: their purchase rows, and
+    the other rows (readings, service requests, messages) of their customers that name one of their items or
+    none."""
+    ev = events.lazy() if isinstance(events, pl.DataFrame) else events
+    key = pl.concat_str("customer_id", pl.lit("\x1f"), pl.col("item_id").fill_null(""))
+    keys = series.select(key.alias("k"))["k"].implode()
+    customers = series["customer_id"].unique().implode()
+    other = (pl.col("event_type") != "purchase") & pl.col("item_id").is_null() & pl.col("customer_id").is_in(customers)
+    return ev.filter(key.is_in(keys).fill_null(False) | other.fill_null(False)).with_columns(actor=pl.lit("machine"))
+
+
 def build_machine_twins(events: pl.LazyFrame | pl.DataFrame, as_of: datetime, params: MachineTwinParams | None = None,
-                        offers: pl.DataFrame | None = None) -> pl.DataFrame:
+                        offers: pl.DataFrame | None = None, series: pl.DataFrame | None = None) -> pl.DataFrame:
     """One row per (machine, consumable) with at least one order before ``as_of``: ``rate`` with
     ``rate_low/high``, ``stock`` with ``stock_low/high``, ``reorder_point``, ``order_up_to``, ``order_quantity``,
     ``review_days`` (periodic review, else null), ``lead_time``, ``delay_cost_low/high``, ``reservation_price``,
-    ``n_orders``, ``last_order`` and ``source`` (``orders`` or ``telemetry``). ``offers`` (the suppliers' feed:
-    ``day, supplier, item_id, unit_price, delivery_days``) enables the delay-cost bounds."""
+    ``n_orders``, ``last_order``, ``source`` (``orders`` or ``telemetry``) and ``basis`` (why the series is a
+    machine's, ``machine_series``; ``series`` default: ``machine_series`` of the events before ``as_of``).
+    ``offers`` (the suppliers' feed: ``day, supplier, item_id, unit_price, delivery_days``) enables the delay-cost
+    bounds. Stock readings that cannot be used (negative or not finite) are left out and counted in
+    ``unusable_readings``."""
     p = params or MachineTwinParams()
     if as_of.tzinfo is None:
         as_of = as_of.replace(tzinfo=timezone.utc)
     as_of_us = int(as_of.timestamp() * 1_000_000)
     z = NormalDist().inv_cdf((1 + p.interval) / 2)
-    ev = (events.lazy() if isinstance(events, pl.DataFrame) else events).filter(
-        (pl.col("actor") == "machine") & (pl.col("event_time") < pl.lit(as_of, pl.Datetime("us", "UTC"))))
+    past = (events.lazy() if isinstance(events, pl.DataFrame) else events).filter(
+        pl.col("event_time") < pl.lit(as_of, pl.Datetime("us", "UTC")))
+    series = machine_series(past) if series is None else series
+    ev = machine_events(past, series)
     names = ev.collect_schema().names()
     order_cols = ["customer_id", "item_id", "event_time", "quantity", "unit_price"] + [
         c for c in ("promised_days", "supplier") if c in names]
     orders = ev.filter(pl.col("event_type") == "purchase").select(order_cols).sort("event_time").collect()
     tele = (ev.filter(pl.col("event_type") == "telemetry").select("customer_id", "item_id", "event_time", "text", "quantity")
             .sort("event_time").collect()) if p.use_telemetry else pl.DataFrame()
+    usable = (pl.col("text").is_in(["stock", "usage"]) & pl.col("quantity").is_finite()
+              & ((pl.col("text") != "stock") | (pl.col("quantity") >= 0))).fill_null(False)
+    unusable = (tele.filter(~usable).group_by("customer_id", "item_id").agg(pl.len().alias("unusable_readings"))
+                if tele.height else None)
+    tele = tele.filter(usable) if tele.height else tele
     counters = (ev.filter((pl.col("event_type") == "message") & (pl.col("text") == "counter"))
                 .group_by("customer_id", "item_id").agg(pl.col("unit_price").median().alias("reservation_price")).collect())
     tele_by = _split(tele, ["customer_id", "item_id"])
@@ -214,7 +293,12 @@ def build_machine_twins(events: pl.LazyFrame | pl.DataFrame, as_of: datetime, pa
     if not rows:
         return pl.DataFrame()
     out = pl.DataFrame(rows, schema_overrides={"last_order": pl.Datetime("us", "UTC")}, infer_schema_length=None)
-    out = out.with_columns(pl.col(pl.Float64).fill_nan(None))
+    out = out.with_columns(pl.col(pl.Float64).fill_nan(None)).join(series, on=["customer_id", "item_id"], how="left")
+    if unusable is not None and unusable.height:
+        out = out.join(unusable, on=["customer_id", "item_id"], how="left")
+    else:
+        out = out.with_columns(pl.lit(None, pl.UInt32).alias("unusable_readings"))
+    out = out.with_columns(pl.col("unusable_readings").fill_null(0).cast(pl.Int64))
     return out.join(counters, on=["customer_id", "item_id"], how="left").with_columns(
         pl.lit(as_of).cast(pl.Datetime("us", "UTC")).alias("as_of"))
 

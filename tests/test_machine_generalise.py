@@ -1,0 +1,104 @@
+"""Issue 19: per-file mappings in one source, return rules on purchase rows only, machine series without labels,
+stock-only and usage-only readings in the forecaster's features and the runtime, unusable readings counted."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import polars as pl
+import pytest
+
+from twins.config import ConfigError
+from twins.data.ingest import ingest
+from twins.data.schema import CANONICAL
+from twins.data.source import SourceConfig
+from twins.models.replenishment import histories
+from twins.runtime.replenishment import history
+from twins.runtime.replenishment_features import FEATURES, History, features, usage_from_stock
+from twins.twin.machine import machine_series
+
+
+def _source(tmp_path, **extra) -> SourceConfig:
+    (tmp_path / "orders.csv").write_text("client,at,sku,units\nc1,2025-01-01,a,5\nc1,2025-01-02,a,-2\n")
+    (tmp_path / "tele.csv").write_text("dev,at,sku,kind,value\nc1,2025-01-01,a,stock,-3\nc1,2025-01-02,a,usage,4\n")
+    tree = {"name": "log", "base_dir": str(tmp_path), "files": [
+        {"path": "orders.csv", "columns": {"customer_id": "client", "event_time": "at", "item_id": "sku",
+                                           "quantity": "units"}},
+        {"path": "tele.csv", "event_type": "telemetry", "constants": {"channel": "iot", "site": "north"},
+         "columns": {"customer_id": "dev", "event_time": "at", "item_id": "sku", "text": "kind", "quantity": "value"}}]}
+    return SourceConfig(**(tree | extra))
+
+
+def test_one_source_maps_each_file_and_returns_are_purchases_only(tmp_path):
+    report = ingest(_source(tmp_path), tmp_path / "out", not_after=datetime(2030, 1, 1, tzinfo=timezone.utc))
+    ev = pl.read_parquet(tmp_path / "out" / "events.parquet").sort("event_type", "event_time")
+    assert report.accepted == 4 and report.returns == 1
+    assert ev["event_type"].to_list() == ["purchase", "return", "telemetry", "telemetry"]
+    assert ev["quantity"].to_list() == [5.0, 2.0, -3.0, 4.0]  # a negative reading keeps its sign: not a return
+    assert ev["channel"].to_list()[2:] == ["iot", "iot"] and ev["site"].to_list() == [None, None, "north", "north"]
+
+
+def test_per_file_mapping_errors_name_the_file(tmp_path):
+    with pytest.raises(ValueError, match=r"files\[1\] \(tele.csv\): telemetry rows need columns.quantity"):
+        _source(tmp_path, files=[{"path": "orders.csv", "columns": {"customer_id": "c", "event_time": "t", "item_id": "i"}},
+                                 {"path": "tele.csv", "event_type": "telemetry", "columns": {"customer_id": "d", "event_time": "t"}}])
+    with pytest.raises(ValueError, match="event_type or constants.event_type, not both"):
+        _source(tmp_path, files=[{"path": "o.csv", "event_type": "telemetry", "constants": {"event_type": "purchase"}}])
+    with pytest.raises((ValueError, ConfigError), match="columns"):  # without per-file columns the source needs them
+        SourceConfig(name="x", files=[{"path": "o.csv"}])
+
+
+def _log(rows: list[tuple]) -> pl.DataFrame:
+    start = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    return pl.DataFrame([{k: None for k in CANONICAL} | {"customer_id": c, "item_id": i, "event_time": start + timedelta(days=d),
+                                                         "event_type": e, "quantity": q, "text": x, "actor": a,
+                                                         "basket_id": f"{c}{d}"}
+                         for c, i, d, e, q, x, a in rows], schema=CANONICAL)
+
+
+def test_machine_series_without_labels_by_regularity_hint_or_detector():
+    rng = np.random.default_rng(0)
+    rows = [("m1", "ink", d, "purchase", 10.0, None, "unknown") for d in range(0, 100, 10)]
+    rows += [("m2", "ink", d, "purchase", 10.0, None, "human") for d in range(0, 100, 10)]  # a hint wins
+    rows += [("h1", f"g{k}", float(d), "purchase", 1.0, None, "unknown")
+             for d in np.cumsum(rng.exponential(6, 15)) for k in rng.choice(30, 4, replace=False)]
+    rows += [("h1", "milk", d, "purchase", 1.0, None, "unknown") for d in range(0, 100, 7)]  # one habit among many
+    series = machine_series(_log(rows))
+    assert series.rows() == [("m1", "ink", "regularity")]
+    scores = pl.DataFrame({"customer_id": ["h1", "m1"], "machine_score": [0.9, 0.1]})
+    assert set(machine_series(_log(rows), scores)["customer_id"]) == {"h1"}
+
+
+def test_stock_only_readings_become_a_usage_counter():
+    t = np.arange(0.0, 60)  # 2 units a day, an order of 30 when the stock falls to 10, delivered two days later
+    stock, orders, level, due = [], [], 40.0, {}
+    for day in t:
+        level += due.pop(day, 0.0)
+        stock.append(level)
+        level -= 2.0
+        if level <= 10 and not any(d > day for d in due):
+            orders.append(day + 0.5)
+            due[day + 2] = 30.0
+    order_t = np.array(orders)
+    usage = usage_from_stock(t, np.array(stock), order_t, np.full(len(order_t), 30.0))
+    assert np.allclose(np.diff(usage), 2.0)
+    h = History(order_t, np.full(len(order_t), 30.0), np.full(len(order_t), np.nan), t, np.array(stock), np.full(60, np.nan))
+    x = dict(zip(FEATURES, features(h, 59.5)))
+    assert x["has_telemetry"] == 1.0 and np.exp(x["log_usage_rate"]) == pytest.approx(2.0)
+    counter = History(h.t, h.q, h.promised, t, np.full(60, np.nan), 2.0 * t)  # a usage counter only
+    y = dict(zip(FEATURES, features(counter, 59.5)))
+    assert y["has_telemetry"] == 1.0 and np.isfinite(list(y.values())).all()
+    raw = history([(datetime(2025, 1, 1) + timedelta(days=d), 30.0) for d in order_t],
+                  [(datetime(2025, 1, 1) + timedelta(days=d), s, None) for d, s in zip(t, stock)])
+    assert np.allclose(raw.usage[1:] - raw.usage[:-1], 2.0)
+
+
+def test_unusable_readings_are_counted():
+    rows = [("m1", "ink", d, "purchase", 10.0, None, "machine") for d in range(0, 50, 10)]
+    rows += [("m1", "ink", d + 0.5, "telemetry", 30.0 - d % 10, "stock", "machine") for d in range(45)]
+    rows += [("m1", "ink", 46, "telemetry", -1.0, "stock", "machine"), ("m1", "ink", 47, "telemetry", 5.0, "temp", "machine"),
+             ("m1", "toner", 47, "telemetry", 5.0, "stock", "machine")]
+    skipped: dict[str, int] = {}
+    hist = histories(_log(rows), skipped=skipped)
+    assert skipped == {"negative_stock": 1, "unknown_kind": 1} and len(hist["m1"].tel_t) == 45
