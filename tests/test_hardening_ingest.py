@@ -7,41 +7,16 @@ from __future__ import annotations
 import json
 import os
 from datetime import datetime, timezone
-from pathlib import Path
 
 import polars as pl
 import pytest
 
 from twins.config import ConfigError
-from twins.data.ingest import IngestReport, ingest
+from twins.data.ingest import ingest
 from twins.data.readers import SourceError
 from twins.data.source import SourceConfig
 
-HEADER = "invoice,customer,item,quantity,price,date"
-COLUMNS = {"basket_id": "invoice", "customer_id": "customer", "item_id": "item", "quantity": "quantity",
-           "unit_price": "price", "event_time": "date"}
-
-
-def write(path: Path, *lines: str) -> Path:
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def source(tmp_path: Path, *files: str, **kw) -> SourceConfig:
-    tree = {"name": "t", "files": [{"path": f} for f in files], "columns": dict(COLUMNS),
-            "time": {"format": "%Y-%m-%d %H:%M"}, "validation": {"not_after": "2030-01-01T00:00:00Z"},
-            "base_dir": tmp_path}
-    for key, value in kw.items():
-        tree[key] = value if not isinstance(value, dict) or key == "columns" else {**tree.get(key, {}), **value}
-    return SourceConfig.model_validate(tree)
-
-
-def run(cfg: SourceConfig, out: Path) -> tuple[IngestReport, pl.DataFrame, pl.DataFrame]:
-    report = ingest(cfg, out)
-    events, quarantine = pl.read_parquet(out / "events.parquet"), pl.read_parquet(out / "quarantine.parquet")
-    assert report.rows_in == report.accepted + report.quarantined_total
-    assert (events.height, quarantine.height) == (report.accepted, report.quarantined_total)
-    return report, events, quarantine
+from test_ingest import COLUMNS, HEADER, run, source, write  # the same small shop log and its config
 
 
 def reasons(quarantine: pl.DataFrame) -> dict[str, list[int]]:

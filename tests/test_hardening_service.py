@@ -139,9 +139,15 @@ def test_a_large_body_is_parsed_off_the_event_loop(folders, store):
             waited = time.perf_counter() - t0
             return (await big).status_code, waited
 
-    status, waited = asyncio.run(run())
-    assert status == 413  # 80,000 purchases: over the default --max-events, refused before validation
-    assert waited < max(on_the_loop / 3, 0.02), f"/health waited {waited:.3f} s, parsing on the loop takes {on_the_loop:.3f} s"
+    # the best of three tries: on a busy machine (CI's two cores run two test workers) one try can be descheduled
+    waits = []
+    for _ in range(3):
+        status, waited = asyncio.run(run())
+        assert status == 413  # 80,000 purchases: over the default --max-events, refused before validation
+        waits.append(waited)
+        if waited < max(on_the_loop / 3, 0.02):
+            break
+    assert min(waits) < max(on_the_loop / 3, 0.02), f"/health waited {waits} s, parsing on the loop takes {on_the_loop:.3f} s"
 
 
 def test_bodies_that_are_not_json_get_422_not_500(folders, store):
