@@ -102,3 +102,21 @@ def test_unusable_readings_are_counted():
     skipped: dict[str, int] = {}
     hist = histories(_log(rows), skipped=skipped)
     assert skipped == {"negative_stock": 1, "unknown_kind": 1} and len(hist["m1"].tel_t) == 45
+
+
+def test_detect_fits_a_calibrated_detector_on_market_families_and_saves_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from twins.cli import app
+    from twins.models.machine_detector import labelled_features, load_detector
+    from twins.twin.behaviour import ITEM
+
+    out = tmp_path / "det.skops"
+    result = CliRunner().invoke(app, ["--threads", "1", "detect", "--out", str(out), "--families", "base,multi",
+                                      "--seeds", "1", "--machines", "60", "--people", "30"])
+    assert result.exit_code == 0, result.output
+    detector = load_detector(out)
+    assert set(ITEM) <= set(detector.features) and detector.platt_ is not None
+    X, y = labelled_features("noisy", 5, 60, 30)  # a family it never saw
+    p = detector.predict_proba(X)[:, 1]
+    assert p[y == 1].mean() > 0.8 and p[y == 0].mean() < 0.2

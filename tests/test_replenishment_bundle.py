@@ -97,7 +97,7 @@ def test_short_histories_mismatched_readings_and_foreign_bundles(fitted, tmp_pat
     with pytest.raises(ValueError, match=r"machine 1: orders\[0\]: quantity -5.0 must be a finite number >= 0"):
         bundle.forecast([orders, broken], market.as_of)
     with pytest.raises(ValueError, match=r"readings\[0\]"):
-        bundle.forecast([orders], market.as_of, readings=[[(orders[0][0], float("nan"), 1.0)]])
+        bundle.forecast([orders], market.as_of, readings=[[(orders[0][0], float("inf"), 1.0)]])
     # usage that runs backwards (noisy meters) and one-day histories still get finite answers
     backwards = [(orders[-1][0] - timedelta(days=d), 10.0, 100.0 - d) for d in range(30, 0, -1)]
     same_day = [(orders[0][0] + timedelta(hours=h), 5.0, None) for h in range(3)]

@@ -67,7 +67,8 @@ def test_replenishment_pipeline_parameter_errors(market_log, override, words):
 def test_a_log_without_machine_orders_is_refused_clearly(market_log):
     out = CliRunner().invoke(app, ["run", str(market_log / "repl.yaml"), "--set", "source=../nowhere.yaml"])
     assert out.exit_code == 2
-    text = (market_log / "log.yaml").read_text().replace("actor: actor}", "}")  # actor unmapped: 'unknown'
+    # every row says human (an unmapped actor is 'unknown': its regular series are machines')
+    text = (market_log / "log.yaml").read_text().replace("actor: actor}", "}\nconstants: {actor: human}")
     (market_log / "people.yaml").write_text(text.replace("name: mini_log", "name: people_log"))
     out = CliRunner().invoke(app, ["run", str(market_log / "repl.yaml"), "--set", "source=people.yaml"])
     assert out.exit_code == 2 and "no machine orders" in out.output and "actor: machine" in out.output

@@ -178,7 +178,9 @@ def machines(source: str | Path | SourceConfig, as_of: str | datetime | None = N
     (default: a simulated market's own ``as_of``, the end of its observed period, else after the last event).
     Stores two twin kinds and returns their snapshots:
 
-    * ``machine``: one twin per machine and consumable, id ``<customer_id>/<item_id>`` (``twins.twin.machine``:
+    * ``machine``: one twin per machine and consumable, id ``<customer_id>/<item_id>``, for every series that
+      behaves like a machine's (``machine_series``: actor hints, else the detector's score, else regularity;
+      ``twins.twin.machine``:
       consumption rate, stock now, reorder point and quantity, review period, lead time, price sensitivity, with
       intervals; telemetry used where there is some; the offer feed ``offers.parquet`` beside the events, if any,
       gives the delay-cost bounds);
@@ -190,7 +192,7 @@ def machines(source: str | Path | SourceConfig, as_of: str | datetime | None = N
     from twins.models.machine_detector import load_detector
     from twins.sim.store import observed_as_of
     from twins.twin.behaviour import behaviour_features
-    from twins.twin.machine import build_machine_twins
+    from twins.twin.machine import build_machine_twins, machine_series
 
     name = source if isinstance(source, str) and not source.endswith((".yaml", ".yml")) else _source(source, overrides).name
     folder = paths.events_dir(name)
@@ -204,8 +206,16 @@ def machines(source: str | Path | SourceConfig, as_of: str | datetime | None = N
     check_as_of(when, first, last, name)
     past = events.filter(pl.col("event_time") < pl.lit(when, pl.Datetime("us", "UTC")))
     offers = pl.read_parquet(folder / "offers.parquet") if (folder / "offers.parquet").exists() else None
-    machine = build_machine_twins(past, when, offers=offers)
     behaviour = behaviour_features(past, min_orders)
+    scores = None
+    if detector is not None:
+        behaviour = behaviour.with_columns(pl.Series("machine_score", load_detector(detector).predict_proba(behaviour)[:, 1]
+                                                     if behaviour.height else [], pl.Float64))
+        scores = behaviour.select("customer_id", "machine_score")
+    machine = build_machine_twins(past, when, offers=offers, series=machine_series(past, scores))
+    if machine.height and machine["unusable_readings"].sum():
+        warnings.warn(f"{name}: {machine['unusable_readings'].sum():,} stock readings left out (negative or not a "
+                      "number); see unusable_readings in the machine twins", stacklevel=2)
     if machine.is_empty() and behaviour.is_empty():
         raise ValueError(f"{folder / 'events.parquet'}: before {when:%Y-%m-%d} no machine orders (actor 'machine') and "
                          f"no customer with {min_orders} or more orders; nothing to build (lower --min-orders?)")
@@ -218,9 +228,6 @@ def machines(source: str | Path | SourceConfig, as_of: str | datetime | None = N
         machine = machine.with_columns(pl.concat_str("customer_id", pl.lit("/"), "item_id").alias("twin_id"))
         snaps["machine"] = store.write(machine, name, "machine", when, params={"offers": offers is not None},
                                        id_column="twin_id")
-    if detector is not None:
-        behaviour = behaviour.with_columns(pl.Series("machine_score", load_detector(detector).predict_proba(behaviour)[:, 1]
-                                                     if behaviour.height else [], pl.Float64))
     snaps["behaviour"] = store.write(behaviour, name, "behaviour", when, params={
         "min_orders": min_orders, "detector": None if detector is None else str(detector)})
     return snaps

@@ -230,6 +230,25 @@ def machines(source: Annotated[str, typer.Argument(help="source config YAML, or 
 
 
 @app.command()
+def detect(out: Annotated[Path, typer.Option(help="detector file to write (.skops)")] = Path(".twins/models/machine-detector.skops"),
+           families: Annotated[str, typer.Option(help="simulated market families to train on (twins.sim.family), comma-separated")] = "base,noisy,periodic,multi",
+           seeds: Annotated[int, typer.Option(help="markets per family")] = 2,
+           machines_per_market: Annotated[int, typer.Option("--machines", help="machines per market")] = 400,
+           people: Annotated[int, typer.Option(help="people per market")] = 200) -> None:
+    """Fit a machine-vs-human detector on a family of simulated markets, calibrate its scores on markets it did not
+    see, and save it (skops: loading runs no code). Use it with `twins machines SOURCE --detector FILE` or a
+    replenishment pipeline's params.detector. BENCHMARKS.md is not touched."""
+    from twins.models.machine_detector import save_detector, train_on_families
+
+    try:
+        with Progress("fitting the machine detector"):
+            detector = train_on_families(families.split(","), list(range(seeds)), machines_per_market, people)
+    except ValueError as exc:
+        _fail(exc)
+    console.print(f"machine detector -> {save_detector(detector, out)}")
+
+
+@app.command()
 def run(pipeline: Annotated[Path, typer.Argument(help="pipeline config YAML, e.g. configs/pipelines/tafeng_next_basket.yaml")],
         overrides: Overrides = None) -> None:
     """Run a named pipeline end to end (ingest -> twins -> train -> evaluate -> export) as one MLflow run.

@@ -66,14 +66,35 @@ class MachineDetector(ClassifierMixin, BaseEstimator):
         else:
             est = make_pipeline(StandardScaler(), LogisticRegression(C=self.C, max_iter=2000))
         self.estimator_ = est.fit(self._matrix(X), y)
+        self.platt_ = None
         self.classes_ = self.estimator_.classes_
         self.n_features_in_ = len(self.features)
         return self
 
+    def calibrate(self, X: pl.DataFrame, y: np.ndarray) -> Self:
+        """Platt scaling on held-out customers (``X``, ``y``: validation markets, never the training ones): a
+        logistic regression of ``y`` on the logit of the raw score, so that a score reads as P(machine)."""
+        self.platt_ = None
+        raw = self._logit(self.predict_proba(X)[:, 1])
+        fit = LogisticRegression(C=1e4, max_iter=1000).fit(raw[:, None], np.asarray(y).astype(int))
+        self.platt_ = (float(fit.coef_[0, 0]), float(fit.intercept_[0]))
+        return self
+
+    @staticmethod
+    def _logit(p: np.ndarray) -> np.ndarray:
+        p = np.clip(p, 1e-6, 1 - 1e-6)
+        return np.log(p / (1 - p))
+
     def predict_proba(self, X: pl.DataFrame) -> np.ndarray:
+        """[n, 2]; column 1 is P(machine), calibrated when ``calibrate`` was called."""
         if not hasattr(self, "estimator_"):
             raise RuntimeError("MachineDetector is not fitted; call fit first")
-        return self.estimator_.predict_proba(self._matrix(X))
+        p = self.estimator_.predict_proba(self._matrix(X))
+        if getattr(self, "platt_", None) is not None:
+            slope, intercept = self.platt_
+            p1 = 1 / (1 + np.exp(-(slope * self._logit(p[:, 1]) + intercept)))
+            p = np.column_stack([1 - p1, p1])
+        return p
 
     def predict(self, X: pl.DataFrame) -> np.ndarray:
         return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
@@ -121,3 +142,23 @@ def load_detector(path: str | Path) -> MachineDetector:
         warnings.warn(f"{path}: saved with scikit-learn {saved.get('sklearn')}, loaded with {sklearn.__version__}; "
                       "refit it if the scores look wrong", stacklevel=2)
     return saved["detector"]
+
+
+def labelled_features(family: str, seed: int, n_machines: int, n_people: int) -> tuple[pl.DataFrame, np.ndarray]:
+    """Behaviour features of one simulated market of ``family`` (``twins.sim.family``; observation window, no
+    telemetry) and each customer's label (1: a machine)."""
+    from twins.sim.family import family_market
+
+    market, events, truth = family_market(family, seed, n_machines, n_people, horizon_days=0, telemetry=False)
+    feats = behaviour_features(events.filter(pl.col("event_time") < market.as_of))
+    return feats, feats["customer_id"].is_in(truth["customer_id"].unique().implode()).to_numpy().astype(int)
+
+
+def train_on_families(families: list[str], seeds: list[int], n_machines: int = 400, n_people: int = 200,
+                      model: str = "boosting") -> MachineDetector:
+    """A detector fitted on one market per (family, seed) and Platt-calibrated on one more market per family
+    (seed + 10,000), never seen in fitting."""
+    fit = [labelled_features(f, s, n_machines, n_people) for f in families for s in seeds]
+    val = [labelled_features(f, seeds[0] + 10_000, n_machines, n_people) for f in families]
+    detector = MachineDetector(model=model).fit(pl.concat([x for x, _ in fit]), np.concatenate([y for _, y in fit]))
+    return detector.calibrate(pl.concat([x for x, _ in val]), np.concatenate([y for _, y in val]))

@@ -17,7 +17,12 @@ simulator's rates:
   ``distinct_items_per_order`` (distinct items / orders), ``quantity_mode_share`` (lines with the modal quantity /
   lines), ``top_item_quantity_cv``;
 - reaction to price and offers: ``deal_share`` (lines bought at ``deal_discount`` or more below the item's median
-  price in the whole log), ``price_cv`` (mean over items bought twice or more of the CV of the price paid).
+  price in the whole log), ``price_cv`` (mean over items bought twice or more of the CV of the price paid);
+- per item (per consumable: a two-item machine is regular item by item, not order by order), over the customer's
+  items ordered 3 times or more, weighted by lines: ``item_gap_cv``, ``item_gap_mad`` and ``item_quantity_cv``
+  (median over items of the item's gap CV, gap MAD / median gap and quantity CV; 1 when no item qualifies),
+  ``regular_line_share`` (lines in series regular by ``twins.twin.machine.SeriesRule``) and
+  ``repeat_line_share`` (lines of items ordered 3 times or more).
 """
 
 from __future__ import annotations
@@ -25,13 +30,16 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from twins.twin.machine import SeriesRule, series_regularity
+
 DAY_US = 86_400_000_000
 REGULARITY = ("gap_cv", "gap_mad", "gap_autocorr", "max_gap_ratio", "whole_day_gaps")
 TIMING = ("hour_entropy", "weekday_entropy", "time_of_day_spread", "weekend_share")
 BASKET = ("log_lines_per_order", "top_item_share", "distinct_items_per_order", "quantity_mode_share",
           "top_item_quantity_cv")
 PRICE = ("deal_share", "price_cv")
-BEHAVIOUR_FEATURES = REGULARITY + TIMING + BASKET + PRICE
+ITEM = ("item_gap_cv", "item_gap_mad", "item_quantity_cv", "regular_line_share", "repeat_line_share")
+BEHAVIOUR_FEATURES = REGULARITY + TIMING + BASKET + PRICE + ITEM
 
 
 def _cv(col: str) -> pl.Expr:
@@ -97,9 +105,33 @@ def behaviour_features(events: pl.DataFrame | pl.LazyFrame, min_orders: int = 3,
                 .filter(pl.col("n") >= 2).group_by("customer_id").agg(pl.col("cv").mean().alias("price_cv")))
 
     out = regular
-    for part in (hours, weekdays, items, modal, top_qty, deals, price_cv):
+    for part in (hours, weekdays, items, modal, top_qty, deals, price_cv, item_features(lines)):
         out = out.join(part, on="customer_id", how="left")
     out = out.with_columns((pl.col("distinct_items") / pl.col("n_orders")).alias("distinct_items_per_order"))
     return (out.select("customer_id", pl.col("n_orders").cast(pl.Int64),
                        *[pl.col(f).cast(pl.Float64).fill_null(0.0) for f in BEHAVIOUR_FEATURES])
             .sort("customer_id"))
+
+
+def _weighted_median(value: str, weight: str) -> pl.Expr:
+    """The weighted median of ``value`` (rows sorted by it) with weights ``weight``."""
+    v, w = pl.col(value).sort_by(value), pl.col(weight).sort_by(value)
+    return v.filter(w.cum_sum() >= w.sum() / 2).first()
+
+
+def item_features(lines: pl.DataFrame) -> pl.DataFrame:
+    """The ``ITEM`` features per customer from purchase lines (``customer_id, basket_id, event_time, item_id,
+    quantity``)."""
+    rule = SeriesRule()
+    reg = series_regularity(lines.with_columns(pl.lit("unknown").alias("actor"), pl.lit("purchase").alias("event_type")))
+    repeat = reg.filter(pl.col("n_orders") >= 3)
+    regular = ((pl.col("n_orders") >= rule.min_orders) & (pl.col("gap_cv") <= rule.max_gap_cv)
+               & (pl.col("gap_mad") <= rule.max_gap_mad)).fill_null(False)
+    shares = reg.group_by("customer_id").agg(
+        (pl.col("lines").filter(regular).sum() / pl.col("lines").sum()).alias("regular_line_share"),
+        (pl.col("lines").filter(pl.col("n_orders") >= 3).sum() / pl.col("lines").sum()).alias("repeat_line_share"))
+    medians = repeat.with_columns(pl.col("gap_cv", "gap_mad", "quantity_cv").fill_null(0.0)).group_by("customer_id").agg(
+        _weighted_median("gap_cv", "lines").alias("item_gap_cv"), _weighted_median("gap_mad", "lines").alias("item_gap_mad"),
+        _weighted_median("quantity_cv", "lines").alias("item_quantity_cv"))
+    return shares.join(medians, on="customer_id", how="left").with_columns(
+        pl.col("item_gap_cv", "item_gap_mad", "item_quantity_cv").fill_null(1.0))
