@@ -32,8 +32,9 @@ from twins.evaluate.outlook import (SPEND, outlook_metrics, persistence, purchas
 from twins.models.btyd import BetaGeoModel, ModifiedBetaGeoModel, SeasonalBetaGeoModel
 from twins.models.outlook_net import NeuralOutlook, day_table, horizon_weeks
 from twins.pipeline import Pipeline, node
+from twins.provenance import last_event, provenance
 from twins.runtime.outlook import MAX_HORIZON_WEEKS
-from twins.runtime.outlook_features import holiday_spans
+from twins.runtime.outlook_features import N_FEATURES, covariate_features, covariate_names, covariate_spec, holiday_spans
 from twins.twin.outlook import fit_outlook, predict_outlook
 
 from pipelines.common import check_hyper_parameters, ingest_events, merge_params, required_date
@@ -45,7 +46,7 @@ EXPORTABLE = ("bgnbd", "seasonal_bgnbd", "neural")
 BUNDLE_SUFFIX = {"bgnbd": "", "seasonal_bgnbd": "-seasonal", "neural": "-net"}
 DEFAULTS: dict[str, Any] = {"cutoff": None, "horizon_days": 91.0, "models": list(MODELS), "neural": {},
                             "export": ["bgnbd", "neural"], "holidays": [], "calendar_order": 3, "predictions": True,
-                            "spend": "net"}
+                            "spend": "net", "covariates": []}
 
 
 def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -109,15 +110,56 @@ def day_number(when: datetime) -> float:
     return when.timestamp() / 86_400
 
 
-def fit_neural(days: pl.DataFrame, summary: pl.DataFrame, cutoff: datetime, p: dict[str, Any]) -> tuple[NeuralOutlook, tuple]:
+def load_attributes(source: SourceConfig, report: IngestReport, params: dict[str, Any]) -> dict[str, dict]:
+    """``{customer_id: {covariate: value}}`` of ``params.covariates`` from the source's customer attribute tables
+    (``customer_attributes`` in its config); empty without covariates."""
+    names = resolve_params(params)["covariates"]
+    if not names:
+        return {}
+    path = paths.events_dir(source.name) / "customers.parquet"
+    table = pl.read_parquet(path) if path.exists() else pl.DataFrame({"customer_id": []})
+    known = {c.removeprefix("customer_"): c for c in table.columns if c != "customer_id"}  # ingest prefixes them
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise ValueError(f"params.covariates: {missing} not among the customer attributes of source {source.name!r} "
+                         f"({sorted(known)}); add them to its customer_attributes")
+    table = table.select("customer_id", *(pl.col(known[n]).alias(n) for n in names))
+    return {r["customer_id"]: {n: r[n] for n in names} for r in table.iter_rows(named=True)}
+
+
+def fit_neural(days: pl.DataFrame, summary: pl.DataFrame, cutoff: datetime, p: dict[str, Any],
+               attributes: dict[str, dict]) -> tuple[NeuralOutlook, tuple, list[dict]]:
     """The neural outlook fitted on the purchase days before ``cutoff`` (with its calendar when a year of history
-    precedes it), and ``predict``'s inputs for ``summary``'s customers at ``cutoff``."""
+    precedes it, and the ``params.covariates`` of each customer), ``predict``'s inputs for ``summary``'s customers
+    at ``cutoff``, and the covariates' encoding (``covariate_spec``)."""
     ids, code, age, spend = day_table(days, cutoff)
     rows = summary["customer_id"].cast(pl.Enum(ids)).to_physical().to_numpy()
+    spec, covariates = [], None
+    if p["covariates"]:
+        spec = covariate_spec(p["covariates"], [attributes.get(c) or {} for c in ids])
+        covariates = covariate_features(spec, [attributes.get(c) for c in ids])
     print(f"outlook: training the neural outlook on the purchase days before {cutoff:%Y-%m-%d}", flush=True)
-    model = NeuralOutlook(**p["neural"]).fit(code, age, spend, horizon_weeks(float(p["horizon_days"])), day_number(cutoff))
+    model = NeuralOutlook(**p["neural"]).fit(code, age, spend, horizon_weeks(float(p["horizon_days"])), day_number(cutoff),
+                                             covariates)
     print(f"outlook: neural outlook trained; calendar {model.calendar_['status']}", flush=True)
-    return model, model.inputs_at(code, age, spend, rows, day_number(cutoff))
+    return model, model.inputs_at(code, age, spend, rows, day_number(cutoff), None if covariates is None else covariates[rows]), spec
+
+
+def covariate_effects(model: NeuralOutlook, inputs: tuple, spec: list[dict], weeks: int) -> dict[str, float]:
+    """Per covariate: the relative change of the mean expected purchase days when it is unknown for everyone
+    (its columns set as missing), and the mean absolute relative change per customer."""
+    x = inputs[0]
+    base = model.predict(x, weeks, *inputs[1:])["expected_purchases"]
+    out, start = {}, N_FEATURES
+    for c in spec:
+        width = len(covariate_names([c]))
+        blank = x.copy()
+        blank[:, start:start + width] = covariate_features([c], [None] * len(x))
+        pred = model.predict(blank, weeks, *inputs[1:])["expected_purchases"]
+        out[f"effect.{c['name']}.mean"] = float(base.mean() / max(pred.mean(), 1e-12) - 1)
+        out[f"effect.{c['name']}.abs"] = float(np.mean(np.abs(base - pred) / np.maximum(pred, 1e-9)))
+        start += width
+    return out
 
 
 def seasonal_btyd(days: pl.DataFrame, summary: pl.DataFrame, cutoff: datetime, p: dict[str, Any]) -> tuple[tuple, SeasonalBetaGeoModel]:
@@ -133,7 +175,7 @@ def seasonal_btyd(days: pl.DataFrame, summary: pl.DataFrame, cutoff: datetime, p
     return (out["expected_purchases"], out["expected_spend"], out["p_any_purchase"]), model
 
 
-def evaluate_holdout(days: pl.DataFrame, params: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def evaluate_holdout(days: pl.DataFrame, params: dict[str, Any], attributes: dict[str, dict]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One row per model: count, spend and P(>= 1) metrics on the holdout, and each model's fitted parameters.
     Also the predictions ``{model: (count, spend)}`` and the ``actual`` counts and spend, for the plots."""
     p = resolve_params(params)
@@ -159,12 +201,13 @@ def evaluate_holdout(days: pl.DataFrame, params: dict[str, Any]) -> tuple[list[d
             fitted[name] = {**btyd_params(seasonal.counts_, seasonal.spend_), "calendar": seasonal.calendar_["status"],
                             **_calendar_effects(seasonal.calendar_)}
         else:
-            model, inputs = fit_neural(days, summary, cutoff, p)
-            models[name] = model
+            model, inputs, spec = fit_neural(days, summary, cutoff, p, attributes)
+            models[name] = (model, spec)
             out = model.predict(inputs[0], horizon_weeks(horizon), *inputs[1:])
             preds[name] = (out["expected_purchases"], out["expected_spend"], out["p_any_purchase"])
             fitted[name] = {**model.get_params(), "epochs": [len(h) for h in model.history_], "windows": model.n_windows_,
-                            "calendar": model.calendar_["status"]}
+                            "calendar": model.calendar_["status"],
+                            **covariate_effects(model, inputs, spec, horizon_weeks(horizon))}
     rows = [{"model": name, "customers": summary.height, **outlook_metrics(count, spend, summary, p_any),
              "params": fitted.get(name, {})} for name, (count, spend, p_any) in preds.items()]
     actual = (summary["actual_count"].to_numpy(), summary["actual_spend"].to_numpy())
@@ -190,7 +233,8 @@ def _as_of(days: pl.DataFrame, as_of: datetime | None) -> datetime:
     return as_of if as_of is not None else days["day"].max() + timedelta(days=1)
 
 
-def fit_for_export(days: pl.DataFrame, as_of: datetime | None, params: dict[str, Any], holdout: dict[str, Any]) -> dict[str, Any]:
+def fit_for_export(days: pl.DataFrame, as_of: datetime | None, params: dict[str, Any], holdout: dict[str, Any],
+                   attributes: dict[str, dict]) -> dict[str, Any]:
     """The exported models refitted on every purchase day before ``as_of``: ``{"bgnbd": (BG/NBD, Gamma-Gamma),
     "neural": NeuralOutlook}`` (those in ``params.export``), with ``as_of`` and the summary they score. When
     ``as_of`` is the cut-off, the holdout's neural outlook is reused rather than trained again."""
@@ -214,10 +258,11 @@ def fit_for_export(days: pl.DataFrame, as_of: datetime | None, params: dict[str,
             print("outlook: as_of is the cut-off: exporting the holdout's neural outlook (trained once)", flush=True)
             ids, code, age, spend = day_table(days, when)
             rows = summary["customer_id"].cast(pl.Enum(ids)).to_physical().to_numpy()
-            out["neural"] = holdout["models"]["neural"]
-            out["neural_inputs"] = out["neural"].inputs_at(code, age, spend, rows, day_number(when))
+            out["neural"], out["covariates"] = holdout["models"]["neural"]
+            covariates = covariate_features(out["covariates"], [attributes.get(c) for c in summary["customer_id"]]) if out["covariates"] else None
+            out["neural_inputs"] = out["neural"].inputs_at(code, age, spend, rows, day_number(when), covariates)
         else:
-            out["neural"], out["neural_inputs"] = fit_neural(days, summary, when, p)
+            out["neural"], out["neural_inputs"], out["covariates"] = fit_neural(days, summary, when, p, attributes)
     return out
 
 
@@ -229,7 +274,8 @@ def raw_histories(source: SourceConfig, before: datetime, customers: list[str]) 
     return [by_id.get(c, []) for c in customers]
 
 
-def export_bundles(source: SourceConfig, days: pl.DataFrame, fitted: dict[str, Any], params: dict[str, Any]) -> dict[str, str]:
+def export_bundles(source: SourceConfig, days: pl.DataFrame, fitted: dict[str, Any], params: dict[str, Any],
+                   attributes: dict[str, dict]) -> dict[str, str]:
     """Write the ONNX bundles (``$TWINS_HOME/models/<source>-outlook[-net]``) and check that each, fed every scored
     customer's raw purchase days, gives the model's expected purchases, spend and P(>= 1 purchase) (rtol 1e-6)."""
     from twins.models.outlook_export import export_neural_outlook, export_outlook
@@ -238,6 +284,8 @@ def export_bundles(source: SourceConfig, days: pl.DataFrame, fitted: dict[str, A
     p = resolve_params(params)
     when, summary, horizon = fitted["as_of"], fitted["summary"], float(p["horizon_days"])
     histories = raw_histories(source, when, summary["customer_id"].to_list())
+    before = scan_events(paths.events_dir(source.name)).filter(pl.col("event_time") < pl.lit(when, pl.Datetime("us", "UTC")))
+    fitted_on = provenance(source.name, last_event(before))  # the manifests' data_source, data_until
     bundles: dict[str, str] = {}
     for name in p["export"]:
         out = paths.models_dir() / f"{source.name}-outlook{BUNDLE_SUFFIX[name]}"
@@ -245,19 +293,21 @@ def export_bundles(source: SourceConfig, days: pl.DataFrame, fitted: dict[str, A
             counts, gg = fitted["bgnbd"]
             want = dict(zip(("expected_purchases", "expected_spend", "p_any_purchase"),
                             predict_outlook(summary, counts, gg, horizon / 7.0)[:3]))
-            export_outlook(counts, gg, out, horizon_days=horizon, name=out.name, overwrite=True, spend=p["spend"])
+            export_outlook(counts, gg, out, horizon_days=horizon, name=out.name, overwrite=True, spend=p["spend"],
+                           provenance=fitted_on)
             got = load(out).score(histories, when)
         elif name == "seasonal_bgnbd":
             model = fitted["seasonal_bgnbd"]
             want = dict(zip(("expected_purchases", "expected_spend", "p_any_purchase"), fitted["seasonal_bgnbd_answers"]))
             export_outlook(model.counts_, model.spend_, out, horizon_days=horizon, name=out.name, overwrite=True,
-                           spend=p["spend"], calendar=model.calendar_)
+                           spend=p["spend"], calendar=model.calendar_, provenance=fitted_on)
             got = load(out).score(histories, when)
         else:
             model = fitted["neural"]
             want = model.predict(fitted["neural_inputs"][0], horizon_weeks(horizon), *fitted["neural_inputs"][1:])
-            export_neural_outlook(model, out, horizon_days=horizon, name=out.name, overwrite=True, spend=p["spend"])
-            got = load(out).score(histories, when)
+            export_neural_outlook(model, out, horizon_days=horizon, name=out.name, overwrite=True, spend=p["spend"],
+                                  provenance=fitted_on, covariates=fitted["covariates"])
+            got = load(out).score(histories, when, attributes=[attributes.get(c) for c in summary["customer_id"]])
         for key in ("expected_purchases", "expected_spend", "p_any_purchase"):
             if not np.allclose([g[key] for g in got], want[key], rtol=1e-6):
                 raise AssertionError(f"{out}: the runtime's {key} differs from the model's: the bundle does not "
@@ -362,9 +412,10 @@ def pipeline() -> Pipeline:
         node(check_params, "params", "checked_params"),
         node(ingest_events, "source", "report"),
         node(load_days, ("source", "report", "params"), "days"),
-        node(evaluate_holdout, ("days", "params"), ("rows", "holdout")),
-        node(fit_for_export, ("days", "as_of", "params", "holdout"), "fitted"),
-        node(export_bundles, ("source", "days", "fitted", "params"), "bundles"),
+        node(load_attributes, ("source", "report", "params"), "attributes"),
+        node(evaluate_holdout, ("days", "params", "attributes"), ("rows", "holdout")),
+        node(fit_for_export, ("days", "as_of", "params", "holdout", "attributes"), "fitted"),
+        node(export_bundles, ("source", "days", "fitted", "params", "attributes"), "bundles"),
         node(write_predictions, ("source", "holdout", "fitted", "params"), "predictions"),
         node(log_results, ("rows", "holdout", "bundles", "fitted", "predictions", "report", "source", "params", "mlflow"),
              "summary_lines"),

@@ -31,10 +31,14 @@ def shop(tmp_path) -> Path:
             if o % 9 == 4:  # a return a day later, worth more than that day's purchases: net spend < 0 that day
                 lines.append(f"r{c}-{o},c{c},p0,-4,30.00,{when + timedelta(days=1):%Y-%m-%d %H:%M:%S}")
     (tmp_path / "orders.csv").write_text("\n".join(lines) + "\n")
+    segments = ["retail", "trade", "online"]
+    (tmp_path / "customers.csv").write_text("customer,segment,size\n" + "".join(
+        f"c{c},{segments[c % 3]},{'' if c % 10 == 0 else c % 7}\n" for c in range(0, 120, 1) if c % 13))
     (tmp_path / "shop.yaml").write_text(
         "name: shop\nfiles: [{path: orders.csv}]\n"
         "columns: {basket_id: order, customer_id: customer, item_id: sku, quantity: qty, unit_price: price, event_time: ts}\n"
-        "validation: {not_after: 2030-01-01T00:00:00Z}\n")
+        "validation: {not_after: 2030-01-01T00:00:00Z}\n"
+        "customer_attributes: [{path: customers.csv, key: customer, columns: [segment, size]}]\n")
     (tmp_path / "outlook.yaml").write_text(
         "pipeline: outlook\nexperiment: shop-outlook\nsource: shop.yaml\nas_of: end\n"
         "params: {cutoff: 2023-10-01, horizon_days: 28, neural: {n_members: 1, max_epochs: 3, hidden: 16}}\n")
@@ -78,6 +82,7 @@ def test_outlook_pipeline_evaluates_exports_and_tracks(shop, twins_home):
     ("params.horizon_days=735", "whole weeks from 7 to 728 days (1 to 104 weeks) for the neural outlook, got 735 (e.g. 728)"),
     ("params.holidays=[25-12]", "holidays[0]: date '25-12' must be MM-DD"),
     ("params.spend=refunds", "params.spend must be one of ['net', 'gross']"),
+    ("params.covariates=[shoe_size]", "params.covariates: ['shoe_size'] not among the customer attributes of source 'shop'"),
 ])
 def test_outlook_pipeline_parameter_errors_name_the_key(shop, twins_home, override, words):
     out = CliRunner().invoke(app, ["run", str(shop / "outlook.yaml"), "--set", override])
@@ -92,8 +97,20 @@ def test_outlook_pipeline_for_the_analyst(shop, twins_home, capsys):
 
     out = CliRunner().invoke(app, ["run", str(shop / "outlook.yaml"), "--set", "params.horizon_days=183"])
     assert out.exit_code == 2 and "got 183 (e.g. 182)" in out.output and not (twins_home / "events" / "shop").exists()
-    catalog = api.run(shop / "outlook.yaml", ["as_of=2023-10-01", "params.models=[persistence, bgnbd, neural]"])
-    assert catalog["fitted"]["neural"] is catalog["holdout"]["models"]["neural"]
+    catalog = api.run(shop / "outlook.yaml", ["as_of=2023-10-01", "params.models=[persistence, bgnbd, neural]",
+                                              "params.covariates=[segment, size]"])
+    assert catalog["fitted"]["neural"] is catalog["holdout"]["models"]["neural"][0]
+    # covariates: encoded from the attribute table, their effects reported, the bundle takes them per history
+    effects = catalog["rows"][-1]["params"]
+    assert {"effect.segment.mean", "effect.size.abs"} <= set(effects) and all(np.isfinite(effects[k]) for k in effects if k.startswith("effect."))
+    bundle = load(catalog["bundles"]["neural"])
+    assert [c["name"] for c in bundle.covariates] == ["segment", "size"] and bundle.covariates[1]["kind"] == "numeric"
+    history = [[("2023-09-20T10:00:00", 12.0), ("2023-08-01T10:00:00", 30.0)]]
+    kinds = [bundle.score(history, "2023-10-01", attributes=[a])[0]["expected_purchases"]
+             for a in ({"segment": "retail", "size": 1}, {"segment": "online", "size": 6}, None)]
+    assert len(set(kinds)) == 3
+    with pytest.raises(ValueError, match="attributes has 2 entries for 1 histories"):
+        bundle.score(history, "2023-10-01", attributes=[None, None])
     holdout = pl.read_parquet(catalog["predictions"]["holdout"])
     assert {"customer_id", "actual_count", "neural_count", "bgnbd_spend"} <= set(holdout.columns)
     assert holdout.height == catalog["rows"][0]["customers"]

@@ -238,7 +238,9 @@ class NeuralOutlook(BaseEstimator):
         self.verbose = verbose
 
     def fit(self, code: np.ndarray, age: np.ndarray, spend: np.ndarray, horizon_weeks: int,
-            cutoff_day: float | None = None) -> Self:
+            cutoff_day: float | None = None, covariates: np.ndarray | None = None) -> Self:
+        """``covariates``: ``[customer codes, k]`` time-invariant customer features
+        (``twins.runtime.outlook_features.covariate_features``), appended to every window of that customer."""
         code, age, spend = np.asarray(code), np.asarray(age, float), np.asarray(spend, float)
         if not len(code) == len(age) == len(spend):
             raise ValueError(f"code, age and spend need one entry per purchase day; got {len(code)}, {len(age)}, {len(spend)}")
@@ -254,6 +256,12 @@ class NeuralOutlook(BaseEstimator):
         calendar = Calendar(self.calendar_)
         self._cal = self._scal = None
         x = w.x
+        self.n_covariates_ = 0 if covariates is None else int(np.shape(covariates)[1])
+        if covariates is not None:
+            covariates = np.asarray(covariates, np.float32)
+            if len(covariates) <= int(code.max()):
+                raise ValueError(f"covariates has {len(covariates)} rows; it needs one per customer code (0..{int(code.max())})")
+            x = np.concatenate([x, covariates[w.customer]], 1)
         if calendar.fitted:
             shifts = np.arange(int(w.weeks_back.max()) + 1)
             starts = cutoff_day - 7.0 * shifts
@@ -359,10 +367,15 @@ class NeuralOutlook(BaseEstimator):
         return loss / len(count)
 
     def inputs_at(self, code: np.ndarray, age: np.ndarray, spend: np.ndarray, rows: np.ndarray,
-                  cutoff_day: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``predict``'s (x, cal, spend_cal) for customer codes ``rows`` at the cut-off (the fitted calendar's
-        features and the weeks after ``cutoff_day``), as the runtime computes them."""
+                  cutoff_day: float | None = None, covariates: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``predict``'s (x, cal, spend_cal) for customer codes ``rows`` at the cut-off (their ``covariates``, one
+        row each, when the model was fitted with covariates; the fitted calendar's features and the weeks after
+        ``cutoff_day``), as the runtime computes them."""
+        if (covariates is None) != (self.n_covariates_ == 0):
+            raise ValueError(f"the model was fitted with {self.n_covariates_} covariate columns; pass covariates with as many")
         x = features_at(code, age, spend, rows)
+        if covariates is not None:
+            x = np.concatenate([x, np.asarray(covariates, np.float32)], 1)
         return calendar_inputs(Calendar(self.calendar_), x, 0.0 if cutoff_day is None else cutoff_day)
 
     def predict(self, x: np.ndarray, horizon_weeks: float, cal: np.ndarray | None = None,

@@ -6,7 +6,7 @@ import numpy as np
 
 from twins.runtime.bundle import Bundle, BundleError, need
 from twins.runtime.outlook_features import (CAL_WEEKS, CAL_WINDOWS, N_FEATURES, Calendar, calendar_inputs, calendar_summary,
-                                           features)
+                                           covariate_features, covariate_names, features)
 
 DAY_US = 86_400_000_000
 MAX_WAIT_DAYS = 36_525  # a next purchase further than 100 years out is answered as None (not expected)
@@ -173,7 +173,12 @@ class OutlookNetBundle(Bundle):
             self.calendar = Calendar(manifest["preprocessing"].get("calendar"))
         except (TypeError, ValueError, KeyError) as error:
             raise BundleError(f"{where}: preprocessing.calendar is not a calendar spec ({error}); re-export the bundle") from None
-        n_features = N_FEATURES + (len(CAL_WINDOWS) if self.calendar.fitted else 0)
+        self.covariates = manifest["preprocessing"].get("covariates") or []
+        try:
+            width = len(covariate_names(self.covariates))
+        except (TypeError, KeyError, AttributeError) as error:
+            raise BundleError(f"{where}: preprocessing.covariates is not a covariate spec ({error!r}); re-export the bundle") from None
+        n_features = N_FEATURES + width + (len(CAL_WINDOWS) if self.calendar.fitted else 0)
         if (tuple(v["name"] for v in manifest["inputs"]) != ("x", "h", "cal", "spend_cal")
                 or self.graph_width("x") != n_features or self.graph_width("cal") != CAL_WEEKS):
             raise BundleError(f"{where}: task 'purchase_outlook_net' needs inputs x [batch, {n_features}], h [batch], "
@@ -184,8 +189,12 @@ class OutlookNetBundle(Bundle):
             raise BundleError(f"{path}/manifest.json: task 'purchase_outlook_net' lacks outputs {sorted(missing)}; "
                               "re-export the bundle")
 
-    def score(self, histories: list[list[tuple]], as_of: datetime | str, horizon_days: float | None = None) -> list[dict]:
-        """One answer per history (keys as ``OutlookBundle.score``)."""
+    def score(self, histories: list[list[tuple]], as_of: datetime | str, horizon_days: float | None = None,
+              attributes: list[dict | None] | None = None) -> list[dict]:
+        """One answer per history (keys as ``OutlookBundle.score``). ``attributes``: one dict per history with the
+        customer's covariates (``preprocessing.covariates`` names; a missing one reads as unknown)."""
+        if attributes is not None and len(attributes) != len(histories):
+            raise ValueError(f"attributes has {len(attributes)} entries for {len(histories)} histories; give one per history")
         as_of_us = _to_us(as_of)
         days = checked_horizon(self.horizon_days, horizon_days)
         weeks = round(days / 7.0)
@@ -199,6 +208,8 @@ class OutlookNetBundle(Bundle):
                 age.append((as_of_us - day) / DAY_US)
                 spend.append(amount)
         x = features(np.array(row, np.int64), np.array(age), np.array(spend), len(histories), self.new_day_spend)
+        if self.covariates:
+            x = np.concatenate([x, covariate_features(self.covariates, attributes or [None] * len(histories))], 1)
         x, cal, spend_cal = calendar_inputs(self.calendar, x, as_of_us / DAY_US)
         out = self.run({"x": x.astype(np.float64), "h": np.full(len(histories), float(weeks)), "cal": cal,
                         "spend_cal": spend_cal})

@@ -218,3 +218,59 @@ def calendar_inputs(calendar: Calendar, x: np.ndarray, cutoff_day: float) -> tup
         x = np.concatenate([x, np.tile(calendar.past_features(cutoff_day), (rows, 1))], 1).astype(np.float32)
     tile = lambda v: np.tile(v, (rows, 1))  # noqa: E731
     return x, tile(calendar.weekly(cutoff_day, CAL_WEEKS)), tile(calendar.weekly(cutoff_day, CAL_WEEKS, "spend"))
+
+
+# --- customer covariates (time-invariant attributes) --------------------------------------------------------------
+
+MAX_LEVELS = 20  # a categorical covariate keeps its most frequent levels; the others read as unknown
+
+
+def _number(value) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if np.isfinite(out) else None
+
+
+def covariate_spec(names: list[str], attributes: list[dict]) -> list[dict]:
+    """How each covariate ``names`` is encoded, from the training customers' ``attributes`` (one dict per
+    customer, missing keys or None = unknown): ``numeric`` when every known value is a number, else
+    ``category`` with its most frequent ``levels`` (at most ``MAX_LEVELS``)."""
+    spec = []
+    for name in names:
+        known = [a.get(name) for a in attributes if a and a.get(name) is not None]
+        if not known:
+            raise ValueError(f"covariate {name!r}: no customer has a value; check the source's customer_attributes columns")
+        if all(_number(v) is not None for v in known):
+            spec.append({"name": name, "kind": "numeric"})
+        else:
+            values, counts = np.unique(np.array([str(v) for v in known]), return_counts=True)
+            levels = values[np.argsort(-counts, kind="stable")][:MAX_LEVELS]
+            spec.append({"name": name, "kind": "category", "levels": sorted(levels.tolist())})
+    return spec
+
+
+def covariate_names(spec: list[dict]) -> list[str]:
+    """The columns ``covariate_features`` writes."""
+    out = []
+    for c in spec:
+        out += [c["name"]] if c["kind"] == "numeric" else [f"{c['name']}={v}" for v in c["levels"]]
+        out.append(f"{c['name']}_missing")
+    return out
+
+
+def covariate_features(spec: list[dict], attributes: list[dict | None]) -> np.ndarray:
+    """``[len(attributes), len(covariate_names(spec))]`` float32: a numeric value (0 when unknown) or one-hot levels
+    (all 0 for an unseen level), and a missing flag per covariate."""
+    cols = []
+    for c in spec:
+        values = [(a or {}).get(c["name"]) for a in attributes]
+        missing = np.array([v is None or (c["kind"] == "numeric" and _number(v) is None) for v in values], np.float64)
+        if c["kind"] == "numeric":
+            cols.append(np.array([_number(v) or 0.0 for v in values]))
+        else:
+            text = np.array(["" if v is None else str(v) for v in values])
+            cols += [(text == level).astype(np.float64) for level in c["levels"]]
+        cols.append(missing)
+    return (np.stack(cols, 1) if cols else np.zeros((len(attributes), 0))).astype(np.float32)
