@@ -169,3 +169,13 @@ def test_seasonal_bgnbd_bundle_from_raw_histories(tmp_path):
     rush, spring = float((date(2023, 12, 10) - date(1970, 1, 1)).days), float((date(2023, 3, 5) - date(1970, 1, 1)).days)
     assert cal.unwarp(rush, np.array([1.0]))[0] < 7.0 < cal.unwarp(spring, np.array([1.0]))[0]
     assert cal.unwarp(rush, np.array([np.inf, 1e9]))[0] == np.inf
+
+
+def test_training_windows_can_be_sampled_for_speed():
+    from twins.models.outlook_net import NeuralOutlook
+
+    rng = np.random.default_rng(0)
+    code, age, spend = rng.integers(0, 300, 4000), rng.uniform(0.5, 300, 4000), rng.gamma(2.0, 10.0, 4000)
+    full = NeuralOutlook(n_members=1, max_epochs=1, hidden=8, max_windows=10).fit(code, age, spend, 4)
+    sampled = NeuralOutlook(n_members=1, max_epochs=1, hidden=8, max_windows=10, max_rows=1000).fit(code, age, spend, 4)
+    assert full.n_windows_ > 1000 and sampled.n_windows_ == 1000

@@ -213,13 +213,14 @@ class NeuralOutlook(BaseEstimator):
     day-of-year terms of ``calendar_order`` harmonics and the ``holidays`` spans) scales every window's purchase
     rate and spend per day week by week, and its mean over recent weeks is a feature, so the network learns the
     deseasonalised level and the horizon's calendar extrapolates it; ``calendar_["status"]`` says whether it was
-    fitted. ``predict(x, horizon_weeks, cal, spend_cal)`` takes ``inputs_at``'s arrays."""
+    fitted. ``predict(x, horizon_weeks, cal, spend_cal)`` takes ``inputs_at``'s arrays. ``max_rows``: train on a
+    seeded sample of that many training windows when there are more (for speed on large logs)."""
 
     def __init__(self, hidden: int = 64, n_members: int = 5, max_epochs: int = 30, patience: int = 4,
                  batch_size: int = 1024, lr: float = 2e-3, weight_decay: float = 1e-5, max_windows: int = 52,
                  sub_horizons: tuple[int, ...] = (4, 13), val_share: float = 0.1, seasonal: bool = True,
-                 calendar_order: int = 3, holidays: tuple = (), seed: int = 0, device: str | None = None,
-                 verbose: bool = False) -> None:
+                 calendar_order: int = 3, holidays: tuple = (), max_rows: int | None = None, seed: int = 0,
+                 device: str | None = None, verbose: bool = False) -> None:
         self.hidden = hidden
         self.n_members = n_members
         self.max_epochs = max_epochs
@@ -233,6 +234,7 @@ class NeuralOutlook(BaseEstimator):
         self.seasonal = seasonal
         self.calendar_order = calendar_order
         self.holidays = holidays
+        self.max_rows = max_rows
         self.seed = seed
         self.device = device
         self.verbose = verbose
@@ -251,6 +253,9 @@ class NeuralOutlook(BaseEstimator):
             raise ValueError(f"{len(bad)} purchase days have a non-finite age or spend (first at row {bad[0]}); drop or fix them")
         check_horizon_weeks(horizon_weeks)
         w = training_windows(code, age, spend, int(horizon_weeks), self.max_windows, sub_horizons=tuple(self.sub_horizons))
+        if self.max_rows is not None and len(w.count) > self.max_rows:  # a seeded sample of the windows, for speed
+            keep = np.sort(np.random.default_rng(self.seed).choice(len(w.count), int(self.max_rows), replace=False))
+            w = Windows(*(getattr(w, f)[keep] for f in ("x", "count", "spend", "h", "customer", "weeks_back")))
         device = pick_device(self.device)
         self.calendar_ = self._fit_calendar(code, age, spend, cutoff_day)
         calendar = Calendar(self.calendar_)
