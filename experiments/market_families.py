@@ -1,6 +1,6 @@
 """Machine-vs-human detection that generalises: leave-one-family-out over families of simulated markets.
 
-    TWINS_THREADS=1 python -m experiments.market_families                     # 4 families x 3 seeds, 400 machines each
+    TWINS_THREADS=1 python -m experiments.market_families                     # 4 families x 3 seeds, 300 machines + 150 people each
     TWINS_THREADS=1 python -m experiments.market_families --machines 150 --people 80 --seeds 1   # a quick look
 
 Protocol: the families of ``twins.sim.family`` differ in policy mix, noise, outages, people (habitual or bursty)
@@ -52,8 +52,8 @@ def scores(det: MachineDetector, X: pl.DataFrame, y: np.ndarray) -> dict[str, fl
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--machines", type=int, default=400)
-    ap.add_argument("--people", type=int, default=200)
+    ap.add_argument("--machines", type=int, default=300)
+    ap.add_argument("--people", type=int, default=150)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--households", type=int, default=500, help="Complete Journey households as real people")
     ap.add_argument("--threads", type=int, default=1)

@@ -56,11 +56,15 @@ def reshape(events: pl.DataFrame, truth: pl.DataFrame, family: str, seed: int) -
     """The family's log shape: a share of machines grouped 2-4 at a time under one customer id (a multi-item
     machine; ``truth`` gains ``customer_id``) and machine order times jittered by a normal number of hours."""
     f, rng = FAMILIES[family], np.random.default_rng([seed, 7])
-    ids = truth["machine_id"].to_numpy()
+    ids, items = truth["machine_id"].to_numpy(), truth["item_id"].to_numpy()
     owner = ids.copy()
-    grouped = rng.permutation(len(ids))[: int(f["multi_item"] * len(ids))]
-    for chunk in np.array_split(grouped, max(len(grouped) // 3, 1)) if len(grouped) else []:
-        owner[chunk] = ids[chunk[0]]
+    group, size = [], 0
+    for k in rng.permutation(len(ids))[: int(f["multi_item"] * len(ids))]:  # 2-4 machines, each its own item
+        if len(group) >= size or items[k] in items[group]:
+            group, size = [k], int(rng.integers(2, 5))
+        else:
+            group.append(k)
+            owner[k] = ids[group[0]]
     events = events.with_columns(pl.col("customer_id").replace(dict(zip(ids, owner))))
     if f["jitter_hours"]:
         us = (rng.standard_normal(events.height) * f["jitter_hours"] * 3_600_000_000).astype(np.int64)
