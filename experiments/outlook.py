@@ -132,6 +132,25 @@ def seasonal_btyd(d: Days, s: pl.DataFrame, st: Setting, cutoff: datetime | None
     return (out["expected_purchases"], out["expected_spend"], out["p_any_purchase"]), model
 
 
+def true_parameter_outlook(cfg, d: Days, s: pl.DataFrame, st: Setting) -> tuple[np.ndarray, ...]:
+    """Not a forecaster: seasonal BG/NBD + Gamma-Gamma with the generating parameters and calendar (the process
+    the log was drawn from), so its answers are the posterior means given each customer's history: what the best
+    mean forecast from the observable history gives."""
+    from twins.models.btyd import GammaGammaModel
+    from twins.sim.seasonal import true_calendar
+
+    model = SeasonalBetaGeoModel()
+    model.calendar_ = true_calendar(cfg)
+    model.counts_ = BetaGeoModel.from_params({"r": cfg.r, "alpha": cfg.alpha, "a": cfg.a, "b": cfg.b}, device="cpu")
+    model.spend_ = GammaGammaModel.from_params({"p": cfg.p_spend, "q": cfg.q, "gamma": cfg.gamma}, device="cpu")
+    day = np.round(day_number(st.cutoff) - d.age).astype(np.int64)
+    index = np.full(len(d.ids), -1)
+    index[d.rows] = np.arange(len(d.rows))
+    keep = index[d.code] >= 0
+    out = model.predict(index[d.code[keep]], day[keep], d.spend[keep], len(d.rows), day_number(st.cutoff), st.horizon_days)
+    return out["expected_purchases"], out["expected_spend"], out["p_any_purchase"]
+
+
 def neural(d: Days, st: Setting, out: Path, histories: list[list[tuple]]) -> tuple[tuple[np.ndarray, ...], dict]:
     """The neural outlook fitted on the purchase days before the cut-off: (count, spend, P(>= 1)) for the summary's
     customers, and what its fit cost. Its bundle, fed each customer's raw lines (``histories``), must agree (rtol
@@ -212,6 +231,7 @@ def run_setting(st: Setting, plots: Path, bundles: Path) -> tuple[list[dict], di
         truth = simulate_seasonal_log(cfg_log)[1]
         count, spend = oracle_outlook(cfg_log, truth, s["customer_id"].to_list(), int(day_number(st.cutoff)), int(st.horizon_days))
         preds["oracle_truth"] = (count, spend, None)
+        preds["seasonal_bgnbd_true_params"] = true_parameter_outlook(cfg_log, d, s, st)
     rows = []
     for name, (count, spend, p_any) in preds.items():
         metrics = outlook_metrics(count, spend, s, p_any)
@@ -225,7 +245,7 @@ def run_setting(st: Setting, plots: Path, bundles: Path) -> tuple[list[dict], di
     info["intervals"] = {name: interval_row(*iv, s, st) for name, iv in
                          (("bgnbd+gg", bg_interval), ("neural", info.pop("interval")))}
     info["ceilings"] = {name: ceiling(preds[name][0], s["actual_count"].to_numpy()) for name in
-                        ("bgnbd+gg", "seasonal_bgnbd+gg", "neural") if name in preds}
+                        ("bgnbd+gg", "seasonal_bgnbd+gg", "seasonal_bgnbd_true_params", "neural") if name in preds}
     return rows, info
 
 

@@ -176,3 +176,21 @@ def oracle_outlook(cfg: SeasonalLog, truth: dict, customers: list[str], cutoff_d
         spend += buys * mean_day * spend_mult[i]
         on &= ~(buys & (rng.random(len(on)) < p_r))
     return count.reshape(-1, paths).mean(1), spend.reshape(-1, paths).mean(1)
+
+
+def true_calendar(cfg: SeasonalLog) -> dict:
+    """The generating calendar as a spec ``twins.runtime.outlook_features.Calendar`` reads (one harmonic and the
+    holiday spans; the spend lift on the first holiday, the Christmas rush)."""
+    phase = 2 * np.pi * cfg.peak_day / 365.25
+    holidays = [{k: v for k, v in h.items() if k != "lift"} for h in cfg.holidays]
+    year = 2 * np.pi * (np.arange(365) - cfg.peak_day) / 365.25
+
+    def harmonic(amplitude: float) -> tuple[list[float], float]:
+        return [amplitude * np.cos(phase), amplitude * np.sin(phase)], -float(np.log(np.exp(amplitude * np.cos(year)).mean()))
+
+    count, count_offset = harmonic(cfg.amplitude)
+    spend, spend_offset = harmonic(cfg.spend_amplitude)
+    lifts = [float(np.log(h["lift"])) for h in cfg.holidays]
+    spend_lifts = [float(np.log(cfg.spend_lift))] + [0.0] * (len(cfg.holidays) - 1)
+    return {"order": 1, "holidays": holidays, "count": count + lifts, "count_offset": count_offset,
+            "spend": spend + spend_lifts, "spend_offset": spend_offset, "status": "the generating calendar"}
