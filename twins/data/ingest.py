@@ -372,7 +372,7 @@ def plan(cfg: SourceConfig, not_after: datetime | None = None) -> tuple[pl.LazyF
     for path, spec in inputs:
         needed = _needed(cfg, spec)
         fmt = readers.detect_format(path, cfg.format)
-        raws.append(readers.scan(path, fmt, cfg.csv, spec.sheet))
+        raws.append(readers.scan(path, fmt, cfg.csv, spec.sheet, spec.json_lines))
         readers.check_columns(path, raws[-1], needed, cfg.csv)
         files.append(InputFile(path, fmt, spec.sheet))
         keys.append(sorted(set(needed.values())))
@@ -467,7 +467,8 @@ def _write(cfg: SourceConfig, tmp: Path, out_dir: Path, not_after: datetime | No
         if publish.is_disk_full(exc):
             raise publish.disk_full(out_dir.parent, exc) from exc
         raise _read_error(cfg, files, exc) from None
-    per_file = {str(f.path): readers.count_rows(f.path, f.fmt, cfg.csv, f.sheet) for f in files}
+    per_file = {str(f.path): readers.count_rows(f.path, f.fmt, cfg.csv, f.sheet, spec.json_lines)
+                for f, (_, spec) in zip(files, cfg.input_files())}
     stats = pl.scan_parquet(tmp / "events.parquet").select(
         pl.len().alias("n"), pl.col("customer_id").is_null().sum().alias("guests"),
         (pl.col("event_type") == "return").sum().alias("returns"), pl.col("customer_id").n_unique().alias("customers"),
@@ -528,7 +529,8 @@ def _read_error(cfg: SourceConfig, files: list[InputFile], exc: Exception) -> re
     now = datetime.now(timezone.utc)
     specs = [spec for _, spec in cfg.input_files()]
     for i, ((path, fmt, sheet), spec) in enumerate(zip(files, specs)):
-        frame = with_reasons(canonical_frame(readers.scan(path, fmt, cfg.csv, sheet), cfg, i, path.name, fmt, spec),
+        frame = with_reasons(canonical_frame(readers.scan(path, fmt, cfg.csv, sheet, spec.json_lines), cfg, i, path.name,
+                                             fmt, spec),
                              cfg, now, cfg.mapping(spec)[0])
         try:
             frame.select(pl.all().null_count()).collect(engine="streaming")

@@ -12,10 +12,11 @@ from pathlib import Path
 import polars as pl
 
 from twins.data.schema import READER_REASON
+from twins.data import jsonl
 from twins.data.source import CsvOptions, Format
 
 _SUFFIX_FORMATS: dict[str, Format] = {
-    ".csv": "csv", ".tsv": "csv", ".txt": "whitespace", ".parquet": "parquet", ".pq": "parquet", ".json": "basket_json",
+    ".csv": "csv", ".tsv": "csv", ".txt": "whitespace", ".parquet": "parquet", ".pq": "parquet", ".json": "basket_json", ".jsonl": "jsonl", ".ndjson": "jsonl",
     ".xlsx": "excel", ".xlsm": "excel", ".xlsb": "excel", ".xls": "excel", ".ods": "excel",
 }
 _COMPRESSED = (".gz", ".zst")  # text files polars reads compressed
@@ -40,11 +41,12 @@ def detect_format(path: Path, declared: Format | None) -> Format:
                           "compressed csv and whitespace files are read as they are")
     if fmt is None:
         raise SourceError(f"{path}: cannot tell the format from the suffix {path.suffix!r}; "
-                          f"set `format:` to one of csv, parquet, whitespace, basket_json, excel in the source config")
+                          f"set `format:` to one of csv, parquet, whitespace, basket_json, excel, jsonl in the source config")
     return fmt
 
 
-def scan(path: Path, fmt: Format, csv: CsvOptions, sheet: str | None = None) -> pl.LazyFrame:
+def scan(path: Path, fmt: Format, csv: CsvOptions, sheet: str | None = None,
+         json_lines: jsonl.JsonLines | None = None) -> pl.LazyFrame:
     """Open ``path`` lazily (the name as written: no wildcards). CSV, whitespace and Excel files are read as text
     so that every value can be validated (and quarantined) by the ingest step rather than rejected by the reader."""
     _check_path(path)
@@ -61,6 +63,8 @@ def scan(path: Path, fmt: Format, csv: CsvOptions, sheet: str | None = None) -> 
             lf = _scan_whitespace(path, csv)
         elif fmt == "excel":
             lf = _read_excel(path, sheet).lazy()
+        elif fmt == "jsonl":
+            lf = jsonl.read(path, json_lines, READER_REASON).lazy()
         else:
             lf = _read_basket_json(path).lazy()
         names = lf.collect_schema().names()
@@ -85,11 +89,12 @@ def _check_path(path: Path) -> None:
                           f"'{path.name}/*.csv' for all of them")
 
 
-def count_rows(path: Path, fmt: Format, csv: CsvOptions, sheet: str | None = None) -> int:
+def count_rows(path: Path, fmt: Format, csv: CsvOptions, sheet: str | None = None,
+               json_lines: jsonl.JsonLines | None = None) -> int:
     """Rows in the file, counted independently of the ingest so that the reconciliation means something."""
     if fmt == "parquet":
         return pl.scan_parquet(path, glob=False).select(pl.len()).collect().item()
-    return scan(path, fmt, csv, sheet).select(pl.len()).collect().item()
+    return scan(path, fmt, csv, sheet, json_lines).select(pl.len()).collect().item()
 
 
 def multiline_records(path: Path, fmt: Format, csv: CsvOptions) -> bool:

@@ -14,9 +14,10 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from twins import config
+from twins.data.jsonl import JsonLines
 from twins.data.schema import EVENT_TYPES, MAPPABLE
 
-Format = Literal["csv", "parquet", "whitespace", "basket_json", "excel"]
+Format = Literal["csv", "parquet", "whitespace", "basket_json", "excel", "jsonl"]
 WILDCARDS = "*?["
 
 
@@ -39,6 +40,8 @@ class FileSpec(_Strict):
                                               "file: canonical columns (text: stock, actor: machine, ...) override "
                                               "the source's constants; other names are extra columns")
     sheet: str | None = Field(None, description="Excel files: the sheet to read (default: the first)")
+    json_lines: JsonLines | None = Field(None, alias="json", description="JSON-lines files: explode, where, "
+                                         "present_as (see twins.data.jsonl)")
 
     @model_validator(mode="after")
     def _one_event_type(self) -> "FileSpec":
