@@ -467,8 +467,10 @@ def _write(cfg: SourceConfig, tmp: Path, out_dir: Path, not_after: datetime | No
         if publish.is_disk_full(exc):
             raise publish.disk_full(out_dir.parent, exc) from exc
         raise _read_error(cfg, files, exc) from None
-    per_file = {str(f.path): readers.count_rows(f.path, f.fmt, cfg.csv, f.sheet, spec.json_lines)
-                for f, (_, spec) in zip(files, cfg.input_files())}
+    per_file: dict[str, int] = {}
+    for i, (f, (_, spec)) in enumerate(zip(files, cfg.input_files())):  # one file read twice is counted twice
+        key = str(f.path) if str(f.path) not in per_file else f"{f.path} (files[{i}])"
+        per_file[key] = readers.count_rows(f.path, f.fmt, cfg.csv, f.sheet, spec.json_lines)
     stats = pl.scan_parquet(tmp / "events.parquet").select(
         pl.len().alias("n"), pl.col("customer_id").is_null().sum().alias("guests"),
         (pl.col("event_type") == "return").sum().alias("returns"), pl.col("customer_id").n_unique().alias("customers"),
