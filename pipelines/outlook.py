@@ -27,7 +27,7 @@ from twins import api, paths
 from twins.data.events import scan_events
 from twins.data.ingest import IngestReport
 from twins.data.source import SourceConfig
-from twins.evaluate.outlook import (SPEND, outlook_metrics, persistence, purchase_days, purchase_lines, rate_extrapolation,
+from twins.evaluate.outlook import (COUNT_BY, SPEND, outlook_metrics, persistence, purchase_days, purchase_lines, rate_extrapolation,
                                     summarise)
 from twins.models.btyd import BetaGeoModel, ModifiedBetaGeoModel, SeasonalBetaGeoModel
 from twins.models.outlook_net import NeuralOutlook, day_table, horizon_weeks
@@ -46,7 +46,7 @@ EXPORTABLE = ("bgnbd", "seasonal_bgnbd", "neural")
 BUNDLE_SUFFIX = {"bgnbd": "", "seasonal_bgnbd": "-seasonal", "neural": "-net"}
 DEFAULTS: dict[str, Any] = {"cutoff": None, "horizon_days": 91.0, "models": list(MODELS), "neural": {},
                             "export": ["bgnbd", "neural"], "holidays": [], "calendar_order": 3, "predictions": True,
-                            "spend": "net", "covariates": []}
+                            "spend": "net", "covariates": [], "count_by": "day"}
 
 
 def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -73,6 +73,8 @@ def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
     holiday_spans(p["holidays"])
     if p["spend"] not in SPEND:
         raise ValueError(f"params.spend must be one of {list(SPEND)} (returns subtracted or left out), got {p['spend']!r}")
+    if p["count_by"] not in COUNT_BY:
+        raise ValueError(f"params.count_by must be one of {list(COUNT_BY)} (purchase days, or orders: basket ids), got {p['count_by']!r}")
     p["neural"] = {"verbose": True, **p["neural"], "holidays": tuple(p["holidays"]), "calendar_order": int(p["calendar_order"])}
     return p
 
@@ -85,9 +87,10 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- edge nodes
 
 def load_days(source: SourceConfig, report: IngestReport, params: dict[str, Any]) -> pl.DataFrame:
-    """One row per customer and UTC day with purchases: ``customer_id``, ``day``, ``spend`` (net of returns, or
-    gross with ``params.spend: gross``)."""
-    return purchase_days(scan_events(paths.events_dir(source.name)), resolve_params(params)["spend"]).collect()
+    """One row per customer and UTC day with purchases (or per order, ``params.count_by: order``): ``customer_id``,
+    ``day``, ``spend`` (net of returns, or gross with ``params.spend: gross``)."""
+    p = resolve_params(params)
+    return purchase_days(scan_events(paths.events_dir(source.name)), p["spend"], p["count_by"]).collect()
 
 
 # --------------------------------------------------------------------------------------------- pure nodes
@@ -294,19 +297,19 @@ def export_bundles(source: SourceConfig, days: pl.DataFrame, fitted: dict[str, A
             want = dict(zip(("expected_purchases", "expected_spend", "p_any_purchase"),
                             predict_outlook(summary, counts, gg, horizon / 7.0)[:3]))
             export_outlook(counts, gg, out, horizon_days=horizon, name=out.name, overwrite=True, spend=p["spend"],
-                           provenance=fitted_on)
+                           provenance=fitted_on, count_by=p["count_by"])
             got = load(out).score(histories, when)
         elif name == "seasonal_bgnbd":
             model = fitted["seasonal_bgnbd"]
             want = dict(zip(("expected_purchases", "expected_spend", "p_any_purchase"), fitted["seasonal_bgnbd_answers"]))
             export_outlook(model.counts_, model.spend_, out, horizon_days=horizon, name=out.name, overwrite=True,
-                           spend=p["spend"], calendar=model.calendar_, provenance=fitted_on)
+                           spend=p["spend"], calendar=model.calendar_, provenance=fitted_on, count_by=p["count_by"])
             got = load(out).score(histories, when)
         else:
             model = fitted["neural"]
             want = model.predict(fitted["neural_inputs"][0], horizon_weeks(horizon), *fitted["neural_inputs"][1:])
             export_neural_outlook(model, out, horizon_days=horizon, name=out.name, overwrite=True, spend=p["spend"],
-                                  provenance=fitted_on, covariates=fitted["covariates"])
+                                  provenance=fitted_on, covariates=fitted["covariates"], count_by=p["count_by"])
             got = load(out).score(histories, when, attributes=[attributes.get(c) for c in summary["customer_id"]])
         for key in ("expected_purchases", "expected_spend", "p_any_purchase"):
             if not np.allclose([g[key] for g in got], want[key], rtol=1e-6):

@@ -82,6 +82,7 @@ def test_outlook_pipeline_evaluates_exports_and_tracks(shop, twins_home):
     ("params.horizon_days=735", "whole weeks from 7 to 728 days (1 to 104 weeks) for the neural outlook, got 735 (e.g. 728)"),
     ("params.holidays=[25-12]", "holidays[0]: date '25-12' must be MM-DD"),
     ("params.spend=refunds", "params.spend must be one of ['net', 'gross']"),
+    ("params.count_by=week", "params.count_by must be one of ['day', 'order']"),
     ("params.covariates=[shoe_size]", "params.covariates: ['shoe_size'] not among the customer attributes of source 'shop'"),
 ])
 def test_outlook_pipeline_parameter_errors_name_the_key(shop, twins_home, override, words):

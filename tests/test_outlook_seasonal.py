@@ -179,3 +179,34 @@ def test_training_windows_can_be_sampled_for_speed():
     full = NeuralOutlook(n_members=1, max_epochs=1, hidden=8, max_windows=10).fit(code, age, spend, 4)
     sampled = NeuralOutlook(n_members=1, max_epochs=1, hidden=8, max_windows=10, max_rows=1000).fit(code, age, spend, 4)
     assert full.n_windows_ > 1000 and sampled.n_windows_ == 1000
+
+
+def test_counting_orders_instead_of_purchase_days(tmp_path):
+    """count_by="order": each order (basket id) with a purchase is one unit, at its day; the BG/NBD bundle counts
+    the orders of raw (time, amount, order id) lines as the table does (rtol 1e-9; atol 1e-8 for near-zero counts)."""
+    from datetime import datetime, timezone
+
+    from twins.evaluate.outlook import purchase_lines, summarise
+    from twins.models.outlook_export import export_outlook
+    from twins.runtime import load
+    from twins.runtime.outlook import purchase_units
+    from twins.twin.outlook import fit_outlook, predict_outlook
+
+    events, _ = simulate_seasonal_log(SeasonalLog(n_customers=400, seed=6, extra_orders=1.0))
+    days, orders = purchase_days(events.lazy()).collect(), purchase_days(events.lazy(), count_by="order").collect()
+    gross = [purchase_days(events.lazy(), "gross", by).collect()["spend"].sum() for by in ("day", "order")]
+    assert orders.height > 1.5 * days.height and gross[0] == pytest.approx(gross[1])  # a return is its own order
+    as_of = datetime(2023, 7, 2, tzinfo=timezone.utc)
+    s = summarise(orders.lazy(), as_of, 91.0)
+    counts, gg = fit_outlook(s)
+    want = predict_outlook(s, counts, gg, 13.0)
+    bundle = load(export_outlook(counts, gg, tmp_path / "orders", horizon_days=91.0, count_by="order"))
+    lines = purchase_lines(events.lazy().filter(pl.col("event_time") < as_of))
+    got = bundle.score([lines[c] for c in s["customer_id"]], as_of)
+    np.testing.assert_allclose([g["expected_purchases"] for g in got], want[0], rtol=1e-9, atol=1e-8)
+    np.testing.assert_allclose([g["expected_spend"] for g in got], want[1], rtol=1e-9, atol=1e-6)
+    day = datetime(2023, 1, 10, 9, tzinfo=timezone.utc)
+    two = [(day, 10.0, "a"), (day.replace(hour=15), 5.0, "b"), (day.replace(hour=16), -2.0, "b")]
+    cut = int(as_of.timestamp() * 1e6)
+    assert sorted(a for _, a in purchase_units(two, cut, by_order=True)) == [3.0, 10.0]
+    assert [a for _, a in purchase_units(two, cut)] == [13.0]

@@ -16,31 +16,39 @@ DAY_US = 86_400 * 1_000_000
 
 
 SPEND = ("net", "gross")
+COUNT_BY = ("day", "order")
 
 
-def purchase_days(events: pl.LazyFrame, spend: str = "net") -> pl.LazyFrame:
-    """One row per (customer, UTC day) with purchases: the day and the day's spend, ``net`` of returns (purchases −
-    returns) or ``gross`` (purchases only)."""
-    if spend not in SPEND:
-        raise ValueError(f"spend must be one of {SPEND}, got {spend!r}")
+def purchase_days(events: pl.LazyFrame, spend: str = "net", count_by: str = "day") -> pl.LazyFrame:
+    """One row per (customer, UTC day) with purchases, or with ``count_by="order"`` per (customer, order: the
+    basket id, or the line's time where it has none) with a purchase: the (first) day and the spend, ``net`` of
+    returns (purchases − returns) or ``gross`` (purchases only)."""
+    if spend not in SPEND or count_by not in COUNT_BY:
+        raise ValueError(f"spend must be one of {SPEND} and count_by one of {COUNT_BY}, got {spend!r}, {count_by!r}")
     buy = pl.col("event_type") == "purchase"
     returned = pl.lit(0.0) if spend == "gross" else -pl.col("amount")
-    return (events.filter(pl.col("customer_id").is_not_null() & pl.col("event_type").is_in(["purchase", "return"]))
-            .with_columns(day=pl.col("event_time").dt.truncate("1d"))
-            .group_by("customer_id", "day")
-            .agg(spend=pl.when(buy).then(pl.col("amount")).otherwise(returned).sum(), buys=buy.any())
-            .filter(pl.col("buys")).drop("buys"))
+    lines = (events.filter(pl.col("customer_id").is_not_null() & pl.col("event_type").is_in(["purchase", "return"]))
+             .with_columns(day=pl.col("event_time").dt.truncate("1d")))
+    if count_by == "order":
+        key = pl.coalesce(pl.col("basket_id").cast(pl.String), pl.col("event_time").cast(pl.String)).alias("order")
+        grouped = lines.group_by("customer_id", key).agg(pl.col("day").min(), spend=pl.when(buy).then(pl.col("amount"))
+                                                          .otherwise(returned).sum(), buys=buy.any()).drop("order")
+    else:
+        grouped = lines.group_by("customer_id", "day").agg(spend=pl.when(buy).then(pl.col("amount")).otherwise(returned).sum(),
+                                                             buys=buy.any())
+    return grouped.filter(pl.col("buys")).drop("buys")
 
 
 def purchase_lines(events: pl.LazyFrame) -> dict[str, list[tuple]]:
-    """Each customer's purchase and return lines as the outlook runtime takes them: (time, amount), returns
-    negative (``twins.runtime.outlook.net_purchase_days`` turns them into the purchase days counted here)."""
+    """Each customer's purchase and return lines as the outlook runtime takes them: (time, amount, order id),
+    returns negative (``twins.runtime.outlook.purchase_units`` turns them into the purchase days or orders counted
+    here)."""
     lines = (events.filter(pl.col("customer_id").is_not_null() & pl.col("event_type").is_in(["purchase", "return"]))
              .select("customer_id", "event_time",
                      pl.when(pl.col("event_type") == "return").then(-pl.col("amount")).otherwise(pl.col("amount"))
-                     .fill_null(0.0).alias("amount"))
-             .group_by("customer_id").agg("event_time", "amount").collect())
-    return {c: list(zip(t, a)) for c, t, a in lines.iter_rows()}
+                     .fill_null(0.0).alias("amount"), pl.col("basket_id").cast(pl.String))
+             .group_by("customer_id").agg("event_time", "amount", "basket_id").collect())
+    return {c: list(zip(t, a, b)) for c, t, a, b in lines.iter_rows()}
 
 
 def summarise(days: pl.LazyFrame, cutoff: datetime, horizon_days: float, unit_days: float = 7.0) -> pl.DataFrame:
@@ -63,6 +71,8 @@ def summarise(days: pl.LazyFrame, cutoff: datetime, horizon_days: float, unit_da
         first=pl.col("day").filter(cal).min(), last=pl.col("day").filter(cal).max(),
         n_days=cal.sum().cast(pl.Int64), spend_cal=pl.col("spend").filter(cal).sum(),
         repeat_spend=pl.col("spend").filter(cal & (pl.col("day") > pl.col("day").filter(cal).min())).sum(),
+        first_spend=pl.col("spend").filter(cal & (pl.col("day") == pl.col("day").filter(cal).min())).sum(),
+        n_first=(cal & (pl.col("day") == pl.col("day").filter(cal).min())).sum(),
         last_window_count=last.sum().cast(pl.Int64), last_window_spend=pl.col("spend").filter(last).sum(),
         actual_count=hold.sum().cast(pl.Int64), actual_spend=pl.col("spend").filter(hold).sum(),
         actual_first_day=(pl.col("day").filter(hold).min() - c).dt.total_days(),
@@ -70,8 +80,10 @@ def summarise(days: pl.LazyFrame, cutoff: datetime, horizon_days: float, unit_da
         x=(pl.col("n_days") - 1).cast(pl.Float64),
         t_x=units(pl.col("last") - pl.col("first")),
         T=units(c - pl.col("first")),
+    ).with_columns(  # orders on the first day beyond one (count_by="order") are repeats worth that day's mean
+        repeat_spend=pl.col("repeat_spend") + pl.col("first_spend") * (pl.col("n_first") - 1) / pl.col("n_first"),
     ).with_columns(m=pl.when(pl.col("x") > 0).then(pl.col("repeat_spend") / pl.col("x")))
-        .drop("repeat_spend").sort("customer_id"))
+        .drop("repeat_spend", "first_spend", "n_first").sort("customer_id"))
     return out.collect()
 
 

@@ -43,7 +43,8 @@ class OutlookScorer(nn.Module):
 def export_outlook(bgnbd: BetaGeoModel, gamma_gamma: GammaGammaModel, out_dir: str | Path, *, horizon_days: float,
                    unit_days: float = 7.0, interval: float = 0.8, name: str = "purchase-outlook", version: str = "1",
                    metrics: dict[str, float] | None = None, run_id: str | None = None, overwrite: bool = False,
-                   spend: str = "net", calendar: dict | None = None, provenance: dict | None = None) -> Path:
+                   spend: str = "net", calendar: dict | None = None, provenance: dict | None = None,
+                   count_by: str = "day") -> Path:
     """Export the outlook of fitted models, check parity at several batch sizes, return the bundle folder.
     ``spend``: the models' spend is ``net`` of returns or ``gross`` (the runtime then leaves returns out).
     ``calendar``: a fitted ``SeasonalBetaGeoModel.calendar_`` (its ``counts_`` and ``spend_`` as the models): the
@@ -58,7 +59,7 @@ def export_outlook(bgnbd: BetaGeoModel, gamma_gamma: GammaGammaModel, out_dir: s
         "preprocessing": {"unit_days": unit_days, "horizon_days": horizon_days, "interval": interval,
                           "purchase_day": "UTC calendar day; several purchases on one day count once",
                           "m": "mean spend of the repeat purchase days (the first day excluded)", "spend": spend,
-                          "calendar": calendar or {}},
+                          "calendar": calendar or {}, "count_by": count_by},
         "metrics": dict(metrics or {}), "training_run_id": run_id, **(provenance or {}),  # twins.provenance
     }
 
@@ -83,7 +84,7 @@ NET_TASK = "purchase_outlook_net"
 def export_neural_outlook(model: NeuralOutlook, out_dir: str | Path, *, horizon_days: float, interval: float = 0.8,
                           name: str = "purchase-outlook-net", version: str = "1", metrics: dict[str, float] | None = None,
                           run_id: str | None = None, overwrite: bool = False, spend: str = "net",
-                          provenance: dict | None = None, covariates: list[dict] | None = None) -> Path:
+                          provenance: dict | None = None, covariates: list[dict] | None = None, count_by: str = "day") -> Path:
     """Export a fitted ``NeuralOutlook`` (all members, averaged in the graph) with its closed forms; the runtime
     (``twins.runtime.OutlookNetBundle``) computes the features and the calendar's weekly multipliers (the spec in
     the manifest's ``preprocessing.calendar``) from raw histories and as_of. Parity is checked at several
@@ -103,7 +104,7 @@ def export_neural_outlook(model: NeuralOutlook, out_dir: str | Path, *, horizon_
         "params": model.get_params(),
         "preprocessing": {"horizon_days": 7.0 * horizon_weeks(horizon_days), "unit_days": 7.0, "interval": interval,
                           "features": names, "new_customer_day_spend": model.day_spend_, "calendar": model.calendar_,
-                          "covariates": covariates,
+                          "covariates": covariates, "count_by": count_by,
                           "purchase_day": "UTC calendar day; several purchases on one day count once", "spend": spend},
         "metrics": dict(metrics or {}), "training_run_id": run_id, **(provenance or {}),  # twins.provenance
     }

@@ -34,7 +34,8 @@ def net_purchase_days(purchases: list[tuple], as_of_us: int, gross: bool = False
     ``gross``: returns are left out of the amounts (the bundle's ``preprocessing.spend``)."""
     net: dict[int, float] = {}
     bought: set[int] = set()
-    for when, amount in purchases:
+    for line in purchases:
+        when, amount = line[0], line[1]
         us = _to_us(when)
         if us < as_of_us and not (gross and amount < 0):
             day = us // DAY_US * DAY_US
@@ -44,18 +45,36 @@ def net_purchase_days(purchases: list[tuple], as_of_us: int, gross: bool = False
     return {d: net[d] for d in sorted(bought)}
 
 
-def summary(purchases: list[tuple], as_of_us: int, unit_days: float, gross: bool = False) -> tuple[float, float, float, float]:
+def purchase_units(purchases: list[tuple], as_of_us: int, gross: bool = False, by_order: bool = False) -> list[tuple[int, float]]:
+    """(UTC day start in µs, amount) of each counted purchase unit before ``as_of``, by day: the purchase days of
+    ``net_purchase_days``; ``by_order``: each order with a purchase (lines grouped by their third element, the
+    order id, or by their time where there is none), at the day of its first line, worth its lines' amounts."""
+    if not by_order:
+        return list(net_purchase_days(purchases, as_of_us, gross).items())
+    orders: dict[object, list] = {}
+    for line in purchases:
+        us, amount = _to_us(line[0]), float(line[1])
+        if us < as_of_us and not (gross and amount < 0):
+            key = line[2] if len(line) > 2 and line[2] is not None else us
+            first, total, bought = orders.get(key, (us, 0.0, False))
+            orders[key] = (min(first, us), total + amount, bought or amount >= 0)
+    return sorted((first // DAY_US * DAY_US, total) for first, total, bought in orders.values() if bought)
+
+
+def summary(purchases: list[tuple], as_of_us: int, unit_days: float, gross: bool = False,
+            by_order: bool = False) -> tuple[float, float, float, float]:
     """(x, t_x, T, m) of one history of (time, amount) lines before ``as_of`` (``net_purchase_days``). ``m`` is
     the mean of the repeat days, floored at 0 (the bundle then answers with the population's mean spend per
     purchase day). No purchase before as_of: a new customer (0, 0, 0, 0)."""
-    days = net_purchase_days(purchases, as_of_us, gross)
-    if not days:
+    units = purchase_units(purchases, as_of_us, gross, by_order)
+    if not units:
         return 0.0, 0.0, 0.0, 0.0
-    order = list(days)
     unit = unit_days * DAY_US
-    x = len(order) - 1
-    m = max(float(np.mean([days[d] for d in order[1:]])), 0.0) if x else 0.0
-    return float(x), (order[-1] - order[0]) / unit, (as_of_us - order[0]) / unit, m
+    x = len(units) - 1
+    first = [amount for day, amount in units if day == units[0][0]]  # several orders on the first day: one is the first
+    repeat = sum(amount for _, amount in units[len(first):]) + sum(first) * (len(first) - 1) / len(first)
+    m = max(repeat / x, 0.0) if x else 0.0
+    return float(x), (units[-1][0] - units[0][0]) / unit, (as_of_us - units[0][0]) / unit, m
 
 
 def answers(out: dict[str, np.ndarray], known: np.ndarray, as_of_us: int, unit_days: float, horizon_days: float) -> list[dict]:
@@ -99,7 +118,8 @@ def checked_horizon(default: float, horizon_days: float | None) -> float:
 
 class OutlookBundle(Bundle):
     """How many purchase days and how much spend in a horizon, P(alive), churn risk and the time to the next
-    purchase with an interval, from raw histories of ``(time, amount)`` purchases (returns as negative amounts)."""
+    purchase with an interval, from raw histories of ``(time, amount)`` purchases (returns as negative amounts;
+    a third element, the order id, is read when the bundle counts orders: ``preprocessing.count_by``)."""
 
     def __init__(self, path, manifest: dict, session) -> None:
         super().__init__(path, manifest, session)
@@ -126,22 +146,23 @@ class OutlookBundle(Bundle):
         with the population's values for a new customer)."""
         as_of_us = _to_us(as_of)
         horizon = checked_horizon(self.horizon_days, horizon_days)
-        gross = self.manifest["preprocessing"].get("spend") == "gross"
+        gross, by_order = self.manifest["preprocessing"].get("spend") == "gross", self.manifest["preprocessing"].get("count_by") == "order"
         if self.calendar.fitted:
-            return self._score_on_calendar(histories, as_of_us, horizon, gross)
-        rows = np.array([summary(h, as_of_us, self.unit_days, gross) for h in histories], dtype=np.float64).reshape(-1, 4)
+            return self._score_on_calendar(histories, as_of_us, horizon, gross, by_order)
+        rows = np.array([summary(h, as_of_us, self.unit_days, gross, by_order) for h in histories], dtype=np.float64).reshape(-1, 4)
         feeds = {name: np.ascontiguousarray(rows[:, i]) for i, name in enumerate(INPUTS[:4])}
         feeds["t"] = np.full(len(rows), horizon / self.unit_days)
         known = (rows[:, 2] > 0) | (rows[:, 0] > 0)
         return answers(self.run(feeds), known, as_of_us, self.unit_days, horizon)
 
-    def _score_on_calendar(self, histories: list[list[tuple]], as_of_us: int, horizon: float, gross: bool) -> list[dict]:
+    def _score_on_calendar(self, histories: list[list[tuple]], as_of_us: int, horizon: float, gross: bool,
+                           by_order: bool) -> list[dict]:
         """BG/NBD on the calendar (``twins.models.btyd.SeasonalBetaGeoModel``): the summary and the horizon in
         calendar weeks (``calendar_summary``), spend times the horizon's spend multiplier, waiting times turned
         back into real time."""
         row, day, spend = [], [], []
         for i, history in enumerate(histories):
-            for start, amount in net_purchase_days(history, as_of_us, gross).items():
+            for start, amount in purchase_units(history, as_of_us, gross, by_order):
                 row.append(i)
                 day.append(start // DAY_US)
                 spend.append(amount)
@@ -203,7 +224,8 @@ class OutlookNetBundle(Bundle):
                              f"days (1 to {MAX_HORIZON_WEEKS} weeks); e.g. {7 * min(max(weeks, 1), MAX_HORIZON_WEEKS)}")
         row, age, spend = [], [], []
         for i, history in enumerate(histories):
-            for day, amount in net_purchase_days(history, as_of_us, self.manifest["preprocessing"].get("spend") == "gross").items():
+            for day, amount in purchase_units(history, as_of_us, self.manifest["preprocessing"].get("spend") == "gross",
+                                              self.manifest["preprocessing"].get("count_by") == "order"):
                 row.append(i)
                 age.append((as_of_us - day) / DAY_US)
                 spend.append(amount)

@@ -198,7 +198,11 @@ def calendar_summary(calendar: Calendar, row: np.ndarray, day: np.ndarray, spend
     x = np.maximum(n - 1, 0).astype(np.float64)
     repeat = day > first[row]
     adjusted = spend / calendar.daily(day.astype(np.int64), "spend") if len(day) else spend
-    m = np.where(x > 0, np.bincount(row, adjusted * repeat, n_rows) / np.maximum(x, 1), 0.0)
+    # several units (orders) on the first day: all but one are repeats, each worth that day's mean
+    n_first = np.bincount(row, ~repeat, n_rows)
+    first_total = np.bincount(row, adjusted * ~repeat, n_rows)
+    repeat_total = np.bincount(row, adjusted * repeat, n_rows) + first_total * (n_first - 1) / np.maximum(n_first, 1)
+    m = np.where(x > 0, repeat_total / np.maximum(x, 1), 0.0)
     horizon = np.arange(int(np.floor(cutoff_day)), int(np.ceil(end)))
     s = calendar.daily(horizon)
     return {"x": x, "t_x": np.where(known, c_last - c_first, 0.0), "T": np.where(known, c_cut[0] - c_first, 0.0),
