@@ -326,6 +326,10 @@ from twins.cli_serving import add_commands  # noqa: E402  (register, promote, se
 
 add_commands(app)
 
+from twins.commerce.cli import sell  # noqa: E402  (the agent-facing seller API)
+
+app.command()(sell)
+
 
 @app.command()
 def sim(config: Annotated[Path, typer.Argument(help="market config YAML, e.g. configs/sim/market.yaml")],

@@ -21,7 +21,8 @@ ACP_VERSION = "2025-09-29"
 
 
 def _now(t: datetime | None) -> str:
-    return (t or datetime.now(timezone.utc)).astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    """RFC 3339 in UTC to the second, as the source configs parse it."""
+    return (t or datetime.now(timezone.utc)).astimezone(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def ucp_order(order_id: str, checkout_id: str, lines: list[dict], currency: str = "EUR") -> dict:

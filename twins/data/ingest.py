@@ -372,7 +372,7 @@ def plan(cfg: SourceConfig, not_after: datetime | None = None) -> tuple[pl.LazyF
     for path, spec in inputs:
         needed = _needed(cfg, spec)
         fmt = readers.detect_format(path, cfg.format)
-        raws.append(readers.scan(path, fmt, cfg.csv, spec.sheet, spec.json_lines))
+        raws.append(readers.scan(path, fmt, cfg.csv, spec.sheet, spec.json_lines, list(needed.values())))
         readers.check_columns(path, raws[-1], needed, cfg.csv)
         files.append(InputFile(path, fmt, spec.sheet))
         keys.append(sorted(set(needed.values())))

@@ -10,6 +10,7 @@ validates (and quarantines) it; a line that is not a JSON object is kept as one 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import polars as pl
@@ -82,9 +83,10 @@ def _present(value: object) -> bool:
     return value is not _MISSING and value is not None and value != "" and value != [] and value != {}
 
 
-def read(path: Path, options: JsonLines | None, reason_column: str) -> pl.DataFrame:
+def read(path: Path, options: JsonLines | None, reason_column: str, columns: Sequence[str] = ()) -> pl.DataFrame:
     """Rows of a JSON-lines file, every column text, plus ``reason_column`` (``bad_json`` for a line that is not a
-    JSON object, null otherwise)."""
+    JSON object, null otherwise). When no line passes ``explode`` and ``where`` (e.g. orders without refunds),
+    the ``columns`` the config maps are there, null, so that the file gives no rows rather than an error."""
     options = options or JsonLines()
     rows: list[dict[str, str | None]] = []
     with open(path, encoding="utf-8", errors="replace") as lines:
@@ -108,6 +110,7 @@ def read(path: Path, options: JsonLines | None, reason_column: str) -> pl.DataFr
                     row[column] = test.present if _present(_get(element, test.path)) else test.absent
                 row[reason_column] = None
                 rows.append(row)
-    names = list(dict.fromkeys(name for row in rows for name in row))
+    kept = any(row[reason_column] is None for row in rows)
+    names = list(dict.fromkeys([*(name for row in rows for name in row), *([] if kept else columns)]))
     return pl.DataFrame([[row.get(n) for n in names] for row in rows], schema={n: pl.String for n in names},
-                        orient="row") if rows else pl.DataFrame(schema={reason_column: pl.String})
+                        orient="row") if rows else pl.DataFrame(schema={n: pl.String for n in [*columns, reason_column]})

@@ -7,6 +7,7 @@ import gzip
 import io
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import polars as pl
@@ -46,7 +47,7 @@ def detect_format(path: Path, declared: Format | None) -> Format:
 
 
 def scan(path: Path, fmt: Format, csv: CsvOptions, sheet: str | None = None,
-         json_lines: jsonl.JsonLines | None = None) -> pl.LazyFrame:
+         json_lines: jsonl.JsonLines | None = None, columns: Sequence[str] = ()) -> pl.LazyFrame:
     """Open ``path`` lazily (the name as written: no wildcards). CSV, whitespace and Excel files are read as text
     so that every value can be validated (and quarantined) by the ingest step rather than rejected by the reader."""
     _check_path(path)
@@ -64,7 +65,7 @@ def scan(path: Path, fmt: Format, csv: CsvOptions, sheet: str | None = None,
         elif fmt == "excel":
             lf = _read_excel(path, sheet).lazy()
         elif fmt == "jsonl":
-            lf = jsonl.read(path, json_lines, READER_REASON).lazy()
+            lf = jsonl.read(path, json_lines, READER_REASON, columns).lazy()
         else:
             lf = _read_basket_json(path).lazy()
         names = lf.collect_schema().names()
