@@ -27,7 +27,7 @@ class Ledger:
 
     def __init__(self, folder: Path, max_bytes: int = MAX_BYTES) -> None:
         self.folder, self.max_bytes = Path(folder), max_bytes
-        self._lock = threading.Lock()
+        self._lock, self._writing = threading.Lock(), threading.Lock()
         self._day, self._part, self._text, self._pending = "", 0, "", []
 
     def _target(self) -> Path:
@@ -38,16 +38,24 @@ class Ledger:
         text = json.dumps(line, separators=(",", ":"), ensure_ascii=False) + "\n"
         with self._lock:
             self._pending.append(text)
-            if sync:
-                self._publish()
+        if sync:
+            self.flush()
 
     def flush(self) -> None:
-        with self._lock:
-            self._publish()
+        """Publish the queued lines; appending goes on meanwhile (only the queue swap holds its lock)."""
+        with self._writing:
+            with self._lock:
+                pending, self._pending = self._pending, []
+            if not pending:
+                return
+            try:
+                self._publish("".join(pending))
+            except BaseException:
+                with self._lock:
+                    self._pending[:0] = pending
+                raise
 
-    def _publish(self) -> None:
-        if not self._pending:
-            return
+    def _publish(self, lines: str) -> None:
         day = datetime.now(timezone.utc).strftime("%Y%m%d")
         if day != self._day:
             self._day, self._part, self._text = day, 0, ""
@@ -58,6 +66,6 @@ class Ledger:
         with publish.locked(target, "twins sell ledger"), publish.disk_errors(self.folder):
             if not self._text and target.exists():  # a restarted process with the same pid: keep what is there
                 self._text = target.read_text(encoding="utf-8")
-            text = self._text + "".join(self._pending)
+            text = self._text + lines
             publish.write_text(target, text)
-        self._text, self._pending = text, []
+        self._text = text
