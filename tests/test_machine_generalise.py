@@ -120,3 +120,18 @@ def test_detect_fits_a_calibrated_detector_on_market_families_and_saves_it(tmp_p
     X, y = labelled_features("noisy", 5, 60, 30)  # a family it never saw
     p = detector.predict_proba(X)[:, 1]
     assert p[y == 1].mean() > 0.8 and p[y == 0].mean() < 0.2
+
+
+def test_forecaster_holds_features_inside_the_training_range():
+    from twins.models.replenishment_torch import ReplenishmentForecaster
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, len(FEATURES)))
+    T = np.exp(X[:, 0]) * 5
+    model = ReplenishmentForecaster(epochs=2, hidden=8).fit(X, T, np.ones(400), np.zeros(400, bool), 120.0)
+    far = X[:1].copy()
+    far[0, 1] = 1e4  # a machine unlike any training one (e.g. a stock that covers decades)
+    edge = far.copy()
+    edge[0, 1] = X[:, 1].max()
+    assert model.predict(far)["time"] == pytest.approx(model.predict(edge)["time"])
+    assert np.isfinite(model.predict(far * 1e3)["time_high"]).all()

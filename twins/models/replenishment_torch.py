@@ -19,17 +19,28 @@ from sklearn.base import BaseEstimator
 from torch import nn
 
 from twins.models.btyd import default_device
+from twins.runtime.replenishment import MAX_DAYS, MAX_LOG_QUANTITY
+from twins.runtime.replenishment_features import FEATURE_LIMIT
+
+MAX_LOG1P_DAYS = float(np.log1p(MAX_DAYS))  # answers are capped as the runtime caps them
 
 OUTPUTS = ("time_low", "time", "time_high", "quantity_low", "quantity", "quantity_high")
 
 
 class ReplenishmentNet(nn.Module):
-    """``forward(features [batch, F] float32)`` -> six ``[batch]`` tensors, ``OUTPUTS`` in order."""
+    """``forward(features [batch, F] float32)`` -> six ``[batch]`` tensors, ``OUTPUTS`` in order. Features are
+    first held inside the range seen in training (``low``, ``high``): a machine unlike any training one (a stock
+    that covers years) gets the answer of the nearest training range instead of an extrapolated one."""
 
-    def __init__(self, n_features: int, hidden: int, mean: np.ndarray, std: np.ndarray) -> None:
+    def __init__(self, n_features: int, hidden: int, mean: np.ndarray, std: np.ndarray,
+                 low: np.ndarray | None = None, high: np.ndarray | None = None) -> None:
         super().__init__()
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+        self.register_buffer("low", torch.as_tensor(np.full(n_features, -FEATURE_LIMIT) if low is None else low,
+                                                    dtype=torch.float32))
+        self.register_buffer("high", torch.as_tensor(np.full(n_features, FEATURE_LIMIT) if high is None else high,
+                                                     dtype=torch.float32))
         self.body = nn.Sequential(nn.Linear(n_features, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU())
         self.time = nn.Linear(hidden, 3)
         self.quantity = nn.Linear(hidden, 3)
@@ -40,12 +51,12 @@ class ReplenishmentNet(nn.Module):
         return torch.stack([mid - nn.functional.softplus(raw[:, 0]), mid, mid + nn.functional.softplus(raw[:, 2])], 1)
 
     def log_quantiles(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.body((x - self.mean) / self.std)
+        h = self.body((torch.maximum(torch.minimum(x, self.high), self.low) - self.mean) / self.std)
         return self._quantiles(self.time(h)), self._quantiles(self.quantity(h))
 
     def forward(self, x: torch.Tensor):
         t, q = self.log_quantiles(x)
-        t, q = torch.expm1(t).clamp_min(0.0), torch.exp(q)
+        t, q = torch.expm1(t.clamp_max(MAX_LOG1P_DAYS)).clamp_min(0.0), torch.exp(q.clamp_max(MAX_LOG_QUANTITY))
         return t[:, 0], t[:, 1], t[:, 2], q[:, 0], q[:, 1], q[:, 2]
 
 
@@ -114,7 +125,8 @@ class ReplenishmentForecaster(BaseEstimator):
         for member in range(self.members):
             seed = self.seed + 1000 * member
             torch.manual_seed(seed)
-            net = ReplenishmentNet(X.shape[1], self.hidden, X.mean(0), np.where(std > 0, std, 1.0)).to(self.device_)
+            net = ReplenishmentNet(X.shape[1], self.hidden, X.mean(0), np.where(std > 0, std, 1.0), X.min(0),
+                                   X.max(0)).to(self.device_)
             losses.append(self._train(net, x, t, q, cens, seed))
             nets.append(net.eval())
         self.net_ = nets[0] if self.members == 1 else ReplenishmentEnsemble(nets).eval()
