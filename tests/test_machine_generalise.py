@@ -135,3 +135,12 @@ def test_forecaster_holds_features_inside_the_training_range():
     edge[0, 1] = X[:, 1].max()
     assert model.predict(far)["time"] == pytest.approx(model.predict(edge)["time"])
     assert np.isfinite(model.predict(far * 1e3)["time_high"]).all()
+
+
+def test_service_takes_readings_with_stock_or_usage_left_out():
+    from twins.serve.tasks import ReplenishmentRequest
+
+    body = ReplenishmentRequest.model_validate({
+        "orders": [[{"time": "2025-01-03T00:00:00Z", "quantity": 40}]], "as_of": "2025-02-01",
+        "readings": [[{"time": "2025-01-04T00:00:00Z", "stock": 12.0}, {"time": "2025-01-05T00:00:00Z", "usage": 80.0}]]})
+    assert [(r.stock, r.usage) for r in body.readings[0]] == [(12.0, None), (None, 80.0)]

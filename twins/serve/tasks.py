@@ -109,8 +109,8 @@ class Order(_Request):
 
 class Reading(_Request):
     time: datetime
-    stock: float = Field(ge=-1e9, le=1e9)
-    usage: float = Field(ge=-1e9, le=1e9)
+    stock: float | None = Field(None, ge=-1e9, le=1e9)  # a machine may report stock only or a usage counter only
+    usage: float | None = Field(None, ge=-1e9, le=1e9)
 
 
 class ReplenishmentRequest(_Request):
