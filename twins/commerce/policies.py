@@ -128,14 +128,23 @@ class TwinPolicy(BaseEstimator):
     - Floor: cost plus ``floor_margin`` of the list margin for buyers that switch (an order kept is worth the
       next ones), plus ``bound_floor`` of it for buyers that never leave.
     - Concession schedule: ``rounds`` rounds from the opening price to the floor.
-    - Delivery: express when the buyer's next order is due within ``urgent_days`` (its delay cost is highest)."""
+    - Upward probing of buyers the twin classes as bound: a machine (``machine_likeness`` at least
+      ``bound_likeness``, or a declared agent) that took a price, never countered and never left is asked
+      ``bound_probe`` more than the highest price it took, with that price as the floor and one round: a bound
+      machine then either takes the higher price or counters at its reservation price, which is accepted at once and
+      priced at from then on. Retention guard: a buyer that left once (``lost_share`` > 0) is no longer probed.
+    - Delivery: express when the buyer's next order is due within ``urgent_days`` (its delay cost is highest).
+
+    Parameters were chosen on development markets only (seeds 1-2, default ``MarketParams``)."""
 
     def __init__(self, open_discount: float = 0.05, probe: float = 0.0, reveal_share: float = 1.0,
                  max_markup: float = 0.3, retain_discount: float = 0.0, floor_margin: float = 0.1,
-                 bound_floor: float = 0.6, rounds: int = 2, urgent_days: float = 2.0) -> None:
+                 bound_floor: float = 0.6, rounds: int = 2, urgent_days: float = 2.0, bound_probe: float = 0.015,
+                 bound_likeness: float = 0.9) -> None:
         self.open_discount, self.probe, self.reveal_share = open_discount, probe, reveal_share
         self.max_markup, self.retain_discount = max_markup, retain_discount
         self.floor_margin, self.bound_floor, self.rounds, self.urgent_days = floor_margin, bound_floor, rounds, urgent_days
+        self.bound_probe, self.bound_likeness = bound_probe, bound_likeness
 
     def fit(self, X, y=None) -> "TwinPolicy":
         return self
@@ -152,9 +161,19 @@ class TwinPolicy(BaseEstimator):
         price = np.maximum(price, cost * 1.01)
         margin = np.maximum(lp - cost, 0)
         floor = cost + margin * (self.floor_margin + self.bound_floor * (lost == 0))
+        rounds = np.full(len(price), float(self.rounds))
+        if self.bound_probe > 0:
+            # a machine that never left us and never countered: ask higher; its counter (at or above what it took
+            # before) is accepted at once, so that a bound machine reveals its reservation price instead of leaving
+            likeness = np.nan_to_num(_col(X, "machine_likeness"))
+            machine = (likeness >= self.bound_likeness) | (_col(X, "agent_declared") > 0)
+            probing = np.isfinite(accepted) & ~revealed & (lost == 0) & machine
+            price = np.where(probing, np.minimum(accepted * (1 + self.bound_probe), cap), price)
+            floor = np.where(probing, accepted, floor)
+            rounds = np.where(probing, 1.0, rounds)
         due = _col(X, "days_to_next_order")
         days = np.where(np.nan_to_num(due, nan=np.inf) <= self.urgent_days, EXPRESS_DAYS, STANDARD_DAYS)
-        return _offer(price, floor, self.rounds, days)
+        return _offer(price, floor, rounds, days)
 
 
 POLICIES = {"fixed_price": FixedPrice, "uniform_discount": UniformDiscount, "accept_above_cost": AcceptAboveCost,
