@@ -4,7 +4,8 @@
 
     python -m experiments.agent_commerce --customers 100000 --threads 1
 
-Policy parameters were chosen on development markets only (seeds 1 and 2, 3,000 customers, default parameters);
+Policy parameters were chosen on development markets only (seeds 1 and 2, 3,000 and 10,000 customers, default
+parameters; the twin policy's bound_probe on 10,000);
 evaluation uses seeds 10-12 and the unseen market (other price level and cost share, dearer and faster competitors,
 a strong first-proposal and position bias, more people), which no parameter was chosen on.
 """

@@ -1,15 +1,17 @@
 """Issue 22 acceptance: a quote (POST /checkout_sessions, the quote step) answers with p99 <= 20 ms at concurrency 8
-on loopback. Bounded: `twins sell` in a subprocess (uvicorn), 8 client threads with keep-alive connections, 60
+on loopback. Bounded: `twins sell` in a subprocess (uvicorn), 8 keep-alive connections (a lean asyncio client), 60
 quotes each after a warm-up, half the buyers with a machine twin. On a busy shared 2-core machine the client
-threads and the server share the cores, so the test asserts a looser bound (LOOSE_P99_MS) and prints the measured
+and the server share the cores with other work, so the test asserts a looser bound (LOOSE_P99_MS) and prints the measured
 p50 / p99; the 20 ms bar is reported, not asserted (see BENCHMARKS.md for the figures measured)."""
 
+import asyncio
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -63,34 +65,44 @@ def server(tmp_path):
     proc.wait(timeout=20)
 
 
-def test_quote_latency_at_concurrency_8(server):
+async def _quotes(url: str) -> tuple[list[float], list[str]]:
+    """8 keep-alive connections on one event loop (a lean HTTP/1.1 client, so that the client's own cost on this
+    small machine stays out of the figures), each sending WARMUP then QUOTES checkout creates, one at a time."""
+    host, port = url.removeprefix("http://").split(":")
     times: list[float] = []
     errors: list[str] = []
-    lock = threading.Lock()
-    start = threading.Barrier(CONCURRENCY)
 
-    def client(n: int) -> None:
-        agent = {"UCP-Agent": f'profile="https://agents.example/load/{n}"'}
-        with httpx.Client(base_url=server, headers=agent, timeout=10) as c:
-            body = {"buyer": {"customer_id": "m-001" if n % 2 else f"new-{n}"}, "items": [{"id": "toner-k", "quantity": 3}]}
-            for _ in range(WARMUP):
-                c.post("/checkout_sessions", json=body)
-            start.wait()
-            mine = []
-            for _ in range(QUOTES):
-                t = time.perf_counter()
-                r = c.post("/checkout_sessions", json=body)
-                mine.append(time.perf_counter() - t)
-                if r.status_code != 201:
-                    errors.append(f"{r.status_code} {r.text[:200]}")
-        with lock:
-            times.extend(mine)
+    async def client(n: int, go: asyncio.Event) -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        body = json.dumps({"buyer": {"customer_id": "m-001" if n % 2 else f"new-{n}"},
+                           "items": [{"id": "toner-k", "quantity": 3}]}).encode()
+        request = (f"POST /checkout_sessions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                   f"UCP-Agent: profile=\"https://agents.example/load/{n}\"\r\nContent-Length: {len(body)}\r\n\r\n"
+                   ).encode() + body
+        for i in range(WARMUP + QUOTES):
+            if i == WARMUP:
+                await go.wait()
+            t = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+            await reader.readexactly(length)
+            if i >= WARMUP:
+                times.append(time.perf_counter() - t)
+            if not head.startswith(b"HTTP/1.1 201"):
+                errors.append(head[:200].decode())
+        writer.close()
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(CONCURRENCY)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    go = asyncio.Event()
+    tasks = [asyncio.create_task(client(n, go)) for n in range(CONCURRENCY)]
+    await asyncio.sleep(0.5)
+    go.set()
+    await asyncio.gather(*tasks)
+    return times, errors
+
+
+def test_quote_latency_at_concurrency_8(server):
+    times, errors = asyncio.run(_quotes(server))
     assert not errors, errors[:3]
     ms = np.array(times) * 1000
     p50, p99 = np.percentile(ms, 50), np.percentile(ms, 99)

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -189,6 +189,11 @@ def acp_session(session: Session, currency: str) -> CheckoutSession:
         negotiation=quotes, order_id=session.order_id)
 
 
+def _answer(session: Session, currency: str, status: int = 200) -> Response:
+    """The session as JSON; ``response_model`` documents it, and a ``Response`` is not validated again."""
+    return Response(acp_session(session, currency).model_dump_json(), status, media_type="application/json")
+
+
 def create_app(catalog: Catalog, quoter: Quoter, home: Path, settings: SellSettings = SellSettings(),
                limits: Limits = Limits(), token: str | None = None) -> FastAPI:
     seller = Seller(catalog, quoter, Path(home), settings)
@@ -264,16 +269,16 @@ def create_app(catalog: Catalog, quoter: Quoter, home: Path, settings: SellSetti
         return seller.view(seller.product(item_id))
 
     @app.post("/checkout_sessions", response_model=CheckoutSession, status_code=201)
-    async def create(request: CheckoutCreate, ucp_agent: str | None = UCP_AGENT) -> CheckoutSession:
+    async def create(request: CheckoutCreate, ucp_agent: str | None = UCP_AGENT) -> Response:
         agent = agent_profile({"ucp-agent": ucp_agent or ""})
         lines = seller.quote_lines(request.buyer.customer_id, request.items, agent is not None)
         session = seller.open_session(request.buyer.customer_id, agent, lines)
         seller.record(session, "checkout_session.created")
-        return acp_session(session, catalog.currency)
+        return _answer(session, catalog.currency, 201)
 
     @app.get("/checkout_sessions/{session_id}", response_model=CheckoutSession)
-    async def get(session_id: str) -> CheckoutSession:
-        return acp_session(seller.session(session_id), catalog.currency)
+    async def get(session_id: str) -> Response:
+        return _answer(seller.session(session_id), catalog.currency)
 
     def open_(session_id: str) -> Session:
         session = seller.session(session_id)
@@ -282,7 +287,7 @@ def create_app(catalog: Catalog, quoter: Quoter, home: Path, settings: SellSetti
         return session
 
     @app.post("/checkout_sessions/{session_id}", response_model=CheckoutSession)
-    async def update(session_id: str, request: CheckoutUpdate) -> CheckoutSession:
+    async def update(session_id: str, request: CheckoutUpdate) -> Response:
         countered: list[Line] = []
         with seller.lock:
             session = open_(session_id)
@@ -302,10 +307,10 @@ def create_app(catalog: Catalog, quoter: Quoter, home: Path, settings: SellSetti
             one = Session(session.id, session.customer_id, session.agent, [line], session.status)
             seller.record(one, "checkout_session.updated",
                           negotiation={"suggested_unit_price": line.suggested, "decision": line.decision})
-        return acp_session(session, catalog.currency)
+        return _answer(session, catalog.currency)
 
     @app.post("/checkout_sessions/{session_id}/complete", response_model=CheckoutSession)
-    async def complete(session_id: str, request: CompleteRequest | None = None) -> CheckoutSession:
+    async def complete(session_id: str, request: CompleteRequest | None = None) -> Response:
         with seller.lock:
             session = open_(session_id)
             short = [x.product.id for x in session.lines if x.product.stock < x.quantity]
@@ -320,16 +325,16 @@ def create_app(catalog: Catalog, quoter: Quoter, home: Path, settings: SellSetti
         line = protocol.envelope("order_created", session.customer_id, session.agent, order=order)
         await run_in_threadpool(seller.orders.append, line, True)  # on disk before the answer
         await run_in_threadpool(seller.record, session, "checkout_session.completed", True)
-        return acp_session(session, catalog.currency)
+        return _answer(session, catalog.currency)
 
     @app.post("/checkout_sessions/{session_id}/cancel", response_model=CheckoutSession)
-    async def cancel(session_id: str, request: CancelRequest | None = None) -> CheckoutSession:
+    async def cancel(session_id: str, request: CancelRequest | None = None) -> Response:
         with seller.lock:
             session = open_(session_id)
             session.status = "canceled"
         payload = {"request": request.model_dump(exclude_none=True)} if request and request.intent_trace else {}
         seller.record(session, "checkout_session.canceled", **payload)
-        return acp_session(session, catalog.currency)
+        return _answer(session, catalog.currency)
 
     app.add_middleware(AgentRateLimit, buckets=Buckets(settings.agent_rate, settings.agent_burst))
     if token:
