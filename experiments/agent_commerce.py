@@ -108,6 +108,7 @@ def main() -> None:
             + "\n\nBy kind (mean over the seeds):\n\n" + by_kind(results, evals)
             + "\n\nUnseen market (price level 55, dearer/faster competitors, first-proposal bias 0.6, position "
               "bias 0.01, more people and autonomous agents):\n\n" + table(results, ["unseen"])
+            + "\n\nUnseen market by kind:\n\n" + by_kind(results, ["unseen"])
             + f"\n\nEvaluation seeds: {verdict(results, evals)}. Unseen market: {verdict(results, ['unseen'])}.")
     print(body)
     if not args.no_benchmarks:
