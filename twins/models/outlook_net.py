@@ -34,7 +34,7 @@ from sklearn.base import BaseEstimator
 from torch import nn
 
 from twins.runtime.outlook import MAX_HORIZON_WEEKS, NET_OUTPUTS, check_horizon_weeks
-from twins.runtime.outlook_features import CAL_WEEKS, CAL_WINDOWS, N_FEATURES, Calendar, calendar_inputs, features
+from twins.runtime.outlook_features import CAL_WEEKS, Calendar, calendar_inputs, features
 from twins.training import pick_device, progress
 
 DAY_US = 86_400 * 1_000_000
