@@ -153,9 +153,13 @@ def log_results(results: dict, outputs: dict, thresholds: dict, models: dict, ex
     from twins.emotion.plots import cooccurrence_png
 
     p = resolve_params(params)
-    api.log_ingest(mlflow, source, report)
+    events = api.log_ingest(mlflow, source, report)
     for name, metrics in results.items():
-        with tracking.run("", name, nested=True, tags={"model": name, "seed": str(p["seed"]), "dataset": source.name, **TAGS}):
+        with tracking.run("", name, nested=True, tags={"model": name, "seed": str(p["seed"]), "dataset": source.name, **TAGS},
+                          description=f"`{name}` on `{source.name}`, seed {p['seed']}: trained on "
+                                      f"{len(splits['train'].texts):,} messages, thresholds tuned on dev; `test/...` "
+                                      f"metrics on {len(splits['test'].texts):,} test messages ({TAGS['protocol']})."):
+            mlflow.log_input(events, context="train+test")
             options = p["models"].get(name) or ({"blend": p["ensemble"], "weight": outputs[name].get("weight")})
             tracking.log_params(mlflow, {"model": name, "seed": p["seed"], "train_rows": len(splits["train"].texts),
                                          "test_rows": len(splits["test"].texts), **options})

@@ -167,11 +167,13 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float, fl
     return out
 
 
-def format_table(summary: dict[str, dict[str, tuple[float, float]]], ks: list[int]) -> list[str]:
+def format_table(summary: dict[str, dict[str, tuple[float, float]]], ks: list[int], seeds: int = 2) -> list[str]:
+    """Markdown lines: mean ± std per model and metric (the mean alone for one seed)."""
     cols = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg", "ndcg_min", "phr", "repeat_recall", "explore_recall")]
     lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for model, metrics in summary.items():
-        lines.append(f"| {model} | " + " | ".join(f"{metrics[c][0]:.4f} ± {metrics[c][1]:.4f}" for c in cols) + " |")
+        lines.append(f"| {model} | " + " | ".join(f"{metrics[c][0]:.4f}" + (f" ± {metrics[c][1]:.4f}" if seeds > 1 else "")
+                                                  for c in cols) + " |")
     return lines
 
 
@@ -218,17 +220,23 @@ def export_model(source: SourceConfig, baskets: dict[str, list[list[str]]], user
 
 def log_results(rows: list[dict[str, Any]], exported: dict[str, Any], report: IngestReport, snapshot: Snapshot,
                 source: SourceConfig, params: dict[str, Any], mlflow) -> list[str]:
-    """Log ingest counts, twins, per-(model, seed) child runs, the mean ± std table and the ONNX bundle."""
+    """Log ingest counts, twins, per-(model, seed) child runs (test metrics under the same names on each, the events
+    linked as their dataset), the mean ± std table and the ONNX bundle."""
     from twins import registry, tracking
 
     p = resolve_params(params)
-    api.log_ingest(mlflow, source, report)
+    events = api.log_ingest(mlflow, source, report)
     mlflow.log_metric("twins", snapshot.manifest["rows"])
     mlflow.log_dict(snapshot.manifest, "twins/manifest.json")
     for r in rows:
+        tuned = ", hyper-parameters chosen on its validation users" if r["model"] in TUNED else ""
         with tracking.run("", f"{r['model']}-seed{r['seed']}", nested=True,
                           tags={"model": r["model"], "seed": str(r["seed"]), "dataset": source.name,
-                                "protocol": protocol(p)}):
+                                "protocol": protocol(p)},
+                          description=f"`{r['model']}` on `{source.name}`, seed {r['seed']}: fitted on the seed's "
+                                      f"training users{tuned}; `test/...` metrics on its {r['n_users']:,} test users "
+                                      f"({protocol(p)})."):
+            mlflow.log_input(events, context="train+test")
             # the fitted model's hyper-parameters: for tuned models, what the validation users chose
             mlflow.log_params({"model": r["model"], "seed": r["seed"], "fractions": str(p["fractions"]),
                                **{f"{r['model']}.{k}": v for k, v in r["params"].items()}})
@@ -239,9 +247,7 @@ def log_results(rows: list[dict[str, Any]], exported: dict[str, Any], report: In
                 tracking.log_metrics(mlflow, {"train/loss": epoch["train_loss"], "train/epoch_seconds": epoch["train_seconds"],
                                               "valid/recall@10": epoch["valid_recall@10"]}, step=epoch["epoch"])
     summary = summarise(rows)
-    for model, metrics in summary.items():
-        tracking.log_metrics(mlflow, {f"{model}/test/{k}": mean for k, (mean, _) in metrics.items()})
-    table = format_table(summary, p["ks"])
+    table = format_table(summary, p["ks"], len(p["seeds"]))
     mlflow.set_tag("protocol", protocol(p))
     mlflow.log_text("\n".join([f"protocol: {protocol(p)}; seeds {p['seeds']}", "", *table]), "results/table.md")
     bundle = Path(exported["bundle"])
@@ -249,7 +255,8 @@ def log_results(rows: list[dict[str, Any]], exported: dict[str, Any], report: In
     tracking.log_metrics(mlflow, {f"export/{k}": v for k, v in exported.items() if "recall" in k})
     k = min(p["ks"])
     return [report.summary(), f"twins: {snapshot.manifest['rows']:,} -> {snapshot.path}",
-            f"test metrics, mean ± std over seeds {p['seeds']} ({protocol(p)}):", *table,
+            (f"test metrics, mean ± std over seeds {p['seeds']}" if len(p["seeds"]) > 1 else
+             f"test metrics, seed {p['seeds'][0]}") + f" ({protocol(p)}):", *table,
             f"ONNX bundle ({exported['model']}, seed {exported['seed']}): {bundle}, registered as {registered.uri}; "
             f"runtime recall@{k} {exported['onnx_recall@' + str(k)]:.4f} = estimator's"]
 

@@ -387,12 +387,15 @@ def log_results(rows: list[dict[str, Any]], holdout: dict[str, Any], bundles: di
     from twins import registry, tracking
 
     p = resolve_params(params)
-    api.log_ingest(mlflow, source, report)
+    events = api.log_ingest(mlflow, source, report)
     protocol = (f"{TAGS['protocol']}; cut-off {p['cutoff']:%Y-%m-%d}, horizon {float(p['horizon_days']):g} days, "
                 f"{rows[0]['customers']:,} customers first seen before the cut-off")
     with tempfile.TemporaryDirectory() as tmp:
         for r in rows:
-            with tracking.run("", r["model"], nested=True, tags={"model": r["model"], "dataset": source.name, **TAGS}):
+            with tracking.run("", r["model"], nested=True, tags={"model": r["model"], "dataset": source.name, **TAGS},
+                              description=f"`{r['model']}` on `{source.name}`: `test/...` metrics of the horizon "
+                                          f"after the cut-off ({protocol})."):
+                mlflow.log_input(events, context="train+test")
                 mlflow.log_params({"model": r["model"], "cutoff": p["cutoff"].isoformat(), "horizon_days": p["horizon_days"],
                                    **{f"{r['model']}.{k}": v for k, v in r["params"].items()}})
                 tracking.log_metrics(mlflow, {f"test/{k}": v for k, v in r.items() if isinstance(v, float)})

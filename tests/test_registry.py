@@ -126,7 +126,7 @@ def test_compare_experiment(mlflow_home, tmp_path):
     from twins.compare import compare
 
     result = compare("cmp-exp", out_dir=tmp_path / "plots")
-    assert result.metrics == ["test/ndcg@10", "test/recall@10"]  # the user counts only when asked for
+    assert result.metrics == ["test/recall@10", "test/ndcg@10"]  # the next-basket defaults; user counts when asked for
     assert compare("cmp-exp", ["test/n_users"], out_dir=tmp_path / "n").summary[0]["test/n_users"] == (12.0, 0.0)
     rows = {r["model"]: r for r in result.summary}
     assert rows["gp_topfreq"]["n"] == 2 and rows["gp_topfreq"]["test/recall@10"] == pytest.approx((0.14, 0.014142), abs=1e-6)

@@ -78,12 +78,33 @@ def ingest(source: str | Path | SourceConfig, overrides: list[str] | None = None
     cfg = _source(source, overrides)
     report = _ingest(cfg, paths.events_dir(cfg.name))
     if track:
-        with tracking.run(f"ingest-{cfg.name}", "ingest", tags={"dataset": cfg.name, "step": "ingest"}) as mlflow:
+        with tracking.run(source_experiment(cfg.name), "ingest", tags={"dataset": cfg.name, "step": "ingest"},
+                          description=f"`twins ingest` of source `{cfg.name}` ({_files(cfg)}): {report.accepted:,} of "
+                                      f"{report.rows_in:,} rows accepted, {report.quarantined_total:,} quarantined; "
+                                      f"events in {report.events_path}",
+                          experiment_description=_source_experiment_note(cfg.name)) as mlflow:
             log_ingest(mlflow, cfg, report)
     return report
 
 
-def log_ingest(mlflow, cfg: SourceConfig, report: IngestReport) -> None:
+def source_experiment(name: str) -> str:
+    """The one MLflow experiment of a source's ingests and twin builds (tag ``step``: ingest or build)."""
+    return f"twins-{name}"
+
+
+def _source_experiment_note(name: str) -> str:
+    return (f"Source `{name}`: one run per `twins ingest` (tag step = ingest: row counts, quarantine, the events as a "
+            "dataset input) and per `twins build` (tag step = build: twins as of a date). Pipelines log to their own "
+            "experiments (`experiment:` in configs/pipelines/).")
+
+
+def _files(cfg: SourceConfig) -> str:
+    return ", ".join(f.path for f in cfg.files)
+
+
+def log_ingest(mlflow, cfg: SourceConfig, report: IngestReport):
+    """Log an ingest's params, config, counts and report on the active run; returns the events as an MLflow dataset
+    (its ``log_input``), which a pipeline's child runs link too."""
     tracking.log_params(mlflow, {"source": cfg.model_dump(mode="json", exclude={"base_dir"})})
     tracking.log_config(mlflow, cfg.model_dump(mode="json"), "config/source.yaml")
     mlflow.log_metrics({"rows/in": report.rows_in, "rows/accepted": report.accepted,
@@ -91,9 +112,10 @@ def log_ingest(mlflow, cfg: SourceConfig, report: IngestReport) -> None:
                         "rows/returns": report.returns, "customers": report.customers, "time/ingest_s": report.seconds,
                         **{f"quarantine/{k}": v for k, v in report.quarantined.items()}})
     mlflow.log_dict(redact(report.to_dict()), "ingest/report.json")
-    tracking.log_dataset(mlflow, report.events_path, f"{cfg.name}-events", context="ingest")
+    events = tracking.log_dataset(mlflow, report.events_path, f"{cfg.name}-events", context="ingest")
     if report.quarantined_total:
         mlflow.log_artifact(report.quarantine_path, "ingest")
+    return events
 
 
 def build(source: str | Path | SourceConfig, as_of: str | datetime | None = None, params: TwinParams | None = None,
@@ -113,7 +135,13 @@ def build(source: str | Path | SourceConfig, as_of: str | datetime | None = None
     snap = TwinStore(paths.store_dir()).write(twins, cfg.name, "customer", when, params=vars(p))
     seconds = time.perf_counter() - t0
     if track:
-        with tracking.run(f"twins-{cfg.name}", "build", tags={"dataset": cfg.name, "step": "build"}) as mlflow:
+        with tracking.run(source_experiment(cfg.name), "build", tags={"dataset": cfg.name, "step": "build"},
+                          description=f"`twins build` of source `{cfg.name}` as of "
+                                      f"{'after the last event' if when is None else f'{when:%Y-%m-%d %H:%M} UTC'}: "
+                                      f"{twins.height:,} customer twins -> snapshot {snap.path}",
+                          experiment_description=_source_experiment_note(cfg.name)) as mlflow:
+            tracking.log_dataset(mlflow, paths.events_dir(cfg.name) / "events.parquet", f"{cfg.name}-events",
+                                 context="build")
             tracking.log_params(mlflow, {"as_of": str(when), "twin": vars(p)})
             mlflow.log_metrics({"twins": twins.height, "time/build_s": seconds})
             mlflow.log_dict(snap.manifest, "twins/manifest.json")
@@ -244,8 +272,20 @@ def run(pipeline_config: str | Path | PipelineConfig, overrides: list[str] | Non
     source = load_source(cfg.source_path())
     as_of = parse_as_of(cfg.as_of)
     resolved = cfg.model_dump(mode="json", exclude={"base_dir"}) | {"source_config": source.model_dump(mode="json")}
+    protocol = module.TAGS.get("protocol", "")
     with tracking.run(cfg.experiment, f"{cfg.pipeline}-{source.name}",
-                      tags={"dataset": source.name, "pipeline": cfg.pipeline, **module.TAGS}) as mlflow:
+                      tags={"dataset": source.name, "pipeline": cfg.pipeline, **module.TAGS},
+                      description=f"`{cfg.pipeline}` pipeline on source `{source.name}` ({_files(source)}), twins as of "
+                                  f"{cfg.as_of or 'end'}; protocol: {protocol}. Params, the resolved config, ingest "
+                                  "counts and the exported bundle are here; each model (and seed) is a child run with "
+                                  "the test metrics under the same names (`twins compare "
+                                  f"{cfg.experiment}`).",
+                      experiment_description=f"Runs of the `{cfg.pipeline}` pipeline (configs/pipelines/, experiment "
+                                             f"`{cfg.experiment}`); protocol: {protocol}. Each run is a parent run "
+                                             "(data, config, ingest counts, bundle) with one child run per model (tag "
+                                             "`model`) and seed (tag `seed`) holding the `test/...` metrics; "
+                                             "the data set is the tag `dataset`.",
+                      models_view=True) as mlflow:
         tracking.log_params(mlflow, {"pipeline": cfg.pipeline, "as_of": cfg.as_of, "twin": cfg.twin, "params": cfg.params})
         tracking.log_config(mlflow, resolved, "config/resolved.yaml")
         pipe = module.pipeline()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Optional
@@ -283,16 +282,15 @@ def run(pipeline: Annotated[Path, typer.Argument(help="pipeline config YAML, e.g
 
 @app.command()
 def ui(port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000) -> None:
-    """Open the MLflow UI on the local store (blocks; Ctrl-C to stop)."""
-    import os
-    import subprocess
+    """Open the MLflow UI on the local store (blocks; Ctrl-C to stop). Prints its URL once the server answers (20-50 s)
+    and, per pipeline experiment, the chart view with the models side by side."""
+    from twins import mlflow_ui
 
-    from twins import tracking
-
-    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking.tracking_uri(), "--host", "127.0.0.1", "--port", str(port)]
-    console.print(redact_text(" ".join(cmd)))
-    raise typer.Exit(subprocess.call(cmd, env=env))
+    try:
+        code = mlflow_ui.run(port, lambda line: console.print(line, highlight=False, soft_wrap=True))
+    except TimeoutError as exc:
+        _fail(exc)
+    raise typer.Exit(code)
 
 
 def _tracking_hint() -> str:

@@ -12,7 +12,6 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 from rich.text import Text
 
 console = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)  # messages print as written
@@ -147,11 +146,11 @@ def score(model: Annotated[str, typer.Argument(help="bundle folder or models:/NA
 
 
 def compare(experiment: Annotated[str, typer.Argument(help="MLflow experiment, e.g. tafeng-next-basket")],
-            metrics: Annotated[Optional[list[str]], typer.Option("--metric", metavar="METRIC", help="e.g. test/recall@10 (repeatable; default all)")] = None,
+            metrics: Annotated[Optional[list[str]], typer.Option("--metric", metavar="METRIC", help="e.g. test/recall@10 (repeatable; `all`: every test metric; default: a few per kind of experiment)")] = None,
             out: Annotated[Optional[Path], typer.Option(help="folder for the PNG plots; default $TWINS_HOME/compare/EXPERIMENT")] = None,
             markdown: Annotated[bool, typer.Option("--markdown", help="print a Markdown table")] = False) -> None:
-    """Table of an experiment's runs by model x data set x seed (mean ± std over seeds) and a PNG plot per metric.
-    Browse the same runs in the MLflow UI with `twins ui`."""
+    """Table of an experiment's models (mean ± std over seeds; ↑ higher is better, ↓ lower, best in bold) and a PNG
+    plot per metric. Browse the same runs in the MLflow UI with `twins ui`."""
     from twins.compare import compare as _compare
 
     try:
@@ -161,12 +160,8 @@ def compare(experiment: Annotated[str, typer.Argument(help="MLflow experiment, e
     if markdown:
         typer.echo("\n".join(result.table()))
     else:
-        table = Table(title=f"{experiment}: mean ± std over seeds")
-        for column in ("dataset", "model", "seeds", *result.metrics):
-            table.add_column(column)
-        for line in result.table()[2:]:
-            table.add_row(*[cell.strip() for cell in line.strip("|").split("|")])
-        Console(markup=False).print(table)
+        out = Console()
+        out.print(result.terminal_table(out.width))
     console.print("plots: " + ", ".join(str(p) for p in result.plots), highlight=False)
 
 
