@@ -39,11 +39,27 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from twins.commerce import negotiation, protocol
 from twins.commerce.catalog import Catalog, Product
 from twins.commerce.ledger import Ledger
-from twins.commerce.quote import MachineTwins, Offer, Quoter
+from twins.commerce.quote import Offer, Quoter
 from twins.commerce.ratelimit import AgentRateLimit, Buckets, agent_profile
-from twins.commerce.shapes import (CancelRequest, CatalogResponse, CheckoutCreate, CheckoutSession, CheckoutUpdate,
-                                   CompleteRequest, Counter, FulfillmentOption, LineItem, LineItemRef, Link,
-                                   LookupRequest, Message, NegotiationLine, ProductView, SearchRequest, Total)
+from twins.commerce.shapes import (
+    CancelRequest,
+    CatalogResponse,
+    CheckoutCreate,
+    CheckoutSession,
+    CheckoutUpdate,
+    CompleteRequest,
+    Counter,
+    FulfillmentOption,
+    LineItem,
+    LineItemRef,
+    Link,
+    LookupRequest,
+    Message,
+    NegotiationLine,
+    ProductView,
+    SearchRequest,
+    Total,
+)
 from twins.serve.auth import BearerAuth
 from twins.serve.limits import BodyLimit, Limits
 
@@ -160,7 +176,7 @@ def answer(line: Line, counter: Counter) -> None:
 
 
 def acp_session(session: Session, currency: str) -> CheckoutSession:
-    items, lines, quotes = [], [], []
+    items, quotes = [], []
     for n, line in enumerate(session.lines):
         base_unit = max(line.offer.list_price, line.unit_price)
         base = base_unit * line.quantity
