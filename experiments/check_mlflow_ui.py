@@ -89,8 +89,8 @@ def check(base: str, experiment: str, metric: str = "test/recall_at_10", screens
     latest = [found[0] for found in runs.values()]
     query = urllib.parse.urlencode({"runs": json.dumps([r.info.run_id for r in latest]),
                                     "experiments": json.dumps([exp_id])}, quote_via=urllib.parse.quote)
-    dom = render(f"{base}/#/compare-runs?{query}&{tracking.ML_WORKFLOW}",
-                 screenshots and screenshots / f"{experiment}-compare.png")
+    dom = render(f"{base}/#/compare-runs?{query}&{tracking.ML_WORKFLOW}",  # wide: the page draws visible columns only
+                 screenshots and screenshots / f"{experiment}-compare.png", window=f"{1200 + 250 * len(latest)},3000")
     for run in latest:
         if f">{run.info.run_name}<" not in dom:
             missing.append(f"compare view: no run {run.info.run_name}")
