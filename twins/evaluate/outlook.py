@@ -111,6 +111,19 @@ def blend_weight(a: np.ndarray, b: np.ndarray, actual: np.ndarray, steps: int = 
     return float(grid[int(np.argmin(maes))])
 
 
+def count_median_from_mean(mean: np.ndarray, p_any: np.ndarray) -> np.ndarray:
+    """The median count of a model that answers only the mean m and P(>= 1) = p: a hurdle count, 0 with
+    probability 1 − p, else 1 + Poisson(m/p − 1). No parameter is chosen, so no data are needed: 0 where p <= 1/2,
+    else 1 + the Poisson's (p − 1/2)/p quantile."""
+    from scipy.stats import poisson
+
+    mean, p = np.asarray(mean, float), np.clip(np.asarray(p_any, float), 0.0, 1.0)
+    positive = p > 0.5
+    safe = np.where(positive, p, 1.0)
+    rate = np.maximum(mean / safe - 1, 0.0)
+    return np.where(positive, 1 + poisson.ppf(np.where(positive, (safe - 0.5) / safe, 0.5), rate), 0.0)
+
+
 # ------------------------------------------------------------------------------------------------ metrics
 
 def interval_coverage(low: np.ndarray, high: np.ndarray, first_day: np.ndarray, horizon_days: float,
@@ -169,11 +182,16 @@ def regression_metrics(pred: np.ndarray, actual: np.ndarray) -> dict[str, float]
             "sum_ratio": float(pred.sum() / actual.sum()) if actual.sum() else float("nan")}
 
 
-def outlook_metrics(count: np.ndarray, spend: np.ndarray, summary: pl.DataFrame, p_any: np.ndarray | None = None) -> dict[str, float]:
+def outlook_metrics(count: np.ndarray, spend: np.ndarray, summary: pl.DataFrame, p_any: np.ndarray | None = None,
+                    count_median: np.ndarray | None = None) -> dict[str, float]:
     """Count and spend metrics against the holdout, and the AUC for P(>= 1 purchase) (the count when no
-    probability is given)."""
+    probability is given). ``count`` is the mean forecast (its MAE is ``count/mae``, its Σ ratio ``count/sum_ratio``);
+    ``count_median`` the median of the model's predictive distribution, the point forecast an absolute loss asks
+    for: ``count/mae_median`` (the mean's MAE where a model has no distribution)."""
     actual_count = summary["actual_count"].to_numpy()
     out = {f"count/{k}": v for k, v in regression_metrics(count, actual_count).items()}
+    median = count if count_median is None else np.asarray(count_median, float)
+    out["count/mae_median"] = float(np.abs(median - actual_count).mean())
     out |= {f"spend/{k}": v for k, v in regression_metrics(spend, summary["actual_spend"].to_numpy()).items()}
     out["any/auc"] = auc(count if p_any is None else p_any, actual_count > 0)
     return out

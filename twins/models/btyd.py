@@ -472,6 +472,59 @@ class _BetaGeo(_MaximumLikelihood):
         p_alive = _p_alive(theta, x_, t_x_, T_, self._modified)
         return _output(p_alive * _p_purchase_if_alive(theta, x_, T_, t_), t, x, t_x, T)
 
+    def purchase_distribution(self, t: ArrayLike, x: ArrayLike, t_x: ArrayLike, T: ArrayLike,
+                              max_count: int) -> Output:
+        """P(X(T, T+t] = k | x, t_x, T) for k = 0..``max_count`` (``[rows, max_count + 1]``; the mass above
+        ``max_count`` is left out, so rows sum to at most 1).
+
+        Given the history, a customer alive at T has rate lambda ~ Gamma(r + x, alpha + T) and dropout
+        p ~ Beta(a, b + x) (b + x + 1 for MBG/NBD), independent, and starts afresh (the Poisson process is
+        memoryless), so the count is BG/NBD's unconditional P(X(t) = k) (Fader, Hardie & Lee 2005, eq. 8) with
+        those parameters; a customer who has dropped out buys nothing:
+        P(alive) [B(a, b'+k)/B(a, b') NB(k) + 1{k>0} B(a+1, b'+k-1)/B(a, b') P(NB > k-1)] + (1 - P(alive)) 1{k=0},
+        NB the negative binomial of the Poisson count over the horizon, NB(k) = Γ(r'+k)/(Γ(r') k!) (1-q)^r' q^k,
+        q = t / (alpha' + t), r' = r + x, alpha' = alpha + T, b' = b + x (+ 1)."""
+        theta = self._theta()
+        x_, t_x_, T_, t_ = self._history(x=x, t_x=t_x, T=T, t=t)
+        if max_count < 0:
+            raise ValueError(f"max_count must be >= 0, got {max_count}")
+        r, alpha, a, b = theta
+        k = torch.arange(max_count + 1, dtype=torch.float64, device=x_.device)
+        r1, b1 = (r + x_)[:, None], (b + x_ + float(self._modified))[:, None]
+        log_q = torch.log(t_ / (alpha + T_ + t_))[:, None]
+        log_1mq = torch.log1p(-t_ / (alpha + T_ + t_))[:, None]
+        log_nb = torch.lgamma(r1 + k) - torch.lgamma(r1) - torch.lgamma(k + 1) + r1 * log_1mq + k * log_q
+        log_nb = torch.where(k == 0, r1 * log_1mq, log_nb)  # 0 · log 0 where t == 0
+        nb = torch.exp(log_nb)
+        above = (1 - torch.cumsum(nb, -1)).clamp_min(0)  # P(NB > k)
+        log_beta = lambda u, v: torch.lgamma(u) + torch.lgamma(v) - torch.lgamma(u + v)  # noqa: E731
+        stay = torch.exp(log_beta(a, b1 + k) - log_beta(a, b1)) * nb
+        k1 = k[1:]
+        drop = torch.exp(log_beta(a + 1, b1 + k1 - 1) - log_beta(a, b1)) * above[:, :-1]
+        alive = _p_alive(theta, x_, t_x_, T_, self._modified)[:, None]
+        pmf = alive * torch.cat([stay[:, :1], stay[:, 1:] + drop], -1)
+        pmf[:, 0] += 1 - alive[:, 0]
+        return _output(pmf, t, x, t_x, T)
+
+    def quantile_purchases(self, q: float, t: ArrayLike, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> Output:
+        """The q-quantile of the number of purchases in (T, T + t] given the history: the smallest k with
+        P(X <= k) >= q (``q`` = 0.5: the median, the point forecast that minimises the expected absolute error)."""
+        if not 0 < q < 1:
+            raise ValueError(f"q must be in (0, 1), got {q}")
+        largest_mean = float(torch.as_tensor(self.expected_purchases(t, x, t_x, T)).max())
+        max_count = int(4 * largest_mean) + 16
+        while True:
+            pmf = torch.as_tensor(self.purchase_distribution(t, x, t_x, T, max_count))
+            cdf = torch.cumsum(pmf, -1)
+            reached = cdf[:, -1] >= q
+            if bool(reached.all()) or max_count > 1 << 20:
+                break
+            max_count *= 2
+        if not bool(reached.all()):
+            raise ValueError(f"the {q} quantile of the count lies above {max_count} for some rows (horizon too long)")
+        quantile = (cdf < q - 1e-12).sum(-1).to(torch.float64)
+        return _output(quantile, t, x, t_x, T)
+
     def expected_purchases_new(self, t: ArrayLike) -> Output:
         """E[X(t)]: expected repeat purchases in the first t time units of a new customer."""
         return self.expected_purchases(t, 0.0, 0.0, 0.0)
@@ -691,8 +744,9 @@ class SeasonalBetaGeoModel:
 
     def predict(self, row: np.ndarray, day: np.ndarray, spend: np.ndarray, n_rows: int, cutoff_day: float,
                 horizon_days: float) -> dict[str, np.ndarray]:
-        """``expected_purchases``, ``expected_spend``, ``p_any_purchase``, ``p_alive`` per row (customers) from
-        their purchase days before ``cutoff_day`` (as ``fit``) over ``horizon_days``."""
+        """``expected_purchases``, ``median_purchases`` (of the count's predictive distribution in calendar time,
+        ``BetaGeoModel.quantile_purchases``), ``expected_spend``, ``p_any_purchase``, ``p_alive`` per row
+        (customers) from their purchase days before ``cutoff_day`` (as ``fit``) over ``horizon_days``."""
         keep = np.asarray(day) < cutoff_day
         s = calendar_summary(Calendar(self.calendar_), np.asarray(row)[keep], np.asarray(day)[keep],
                              np.asarray(spend)[keep], n_rows, cutoff_day, horizon_days)
@@ -702,7 +756,8 @@ class SeasonalBetaGeoModel:
             per_day = np.full(n_rows, self.day_spend_)
         else:
             per_day = np.asarray(self.spend_.expected_spend_per_transaction(np.where(s["m"] > 0, x, 0), s["m"]), float)
-        return {"expected_purchases": count, "expected_spend": count * per_day * s["spend_scale"],
+        median = np.asarray(self.counts_.quantile_purchases(0.5, t, x, t_x, T), float)
+        return {"expected_purchases": count, "median_purchases": median, "expected_spend": count * per_day * s["spend_scale"],
                 "p_any_purchase": np.asarray(self.counts_.p_at_least_one(t, x, t_x, T), float),
                 "p_alive": np.asarray(self.counts_.p_alive(x, t_x, T), float)}
 
