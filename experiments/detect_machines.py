@@ -130,17 +130,22 @@ def main() -> None:
     counts = table.group_by("group").agg(pl.len(), pl.col("n_orders").median().alias("median_orders")).sort("group")
     from twins import tracking
 
+    protocol = "customers split 70/30 by group, AUC per machine kind vs people"
     with tracking.run("machine-detection", "detect-machines",
-                      tags={"dataset": "simulated-market + complete-journey",
-                            "protocol": "customers split 70/30 by group, AUC per machine kind vs people",
-                            "model": "MachineDetector (boosting, logistic)"}) as mlflow:
+                      tags={"dataset": "simulated-market + complete-journey", "protocol": protocol},
+                      description="MachineDetector (boosting, logistic) on a simulated market mixed with Complete Journey "
+                                  f"households ({protocol}); one child run per model and feature set, the noise sweep "
+                                  "here", models_view=True) as mlflow:
         tracking.log_params(mlflow, {"config": cfg.model_dump(mode="json"), "households": args.households,
                                      "sweep_machines": args.sweep_machines, "seed": args.seed,
                                      "noise_levels": list(NOISE_LEVELS)})
         mlflow.log_dict(cfg.model_dump(mode="json"), "market_config.json")
-        for (model, fs), r in results.items():
-            tracking.log_metrics(mlflow, {f"test/auc/{model}/{fs.replace(' ', '_')}/{k.replace(' ', '_')}": v
-                                          for k, v in r.items()})
+        for (model, fs), r in results.items():  # the same metric names on each run: the UI puts them side by side
+            name = f"{model}-{fs.replace(' ', '_')}"
+            with tracking.run("", name, nested=True, tags={"model": name, "dataset": "simulated-market + complete-journey",
+                                                           "protocol": protocol},
+                              description=f"MachineDetector ({model}) on the {fs} features: `test/auc/<kind>` ({protocol})"):
+                tracking.log_metrics(mlflow, {f"test/auc/{k.replace(' ', '_')}": v for k, v in r.items()})
         for row in sweep:
             tracking.log_metrics(mlflow, {f"sweep/auc/{k.replace(' ', '_')}/level_{row['level']:g}": v
                                           for k, v in row.items() if "/" in k})
