@@ -38,6 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from twins.commerce import negotiation, protocol
 from twins.commerce.catalog import Catalog, Product
+from twins.commerce.dealings import Dealings
 from twins.commerce.ledger import Ledger
 from twins.commerce.quote import Offer, Quoter
 from twins.commerce.ratelimit import AgentRateLimit, Buckets, agent_profile
@@ -109,6 +110,9 @@ class Seller:
     def __init__(self, catalog: Catalog, quoter: Quoter, home: Path, settings: SellSettings) -> None:
         self.catalog, self.quoter, self.settings = catalog, quoter, settings
         self.orders, self.events = Ledger(home / "commerce" / "ucp"), Ledger(home / "commerce" / "acp")
+        if quoter.dealings is None:
+            quoter.dealings = Dealings.from_ledger(home / "commerce" / "acp")
+        self.dealings = quoter.dealings
         self.sessions: dict[str, Session] = {}
         self.lock = threading.Lock()
 
@@ -289,6 +293,8 @@ def create_app(catalog: Catalog, quoter: Quoter, home: Path, settings: SellSetti
         agent = agent_profile({"ucp-agent": ucp_agent or ""})
         lines = seller.quote_lines(request.buyer.customer_id, request.items, agent is not None)
         session = seller.open_session(request.buyer.customer_id, agent, lines)
+        for line in lines:
+            seller.dealings.quoted((session.customer_id, line.product.id))
         seller.record(session, "checkout_session.created")
         return _answer(session, catalog.currency, 201)
 
@@ -317,6 +323,7 @@ def create_app(catalog: Catalog, quoter: Quoter, home: Path, settings: SellSetti
                 countered = [x for x in session.lines if request.counter.item_id in (None, x.product.id)]
                 for line in countered:
                     answer(line, request.counter)
+                    seller.dealings.countered((session.customer_id, line.product.id), line.suggested)
         if not countered:
             seller.record(session, "checkout_session.updated")
         for line in countered:  # one line each: the ACP source reads one suggested price per line
@@ -334,6 +341,7 @@ def create_app(catalog: Catalog, quoter: Quoter, home: Path, settings: SellSetti
                 raise HTTPException(409, f"not enough stock for {short}; update the quantities or cancel")
             for x in session.lines:
                 x.product.stock -= x.quantity
+                seller.dealings.took((session.customer_id, x.product.id), x.unit_price, countered=x.round > 0)
             session.status, session.order_id = "completed", "ord_" + uuid.uuid4().hex
         order = protocol.ucp_order(session.order_id, session.id, [
             {"item_id": x.product.id, "title": x.product.title, "unit_price": x.unit_price, "quantity": x.quantity}
@@ -348,6 +356,8 @@ def create_app(catalog: Catalog, quoter: Quoter, home: Path, settings: SellSetti
         with seller.lock:
             session = open_(session_id)
             session.status = "canceled"
+            for x in session.lines:
+                seller.dealings.lost((session.customer_id, x.product.id))
         payload = {"request": request.model_dump(exclude_none=True)} if request and request.intent_trace else {}
         seller.record(session, "checkout_session.canceled", **payload)
         return _answer(session, catalog.currency)

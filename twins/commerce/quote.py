@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from twins.commerce.catalog import Product
+from twins.commerce.dealings import Dealings
 from twins.commerce.policies import COL, EXPRESS_DAYS, FEATURES, TwinPolicy
 
 
@@ -90,21 +91,25 @@ def twin_features(twin: dict, now: datetime | None = None) -> dict[str, float]:
 
 
 class Quoter:
-    """Offers per (buyer, product, quantity): the twin ``policy`` for buyers with a twin, ``fallback`` (any
-    estimator with the policies' ``predict``) for the others."""
+    """Offers per (buyer, product, quantity): the twin ``policy`` for buyers with a machine twin or a record in the
+    seller's ``dealings`` (``twins.commerce.dealings``), ``fallback`` (any estimator with the policies' ``predict``)
+    for the others."""
 
-    def __init__(self, twins: MachineTwins | None, policy=None, fallback=None) -> None:
+    def __init__(self, twins: MachineTwins | None, policy=None, fallback=None, dealings: Dealings | None = None) -> None:
         self.twins, self.policy = twins, policy or TwinPolicy()
-        self.fallback = fallback or self.policy
+        self.fallback, self.dealings = fallback or self.policy, dealings
 
     def features(self, customer_id: str, product: Product, quantity: int, declared: bool) -> tuple[np.ndarray, bool]:
         X = np.full((1, len(FEATURES)), np.nan)
         X[0, COL["list_price"]], X[0, COL["unit_cost"]] = product.list_price(quantity), product.unit_cost
         X[0, COL["quantity"]], X[0, COL["agent_declared"]], X[0, COL["counter_ratio"]] = quantity, float(declared), 0.0
         twin = self.twins.get(customer_id, product.id) if self.twins is not None else None
+        own = self.dealings.features((customer_id, product.id)) if self.dealings is not None else None
         for name, value in (twin_features(twin) if twin else {}).items():
             X[0, COL[name]] = value
-        return X, twin is not None
+        for name, value in (own or {}).items():  # a counter seen since the twin was built lowers its reservation
+            X[0, COL[name]] = np.fmin(X[0, COL[name]], value) if name == "reservation_price" else value
+        return X, twin is not None or own is not None
 
     def quote(self, customer_id: str, product: Product, quantity: int, declared: bool) -> Offer:
         X, known = self.features(customer_id, product, quantity, declared)
