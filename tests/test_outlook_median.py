@@ -94,3 +94,19 @@ def test_median_from_a_mean_and_p_any_for_a_model_without_a_distribution():
     # row 1: P(0) = 1 - p = 1/2 already. row 2: Poisson(3/0.9 - 1 = 2.33): 0.1 + 0.9·P(<= 0) = 0.187, 0.1 + 0.9·P(<= 1) = 0.39, 0.1 + 0.9·P(<= 2) = 0.62
     # row 3: 1 + Poisson(9), median of Poisson(9) is 9
     assert median.tolist() == [0, 0, 3, 10]
+
+
+def test_acceptance_scores_the_median_against_the_best_baseline_mean_or_median():
+    """experiments.outlook's bar: a candidate's count MAE is its median's, against the best of BG/NBD's mean, its
+    median and persistence; the Σ ratio stays the mean's."""
+    from experiments.outlook import acceptance
+
+    def row(model, mae, median, spend=10.0, sums=1.0, rho=0.7):
+        return {"setting": "seasonal-26w", "model": model, "count/mae": mae, "count/mae_median": median,
+                "count/spearman": rho, "count/sum_ratio": sums, "spend/mae": spend, "spend/sum_ratio": sums}
+
+    rows = [row("persistence", 1.70, 1.70), row("bgnbd+gg", 1.54, 1.40, sums=0.75), row("neural", 1.56, 1.30, spend=9.0)]
+    (line,) = acceptance(rows)
+    assert "count MAE (median) 1.3000, +7.1% below bgnbd+gg (median) 1.4000" in line and line.endswith("met")
+    rows[1] = row("bgnbd+gg", 1.54, 1.35, sums=0.75)  # the baseline's median improves too: the bar is missed
+    assert acceptance(rows)[0].endswith("**NOT met**")
