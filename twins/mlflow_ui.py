@@ -89,10 +89,13 @@ def run(port: int, echo: Callable[[str], None], host: str = "127.0.0.1") -> int:
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        if wait_until_up(proc, base):
-            say(f"MLflow UI: {base}/#/experiments?{tracking.ML_WORKFLOW}  (Ctrl-C to stop)")
-            for line in links(base):
-                say(f"  models side by side, {line}")
+        if not wait_until_up(proc, base):
+            say(f"the MLflow server stopped (exit status {proc.returncode}) before it answered at {base}; its lines "
+                f"above say why (port {port} in use? give another with --port)")
+            return proc.returncode or 1
+        say(f"MLflow UI: {base}/#/experiments?{tracking.ML_WORKFLOW}  (Ctrl-C to stop)")
+        for line in links(base):
+            say(f"  models side by side, {line}")
         code = proc.wait()
         return 128 + received[0] if received else 128 - code if code < 0 else code  # stopped by a signal: 128 + it
     finally:
