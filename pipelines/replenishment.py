@@ -90,19 +90,26 @@ def _series(events, p: dict[str, Any]):
 
 # --------------------------------------------------------------------------------------------- pure nodes
 
-def _training_rows(hist: dict[str, History], until: float, p: dict[str, Any]) -> Samples:
+def feature_cache(hist: dict[str, History]) -> dict:
+    """Features by (machine, cut-off), filled by the holdout's training rows and reused by the refit's: the same
+    cut-offs give the same features (they read only what came before each)."""
+    return {}
+
+
+def _training_rows(hist: dict[str, History], until: float, p: dict[str, Any], cache: dict | None = None) -> Samples:
     """Every machine at cut-offs every ``cutoff_step_days`` from ``warmup_days`` after the first order to ``until``,
     targets watched up to ``until`` only."""
     start = min(float(h.t[0]) for h in hist.values()) + float(p["warmup_days"])
     cuts = list(np.arange(start, until, float(p["cutoff_step_days"])))
-    rows = samples(hist, list(hist), cuts, float(p["horizon_days"]), until=until)
+    rows = samples(hist, list(hist), cuts, float(p["horizon_days"]), until=until, cache=cache)
     if len(rows.T) == 0:
         raise ValueError(f"no training row before {EPOCH + timedelta(days=until):%Y-%m-%d}: no machine has 3 orders "
                          f"by then, {p['warmup_days']} days after the first order; choose a later cut-off")
     return rows
 
 
-def evaluate_holdout(hist: dict[str, History], params: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def evaluate_holdout(hist: dict[str, History], params: dict[str, Any],
+                     cache: dict | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One row per model (the baselines and the forecaster): censoring-aware next-order metrics at the cut-off."""
     p = resolve_params(params)
     cut, horizon = days(p["cutoff"]), float(p["horizon_days"])
@@ -113,7 +120,7 @@ def evaluate_holdout(hist: dict[str, History], params: dict[str, Any]) -> tuple[
     test = samples(hist, list(hist), [cut], horizon)
     if len(test.T) == 0:
         raise ValueError(f"no machine has 3 orders before params.cutoff {p['cutoff']:%Y-%m-%d}; choose a later one")
-    fit = _training_rows(hist, cut, p)
+    fit = _training_rows(hist, cut, p, cache)
     model = ReplenishmentForecaster(**p["forecaster"]).fit(fit.X, fit.T, fit.Q, fit.censored, fit.bound)
     out = model.predict(test.X)
     preds = {**baseline_predictions(hist, test), MODEL: (out["time"], out["quantity"])}
@@ -127,13 +134,14 @@ def evaluate_holdout(hist: dict[str, History], params: dict[str, Any]) -> tuple[
     return rows, {"machines": len(test.T), "training_rows": len(fit.T)}
 
 
-def fit_for_export(hist: dict[str, History], as_of: datetime | None, params: dict[str, Any]) -> dict[str, Any]:
+def fit_for_export(hist: dict[str, History], as_of: datetime | None, params: dict[str, Any],
+                   cache: dict | None = None) -> dict[str, Any]:
     """The forecaster refitted on every cut-off before ``as_of`` (default: just after the last order), and its
     answers for every machine at ``as_of``."""
     p = resolve_params(params)
     last = max(float(h.t[-1]) for h in hist.values())
     when = as_of if as_of is not None else EPOCH + timedelta(days=last, microseconds=1)
-    fit = _training_rows(hist, days(when), p)
+    fit = _training_rows(hist, days(when), p, cache)
     model = ReplenishmentForecaster(**p["forecaster"]).fit(fit.X, fit.T, fit.Q, fit.censored, fit.bound)
     now = samples(hist, list(hist), [days(when)], float(p["horizon_days"]))
     return {"model": model, "as_of": when, "machines": now.machine, "answers": model.predict(now.X)}
@@ -217,8 +225,9 @@ def pipeline() -> Pipeline:
     return Pipeline("replenishment", [
         node(ingest_events, "source", "report"),
         node(load_histories, ("source", "report", "params"), "hist"),
-        node(evaluate_holdout, ("hist", "params"), ("rows", "holdout")),
-        node(fit_for_export, ("hist", "as_of", "params"), "fitted"),
+        node(feature_cache, "hist", "cache"),
+        node(evaluate_holdout, ("hist", "params", "cache"), ("rows", "holdout")),
+        node(fit_for_export, ("hist", "as_of", "params", "cache"), "fitted"),
         node(export_bundle, ("source", "hist", "fitted", "params"), "bundle"),
         node(log_results, ("rows", "holdout", "bundle", "fitted", "report", "source", "params", "mlflow"), "summary_lines"),
     ])

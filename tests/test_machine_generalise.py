@@ -144,3 +144,19 @@ def test_service_takes_readings_with_stock_or_usage_left_out():
         "orders": [[{"time": "2025-01-03T00:00:00Z", "quantity": 40}]], "as_of": "2025-02-01",
         "readings": [[{"time": "2025-01-04T00:00:00Z", "stock": 12.0}, {"time": "2025-01-05T00:00:00Z", "usage": 80.0}]]})
     assert [(r.stock, r.usage) for r in body.readings[0]] == [(12.0, None), (None, 80.0)]
+
+
+def test_training_rows_share_features_and_clock_days_are_exact():
+    from twins.models.replenishment import samples
+    from twins.runtime.replenishment_features import active_days, day_reached
+
+    t = np.arange(0, 200.0, 9.5)
+    hist = {"m": History(t, np.full(len(t), 4.0), np.full(len(t), np.nan))}
+    cache: dict = {}
+    first = samples(hist, ["m"], [50.0, 100.0], 120.0, until=110.0, cache=cache)
+    again = samples(hist, ["m"], [50.0, 100.0, 150.0], 120.0, until=190.0, cache=cache)
+    assert len(cache) == 3 and np.array_equal(again.X[:2], first.X)
+    assert np.array_equal(again.X, samples(hist, ["m"], [50.0, 100.0, 150.0], 120.0, until=190.0).X)
+    for day0, need in [(0, 0.3), (3, 5.0), (5, 12.5), (6, 40.0), (10, 0.0)]:
+        d = day_reached(day0, need, True)
+        assert active_days(day0, d, True) >= need - 1e-6 > active_days(day0, d - 1, True) or d == day0 + 1

@@ -132,11 +132,12 @@ class Samples:
 
 
 def samples(hist: dict[str, History], machines: list[str], cutoffs: list[float], horizon: float,
-            until: float | None = None) -> Samples:
+            until: float | None = None, cache: dict | None = None) -> Samples:
     """One row per (machine, cut-off) where the machine has >= 3 orders before the cut-off. Targets are watched for
     ``horizon`` days, and only up to ``until`` when given (training rows must not see past the forecast date:
     an order after it counts as unseen, and the row is censored at ``until``); cut-offs at or after ``until``
-    give no rows."""
+    give no rows. ``cache``: features by (machine, cut-off), shared by calls on the same histories (a machine's
+    features at a cut-off read only what came before it, whatever ``until`` is)."""
     rows, ids, cuts, targets, bounds = [], [], [], [], []
     for m in machines:
         h = hist[m]
@@ -144,7 +145,12 @@ def samples(hist: dict[str, History], machines: list[str], cutoffs: list[float],
             watch = horizon if until is None else min(horizon, until - c)
             if watch <= 0:
                 continue
-            x = features(h, c)
+            if cache is None:
+                x = features(h, c)
+            elif (m, c) in cache:
+                x = cache[(m, c)]
+            else:
+                x = cache[(m, c)] = features(h, c)
             if x is not None:
                 rows.append(x)
                 ids.append(m)
