@@ -62,7 +62,7 @@ def test_help_teaches():
     ([], "twins run configs/pipelines/tafeng_next_basket.yaml --set params.seeds=[0]"),
     (["emotions"], "twins emotions configs/sources/goemotions.yaml --bundle .twins/models/goemotions-ensemble"),
     (["machines"], "twins machines sim_market --detector .twins/models/machine-detector.skops"),
-    (["serve"], "twins serve --model nbr=models:/tafeng-next-basket@champion --twins complete_journey"),
+    (["serve"], "twins serve --model nbr=models:/tafeng_realitycheck-neural/1 --twins tafeng_realitycheck"),
 ])
 def test_help_examples_stay_one_command_a_line(command, example):
     """Click rewraps help paragraphs to the terminal; the examples are marked so that each stays a copyable line."""
