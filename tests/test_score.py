@@ -171,5 +171,6 @@ def test_replenishment_scores_every_machine_of_the_machine_twins(twins_home, tmp
     assert got["known"].to_list() == [w["known"] for w in want] and got["known"].sum() > 20  # >= 3 orders by then
     known = got["known"].to_numpy()
     np.testing.assert_allclose(got["days"].to_numpy()[known], [w["days"] for w in want if w["known"]], rtol=1e-9)
+    # the graph computes in float32 and a batch of another size may round one output a unit in the last place apart
     np.testing.assert_allclose(got["quantity_high"].to_numpy()[known], [w["quantity_high"] for w in want if w["known"]],
-                               rtol=1e-9)
+                               rtol=1e-6)
