@@ -311,6 +311,10 @@ watched up to as_of only, later ones censored there, so no training label comes 
 |---|---|---|---|---|---|
 {by_kind}
 
+`tsb`'s time MAE is what Teunter-Syntetos-Babai is, not a bug (`twins.models.replenishment.tsb`): it forecasts one
+constant daily order probability, so its time to the next order ignores the time since the last order, and that
+probability decays on every day without an order, so a machine late in a long interval is told several intervals.
+
 Best naive baseline: {o.best_time} for time, {o.best_qty} for quantity. The forecaster's MAE is {o.gain_t:.0%} below it
 for time and {o.gain_q:.0%} for quantity on this market (the goal, >= 30 % for each, is judged on the mean over the
 markets below).
