@@ -10,7 +10,8 @@ import typer
 
 def sell(catalog: Annotated[Path, typer.Option(help="catalog YAML/JSON (products, prices and costs in minor units)")],
          twins_source: Annotated[str, typer.Option(
-             "--twins", help="source whose machine twins (`twins machines`) price each buyer")] = "ucp_orders",
+             "--twins", help="source whose machine twins (`twins machines`) and emotion profiles "
+                        "(`twins emotions`, where it has any) price each buyer")] = "ucp_orders",
          fallback: Annotated[Optional[Path], typer.Option(
              help="twin-free policy for buyers without a twin: an exported bandit bundle folder "
                   "(twins.commerce.onnx_policy); default the twin policy's first-buyer offer")] = None,

@@ -1,10 +1,12 @@
 """Seller policies with the scikit-learn contract: ``fit(X, y)`` / ``predict(X)``.
 
 ``X`` holds one row per quote request, columns ``FEATURES``: the request's own fields (what any seller sees in a
-checkout create/update) followed by the buyer's twin (nan where the seller has no twin). ``predict`` returns one
-row per request, columns ``OFFER``: the opening unit price, the floor (lowest price the seller will agree to),
-the concession rounds and the promised delivery days. ``twins.commerce.negotiation`` turns an offer into the
-accept / counter / decline answers of a negotiation, the same way for every policy.
+checkout create/update) followed by the buyer's twins (nan where the seller has none): its machine twin and the
+seller's own dealings with it, then the emotion of its recent messages (``negative_share``: mean negative-sentiment
+probability of its recent messages; ``negative_trend``: that minus the window before; ``twins.twin.emotion``).
+``predict`` returns one row per request, columns ``OFFER``: the opening unit price, the floor (lowest price the
+seller will agree to), the concession rounds and the promised delivery days. ``twins.commerce.negotiation`` turns
+an offer into the accept / counter / decline answers of a negotiation, the same way for every policy.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator
 
+from twins.commerce.negotiation import level
+
 #: request fields (any seller sees them), then the twin's estimates of the buyer
 REQUEST = ["list_price", "unit_cost", "quantity", "agent_declared", "counter_ratio"]
 TWIN = ["reservation_price", "accepted_price", "machine_likeness", "p_adaptable", "days_to_next_order", "n_orders",
-        "lost_share"]
+        "lost_share", "negative_share", "negative_trend"]
 FEATURES = REQUEST + TWIN
 OFFER = ["price", "floor", "rounds", "promise_days"]
 COL = {name: i for i, name in enumerate(FEATURES)}
@@ -134,17 +138,32 @@ class TwinPolicy(BaseEstimator):
       machine then either takes the higher price or counters at its reservation price, which is accepted at once and
       priced at from then on. Retention guard: a buyer that left once (``lost_share`` > 0) is no longer probed.
     - Delivery: express when the buyer's next order is due within ``urgent_days`` (its delay cost is highest).
+    - Upset buyers: one whose recent messages are strongly negative (``negative_share`` at least ``upset_share``,
+      or ``negative_trend`` at least ``upset_trend``) is never probed upward (neither ``probe`` nor
+      ``bound_probe``) and gets the retention concession: it is opened ``upset_steps`` steps down its concession
+      schedule (never above the price it would have got, never below the floor), with that many rounds fewer
+      left. A buyer without emotion data (nan: no messages, as in the simulated market) is never upset, so
+      every offer without it is the same as without the rule.
 
-    Parameters were chosen on development markets only (seeds 1-2, default ``MarketParams``)."""
+    Parameters were chosen on development markets only (seeds 1-2, default ``MarketParams``); the upset rule's
+    were not tuned (the market has no messages)."""
 
     def __init__(self, open_discount: float = 0.05, probe: float = 0.0, reveal_share: float = 1.0,
                  max_markup: float = 0.3, retain_discount: float = 0.0, floor_margin: float = 0.1,
                  bound_floor: float = 0.6, rounds: int = 2, urgent_days: float = 2.0, bound_probe: float = 0.015,
-                 bound_likeness: float = 0.9) -> None:
+                 bound_likeness: float = 0.9, upset_share: float = 0.5, upset_trend: float = 0.25,
+                 upset_steps: int = 1) -> None:
         self.open_discount, self.probe, self.reveal_share = open_discount, probe, reveal_share
         self.max_markup, self.retain_discount = max_markup, retain_discount
         self.floor_margin, self.bound_floor, self.rounds, self.urgent_days = floor_margin, bound_floor, rounds, urgent_days
         self.bound_probe, self.bound_likeness = bound_probe, bound_likeness
+        self.upset_share, self.upset_trend, self.upset_steps = upset_share, upset_trend, upset_steps
+
+    def upset(self, X) -> np.ndarray:
+        """Buyers whose recent messages are strongly negative or getting more negative (False without messages)."""
+        share, trend = _col(X, "negative_share"), _col(X, "negative_trend")
+        return ((np.nan_to_num(share, nan=-np.inf) >= self.upset_share)
+                | (np.nan_to_num(trend, nan=-np.inf) >= self.upset_trend))
 
     def fit(self, X, y=None) -> "TwinPolicy":
         return self
@@ -153,8 +172,10 @@ class TwinPolicy(BaseEstimator):
         lp, cost = _col(X, "list_price"), _col(X, "unit_cost")
         reservation, accepted = _col(X, "reservation_price"), _col(X, "accepted_price")
         lost = np.nan_to_num(_col(X, "lost_share"))
+        upset = self.upset(X)
         cap = lp * (1 + self.max_markup)
-        price = np.where(np.isfinite(accepted), np.minimum(accepted * (1 + self.probe), cap), lp * (1 - self.open_discount))
+        probe = np.where(upset, 0.0, self.probe)
+        price = np.where(np.isfinite(accepted), np.minimum(accepted * (1 + probe), cap), lp * (1 - self.open_discount))
         revealed = np.isfinite(reservation)
         price = np.where(revealed, np.minimum(price, reservation * self.reveal_share), price)
         price = price * (1 - self.retain_discount * np.clip(lost, 0, 1))
@@ -167,10 +188,15 @@ class TwinPolicy(BaseEstimator):
             # before) is accepted at once, so that a bound machine reveals its reservation price instead of leaving
             likeness = np.nan_to_num(_col(X, "machine_likeness"))
             machine = (likeness >= self.bound_likeness) | (_col(X, "agent_declared") > 0)
-            probing = np.isfinite(accepted) & ~revealed & (lost == 0) & machine
+            probing = np.isfinite(accepted) & ~revealed & (lost == 0) & machine & ~upset
             price = np.where(probing, np.minimum(accepted * (1 + self.bound_probe), cap), price)
             floor = np.where(probing, accepted, floor)
             rounds = np.where(probing, 1.0, rounds)
+        if self.upset_steps > 0:
+            # the retention concession: open where the schedule would be after `upset_steps` counters
+            steps = np.where(upset, np.minimum(self.upset_steps, rounds), 0.0)
+            price = np.where(upset, np.minimum(price, level(price, floor, rounds, steps)), price)
+            rounds = rounds - steps
         due = _col(X, "days_to_next_order")
         days = np.where(np.nan_to_num(due, nan=np.inf) <= self.urgent_days, EXPRESS_DAYS, STANDARD_DAYS)
         return _offer(price, floor, rounds, days)

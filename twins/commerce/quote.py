@@ -1,10 +1,10 @@
 """The quote step: a buyer's twin, the product and the request -> the seller's offer for this agent.
 
 The buyer's machine twin (``twins machines``: id ``<customer_id>/<item_id>`` in the twin store's ``machine`` kind
-of a source, by default ``ucp_orders``) fills the twin columns of ``twins.commerce.policies.FEATURES``; the
-twin policy turns them into an offer. A buyer without a twin gets the twin-free fallback (the bandit's ONNX
-export when the service has one, else the twin policy's offer to a first buyer). Prices are integers in the
-catalog currency's minor unit.
+of a source, by default ``ucp_orders``) and the buyer's emotion profile of the same source where it has one (kind
+``emotion``, ``twins emotions``) fill the twin columns of ``twins.commerce.policies.FEATURES``; the twin policy turns
+them into an offer. A buyer without a twin gets the twin-free fallback (the bandit's ONNX export when the service has
+one, else the twin policy's offer to a first buyer). Prices are integers in the catalog currency's minor unit.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ class Offer:
     basis: str          # "twin" or "fallback"
 
 
-class MachineTwins:
-    """The latest machine twins of one source; ``refresh`` follows the store's LATEST pointer."""
+class LatestTwins:
+    """The latest snapshot of one source's twins of ``kind``; ``refresh`` follows the store's LATEST pointer."""
 
-    def __init__(self, store_root: Path, source: str) -> None:
-        self.store_root, self.source = Path(store_root), source
+    def __init__(self, store_root: Path, source: str, kind: str) -> None:
+        self.store_root, self.source, self.kind = Path(store_root), source, kind
         self.label: str | None = None
         self.error: str | None = None
         self._snapshot = None
@@ -49,10 +49,10 @@ class MachineTwins:
 
         store = TwinStore(self.store_root)
         try:
-            label = store.latest(self.source, "machine")
+            label = store.latest(self.source, self.kind)
             if label == self.label:
                 return False
-            snap = store.open(self.source, "machine", label)
+            snap = store.open(self.source, self.kind, label)
             snap.index()
         except (SnapshotError, OSError) as error:
             self.error = str(error)
@@ -61,16 +61,36 @@ class MachineTwins:
             self._snapshot, self.label, self.error = snap, label, None
         return True
 
-    def get(self, customer_id: str, item_id: str) -> dict | None:
+    def row(self, twin_id: str) -> dict | None:
         from twins.twin.store import TwinNotFound
 
         snap = self._snapshot
         if snap is None:
             return None
         try:
-            return snap.get(f"{customer_id}/{item_id}")
+            return snap.get(twin_id)
         except TwinNotFound:
             return None
+
+
+class MachineTwins(LatestTwins):
+    """The latest machine twins of one source (id ``<customer_id>/<item_id>``) and, where the source has any, its
+    emotion profiles (kind ``emotion``, ``twins emotions``; ``emotions.error`` says why there are none)."""
+
+    def __init__(self, store_root: Path, source: str) -> None:
+        super().__init__(store_root, source, "machine")
+        self.emotions = LatestTwins(store_root, source, "emotion")
+
+    def refresh(self) -> bool:
+        """Follow both kinds' LATEST pointers; True when either moved."""
+        emotions = self.emotions.refresh()
+        return super().refresh() or emotions
+
+    def get(self, customer_id: str, item_id: str) -> dict | None:
+        return self.row(f"{customer_id}/{item_id}")
+
+    def emotion(self, customer_id: str) -> dict | None:
+        return self.emotions.row(customer_id)
 
 
 def twin_features(twin: dict, now: datetime | None = None) -> dict[str, float]:
@@ -90,10 +110,21 @@ def twin_features(twin: dict, now: datetime | None = None) -> dict[str, float]:
             "days_to_next_order": due}
 
 
+def emotion_features(profile: dict) -> dict[str, float]:
+    """The policy's emotion columns from an emotion profile (``twins.twin.emotion.emotion_profiles``): the mean
+    negative-sentiment probability of the recent messages and its trend (nan where the profile has none, e.g. no
+    recent messages, or a snapshot written before ``recent_negative`` existed)."""
+    def num(key: str) -> float:
+        value = profile.get(key)
+        return float(value) if isinstance(value, (int, float)) else math.nan
+
+    return {"negative_share": num("recent_negative"), "negative_trend": num("negative_trend")}
+
+
 class Quoter:
-    """Offers per (buyer, product, quantity): the twin ``policy`` for buyers with a machine twin or a record in the
-    seller's ``dealings`` (``twins.commerce.dealings``), ``fallback`` (any estimator with the policies' ``predict``)
-    for the others."""
+    """Offers per (buyer, product, quantity): the twin ``policy`` for buyers with a machine twin, an emotion profile
+    or a record in the seller's ``dealings`` (``twins.commerce.dealings``), ``fallback`` (any estimator with the
+    policies' ``predict``) for the others."""
 
     def __init__(self, twins: MachineTwins | None, policy=None, fallback=None, dealings: Dealings | None = None) -> None:
         self.twins, self.policy = twins, policy or TwinPolicy()
@@ -105,11 +136,13 @@ class Quoter:
         X[0, COL["quantity"]], X[0, COL["agent_declared"]], X[0, COL["counter_ratio"]] = quantity, float(declared), 0.0
         twin = self.twins.get(customer_id, product.id) if self.twins is not None else None
         own = self.dealings.features((customer_id, product.id)) if self.dealings is not None else None
-        for name, value in (twin_features(twin) if twin else {}).items():
+        emotion = self.twins.emotion(customer_id) if self.twins is not None else None
+        for name, value in {**(twin_features(twin) if twin else {}),
+                            **(emotion_features(emotion) if emotion else {})}.items():
             X[0, COL[name]] = value
         for name, value in (own or {}).items():  # a counter seen since the twin was built lowers its reservation
             X[0, COL[name]] = np.fmin(X[0, COL[name]], value) if name == "reservation_price" else value
-        return X, twin is not None or own is not None
+        return X, any(x is not None for x in (twin, own, emotion))
 
     def quote(self, customer_id: str, product: Product, quantity: int, declared: bool) -> Offer:
         X, known = self.features(customer_id, product, quantity, declared)

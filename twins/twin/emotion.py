@@ -42,6 +42,7 @@ def emotion_profiles(scored: pl.DataFrame, as_of: datetime | None, window_days: 
 
     - ``messages``, ``messages_recent`` (in the last ``window_days``);
     - ``recent_<ekman group>``: mean group probability over the recent messages (null when none);
+    - ``recent_negative``: mean negative-sentiment probability over the recent messages (null when none);
     - ``negative_trend``: mean negative-sentiment probability in the recent window minus the window before it
       (null unless both windows have messages; > 0 means getting more negative);
     - ``last_negative_time`` / ``_text`` / ``_score``: the last message with negative probability >= ``strong_negative``.
@@ -76,5 +77,6 @@ def _profiles(past: pl.DataFrame, recent: pl.Expr, before: pl.Expr, strong_negat
     profile = past.group_by("customer_id").agg(
         pl.len().alias("messages"), recent.sum().alias("messages_recent"),
         *[pl.col(c).filter(recent).mean().alias("recent_" + c.removeprefix("ekman_")) for c in ekman],
+        negative.filter(recent).mean().alias("recent_negative"),
         (negative.filter(recent).mean() - negative.filter(before).mean()).alias("negative_trend"))
     return profile.join(strong, on="customer_id", how="left").sort("customer_id")
