@@ -4,7 +4,10 @@ Vectorised over customers, one step a day. On its order day each customer's agen
 the checkout shape (``twins.commerce.policies.FEATURES``: what a checkout create/update carries, plus the
 seller's own twin of the buyer, built only from what the buyer did with that seller). Our seller answers with an
 offer (price, floor, concession rounds, delivery promise) and the shared negotiation moves
-(``twins.commerce.negotiation``); the two competitors quote fixed list prices and lead times.
+(``twins.commerce.negotiation``); the two competitors quote fixed list prices and lead times. Our seller is reached
+through a ``twins.sim.market_sellers.SellerChannel``: in process (a policy, the benchmark's path) or through the
+seller API's shapes (``ApiChannel``: checkout create, counters as checkout updates, complete or cancel), where the
+buyers see only what the checkout session's answer carries.
 
 Machine kinds (ground truth, never shown to the seller): ``bound`` (asks only its current supplier, counters at its
 reservation price, moves after a decline or a late delivery), ``adaptable`` (compares price + delay cost x lead
@@ -22,10 +25,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from twins.commerce import negotiation
-from twins.commerce.policies import COL, FEATURES
+from twins.sim.market_sellers import PolicyChannel, SellerChannel
 
 KINDS = ("bound", "adaptable", "autonomous", "person")
 OURS = 0
+MAX_ROUNDS = 50  # a buyer stops countering after this many rounds (no policy here concedes that long)
 
 
 @dataclass(frozen=True)
@@ -61,40 +65,11 @@ class MarketResult:
     truth: dict[str, np.ndarray] = field(repr=False)
 
 
-class _Twin:
-    """Our seller's twin of every buyer, from its own dealings with it only."""
-
-    def __init__(self, n: int) -> None:
-        nan = np.full(n, np.nan)
-        self.reservation, self.accepted, self.last_contact = nan.copy(), nan.copy(), nan.copy()
-        self.gap_sum, self.gap_sq, self.gaps = np.zeros(n), np.zeros(n), np.zeros(n)
-        self.quotes, self.lost, self.orders = np.zeros(n), np.zeros(n), np.zeros(n)
-
-    def features(self, idx: np.ndarray, day: int) -> dict[str, np.ndarray]:
-        g = np.maximum(self.gaps[idx], 1)
-        mean = np.where(self.gaps[idx] > 0, self.gap_sum[idx] / g, np.nan)
-        sd = np.sqrt(np.maximum(self.gap_sq[idx] / g - mean ** 2, 0))
-        return {"reservation_price": self.reservation[idx], "accepted_price": self.accepted[idx],
-                "machine_likeness": np.where(self.gaps[idx] >= 2, 1 / (1 + sd / np.maximum(mean, 1e-9)), np.nan),
-                "days_to_next_order": self.last_contact[idx] + mean - day, "n_orders": self.orders[idx],
-                "lost_share": np.where(self.quotes[idx] > 0, self.lost[idx] / np.maximum(self.quotes[idx], 1), np.nan)}
-
-    def contact(self, idx: np.ndarray, day: int) -> None:
-        seen = np.isfinite(self.last_contact[idx])
-        gap = day - self.last_contact[idx]
-        j = idx[seen]
-        self.gap_sum[j] += gap[seen]
-        self.gap_sq[j] += gap[seen] ** 2
-        self.gaps[j] += 1
-        self.last_contact[idx] = day
-        self.quotes[idx] += 1
-
-
 def simulate(params: MarketParams, policy, learn_every: int = 7, progress=None) -> MarketResult:
-    """One market year against ``policy`` (a ``twins.commerce.policies`` estimator). A ``BanditPolicy`` learns
-    online from its own deals (refitted every ``learn_every`` days, exploring meanwhile)."""
-    from twins.commerce.policies import BanditPolicy
-
+    """One market year against ``policy``: a ``twins.commerce.policies`` estimator, run in process
+    (``PolicyChannel``; a ``BanditPolicy`` learns online, refitted every ``learn_every`` days), or any
+    ``SellerChannel`` (``ApiChannel``: a seller behind the API's shapes)."""
+    channel = policy if isinstance(policy, SellerChannel) else PolicyChannel(policy, learn_every)
     p, rng = params, np.random.default_rng(params.seed)
     n = p.n_customers
     kind = np.where(rng.random(n) < p.share_people, 3,
@@ -114,9 +89,7 @@ def simulate(params: MarketParams, policy, learn_every: int = 7, progress=None) 
     supplier = rng.integers(0, n_sellers, n)
     comp_price = np.stack([lp * m for m, _ in p.competitors], 1)
     comp_days = np.array([d for _, d in p.competitors])
-    twin = _Twin(n)
-    learning = isinstance(policy, BanditPolicy)
-    log_x, log_arm, log_reward = [], [], []
+    channel.open(item_price, p.cost_share, n, rng)
 
     stats = {k: np.zeros(n) for k in ("requests", "wins", "revenue", "margin", "rounds", "on_time", "orders_all",
                                       "early_ours", "late_ours", "service")}
@@ -130,18 +103,8 @@ def simulate(params: MarketParams, policy, learn_every: int = 7, progress=None) 
         looks = rng.random(due.size) < 0.1  # a person at a competitor looks around now and then
         asks = np.where(k == 0, supplier[due] == OURS, np.where(k == 3, (supplier[due] == OURS) | looks, True))
         ask = due[asks]
-        twin.contact(ask, day)
-        X = np.full((ask.size, len(FEATURES)), np.nan)
-        X[:, COL["list_price"]], X[:, COL["unit_cost"]] = lp[ask], cost[ask]
-        X[:, COL["quantity"]], X[:, COL["agent_declared"]], X[:, COL["counter_ratio"]] = qty[ask], declared[ask], 0.0
-        for name, values in twin.features(ask, day).items():
-            X[:, COL[name]] = values
-        if learning:
-            arm = policy.choose(X, explore=True, rng=rng)
-            offer = policy.predict(X, arm)
-        else:
-            offer = policy.predict(X)
-        price, floor, rounds, days = (offer[:, i] for i in range(4))
+        # the buyers see only what our seller's answer carries: the opening price and the promised days
+        price, days = channel.quote(day, ask, item[ask], lp[ask], cost[ask], qty[ask], declared[ask])
         # every buyer's view of the sellers: effective cost = price + delay cost x days (+ position bias)
         quote = np.full((due.size, n_sellers), np.inf)
         lead = np.zeros((due.size, n_sellers))
@@ -168,23 +131,17 @@ def simulate(params: MarketParams, policy, learn_every: int = 7, progress=None) 
         n_rounds = np.zeros(ask.size)
         haggle = wants_ours[asks] & ~acceptable & np.isin(k[asks], (0, 1, 2))
         open_ = haggle.copy()
-        for rnd in range(1, int(np.nanmax(rounds, initial=0)) + 2):
+        for rnd in range(1, MAX_ROUNDS + 1):
             if not open_.any():
                 break
-            decision, answer = negotiation.respond(price, floor, rounds, rnd, counter)
+            decision, answer = channel.counter(rnd, open_, counter)
             n_rounds += open_
             took = open_ & (decision == negotiation.ACCEPT)
             paid = np.where(took, answer, paid)
             sale |= took
             open_ &= decision == negotiation.COUNTER
-        # the twin learns from the counters it saw and the openings taken
-        saw = haggle & np.isfinite(counter)
-        twin.reservation[ask[saw]] = np.fmin(twin.reservation[ask[saw]], counter[saw])
-        plain = sale & ~haggle
-        twin.accepted[ask[plain]] = np.fmax(twin.accepted[ask[plain]], price[plain])
-        twin.lost[ask[~sale]] += 1
+        channel.close(day, sale, paid)
         won = ask[sale]
-        twin.orders[won] += 1
         # delivery, service, margin
         express = days[sale] < 4
         late = rng.random(won.size) < np.where(express, p.late[1], p.late[0])
@@ -198,12 +155,6 @@ def simulate(params: MarketParams, policy, learn_every: int = 7, progress=None) 
         np.add.at(stats["rounds"], ask, n_rounds)
         np.add.at(stats["on_time"], won, ~late)
         np.add.at(stats["service"], won, service)
-        if learning:
-            log_x.append(X)
-            log_arm.append(arm)
-            log_reward.append(np.where(sale, np.nan_to_num(paid) - cost[ask], 0.0) * qty[ask] / lp[ask])
-            if day % learn_every == learn_every - 1:
-                policy.fit(np.concatenate(log_x), np.column_stack([np.concatenate(log_arm), np.concatenate(log_reward)]))
         # buyers we lost buy elsewhere: the cheapest acceptable competitor (bound ones only after switching)
         bought_ours = np.zeros(n, bool)
         bought_ours[won] = True
