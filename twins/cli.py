@@ -331,7 +331,7 @@ app.command()(sell)
 
 @app.command()
 def sim(config: Annotated[Path, typer.Argument(help="market config YAML, e.g. configs/sim/market.yaml")],
-        overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override a config key: --set n_machines=20000")] = None,
+        overrides: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="override a config key: --set n_machines=20000 (repeatable)")] = None,
         out: Annotated[Optional[Path], typer.Option(help="output folder (default $TWINS_HOME/events/<name>)")] = None) -> None:
     """Simulate machine customers and human shoppers; write canonical events, ground truth, the offer feed and
     market.json (the market's as_of: `twins machines` stops there, before the truth horizon). A market whose
