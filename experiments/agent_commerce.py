@@ -26,7 +26,6 @@ from twins.threads import set_threads
 
 EXPERIMENT = "agent-commerce"
 SEEDS = (10, 11, 12)
-METRICS = ("margin", "revenue", "win_rate", "fill_rate", "retained", "share", "rounds")
 
 
 def unseen(params: MarketParams) -> MarketParams:

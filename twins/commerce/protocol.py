@@ -41,32 +41,6 @@ def ucp_order(order_id: str, checkout_id: str, lines: list[dict], currency: str 
             "totals": [{"type": "subtotal", "amount": total}, {"type": "total", "amount": total}]}
 
 
-def ucp_adjustment(adjustment_id: str, kind: str, lines: list[dict], at: datetime | None = None) -> dict:
-    """A UCP order adjustment (``kind`` refund or return); ``lines``: ``{item_id, quantity, amount}``."""
-    return {"id": adjustment_id, "type": kind, "occurred_at": _now(at), "status": "completed",
-            "line_items": [{"id": x["item_id"], "quantity": x["quantity"]} for x in lines],
-            "totals": [{"type": "total", "amount": sum(x["amount"] for x in lines)}]}
-
-
-def acp_checkout_session(session_id: str, status: str, lines: list[dict], currency: str = "eur",
-                         discount: int = 0) -> dict:
-    """An ACP CheckoutSession; ``lines``: ``{item_id, unit_price (minor units), quantity}``; ``discount`` in minor
-    units over the whole session (spread on the first line)."""
-    items = []
-    for n, line in enumerate(lines):
-        base = line["unit_price"] * line["quantity"]
-        off = discount if n == 0 else 0
-        items.append({"id": f"li_{n}", "item": {"id": line["item_id"], "quantity": line["quantity"]},
-                      "base_amount": base, "discount": off, "subtotal": base - off, "tax": 0, "total": base - off})
-    total = sum(i["total"] for i in items)
-    return {"id": session_id, "status": status, "currency": currency, "line_items": items,
-            "totals": [{"type": "items_base_amount", "display_text": "Items", "amount": total + discount},
-                       {"type": "items_discount", "display_text": "Discount", "amount": discount},
-                       {"type": "total", "display_text": "Total", "amount": total}],
-            "fulfillment_options": [], "messages": [],
-            "links": [{"type": "terms_of_use", "url": "https://seller.example/terms"}]}
-
-
 def envelope(event: str, customer_id: str, agent_profile: str | None, at: datetime | None = None, **payload) -> dict:
     return {"received_at": _now(at), "event": event, "customer_id": customer_id, "agent_profile": agent_profile,
             **payload}
