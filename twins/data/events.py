@@ -1,20 +1,138 @@
-"""Reading canonical events written by ``ingest`` (the I/O edge for every downstream step)."""
+"""Reading canonical events written by ``ingest`` (the I/O edge for every downstream step), and the layout of the
+partitioned event store.
+
+``<events folder>/events.parquet`` is either one Parquet file (a store of one bucket) or a folder of bucket files
+``bucket-00000.parquet`` ... ``bucket-{n-1}.parquet``: every customer's events lie in exactly one bucket, the one
+``bucket_of`` gives its id, sorted by customer and time within it (guest rows, without a customer, in bucket 0).
+So every per-customer computation can run bucket by bucket, memory bounded by the largest bucket. Readers that
+want everything scan the folder as one table (polars and pyarrow read such a folder as one data set).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
+
+EVENTS = "events.parquet"
+BUCKET_FORMAT = "bucket-{:05d}.parquet"
+_FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
 
 
-def scan_events(events_dir: str | Path, with_attributes: bool = False) -> pl.LazyFrame:
-    """Lazily scan ``events.parquet``; with ``with_attributes`` join the item and customer tables in."""
-    events_dir = Path(events_dir)
-    path = events_dir / "events.parquet"
-    if not path.exists():
+def fnv1a(ids: pl.Series) -> np.ndarray:
+    """64-bit FNV-1a of each id's UTF-8 bytes (stable across machines and library versions; null -> 0),
+    vectorised over the bytes: one pass per byte position of the longest id."""
+    strings = ids.cast(pl.String).to_arrow()
+    if isinstance(strings, pa.ChunkedArray):
+        strings = strings.combine_chunks()
+    strings = strings.cast(pa.large_string())
+    validity, offsets, data = strings.buffers()
+    starts = np.frombuffer(offsets, np.int64, len(strings) + 1, strings.offset * 8)
+    data = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+    lengths = np.diff(starts)
+    h = np.full(len(strings), _FNV_OFFSET, np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(int(lengths.max()) if len(lengths) else 0):
+            live = np.flatnonzero(lengths > j)
+            h[live] = (h[live] ^ data[starts[live] + j].astype(np.uint64)) * _FNV_PRIME
+    h[ids.is_null().to_numpy()] = 0
+    return h
+
+
+def bucket_of(ids: pl.Series, n: int) -> pl.Series:
+    """The bucket (0 .. n-1) of each customer id: ``fnv1a(id) % n``; a guest row (null id) lies in bucket 0. Hashes
+    each distinct id once."""
+    if n < 1:
+        raise ValueError(f"the number of buckets must be >= 1, got {n}")
+    frame = pl.DataFrame({"id": ids.cast(pl.String)})
+    distinct = frame["id"].unique()
+    table = pl.DataFrame({"id": distinct, "bucket": (fnv1a(distinct) % np.uint64(n)).astype(np.uint32)})
+    return frame.join(table, on="id", how="left", nulls_equal=True, maintain_order="left")["bucket"].alias("bucket")
+
+
+def bucket_files(events_dir: str | Path) -> list[Path]:
+    """The bucket files of an events folder in bucket order (one file for a store of one bucket)."""
+    path = Path(events_dir) / EVENTS
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
         raise FileNotFoundError(f"{path} not found: run `twins ingest SOURCE.yaml` first")
-    lf = pl.scan_parquet(path)
+    files = sorted(path.glob("bucket-*.parquet"))
+    if [f.name for f in files] != [BUCKET_FORMAT.format(i) for i in range(len(files))]:
+        raise FileNotFoundError(f"{path}: bucket files are missing or misnamed ({[f.name for f in files][:5]}...); "
+                                "run `twins ingest` again")
+    return files
+
+
+def events_digest(events_dir: str | Path) -> str:
+    """sha256 over the bytes of every bucket file in order: changes whenever the events do."""
+    digest = hashlib.sha256()
+    for file in bucket_files(events_dir):
+        with file.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+class BucketWriter:
+    """Writes events into a new bucketed ``events.parquet`` folder in memory bounded by one bucket: ``add`` splits
+    each frame by ``bucket_of(customer_id)`` into part files, ``finish`` sorts each bucket's parts by
+    ``sort_by`` (ties keep the order they were added in) into its bucket file and removes the parts."""
+
+    def __init__(self, folder: str | Path, n: int, sort_by: tuple[str, ...] = ("customer_id", "event_time")) -> None:
+        if n < 1:
+            raise ValueError(f"the number of buckets must be >= 1, got {n}")
+        self.folder, self.n, self.sort_by = Path(folder), n, list(sort_by)
+        self._parts = self.folder / ".parts"
+        self._written = 0
+        self._parts.mkdir(parents=True, exist_ok=False)
+
+    def add(self, frame: pl.DataFrame) -> None:
+        """Append ``frame`` (canonical events, or any frame with ``customer_id``) to its buckets."""
+        if frame.is_empty():
+            return
+        keyed = frame.with_columns(bucket_of(frame["customer_id"], self.n).alias("__bucket"))
+        for (bucket,), part in keyed.partition_by("__bucket", as_dict=True, maintain_order=True).items():
+            folder = self._parts / f"{bucket:05d}"
+            folder.mkdir(exist_ok=True)
+            part.drop("__bucket").write_parquet(folder / f"part-{self._written:06d}.parquet")
+        self._written += 1
+
+    def finish(self, schema: pl.Schema | None = None) -> list[Path]:
+        """Sort and write every bucket file (an empty bucket gets an empty file of ``schema``, else of the parts'
+        schema) and remove the parts; returns the bucket files."""
+        import shutil
+
+        parts = {b: sorted((self._parts / f"{b:05d}").glob("part-*.parquet")) for b in range(self.n)}
+        if schema is None:
+            found = next((files[0] for files in parts.values() if files), None)
+            if found is None:
+                raise ValueError(f"{self.folder}: no rows were added and no schema given")
+            schema = pl.read_parquet_schema(found)
+        out = []
+        for bucket, files in parts.items():
+            target = self.folder / BUCKET_FORMAT.format(bucket)
+            if files:
+                pl.scan_parquet(files).sort(self.sort_by, nulls_last=True, maintain_order=True).sink_parquet(target)
+            else:
+                pl.DataFrame(schema=schema).write_parquet(target)
+            out.append(target)
+        shutil.rmtree(self._parts)
+        return out
+
+
+def scan_events(events_dir: str | Path, with_attributes: bool = False, bucket: int | None = None) -> pl.LazyFrame:
+    """Lazily scan the events (all buckets, or only ``bucket``); with ``with_attributes`` join the item and customer
+    tables in."""
+    events_dir = Path(events_dir)
+    files = bucket_files(events_dir)
+    if bucket is not None and not 0 <= bucket < len(files):
+        raise IndexError(f"{events_dir / EVENTS}: no bucket {bucket} (it has {len(files)})")
+    lf = pl.scan_parquet(files if bucket is None else files[bucket])
     if with_attributes:
         for table, key in (("items", "item_id"), ("customers", "customer_id")):
             if (events_dir / f"{table}.parquet").exists():
