@@ -59,23 +59,20 @@ def test_neighbour_index_matches_tifuknn_and_hand_computed_context(tmp_path):
     index = NeighbourIndex.build(histories, targets, n_items=3, k=2, within_decay=0.9, group_decay=0.7, group_size=7)
     tifu = TIFUKNN(k=2).fit({u: h for u, h in enumerate(histories)})
     query = [[0], [0]]
+    indptr, cols, vals = index.vectors_of([query])
     dense = np.zeros(3)
-    cols, vals = index.vector(query)
     dense[cols] = vals
-    assert np.allclose(dense, tifu._query({"q": query})[0].toarray()[0])
-    got = index.neighbours(query)
+    assert indptr.tolist() == [0, len(cols)] and np.allclose(dense, tifu._query({"q": query})[0].toarray()[0])
+    got = index.neighbour_rows([query])[0]
     assert got.tolist() == tifu._neighbours(["q"], tifu._query({"q": query})[0], 2)[0].tolist()
     context = index.context([query])[0]
-    vectors = np.zeros((4, 3))
-    for r, h in enumerate(histories):
-        c, v = index.vector(h)
-        vectors[r, c] = v
-    assert np.allclose(context[:3], vectors[got].mean(0))
+    assert np.allclose(index.vectors[2], tifu.vectors_.data) and np.array_equal(index.vectors[1], tifu.vectors_.indices)
+    assert np.allclose(context[:3], tifu.vectors_.toarray()[got].mean(0))
     share = np.zeros(3)
     for r in got:
         share[targets[r]] += 0.5
     assert np.allclose(context[3:], share)
-    assert 0 not in index.neighbours(histories[0], exclude=0)  # a training user is never its own neighbour
+    assert 0 not in index.neighbour_rows([histories[0]], exclude=[0])[0]  # a training user is never its own neighbour
     assert not index.context([[[]], []]).any()  # no known item: zeros
     index.save(tmp_path / "index.npz")
     assert NeighbourIndex.load(tmp_path / "index.npz").max_history == index.max_history == 2
@@ -109,18 +106,18 @@ def test_estimator_contract_and_learning(model):
 def test_earlier_baskets_become_extra_training_examples(model):
     m = NeuralNextBasket(targets_per_user=3)
     m.neighbours_ = model.neighbours_
-    rows, targets = [[[0], [1], [2, 3, 2]], [[4]], [[5], [], [6]]], [[7], [8], [9]]
-    owner, ex_rows, ex_targets = m._examples(rows, targets)
+    rows = [[[0], [1], [2, 3, 2]], [[4]], [[5], [], [6]]]
+    owner, cut = m._examples(rows)
     # user 0: its last 2 history baskets as targets of the baskets before them; user 1 has no earlier basket;
     # user 2's empty basket is no target, and a history must keep at least one basket
-    assert owner.tolist() == [0, 1, 2, 0, 0, 2]
-    assert ex_rows[3:] == [[[0]], [[0], [1]], [[5], []]] and ex_targets[3:] == [[1], [2, 3], [6]]
-    assert ex_rows[:3] == rows and ex_targets[:3] == targets
+    assert owner.tolist() == [0, 1, 2, 0, 0, 2] and cut.tolist() == [3, 1, 3, 1, 2, 2]
+    ex_rows = [rows[o][:c] for o, c in zip(owner, cut)]
+    assert ex_rows[3:] == [[[0]], [[0], [1]], [[5], []]] and ex_rows[:3] == rows
     neighbour_rows = model.neighbours_.neighbour_rows(ex_rows, exclude=list(owner))
     assert all(u not in r for u, r in zip(owner, neighbour_rows)) and len(neighbour_rows[5]) == model.neighbours_.k
     assert np.array_equal(model.neighbours_.mean_context(neighbour_rows[3:]),
                           model.neighbours_.context(ex_rows[3:], exclude=[0, 0, 2]))
-    assert m.set_params(targets_per_user=1)._examples(rows, targets)[1] == rows
+    assert m.set_params(targets_per_user=1)._examples(rows)[1].tolist() == [3, 1, 3]
     with pytest.raises(ValueError, match="targets_per_user must be >= 1"):
         NeuralNextBasket(targets_per_user=0).fit({"u": [["a"]]}, {"u": ["a"]})
 

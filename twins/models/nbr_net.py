@@ -8,8 +8,10 @@ recall, explore items most of the target):
   users' target baskets, the user's basket count and mean size, and the two neighbour signals below;
 * **prior** ``prior_mlp(popularity, target popularity, neighbour mean, neighbours' targets)`` for every item: the
   explore module's view of what a user like this buys next. The neighbour signals are TIFU-KNN's (Hu et al.,
-  SIGIR 2020): the ``knn`` training users nearest in decayed-frequency space, their mean vector and the share of
-  them whose last basket held the item (``twins.runtime.next_basket_features``);
+  SIGIR 2020): the ``knn`` training users nearest in decayed-frequency space (searched among at most ``max_users``
+  of them, a seeded sample when there are more, so the index and the bundle stop growing with the customer
+  base), their mean vector and the share of them whose last basket held the item
+  (``twins.runtime.next_basket_features``);
 * **embedding** ``<u, out[i]> + bias[i]`` with ``u`` the recency-weighted mean over baskets of the summed input
   embeddings of the basket's items: co-purchase structure the neighbours miss.
 
@@ -18,7 +20,8 @@ which ranks by expected Recall), on the training users' last baskets and, with `
 their m - 1 baskets before the last too, each predicted from the baskets before it (more examples from the same
 training users; no validation or test user is read); the target popularity a training user sees is out of fold
 (its own target never counts, as in ``twins.models.rerank``). The epoch is chosen on the
-validation users' Recall@10, with early stopping. Device picked automatically; bf16 autocast on CUDA; ``torchrun``
+validation users' Recall@10, with early stopping. Device picked automatically; bf16 autocast on CUDA (``precision``:
+``"auto"``; ``"fp32"`` or ``"bf16"`` on any device); ``torchrun``
 DDP splits the batches over processes; checkpoints after every epoch, resumed when ``checkpoint_dir`` holds one
 written with the same settings and data.
 
@@ -31,6 +34,7 @@ length; every known item gets a score, so ``k`` items come back whenever ``k <= 
 from __future__ import annotations
 
 import time
+from itertools import chain
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Self
@@ -41,8 +45,8 @@ from sklearn.base import BaseEstimator
 from torch import nn
 
 from twins.runtime.next_basket_features import INPUTS, NeighbourIndex, network_inputs
-from twins.training import (fingerprint, load_checkpoint, progress, restore_best, save_checkpoint, setup_distributed,
-                            shared_score, trim_heap)
+from twins.training import (autocast_enabled, fingerprint, load_checkpoint, progress, restore_best, save_checkpoint,
+                            setup_distributed, shared_score, trim_heap)
 
 Item = Hashable
 Baskets = Sequence[Sequence[Item]]
@@ -50,7 +54,10 @@ DECAYS = (0.5, 0.8, 0.95)
 N_FEATURES = len(DECAYS) + 9
 TARGET_FOLDS = 5
 TRIM_EVERY = 8  # batches between heap trims (twins.training.trim_heap: without them CJ's RSS grew past 21 GiB)
-RESUME_IGNORES = ("max_epochs", "patience", "device", "checkpoint_dir", "progress")
+RESUME_IGNORES = ("max_epochs", "patience", "device", "precision", "checkpoint_dir", "progress")
+#: the most training users the neighbour index (and so the bundle) holds: a seeded sample beyond it. Above Ta-Feng's
+#: 13,858 users and Complete Journey's 2,469, so their models are unchanged; ~17 MB of index at 60 items a user
+MAX_USERS = 20_000
 
 
 class RepeatExploreNet(nn.Module):
@@ -140,8 +147,9 @@ class NeuralNextBasket(BaseEstimator):
 
     def __init__(self, knn: int = 300, within_decay: float = 0.9, group_decay: float = 0.7, group_size: int = 7,
                  dim: int = 64, hidden: int = 64, lr: float = 3e-3, weight_decay: float = 1.0, batch_size: int = 128,
-                 max_epochs: int = 12, patience: int = 3, max_baskets: int = 50, targets_per_user: int = 1, seed: int = 0,
-                 device: str | None = None, checkpoint_dir: str | None = None, progress: bool = False) -> None:
+                 max_epochs: int = 12, patience: int = 3, max_baskets: int = 50, targets_per_user: int = 1,
+                 max_users: int = MAX_USERS, seed: int = 0, device: str | None = None, precision: str = "auto",
+                 checkpoint_dir: str | None = None, progress: bool = False) -> None:
         self.knn = knn
         self.within_decay = within_decay
         self.group_decay = group_decay
@@ -155,8 +163,10 @@ class NeuralNextBasket(BaseEstimator):
         self.patience = patience
         self.max_baskets = max_baskets
         self.targets_per_user = targets_per_user
+        self.max_users = max_users
         self.seed = seed
         self.device = device
+        self.precision = precision
         self.checkpoint_dir = checkpoint_dir
         self.progress = progress
 
@@ -181,6 +191,8 @@ class NeuralNextBasket(BaseEstimator):
         by their Recall@10 and stop after ``patience`` epochs without a gain."""
         if self.targets_per_user < 1:
             raise ValueError(f"targets_per_user must be >= 1 (1: the last basket only), got {self.targets_per_user}")
+        if self.max_users < 1:
+            raise ValueError(f"max_users must be >= 1 (training users in the neighbour index), got {self.max_users}")
         users = [u for u in histories if u in targets and len(targets[u]) > 0]
         if not users:
             raise ValueError("no training user has a non-empty target basket; nothing to learn from")
@@ -192,12 +204,14 @@ class NeuralNextBasket(BaseEstimator):
         n = len(self.items_)
         rows = self._indices({u: histories[u] for u in users})
         target_rows = [sorted({self.item_index_[i] for i in targets[u]}) for u in users]
-        self.neighbours_ = NeighbourIndex.build(rows, target_rows, n, self.knn, self.within_decay, self.group_decay,
-                                                self.group_size)
-        popularity = np.zeros(n)
-        for h in rows:
-            for basket in h:
-                popularity[list(set(basket))] += 1
+        indexed = np.arange(len(users))
+        if len(users) > self.max_users:
+            indexed = np.sort(np.random.default_rng([self.seed, 1]).choice(len(users), self.max_users, replace=False))
+        self.neighbours_ = NeighbourIndex.build([rows[u] for u in indexed], [target_rows[u] for u in indexed], n,
+                                                self.knn, self.within_decay, self.group_decay, self.group_size)
+        index_row = np.full(len(users), -1)
+        index_row[indexed] = np.arange(len(indexed))
+        popularity = _basket_counts(rows, n)
         fold = np.random.default_rng(self.seed).permutation(len(users)) % min(TARGET_FOLDS, len(users))
         n_folds = int(fold.max()) + 1
         fold_counts = np.zeros((n_folds, n))
@@ -206,13 +220,12 @@ class NeuralNextBasket(BaseEstimator):
         total = fold_counts.sum(0)
         sizes = np.bincount(fold, minlength=n_folds)
         oof = (total - fold_counts) * (len(users) / np.maximum(len(users) - sizes, 1))[:, None]
-        owner, rows, target_rows = self._examples(rows, target_rows)
-        neighbour_rows = self.neighbours_.neighbour_rows(rows, exclude=list(owner))
+        owner, cut = self._examples(rows)
 
         self.net_ = RepeatExploreNet(n, self.dim, self.hidden).to(self.device_)
         self.net_.log_popularity.copy_(torch.as_tensor(np.log1p(popularity), dtype=torch.float32))
         self.net_.target_popularity.copy_(torch.as_tensor(total, dtype=torch.float32))
-        self.net_.max_baskets.fill_(float(min(self.max_baskets, max(len(h) for h in rows))))
+        self.net_.max_baskets.fill_(float(min(self.max_baskets, int(cut.max()))))
         model = nn.parallel.DistributedDataParallel(self.net_) if world > 1 else self.net_
         oof_t = torch.as_tensor(oof, dtype=torch.float32, device=self.device_)
         fold_t = torch.as_tensor(fold[owner], device=self.device_)
@@ -220,7 +233,7 @@ class NeuralNextBasket(BaseEstimator):
         mlps = [*self.net_.repeat.parameters(), *self.net_.prior.parameters()]
         opt = torch.optim.AdamW([{"params": mlps, "weight_decay": 0.0},
                                  {"params": embeddings, "weight_decay": self.weight_decay}], lr=self.lr)
-        amp = self.device_.type == "cuda"
+        amp = autocast_enabled(self.precision, self.device_)
         ckpt = Path(self.checkpoint_dir) if self.checkpoint_dir else None
         fprint = fingerprint({k: v for k, v in self.get_params().items() if k not in RESUME_IGNORES}, n, len(users))
         state = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "done": False, "history": []}
@@ -232,7 +245,7 @@ class NeuralNextBasket(BaseEstimator):
         best_state = None
         while not state["done"] and state["epoch"] < self.max_epochs:
             epoch = state["epoch"]
-            order = np.random.default_rng(self.seed * 1000 + epoch).permutation(len(rows))
+            order = np.random.default_rng(self.seed * 1000 + epoch).permutation(len(owner))
             batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
             batches = batches[: max(1, len(batches) // world) * world][rank::world]  # DDP syncs every step
             model.train()
@@ -241,11 +254,14 @@ class NeuralNextBasket(BaseEstimator):
                                                   self.progress and rank == 0)):
                 if step % TRIM_EVERY == 0:
                     trim_heap()
-                inputs = self._inputs([rows[i] for i in batch],
-                                      self.neighbours_.mean_context([neighbour_rows[i] for i in batch]))
+                # features per batch (streamed): each example's history, target and neighbours (never its owner)
+                examples = list(zip(owner[batch].tolist(), cut[batch].tolist()))
+                history_b = [rows[o][:c] for o, c in examples]
+                exclude = [int(index_row[o]) if index_row[o] >= 0 else None for o, _ in examples]
+                inputs = self._inputs(history_b, self.neighbours_.context(history_b, exclude))
                 y = torch.zeros(len(batch), n, device=self.device_)
-                for r, i in enumerate(batch):
-                    y[r, target_rows[i]] = 1.0
+                for r, (o, c) in enumerate(examples):
+                    y[r, target_rows[o] if c == len(rows[o]) else sorted(set(rows[o][c]))] = 1.0
                 with torch.autocast(self.device_.type, dtype=torch.bfloat16, enabled=amp):
                     scores = model(*inputs, oof_t[fold_t[torch.as_tensor(batch, device=self.device_)]])
                 loss = -(torch.log_softmax(scores.float(), -1) * y).sum(-1).div(y.sum(-1)).mean()
@@ -274,23 +290,20 @@ class NeuralNextBasket(BaseEstimator):
         self.popularity_ = popularity
         return self
 
-    def _examples(self, rows: list[list[list[int]]],
-                  target_rows: list[list[int]]) -> tuple[np.ndarray, list[list[list[int]]], list[list[int]]]:
-        """Training examples ``(owner, histories, targets)``: each user's history and last basket, then, with
-        ``targets_per_user`` = m > 1, each of its m - 1 baskets before the last as the target of the baskets before
-        it. ``fit`` finds an example's neighbours without its owner's row and holds only their row indices; the
-        context is built per batch (``NeighbourIndex.mean_context``): held dense (``[examples, 2 * n_items]``
-        float32) it would take 8.7 GB on Complete Journey at m = 10."""
-        owner = list(range(len(rows)))
-        rows, target_rows = list(rows), list(target_rows)
-        for u in range(len(owner)):
-            history = rows[u]
-            for cut in range(max(1, len(history) - self.targets_per_user + 1), len(history)):
-                if history[cut]:
+    def _examples(self, rows: list[list[list[int]]]) -> tuple[np.ndarray, np.ndarray]:
+        """Training examples as ``(owner, cut)``: the history ``rows[owner][:cut]`` and its next basket as the
+        target. First each user's whole history (``cut = len``; the target is its last basket), then, with
+        ``targets_per_user`` = m > 1, each of its m - 1 non-empty baskets before the last as the target of the
+        baskets before it. ``fit`` builds an example's inputs, target and neighbours (never its owner's row) per
+        batch: held for all examples, the context alone (``[examples, 2 * n_items]`` float32) would take 8.7 GB on
+        Complete Journey at m = 10, and the neighbour rows 2.4 GB per million examples."""
+        owner, cut = list(range(len(rows))), [len(h) for h in rows]
+        for u, history in enumerate(rows):
+            for c in range(max(1, len(history) - self.targets_per_user + 1), len(history)):
+                if history[c]:
                     owner.append(u)
-                    rows.append(history[:cut])
-                    target_rows.append(sorted(set(history[cut])))
-        return np.asarray(owner), rows, target_rows
+                    cut.append(c)
+        return np.asarray(owner, dtype=np.int64), np.asarray(cut, dtype=np.int64)
 
     def _valid_recall(self, histories: Mapping[Hashable, Baskets], targets: Mapping[Hashable, Sequence[Item]]) -> float:
         from twins.evaluate.metrics import evaluate_rankings
@@ -326,3 +339,11 @@ class NeuralNextBasket(BaseEstimator):
                 top = np.argsort(-row, kind="stable")[:k]
                 out[user] = [self.items_[j] for j in top]
         return out
+
+
+def _basket_counts(rows: list[list[list[int]]], n_items: int) -> np.ndarray:
+    """Per item, the number of baskets of ``rows`` holding it (float64)."""
+    sizes = np.fromiter((len(b) for h in rows for b in h), np.int64)
+    flat = np.fromiter(chain.from_iterable(chain.from_iterable(rows)), np.int64, int(sizes.sum()))
+    entries = np.unique(np.repeat(np.arange(len(sizes), dtype=np.int64), sizes) * n_items + flat)
+    return np.bincount(entries % n_items, minlength=n_items).astype(float)

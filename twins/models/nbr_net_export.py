@@ -2,7 +2,8 @@
 
 The graph (``TopK`` over ``RepeatExploreNet``) takes the encoded baskets, the user's distinct items and the
 neighbour context; the runtime (``twins.runtime.next_basket_net``) computes all three from a raw history with the same numpy code the model was
-trained with, reading the training users' vectors and targets from ``neighbours.npz`` (sha256 in the manifest).
+trained with, reading the indexed training users' vectors and targets from ``neighbours.npz`` (sha256 in the
+manifest): at most the estimator's ``max_users`` users, so the bundle's size does not grow with the customer base.
 """
 
 import copy

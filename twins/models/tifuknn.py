@@ -49,7 +49,9 @@ from twins.runtime.next_basket_features import basket_weights
 Item = Hashable
 Baskets = Sequence[Sequence[Item]]
 
-_BLOCK = 1024  # query rows per block of the distance / scoring computation
+#: query rows x fitted users per block of the distance computation: 32 MiB of float64 distances, at most 1,024
+#: rows, fewer as the fitted users grow, so memory stays bounded at any size
+_BLOCK_CELLS = 1 << 22
 
 
 class TIFUKNN(BaseEstimator):
@@ -132,8 +134,9 @@ class TIFUKNN(BaseEstimator):
         q = query[:, : len(self.items_)]  # new items only add a constant per query row to every distance
         fitted_t = self.vectors_.T.tocsr()
         out: list[np.ndarray] = []
-        for start in range(0, q.shape[0], _BLOCK):
-            block = q[start:start + _BLOCK]
+        rows = max(1, min(1024, _BLOCK_CELLS // max(1, n_fit)))
+        for start in range(0, q.shape[0], rows):
+            block = q[start:start + rows]
             # squared distance minus the query's own squared norm (constant along the row, irrelevant to ranking)
             d = self.sq_norms_[None, :] - 2.0 * (block @ fitted_t).toarray()
             for r in range(d.shape[0]):

@@ -11,7 +11,8 @@ Three inputs:
 * ``encode_items``: the distinct items of those baskets, int64 ``[B, U]`` padded with ``n_items`` (the network
   scores a user's own items once each, not once per purchase).
 * ``NeighbourIndex.context``: TIFU-KNN's neighbour signal (Hu et al., SIGIR 2020). The user's decayed-frequency
-  vector (``basket_weights``) is compared with every training user's by Euclidean distance; the ``k`` nearest
+  vector (``basket_weights``) is compared with every indexed training user's (all, or a seeded sample of at most
+  ``max_users``: ``twins.models.nbr_net``) by Euclidean distance; the ``k`` nearest
   give two float32 vectors over the items, concatenated ``[B, 2 * n_items]``: the mean of their vectors and the
   share of them whose target (last) basket held the item. A history without a known item gets zeros; one longer
   than any training history is read as its last ``max_history`` baskets (the within-basket decay runs over the
@@ -106,12 +107,39 @@ def _nearest(distance: np.ndarray, k: int) -> np.ndarray:
     return chosen[np.argsort(distance[chosen], kind="stable")]
 
 
-class NeighbourIndex:
-    """The training users' TIFU-KNN vectors and target baskets (both CSR over ``n_items`` columns)."""
+def _blocks(cells: np.ndarray, touched: np.ndarray, max_cells: int, max_touched: int) -> list[slice]:
+    """Consecutive query rows cut into blocks of at most ``max_cells`` distance cells and ``max_touched`` index
+    entries each (a single row may exceed them)."""
+    out, start, c, t = [], 0, 0, 0
+    for row in range(len(cells)):
+        if row > start and (c + cells[row] > max_cells or t + touched[row] > max_touched):
+            out.append(slice(start, row))
+            start, c, t = row, 0, 0
+        c, t = c + int(cells[row]), t + int(touched[row])
+    return [*out, slice(start, len(cells))] if len(cells) else out
 
-    def __init__(self, vectors: tuple[np.ndarray, np.ndarray, np.ndarray], targets: tuple[np.ndarray, np.ndarray, np.ndarray],
-                 n_items: int, k: int, within_decay: float, group_decay: float, group_size: int,
-                 max_history: int | None = None) -> None:
+
+Csr = tuple[np.ndarray, np.ndarray, np.ndarray]  # (indptr, indices, data): scipy.sparse.csr_matrix's arrays
+
+#: bounds of one block of the neighbour search: query rows x indexed users (float64 distances, 512 KiB: a block
+#: kept in cache is 2-3x faster than one of 16 MiB) and the index entries the block's query items reach (the
+#: sparse product's terms); memory never depends on the batch size
+BLOCK_CELLS = 1 << 16
+BLOCK_TOUCHED = 1 << 22
+
+
+class NeighbourIndex:
+    """The indexed training users' TIFU-KNN vectors and target baskets (both CSR, users x ``n_items``).
+
+    Memory is linear in the non-zeros: the vectors and targets as CSR, the vectors again by item (CSC) for the
+    search, and one norm per user. A batch of queries is searched in blocks (``BLOCK_CELLS``, ``BLOCK_TOUCHED``):
+    the block's CSR vectors times the index's (the product summed per (query, user) in item order, as a dense
+    ``[rows, users]`` block), then the ``k`` nearest per row. numpy only: the torch-free runtime
+    (``twins-runtime``: numpy, onnxruntime, tokenizers) runs the same code, so the arrays are scipy.sparse's
+    layout without scipy."""
+
+    def __init__(self, vectors: Csr, targets: Csr, n_items: int, k: int, within_decay: float, group_decay: float,
+                 group_size: int, max_history: int | None = None) -> None:
         self.max_history = max_history  # the longest training history; None: no cap (bundles exported before it)
         self.vectors = tuple(np.asarray(a) for a in vectors)
         self.targets = tuple(np.asarray(a) for a in targets)
@@ -124,61 +152,84 @@ class NeighbourIndex:
         self._col_ptr = np.concatenate([[0], np.cumsum(np.bincount(indices, minlength=self.n_items))])
         self._col_rows, self._col_data = rows[order], data[order]
         self._sq_norms = np.bincount(rows, weights=data * data, minlength=self.n_users)
+        self._weights: dict[int, np.ndarray] = {}
 
     @classmethod
     def build(cls, histories: Histories, targets: list[list[int]], n_items: int, k: int, within_decay: float,
               group_decay: float, group_size: int) -> "NeighbourIndex":
         """Index the training users' histories (item indices) and target baskets."""
-        probe = cls((np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0)), (np.zeros(1, np.int64), np.zeros(0, np.int64),
-                    np.zeros(0)), n_items, k, within_decay, group_decay, group_size)
-        vecs = [probe.vector(h) for h in histories]
-        tgts = [(np.array(sorted(set(t)), dtype=np.int64), np.ones(len(set(t)))) for t in targets]
-        return cls(_stack(vecs), _stack(tgts), n_items, k, within_decay, group_decay, group_size,
-                   max(map(len, histories), default=0))
+        empty = (np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0))
+        probe = cls(empty, empty, n_items, k, within_decay, group_decay, group_size)
+        tgts = [np.array(sorted(set(t)), dtype=np.int64) for t in targets]
+        indptr = np.concatenate([[0], np.cumsum([len(t) for t in tgts])]).astype(np.int64)
+        indices = np.concatenate(tgts).astype(np.int64) if tgts else np.zeros(0, np.int64)
+        return cls(probe.vectors_of(histories), (indptr, indices, np.ones(len(indices))), n_items, k, within_decay,
+                   group_decay, group_size, max(map(len, histories), default=0))
 
-    def vector(self, history: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-        """The sparse TIFU-KNN vector ``(item indices ascending, values)`` of one history (its last
-        ``max_history`` baskets)."""
-        if self.max_history and len(history) > self.max_history:
-            history = history[-self.max_history:]
-        sizes = [len(basket) for basket in history]
-        weights = basket_weights(len(history), self.within_decay, self.group_decay, self.group_size)
-        flat = np.fromiter(chain.from_iterable(history), np.int64, sum(sizes))
-        # one entry per (basket, item), deduplicated, in basket then item order
-        entries = np.unique(np.repeat(np.arange(len(history), dtype=np.int64), sizes) * self.n_items + flat)
-        cols, inverse = np.unique(entries % self.n_items, return_inverse=True)
-        return cols, np.bincount(inverse, weights=weights[entries // self.n_items], minlength=len(cols))
+    def _basket_weights(self, n: int) -> np.ndarray:
+        if n not in self._weights:
+            self._weights[n] = basket_weights(n, self.within_decay, self.group_decay, self.group_size)
+        return self._weights[n]
 
-    def neighbours(self, history: list[list[int]], exclude: int | None = None) -> np.ndarray:
-        """Row indices of the ``k`` training users nearest to ``history`` (ties: training order), never
-        ``exclude`` (a training user's own row)."""
-        cols, values = self.vector(history)
-        starts, ends = self._col_ptr[cols], self._col_ptr[cols + 1]
-        take = _ranges(starts, ends)
-        dots = np.bincount(self._col_rows[take], weights=self._col_data[take] * np.repeat(values, ends - starts),
-                           minlength=self.n_users)
-        distance = self._sq_norms - 2.0 * dots  # minus the query's own norm: constant along the row
-        if exclude is not None:
-            distance[exclude] = np.inf
-        return _nearest(distance, min(self.k, self.n_users - (exclude is not None)))
+    def vectors_of(self, histories: Histories) -> Csr:
+        """The TIFU-KNN vectors of ``histories`` (each its last ``max_history`` baskets) as CSR, columns ascending:
+        per item the weights of the baskets holding it (once per basket), summed oldest basket first."""
+        if self.max_history:
+            histories = [h[-self.max_history:] if len(h) > self.max_history else h for h in histories]
+        lengths = np.array([len(h) for h in histories], dtype=np.int64)
+        sizes = np.fromiter((len(b) for h in histories for b in h), np.int64, int(lengths.sum()))
+        flat = np.fromiter(chain.from_iterable(chain.from_iterable(histories)), np.int64, int(sizes.sum()))
+        weights = np.concatenate([np.zeros(0), *(self._basket_weights(int(n)) for n in lengths)])
+        # one entry per (basket, item), deduplicated, in row, basket, then item order
+        entries = np.unique(np.repeat(np.arange(len(sizes), dtype=np.int64), sizes) * self.n_items + flat)
+        basket = entries // self.n_items
+        keys, inverse = np.unique(np.repeat(np.arange(len(histories), dtype=np.int64), lengths)[basket] * self.n_items
+                                  + entries % self.n_items, return_inverse=True)
+        data = np.bincount(inverse, weights=weights[basket], minlength=len(keys))
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(keys // self.n_items, minlength=len(histories)))])
+        return indptr.astype(np.int64), keys % self.n_items, data
 
     def neighbour_rows(self, histories: Histories, exclude: list[int | None] | None = None) -> list[np.ndarray]:
-        """``neighbours`` of each history (an empty array for one with no known item); ``exclude[b]`` is history
-        ``b``'s own training row, if any. ``k`` int64 row indices per history: cheap to hold for many histories."""
-        return [self.neighbours(h, None if exclude is None else exclude[b]) if any(len(basket) for basket in h)
-                else np.zeros(0, np.int64) for b, h in enumerate(histories)]
+        """Row indices of the ``k`` indexed users nearest to each history by Euclidean distance (ties: index
+        order), never ``exclude[b]`` (history ``b``'s own row, if indexed); an empty array for a history with no
+        known item. ``k`` int64 row indices per history: cheap to hold for many histories."""
+        q_ptr, q_cols, q_vals = self.vectors_of(histories)
+        reach = self._col_ptr[q_cols + 1] - self._col_ptr[q_cols]
+        touched = np.add.reduceat(np.append(reach, 0), q_ptr[:-1]) * (np.diff(q_ptr) > 0)
+        out: list[np.ndarray] = [np.zeros(0, np.int64)] * len(histories)
+        for block in _blocks(np.full(len(histories), self.n_users), touched, BLOCK_CELLS, BLOCK_TOUCHED):
+            lo, hi = q_ptr[block.start], q_ptr[block.stop]
+            cols, lengths = q_cols[lo:hi], reach[lo:hi]
+            starts = self._col_ptr[cols]
+            take = _ranges(starts, starts + lengths)
+            row = np.repeat(np.repeat(np.arange(block.stop - block.start), np.diff(q_ptr[block.start:block.stop + 1])),
+                            lengths)
+            dots = np.bincount(row * self.n_users + self._col_rows[take],
+                               weights=self._col_data[take] * np.repeat(q_vals[lo:hi], lengths),
+                               minlength=(block.stop - block.start) * self.n_users).reshape(-1, self.n_users)
+            distance = self._sq_norms - 2.0 * dots  # minus the query's own norm: constant along the row
+            for r, b in enumerate(range(block.start, block.stop)):
+                if q_ptr[b + 1] == q_ptr[b]:
+                    continue
+                own = None if exclude is None else exclude[b]
+                if own is not None:
+                    distance[r, own] = np.inf
+                out[b] = _nearest(distance[r], min(self.k, self.n_users - (own is not None)))
+        return out
 
     def mean_context(self, neighbour_rows: list[np.ndarray]) -> np.ndarray:
         """``[B, 2 * n_items]`` float32 from each history's neighbour rows: their mean vector, then the share of
         them whose target held each item (see the module docstring); zeros where there are none."""
+        counts = np.array([len(rows) for rows in neighbour_rows], dtype=np.int64)
+        chosen = np.concatenate([np.zeros(0, np.int64), *neighbour_rows]).astype(np.int64)
         out = np.zeros((len(neighbour_rows), 2 * self.n_items), dtype=np.float32)
-        for b, rows in enumerate(neighbour_rows):
-            if not len(rows):
-                continue
-            for half, (indptr, indices, data) in enumerate((self.vectors, self.targets)):
-                take = _ranges(indptr[rows], indptr[rows + 1])
-                out[b, half * self.n_items:(half + 1) * self.n_items] = np.bincount(
-                    indices[take], weights=data[take], minlength=self.n_items) / len(rows)
+        for half, (indptr, indices, data) in enumerate((self.vectors, self.targets)):
+            lengths = indptr[chosen + 1] - indptr[chosen]
+            take = _ranges(indptr[chosen], indptr[chosen + 1])
+            row = np.repeat(np.repeat(np.arange(len(neighbour_rows)), counts), lengths)
+            sums = np.bincount(row * self.n_items + indices[take], weights=data[take],
+                               minlength=len(neighbour_rows) * self.n_items).reshape(-1, self.n_items)
+            out[:, half * self.n_items:(half + 1) * self.n_items] = sums / np.maximum(counts, 1)[:, None]
         return out
 
     def context(self, histories: Histories, exclude: list[int | None] | None = None) -> np.ndarray:
@@ -197,11 +248,3 @@ class NeighbourIndex:
             n_items, k, within, group, size, *longest = f["params"].tolist()  # no longest: exported before it
             return cls((f["vec_indptr"], f["vec_indices"], f["vec_data"]), (f["tgt_indptr"], f["tgt_indices"], f["tgt_data"]),
                        int(n_items), int(k), within, group, int(size), int(longest[0]) if longest else None)
-
-
-def _stack(rows: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """CSR arrays from per-row (indices, values)."""
-    indptr = np.concatenate([[0], np.cumsum([len(i) for i, _ in rows])]).astype(np.int64)
-    indices = np.concatenate([i for i, _ in rows]).astype(np.int64) if rows else np.zeros(0, np.int64)
-    data = np.concatenate([v for _, v in rows]).astype(np.float64) if rows else np.zeros(0)
-    return indptr, indices, data
