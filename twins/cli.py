@@ -63,9 +63,17 @@ def _warn(message, category, filename, lineno, file=None, line=None) -> None:
 @app.callback()
 def _setup(threads: Annotated[Optional[int], typer.Option(
         "--threads", metavar="N", help="threads for torch, BLAS/OpenMP and polars (default: $TWINS_THREADS, else "
-        "$OMP_NUM_THREADS, else half the usable cores)")] = None) -> None:
+        "$OMP_NUM_THREADS, else half the usable cores)")] = None,
+        engine: Annotated[Optional[str], typer.Option(
+            "--engine", metavar="local|ray", help="where ingest, build, machines, emotions and score run their "
+            "per-bucket work: local (this process, the default) or ray (pip install \"twins[ray]\"; joins "
+            "$RAY_ADDRESS, else starts a local Ray); default $TWINS_ENGINE, else local")] = None,
+        workers: Annotated[Optional[int], typer.Option(
+            "--workers", metavar="N", help="Ray workers (default $TWINS_WORKERS, else the cluster's CPUs)")] = None) -> None:
+    import os
     import warnings
 
+    from twins.engine import ENGINES
     from twins.threads import set_threads
 
     warnings.showwarning = _warn
@@ -74,6 +82,14 @@ def _setup(threads: Annotated[Optional[int], typer.Option(
         set_threads(threads)  # before any command imports torch, numpy or polars
     except ValueError as exc:
         _fail(exc)
+    if engine is not None and engine.lower() not in ENGINES:
+        _fail(ValueError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}"))
+    if workers is not None and workers < 1:
+        _fail(ValueError(f"--workers {workers}: give a whole number of 1 or more"))
+    if engine is not None:  # read by twins.engine.get_engine, as --threads sets TWINS_THREADS
+        os.environ["TWINS_ENGINE"] = engine.lower()
+    if workers is not None:
+        os.environ["TWINS_WORKERS"] = str(workers)
 
 
 @app.command()
@@ -334,9 +350,10 @@ def sim(config: Annotated[Path, typer.Argument(help="market config YAML, e.g. co
         overrides: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="override a config key: --set n_machines=20000 (repeatable)")] = None,
         out: Annotated[Optional[Path], typer.Option(help="output folder (default $TWINS_HOME/events/<name>)")] = None) -> None:
     """Simulate machine customers and human shoppers; write canonical events, ground truth, the offer feed and
-    market.json (the market's as_of: `twins machines` stops there, before the truth horizon). A market whose
-    estimated memory (about 0.23 MiB per machine with the repo config) exceeds 80 % of the memory available is
-    refused before it starts, with the size that fits.
+    market.json (the market's as_of: `twins machines` stops there, before the truth horizon). A large market is
+    simulated in chunks of about 6 M event rows, each written straight into the bucketed event store, so memory is
+    set by a chunk (about 3 GiB), not by the market; one whose store will not fit the free disk is refused before
+    it starts, with the size that fits.
 
     \b
     Example:
@@ -344,26 +361,28 @@ def sim(config: Annotated[Path, typer.Argument(help="market config YAML, e.g. co
     """
     import time
 
+    from datetime import timedelta
+
     from twins.config import ConfigError
-    from twins.sim import load_config, simulate
-    from twins.sim.memory import check_fits
-    from twins.sim.store import write_market
+    from twins.sim import load_config
+    from twins.sim.memory import chunk_plan
+    from twins.sim.store import write_simulation
 
     try:
         cfg = load_config(config, overrides)
-        check_fits(cfg)
-    except (ConfigError, MemoryError) as exc:
+    except ConfigError as exc:
         _fail(exc)
     start = time.perf_counter()
-    with Progress(f"simulating {cfg.n_machines:,} machines and {cfg.humans.n:,} shoppers"):
-        market = simulate(cfg)
-    seconds = time.perf_counter() - start
+    plan = chunk_plan(cfg)
     try:
-        files = write_market(market, out)
-    except (FileExistsError, WriteError) as exc:
+        with Progress(f"simulating {cfg.n_machines:,} machines and {cfg.humans.n:,} shoppers in {plan.chunks} "
+                      f"chunk(s) into {plan.buckets} bucket(s)"):
+            files = write_simulation(cfg, out)
+    except (FileExistsError, WriteError, MemoryError, OSError) as exc:
         _fail(exc)
+    seconds = time.perf_counter() - start
     typer.echo(f"{cfg.n_machines:,} machines and {cfg.humans.n:,} shoppers x {cfg.days + cfg.horizon_days} days "
-               f"simulated in {seconds:.1f} s; as_of {market.as_of:%Y-%m-%d}")
+               f"simulated and written in {seconds:.1f} s; as_of {cfg.start + timedelta(days=cfg.days):%Y-%m-%d}")
     for name, path in files.items():
         typer.echo(f"{name}: {path}")
 

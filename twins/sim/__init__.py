@@ -15,10 +15,8 @@ import numpy as np
 import polars as pl
 
 from twins.sim.config import KINDS, MarketConfig, load_config
-from twins.sim.humans import simulate_humans
-from twins.sim.machines import POLICIES, Machines, draw_machines
-from twins.sim.market import MachineLog, simulate_machines
-from twins.sim.prices import list_prices, offer_prices, price_step, redraw_from
+from twins.sim.machines import POLICIES, Machines
+from twins.sim.market import MachineLog
 
 
 @dataclass
@@ -31,6 +29,10 @@ class Market:
     offers: np.ndarray         # [days, suppliers, products]
     log: MachineLog
     humans: dict[str, np.ndarray]
+    first_machine: int = 0     # a chunk of a market (twins.sim.chunks): the market's ids of its first machine,
+    first_order: int = 0       # order, shopper and visit
+    first_shopper: int = 0
+    first_visit: int = 0
 
     @property
     def as_of(self) -> datetime:
@@ -54,26 +56,14 @@ class Market:
 
 
 def simulate(config: MarketConfig, future_seed: int | None = None) -> Market:
-    """Simulate ``config.days + config.horizon_days`` days of the market; the same config gives the same market.
-    ``future_seed``: the same machines and human shoppers and the same observation window, another draw of the
-    machines' prices, demand and choices after it (what any forecaster, knowing all of the state at as_of,
-    cannot know)."""
-    seeds = np.random.SeedSequence(config.seed).spawn(4)
-    rng_prices, rng_machines, rng_days, rng_humans = (np.random.default_rng(s) for s in seeds)
-    total = config.days + config.horizon_days
-    base = list_prices(config.products, rng_prices)
-    offers = offer_prices(config.products, base, total, rng_prices)
-    future = None if future_seed is None else np.random.default_rng(future_seed)
-    if future is not None:
-        offers = redraw_from(config.products, base, offers, config.days, future)
-    shock = config.shocks
-    if shock.price_factor != 1:
-        offers = price_step(offers, shock.price_day, shock.price_supplier, shock.price_factor)
-    machines = draw_machines(config, rng_machines)
-    log = simulate_machines(config, machines, offers, base, rng_days, future)
-    months = np.array([(config.start + timedelta(days=t)).month for t in range(total)])
-    humans = simulate_humans(config.humans, total, config.start.weekday(), months, rng_humans)
-    return Market(config, machines, base, offers, log, humans)
+    """Simulate ``config.days + config.horizon_days`` days of the market, in memory; the same config gives the same
+    market. ``future_seed``: the same machines and human shoppers and the same observation window, another draw of
+    the machines' prices, demand and choices after it (what any forecaster, knowing all of the state at as_of,
+    cannot know). A large market is simulated in chunks (``twins.sim.chunks``; ``twins sim`` writes them one at a
+    time) and merged here."""
+    from twins.sim.chunks import merge, simulate_chunks
+
+    return merge(list(simulate_chunks(config, future_seed)))
 
 
 __all__ = ["KINDS", "POLICIES", "Market", "MarketConfig", "load_config", "simulate"]

@@ -47,36 +47,40 @@ def _canonical(frames: list[pl.DataFrame]) -> pl.DataFrame:
 
 
 def to_events(market) -> pl.DataFrame:
-    """Every event of a ``twins.sim.Market`` (observation window and horizon), sorted by time."""
+    """Every event of a ``twins.sim.Market`` (observation window and horizon), sorted by time; a chunk's events
+    carry the market's ids (its ``first_*`` offsets)."""
     log, m = market.log, market.machines
     start_us = int(market.config.start.timestamp() * 1_000_000)
     item = pl.format("p{}", pl.col("product"))
     o = log.orders
-    orders = _frame(start_us, "m", o["machine"], o["day"], o["second"], quantity=o["quantity"].astype(np.float64),
+    first = market.first_machine
+    orders = _frame(start_us, "m", o["machine"] + first, o["day"], o["second"], quantity=o["quantity"].astype(np.float64),
                     unit_price=o["unit_price"].astype(np.float64), product=m.product[o["machine"]],
-                    order=np.arange(len(o["day"])), supplier_no=o["supplier"], promised_days=o["promised_days"],
+                    order=market.first_order + o.get("order", np.arange(len(o["day"]))), supplier_no=o["supplier"],
+                    promised_days=o["promised_days"],
                     event_type="purchase", channel="api", actor="machine")
     orders = orders.with_columns(item.alias("item_id"), pl.format("o{}", pl.col("order")).alias("basket_id"),
                                  (pl.col("quantity") * pl.col("unit_price")).alias("amount"),
                                  pl.format("s{}", pl.col("supplier_no")).alias("supplier"))
     tl = log.telemetry
-    tele = [_frame(start_us, "m", tl["machine"], tl["day"], m.telemetry_second[tl["machine"]],
+    tele = [_frame(start_us, "m", tl["machine"] + first, tl["day"], m.telemetry_second[tl["machine"]],
                    quantity=tl[kind].astype(np.float64), product=m.product[tl["machine"]], text=kind,
                    event_type="telemetry", channel="telemetry", actor="machine").with_columns(item.alias("item_id"))
             for kind in ("stock", "usage")]
     sv = log.service
-    service = _frame(start_us, "m", sv["machine"], sv["day"], sv["second"], product=m.product[sv["machine"]],
+    service = _frame(start_us, "m", sv["machine"] + first, sv["day"], sv["second"], product=m.product[sv["machine"]],
                      text="breakdown", event_type="service", channel="api", actor="machine").with_columns(item.alias("item_id"))
     ms = log.messages
-    msgs = _frame(start_us, "m", ms["machine"], ms["day"], ms["second"], code=ms["code"],
-                  unit_price=ms["price"].astype(np.float64), order=ms["order"], product=m.product[ms["machine"]],
+    msgs = _frame(start_us, "m", ms["machine"] + first, ms["day"], ms["second"], code=ms["code"],
+                  unit_price=ms["price"].astype(np.float64),
+                  order=np.where(ms["order"] >= 0, ms["order"] + market.first_order, -1), product=m.product[ms["machine"]],
                   event_type="message", channel="api", actor="machine")
     msgs = msgs.with_columns(item.alias("item_id"),
                              pl.col("code").replace_strict(list(range(len(MESSAGES))), list(MESSAGES)).alias("text"),
                              pl.when(pl.col("order") >= 0).then(pl.format("o{}", pl.col("order"))).alias("basket_id"))
     h = market.humans
-    humans = _frame(start_us, "h", h["shopper"], h["day"], h["second"], quantity=h["quantity"],
-                    unit_price=h["unit_price"], visit=h["visit"], grocery=h["item"],
+    humans = _frame(start_us, "h", h["shopper"] + market.first_shopper, h["day"], h["second"], quantity=h["quantity"],
+                    unit_price=h["unit_price"], visit=h["visit"] + market.first_visit, grocery=h["item"],
                     event_type="purchase", channel="store", actor="human")
     humans = humans.with_columns(pl.format("v{}", pl.col("visit")).alias("basket_id"),
                                  pl.format("g{}", pl.col("grocery")).alias("item_id"),
@@ -85,8 +89,8 @@ def to_events(market) -> pl.DataFrame:
 
 
 def ground_truth(market) -> pl.DataFrame:
-    """One row per machine: its kind, policy and true parameters, its state at ``as_of`` and its true next order
-    after ``as_of`` (null and ``censored`` when none within ``horizon_days``)."""
+    """One row per machine (of a chunk: its machines): its kind, policy and true parameters, its state at ``as_of``
+    and its true next order after ``as_of`` (null and ``censored`` when none within ``horizon_days``)."""
     cfg, m, log = market.config, market.machines, market.log
     o = log.orders
     after = np.flatnonzero(o["day"] >= cfg.days)
@@ -101,7 +105,7 @@ def ground_truth(market) -> pl.DataFrame:
     list_price = market.list_price[m.product]
     nan_if = lambda mask, v: np.where(mask, v, np.nan)  # noqa: E731
     df = pl.DataFrame({
-        "machine_id": [f"m{i}" for i in range(n)],
+        "machine_id": [f"m{i}" for i in range(market.first_machine, market.first_machine + n)],
         "kind": np.asarray(KINDS)[m.kind], "policy": np.asarray(POLICIES)[m.policy],
         "item_id": [f"p{k}" for k in m.product], "telemetry": m.telemetry,
         "base_rate": m.base_rate, "expected_rate": m.expected_rate,

@@ -10,6 +10,8 @@ from the whole catalogue, 1-3 units each, at daytime hours.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from twins.sim.config import Humans
@@ -18,17 +20,31 @@ HOURS = np.array([9.5, 12.5, 17.5])         # visit-time peaks (local = UTC here
 HOUR_WEIGHTS = np.array([0.3, 0.3, 0.4])
 
 
+@dataclass
+class Catalogue:
+    """The shop's item prices and each day's promotions, drawn by the first chunk of shoppers that needs them and
+    shared by every chunk (one shop for all shoppers of a market simulated in chunks)."""
+
+    price: np.ndarray | None = None
+    promo: dict[int, np.ndarray] = field(default_factory=dict)  # day -> items on promotion
+
+
 def simulate_humans(cfg: Humans, days: int, start_dow: int, start_month_day: np.ndarray,
-                    rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Line items ``{shopper, day, second, visit, item, quantity, unit_price}``; ``start_month_day[t]`` is the
-    month (1-12) of day ``t``. Item prices are fixed per item, 15 % off on promotion days (3 % of item-days)."""
-    n = cfg.n
+                    rng: np.random.Generator, n: int | None = None,
+                    catalogue: Catalogue | None = None) -> dict[str, np.ndarray]:
+    """Line items ``{shopper, day, second, visit, item, quantity, unit_price}`` of ``n`` shoppers (default
+    ``cfg.n``); ``start_month_day[t]`` is the month (1-12) of day ``t``. Item prices are fixed per item, 15 % off on
+    promotion days (3 % of item-days); ``catalogue`` holds them across chunks of shoppers (filled where empty)."""
+    n = cfg.n if n is None else n
+    catalogue = Catalogue() if catalogue is None else catalogue
     empty = {k: np.empty(0, np.int64) for k in ("shopper", "day", "second", "visit", "item")}
     if n == 0:
         return {**empty, "quantity": np.empty(0), "unit_price": np.empty(0)}
     rate = cfg.visits_per_week_median / 7 * np.exp(cfg.visits_sigma * rng.standard_normal(n))
     habits = np.stack([rng.choice(cfg.n_items, cfg.habitual_items, replace=False) for _ in range(n)])
-    item_price = np.round(np.exp(rng.normal(1.0, 0.8, cfg.n_items)), 2)
+    if catalogue.price is None:
+        catalogue.price = np.round(np.exp(rng.normal(1.0, 0.8, cfg.n_items)), 2)
+    item_price = catalogue.price
     since = np.full(n, 1e9)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("shopper", "day", "second", "visit", "item", "quantity", "unit_price")}
     n_visits = 0
@@ -42,7 +58,9 @@ def simulate_humans(cfg: Humans, days: int, start_dow: int, start_month_day: np.
         since[visitors] = 0
         if not len(visitors):
             continue
-        promo = rng.random(cfg.n_items) < 0.03
+        if t not in catalogue.promo:
+            catalogue.promo[t] = rng.random(cfg.n_items) < 0.03
+        promo = catalogue.promo[t]
         prob = np.where(promo[habits[visitors]], min(1.0, 2 * cfg.habitual_prob), cfg.habitual_prob)
         took = rng.random(prob.shape) < prob
         rows, cols = np.nonzero(took)

@@ -63,9 +63,11 @@ def availability(cfg: MarketConfig) -> float:
     return 1 / (1 + c.breakdown_prob * c.repair_mean_days)
 
 
-def draw_machines(cfg: MarketConfig, rng: np.random.Generator) -> Machines:
-    """Draw every machine's kind, consumable, consumption process and reorder policy."""
-    n, c, p = cfg.n_machines, cfg.consumption, cfg.policy
+def draw_machines(cfg: MarketConfig, rng: np.random.Generator, first: int = 0, n: int | None = None) -> Machines:
+    """Draw the kind, consumable, consumption process and reorder policy of the ``n`` machines from number
+    ``first`` on (default: every machine of the market)."""
+    n = cfg.n_machines - first if n is None else n
+    c, p = cfg.consumption, cfg.policy
     shares = np.array([cfg.kinds.get(k, 0.0) for k in KINDS])
     kind = rng.choice(len(KINDS), size=n, p=shares).astype(np.int8)
     periodic = (kind == 0) & (rng.random(n) < p.periodic_share)
@@ -102,5 +104,6 @@ def draw_machines(cfg: MarketConfig, rng: np.random.Generator) -> Machines:
         telemetry=rng.random(n) < telemetry_share[kind],
         order_second=rng.integers(0, 6 * 3600, n) + np.where(kind == 1, 6 * 3600, 0),
         telemetry_second=rng.integers(22 * 3600, 86_400, n),  # end of the day's consumption
-        join_day=np.where(np.arange(n) >= n - cfg.shocks.fleet_machines, cfg.shocks.fleet_day, 0),
+        join_day=np.where(np.arange(first, first + n) >= cfg.n_machines - cfg.shocks.fleet_machines,
+                          cfg.shocks.fleet_day, 0),
     )

@@ -26,6 +26,7 @@ class MachineLog:
     at the end of the observation window (``as_of``, the start of day ``cfg.days``)."""
 
     orders: dict[str, np.ndarray]     # machine, day, second, quantity, unit_price, supplier, promised_days, lead_days
+                                      # (and order, the id, where chunks were merged; else the row number)
     messages: dict[str, np.ndarray]   # machine, day, second, code (index into MESSAGES), price, order (-1: none)
     service: dict[str, np.ndarray]    # machine, day, second: a breakdown's service request
     telemetry: dict[str, np.ndarray]  # machine, day, stock, usage (cumulative consumption since the start)

@@ -1,24 +1,36 @@
-"""How much memory ``twins sim`` needs for a market, estimated from its config before anything is simulated.
+"""How ``twins sim`` splits a market into chunks and buckets, and what memory and disk it needs, estimated from its
+config before anything is simulated.
 
-The peak comes from the events frame (every order, reading, service request, message and shopper line, built in
-memory and written once). Measured with the repo's ``configs/sim/market.yaml`` (485 days, daily readings from
-half of the machines, 1,000 shoppers; peak RSS of the whole command, 1 thread): 2,000 machines, 1.65 M event rows,
-0.86 GiB; 10,000 machines, 5.74 M rows, 2.68 GiB; so about 470 bytes per row over a 0.15 GiB base. Rows per
-machine-day: 0.04 orders and messages plus 2 readings x its kind's telemetry share / ``every_days``; a shopper
-brings 1.4 lines a day. Checked on another point (10,000 machines, weekly readings, 3,000 shoppers): 2.95 M
-rows estimated and counted, 1.44 GiB estimated, 1.54 GiB measured. 100,000 machines of the repo config need about
-23 GiB, which is why they were killed on a 24 GiB machine.
+The market is simulated ``chunks`` at a time (``twins.sim.chunks``), about ``CHUNK_ROWS`` event rows each; each
+chunk's events go straight into the bucketed event store (``twins.data.events.BucketWriter``: part files per
+bucket, then one sort per bucket), so the peak is set by a chunk or a bucket, not by the market. A market of one
+chunk is written as one ``events.parquet`` file, as before chunking.
+
+Rows per machine-day: 0.045 orders, messages and service requests plus 2 readings x its kind's telemetry share /
+``every_days``; a shopper brings 1.4 lines a day. Measured (peak RSS of the whole command, 1 thread; see
+BENCHMARKS.md, "Market simulator throughput"): a chunk of 6 M rows peaks at about 2.9 GiB, i.e. ``BASE_BYTES`` +
+``BYTES_PER_ROW`` a row; the store takes about ``DISK_BYTES_PER_ROW`` a row on disk, twice that while the part
+files and the bucket files both exist. So the memory no longer grows with the market: what can refuse a market
+now is the disk.
 """
 
 from __future__ import annotations
 
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
 from twins.sim.config import MarketConfig
 
+CHUNK_ROWS = 6_000_000             # event rows a chunk (and a bucket) holds, about
 BASE_BYTES = 0.15 * 2**30
 BYTES_PER_ROW = 470
+DISK_BYTES_PER_ROW = 12
 ORDERS_PER_MACHINE_DAY = 0.045     # orders, negotiation messages, service requests
 LINES_PER_SHOPPER_DAY = 1.4
 HEADROOM = 0.8                     # use at most this share of the memory available now
+DISK_HEADROOM = 0.9                # and of the free disk
 
 
 def rows_per_machine(cfg: MarketConfig) -> float:
@@ -32,25 +44,58 @@ def event_rows(cfg: MarketConfig) -> float:
     return cfg.n_machines * rows_per_machine(cfg) + cfg.humans.n * (cfg.days + cfg.horizon_days) * LINES_PER_SHOPPER_DAY
 
 
+@dataclass(frozen=True)
+class ChunkPlan:
+    """How a market is simulated and stored: ``chunks`` of machines and shoppers, ``buckets`` event buckets
+    (1: one ``events.parquet`` file), the expected ``rows``, peak memory and disk in bytes."""
+
+    chunks: int
+    buckets: int
+    rows: float
+    peak_bytes: float
+    disk_bytes: float
+
+
+def chunk_plan(cfg: MarketConfig) -> ChunkPlan:
+    """The chunks and buckets of ``cfg``'s market (a function of the config alone, so the market is too)."""
+    rows = event_rows(cfg)
+    chunks = min(max(1, math.ceil(rows / CHUNK_ROWS)), cfg.n_machines)
+    buckets = 1 if chunks == 1 else math.ceil(rows / CHUNK_ROWS)
+    peak = BASE_BYTES + BYTES_PER_ROW * rows / chunks
+    return ChunkPlan(chunks, buckets, rows, peak, DISK_BYTES_PER_ROW * rows * (1 if chunks == 1 else 2))
+
+
 def peak_bytes(cfg: MarketConfig) -> float:
-    """Estimated peak memory of ``twins sim`` (simulate and write) for ``cfg``."""
-    return BASE_BYTES + BYTES_PER_ROW * event_rows(cfg)
+    """Estimated peak memory of ``twins sim`` (simulate and write) for ``cfg``: one chunk's."""
+    return chunk_plan(cfg).peak_bytes
 
 
-def check_fits(cfg: MarketConfig, available: float | None = None) -> float:
-    """Refuse (``MemoryError`` with the fix) a market whose estimated peak exceeds ``HEADROOM`` of the memory
-    ``available`` (default: psutil's available memory now); returns the estimate in bytes."""
+def check_fits(cfg: MarketConfig, available: float | None = None, folder: str | Path | None = None,
+               free_disk: float | None = None) -> ChunkPlan:
+    """Refuse (``MemoryError`` with the fix) a market whose chunk needs more than ``HEADROOM`` of the memory
+    ``available`` (default: psutil's available memory now), and (``OSError``) one whose store needs more than
+    ``DISK_HEADROOM`` of the free disk under ``folder`` (``free_disk``, default: measured there; not checked
+    without either); returns the plan."""
+    plan = chunk_plan(cfg)
     if available is None:
         import psutil
 
         available = psutil.virtual_memory().available
-    need = peak_bytes(cfg)
-    if need > HEADROOM * available:
-        spare = HEADROOM * available - peak_bytes(cfg.model_copy(update={"n_machines": 0}))
-        fit = max(int(spare / (BYTES_PER_ROW * rows_per_machine(cfg))), 0)
+    if plan.peak_bytes > HEADROOM * available:
         raise MemoryError(
-            f"a market of {cfg.n_machines:,} machines x {cfg.days + cfg.horizon_days} days would need about "
-            f"{need / 2**30:.1f} GiB ({event_rows(cfg) / 1e6:.0f} M event rows), more than {HEADROOM:.0%} of the "
-            f"{available / 2**30:.1f} GiB available now; simulate at most about {fit:,} machines "
-            f"(--set n_machines={fit}), fewer readings (--set telemetry.every_days=7) or fewer days")
-    return need
+            f"a chunk of the market ({plan.rows / plan.chunks / 1e6:.1f} M event rows of {plan.rows / 1e6:.0f} M) "
+            f"would need about {plan.peak_bytes / 2**30:.1f} GiB, more than {HEADROOM:.0%} of the "
+            f"{available / 2**30:.1f} GiB available now; free memory, or simulate fewer shoppers per machine")
+    if free_disk is None and folder is not None:
+        existing = Path(folder)
+        while not existing.exists():
+            existing = existing.parent
+        free_disk = shutil.disk_usage(existing).free
+    if free_disk is not None and plan.disk_bytes > DISK_HEADROOM * free_disk:
+        fit = int(cfg.n_machines * DISK_HEADROOM * free_disk / plan.disk_bytes)
+        raise OSError(
+            f"a market of {cfg.n_machines:,} machines x {cfg.days + cfg.horizon_days} days ({plan.rows / 1e6:.0f} M "
+            f"event rows) needs about {plan.disk_bytes / 2**30:.1f} GiB of disk while it is written, more than "
+            f"{DISK_HEADROOM:.0%} of the {free_disk / 2**30:.1f} GiB free; free disk, write elsewhere (--out), or "
+            f"simulate about {fit:,} machines (--set n_machines={fit}) or fewer readings (--set telemetry.every_days=7)")
+    return plan
