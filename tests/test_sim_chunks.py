@@ -8,9 +8,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-import twins.sim.memory as memory
 from twins.data.events import bucket_files, bucket_of, events_digest
-from twins.sim import MarketConfig, simulate
+from twins.sim import MarketConfig, memory, simulate
 from twins.sim.chunks import simulate_chunks
 from twins.sim.store import write_simulation
 
@@ -18,8 +17,8 @@ KEY = ["customer_id", "event_time", "event_type", "basket_id", "item_id", "text"
 
 
 def market(**kw) -> MarketConfig:
-    base = dict(name="chunky", seed=3, n_machines=400, days=90, horizon_days=20, humans={"n": 60},
-                telemetry={"every_days": 3}, shocks={"fleet_machines": 50, "fleet_day": 30})
+    base = {"name": "chunky", "seed": 3, "n_machines": 400, "days": 90, "horizon_days": 20, "humans": {"n": 60},
+            "telemetry": {"every_days": 3}, "shocks": {"fleet_machines": 50, "fleet_day": 30}}
     return MarketConfig(**(base | kw))
 
 
@@ -77,9 +76,12 @@ def test_chunks_are_deterministic_and_share_one_shop(tmp_path, small_chunks):
             assert price.setdefault((day, item), unit) == unit
 
 
+def past(m) -> pl.DataFrame:
+    return m.events().filter(pl.col("event_time") < m.as_of).sort(KEY)
+
+
 def test_another_future_keeps_every_chunks_past(small_chunks):
     cfg = market()
-    past = lambda m: m.events().filter(pl.col("event_time") < m.as_of).sort(KEY)  # noqa: E731
     a, b = simulate(cfg), simulate(cfg, future_seed=9)
     assert past(a).equals(past(b))
     assert not a.events().sort(KEY).equals(b.events().sort(KEY))

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import fields
 from datetime import timedelta
+from itertools import pairwise
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from twins.sim.prices import list_prices, offer_prices, price_step, redraw_from
 def _ranges(n: int, parts: int) -> list[tuple[int, int]]:
     """``parts`` contiguous (first, count) ranges covering ``0 .. n-1``, as equal as can be."""
     edges = np.linspace(0, n, parts + 1).round().astype(int)
-    return [(int(a), int(b - a)) for a, b in zip(edges[:-1], edges[1:])]
+    return [(int(a), int(b - a)) for a, b in pairwise(edges)]
 
 
 def simulate_chunks(config: MarketConfig, future_seed: int | None = None,
