@@ -18,6 +18,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ from typing import Any
 import polars as pl
 
 from twins import paths, publish
-from twins.data.events import baskets_by_customer, scan_events
+from twins.data.events import baskets_by_customer, bucket_files, bucket_of, scan_events
+from twins.engine import Engine, get_engine
 from twins.evaluate.outlook import purchase_lines
 from twins.models.replenishment import histories, machine_keys, runtime_inputs
 from twins.provenance import check_fitted_before
@@ -109,15 +111,20 @@ def default_out(source: str, bundle: Bundle) -> Path:
 
 def score_store(model: str | Path, source: str, out: str | Path | None = None, *, snapshot: str | None = None,
                 chunk_size: int = 10_000, k: int = 10, horizon_days: float | None = None,
-                on_chunk: Callable[[int, int], None] | None = None, allow_future: bool = False) -> ScoreReport:
+                on_chunk: Callable[[int, int], None] | None = None, allow_future: bool = False,
+                engine: Engine | str | None = None) -> ScoreReport:
     """Score every twin of ``source``'s latest (or named) snapshot with ``model`` (a bundle folder or
-    ``models:/NAME@ALIAS``) and write one row per customer to ``out`` (default
-    ``$TWINS_HOME/scores/<source>/<bundle name>.parquet``).
+    ``models:/NAME@ALIAS``) and write its rows to ``out`` (default
+    ``$TWINS_HOME/scores/<source>/<bundle name>.parquet``), sorted by ``customer_id`` (a customer's several rows,
+    one per machine and consumable, in the scorer's order).
 
-    ``on_chunk(customers done, customers in all)`` is called after each chunk (the CLI draws a progress bar with
-    it). Next basket: ``customer_id, items, scores`` (top ``k``); purchase outlook: ``customer_id`` and the
-    runtime's answer fields over ``horizon_days`` (default: the bundle's). A bundle fitted on ``source``'s events
-    at or after the snapshot's ``as_of`` raises ``twins.provenance.FutureLeak`` unless ``allow_future``.
+    The work items are the event store's buckets, each split into chunks of ``chunk_size`` of its customers, run
+    through ``engine`` (``twins.engine``; default ``$TWINS_ENGINE``, else local) with the bundle loaded once per
+    worker; each chunk reads only its bucket. ``on_chunk(customers done, customers in all)`` is called after each
+    chunk (the CLI draws a progress bar with it). Next basket: ``customer_id, items, scores`` (top ``k``); purchase
+    outlook: ``customer_id`` and the runtime's answer fields over ``horizon_days`` (default: the bundle's). A bundle
+    fitted on ``source``'s events at or after the snapshot's ``as_of`` raises ``twins.provenance.FutureLeak``
+    unless ``allow_future``.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -131,30 +138,58 @@ def score_store(model: str | Path, source: str, out: str | Path | None = None, *
     out = Path(out) if out else default_out(source, bundle)
     as_of = _as_of(snap)
     check_fitted_before(bundle.manifest, source, as_of, f"the {kind} twins {snap.label}", allow_future)
+    events_dir = paths.events_dir(source)
+    n_buckets = len(bucket_files(events_dir))
     ids = pl.read_parquet(snap.path / "twins.parquet", columns=["customer_id"])["customer_id"].cast(pl.String)
-    ids = ids.unique(maintain_order=True).to_list()  # machine twins: one per machine and consumable
-    chunks = [ids[i:i + chunk_size] for i in range(0, len(ids), chunk_size)]
+    ids = ids.unique(maintain_order=True)  # machine twins: one per machine and consumable
+    chunks = [(b, chunk) for b, mine in enumerate(_by_bucket(ids, n_buckets))
+              for chunk in (mine[i:i + chunk_size] for i in range(0, len(mine), chunk_size))]
     job = {"model_sha256": bundle.manifest["model_sha256"], "task": task, "snapshot": str(snap.path.resolve()),
-           "chunk_size": chunk_size, "k": k, "horizon_days": horizon_days}
-    events = scan_events(paths.events_dir(source))
-    if as_of is not None:
-        events = events.filter(pl.col("event_time") < pl.lit(as_of, pl.Datetime("us", "UTC")))
-    resumed, done = 0, 0
+           "chunk_size": chunk_size, "k": k, "horizon_days": horizon_days, "buckets": n_buckets}
     with publish.locked(out, f"twins score {source}"), publish.disk_errors(out.parent):
         parts = _parts_dir(out, job)
-        for n, chunk in enumerate(chunks):
-            part = parts / f"part-{n:06d}.parquet"
-            if part.exists():
-                resumed += 1
-            else:
-                mine = events.filter(pl.col("customer_id").is_in(chunk))
-                frame = SCORERS[task](bundle, mine, chunk, as_of, k=k, horizon_days=horizon_days)
-                _publish_file(part, frame.write_parquet)
-            done += len(chunk)
+        files = [parts / f"part-{n:06d}.parquet" for n in range(len(chunks))]
+        todo = [n for n, file in enumerate(files) if not file.exists()]
+        resumed, sizes = len(chunks) - len(todo), [len(chunk) for _, chunk in chunks]
+        done = sum(sizes) - sum(sizes[n] for n in todo)  # customers of the parts a previous run wrote
+        if on_chunk and resumed:
+            on_chunk(done, len(ids))
+
+        def progress(n: int, _: int) -> None:
             if on_chunk:
-                on_chunk(done, len(ids))
-        _combine(parts, out, len(chunks))
+                on_chunk(done + sum(sizes[i] for i in todo[:n]), len(ids))
+
+        _engine(engine).map(_score_chunk, [(events_dir, *chunks[n], as_of, task, k, horizon_days, files[n]) for n in todo],
+                            setup=partial(load, str(model)), on_done=progress)
+        _combine(parts, out, files)
     return ScoreReport(out, len(ids), len(chunks), resumed, time.perf_counter() - t0, task, job["model_sha256"])
+
+
+def _by_bucket(ids: pl.Series, n_buckets: int) -> list[list[str]]:
+    """The ids of each bucket, in ``ids``' order."""
+    if n_buckets == 1:
+        return [ids.to_list()]
+    frame = pl.DataFrame({"customer_id": ids, "bucket": bucket_of(ids, n_buckets)})
+    found = frame.partition_by("bucket", as_dict=True, maintain_order=True)
+    return [found[(b,)]["customer_id"].to_list() if (b,) in found else [] for b in range(n_buckets)]
+
+
+def _engine(engine: Engine | str | None) -> Engine:
+    return get_engine(engine) if engine is None or isinstance(engine, str) else engine
+
+
+def _score_chunk(bundle: Bundle, job: tuple) -> int:
+    """Score one chunk of one bucket's customers from that bucket's events before ``as_of`` and write its part,
+    sorted by ``customer_id``; returns its rows. The chunk's id range lets Parquet skip the bucket's row groups of other customers."""
+    events_dir, bucket, ids, as_of, task, k, horizon_days, part = job
+    events = scan_events(events_dir, bucket=bucket).filter(
+        pl.col("customer_id").is_between(pl.lit(min(ids)), pl.lit(max(ids))) & pl.col("customer_id").is_in(ids))
+    if as_of is not None:
+        events = events.filter(pl.col("event_time") < pl.lit(as_of, pl.Datetime("us", "UTC")))
+    frame = SCORERS[task](bundle, events, ids, as_of, k=k, horizon_days=horizon_days).sort("customer_id",
+                                                                                          maintain_order=True)
+    _publish_file(part, frame.write_parquet)
+    return frame.height
 
 
 def _as_of(snap) -> datetime | None:
@@ -190,9 +225,18 @@ def _publish_file(target: Path, write: Callable[[Path], object]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _combine(parts: Path, out: Path, n_parts: int) -> None:
-    """Stream the parts into a temporary file, rename it over ``out`` and remove the parts."""
-    files = [parts / f"part-{n:06d}.parquet" for n in range(n_parts)]
+def _combine(parts: Path, out: Path, files: list[Path]) -> None:
+    """Merge the parts (each sorted by ``customer_id``) into a temporary file sorted by ``customer_id``, streamed,
+    rename it over ``out`` and remove the parts."""
     empty = pl.DataFrame({"customer_id": []}, schema={"customer_id": pl.String})
-    _publish_file(out, lambda tmp: pl.scan_parquet(files).sink_parquet(tmp) if files else empty.write_parquet(tmp))
+    _publish_file(out, lambda tmp: _merged(files).sink_parquet(tmp) if files else empty.write_parquet(tmp))
     shutil.rmtree(parts)
+
+
+def _merged(files: list[Path]) -> pl.LazyFrame:
+    """The rows of ``files`` (each sorted by ``customer_id``) as one frame sorted by it, by a balanced tree of
+    streaming merges; rows of one customer (one file) keep their order."""
+    frames = [pl.scan_parquet(file) for file in files]
+    while len(frames) > 1:
+        frames = [a.merge_sorted(b, "customer_id") for a, b in zip(frames[::2], frames[1::2])] + frames[len(frames) - len(frames) % 2:]
+    return frames[0]
