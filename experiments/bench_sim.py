@@ -9,13 +9,15 @@ Two cases: ``--sizes`` run ``configs/sim/market.yaml`` with ``days=365, horizon_
 horizon, daily readings from half of the machines): the issue's ``twins sim configs/sim/market.yaml --set
 n_machines=1000000``. Extra ``--set`` overrides apply to every run. Each run is one ``twins sim`` process under
 ``/usr/bin/time`` (wall time and peak RSS of the whole command), writing into ``--out`` (removed afterwards unless
-``--keep``); rows are counted from the written Parquet files' metadata, bytes on disk are the events folder's. Results
-go to MLflow (experiment ``bench-sim``) and BENCHMARKS.md.
+``--keep``); rows are counted from the written Parquet files' metadata, bytes on disk are the events folder's. Each
+run's result is kept in ``--out`` as ``bench-sim-<machines>-<case>.json``, and the table in BENCHMARKS.md holds every
+result found there, so the long runs can be made one at a time. Results go to MLflow (experiment ``bench-sim``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -67,30 +69,29 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the written markets")
     args = ap.parse_args()
 
-    results = []
+    from twins import tracking
+    from twins.config import redact
+
     for n, base in [*((n, BASE) for n in args.sizes), *((n, []) for n in args.repo_sizes)]:
         out = args.out / f"bench-sim-{n}-{'weekly' if base else 'repo'}"
         r = run_cli(n, [*base, *args.overrides], out)
         if not args.keep:
             shutil.rmtree(out)
-        results.append(r)
-        print(f"{n:,} machines x {r['days']} days (readings every {r['every_days']} d): {r['wall_s']:.0f} s, "
-              f"{r['events']:,} rows, {r['folder_bytes'] / 2**30:.2f} GiB, peak {r['peak_rss_gib']:.2f} GiB", flush=True)
-
-    from twins import tracking
-    from twins.config import redact
-
-    run_ids = []
-    for r in results:
         tags = {"dataset": "simulated-market", "protocol": "twins sim end to end", "model": "twins.sim"}
-        with tracking.run("bench-sim", f"sim-{r['n_machines']}-{r['days']}d", tags=tags) as mlflow:
+        with tracking.run("bench-sim", f"sim-{n}-{r['days']}d", tags=tags) as mlflow:
             tracking.log_params(mlflow, {"config": r["config"], "overrides": r["overrides"]})
             mlflow.log_dict(redact(r["config"]), "market_config.json")
             tracking.log_metrics(mlflow, {k: v for k, v in r.items() if isinstance(v, (int, float))}
                                  | {"rows_per_s": r["events"] / r["wall_s"],
-                                    "machine_days_per_s": r["n_machines"] * r["days"] / r["wall_s"]})
-            run_ids.append(mlflow.active_run().info.run_id)
+                                    "machine_days_per_s": n * r["days"] / r["wall_s"]})
+            r["run_id"] = mlflow.active_run().info.run_id
+        out.with_suffix(".json").write_text(json.dumps(r) + "\n")
+        print(f"{n:,} machines x {r['days']} days (readings every {r['every_days']} d): {r['wall_s']:.0f} s, "
+              f"{r['events']:,} rows, {r['folder_bytes'] / 2**30:.2f} GiB, peak {r['peak_rss_gib']:.2f} GiB", flush=True)
 
+    results = sorted((json.loads(f.read_text()) for f in args.out.glob("bench-sim-*.json")),
+                     key=lambda r: (r["every_days"] != 7, r["n_machines"]))
+    run_ids = [r["run_id"] for r in results]
     rows = "\n".join(
         f"| {r['n_machines']:,} | {r['days']} | {r['every_days']} d | {r['chunks']} | {r['buckets']} | "
         f"{r['wall_s']:.0f} s | {r['events']:,} | {r['events'] / r['wall_s'] / 1e6:.2f} M | "

@@ -8,7 +8,8 @@ What a user would ``twins ingest``: a plain export with the columns ``order_id, 
 unit_price, store`` (one line per order line), one file per month, written day by day (memory is set by a day's
 lines and the customers' habits, never by the log), and ``OUT_DIR/source.yaml`` beside it to ingest it with
 (``OUT_DIR/manifest.json`` holds the counts, the seed and the time taken). Exactly ``--lines`` lines, over ``--days``
-days from ``--start``.
+days from ``--start``; ``--customers`` (default one per 50 lines) and ``--items`` (default 50,000, at most one per
+20 lines).
 
 Structure: each customer orders at a personal rate (lognormal) from a home store; an order holds each of the
 customer's favourite items (drawn from one to three home clusters of items) with a personal re-buy probability,
