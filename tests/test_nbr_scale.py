@@ -107,3 +107,14 @@ def test_neighbour_index_and_bundle_capped_at_max_users(tmp_path):
     assert [[i for i, _ in r] for r in ranked] == [small.recommend(test, 5)[u] for u in test]
     with pytest.raises(ValueError, match="max_users must be >= 1"):
         NeuralNextBasket(max_users=0).fit(histories, targets)
+
+
+def test_steps_per_epoch_bounds_an_epoch():
+    torch.set_num_threads(1)
+    histories, targets = _market(160)
+    params = dict(knn=5, dim=4, hidden=8, max_epochs=1, batch_size=32, seed=0)
+    whole = NeuralNextBasket(**params).fit(histories, targets).net_.state_dict()
+    enough = NeuralNextBasket(**params, steps_per_epoch=5).fit(histories, targets).net_.state_dict()  # 5 batches
+    one = NeuralNextBasket(**params, steps_per_epoch=1).fit(histories, targets).net_.state_dict()
+    assert all(torch.equal(whole[k], enough[k]) for k in whole)
+    assert not torch.equal(whole["bias"], one["bias"])

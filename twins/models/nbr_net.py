@@ -147,8 +147,9 @@ class NeuralNextBasket(BaseEstimator):
     def __init__(self, knn: int = 300, within_decay: float = 0.9, group_decay: float = 0.7, group_size: int = 7,
                  dim: int = 64, hidden: int = 64, lr: float = 3e-3, weight_decay: float = 1.0, batch_size: int = 128,
                  max_epochs: int = 12, patience: int = 3, max_baskets: int = 50, targets_per_user: int = 1,
-                 max_users: int = MAX_USERS, seed: int = 0, device: str | None = None,
-                 checkpoint_dir: str | None = None, progress: bool = False) -> None:
+                 max_users: int = MAX_USERS, steps_per_epoch: int | None = None, seed: int = 0,
+                 device: str | None = None, checkpoint_dir: str | None = None,
+                 progress: bool = False) -> None:
         self.knn = knn
         self.within_decay = within_decay
         self.group_decay = group_decay
@@ -163,6 +164,7 @@ class NeuralNextBasket(BaseEstimator):
         self.max_baskets = max_baskets
         self.targets_per_user = targets_per_user
         self.max_users = max_users
+        self.steps_per_epoch = steps_per_epoch
         self.seed = seed
         self.device = device
         self.checkpoint_dir = checkpoint_dir
@@ -246,6 +248,7 @@ class NeuralNextBasket(BaseEstimator):
             order = np.random.default_rng(self.seed * 1000 + epoch).permutation(len(owner))
             batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
             batches = batches[: max(1, len(batches) // world) * world][rank::world]  # DDP syncs every step
+            batches = batches[:self.steps_per_epoch]  # None: all; else an epoch of that many batches (large logs)
             model.train()
             running, started = 0.0, time.perf_counter()
             for step, batch in enumerate(progress(batches, f"epoch {epoch + 1}/{self.max_epochs}",
