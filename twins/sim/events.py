@@ -39,16 +39,18 @@ def _frame(start_us: int, prefix: str, who: np.ndarray, day: np.ndarray, second:
     return df.drop("who")
 
 
-def _canonical(frames: list[pl.DataFrame]) -> pl.DataFrame:
+def _canonical(frames: list[pl.DataFrame], sort: bool) -> pl.DataFrame:
     schema = {**CANONICAL, **EXTRA}
     out = pl.concat([f.select([(pl.col(c) if c in f.columns else pl.lit(None)).cast(t).alias(c)
                                for c, t in schema.items()]) for f in frames])
-    return out.sort("event_time", maintain_order=True)
+    return out.sort("event_time", maintain_order=True) if sort else out
 
 
-def to_events(market) -> pl.DataFrame:
-    """Every event of a ``twins.sim.Market`` (observation window and horizon), sorted by time; a chunk's events
-    carry the market's ids (its ``first_*`` offsets)."""
+def to_events(market, sort: bool = True) -> pl.DataFrame:
+    """Every event of a ``twins.sim.Market`` (observation window and horizon), sorted by time (stable: events of
+    one time in the order orders, readings, service requests, messages, shoppers' lines; ``sort=False`` leaves them
+    in that order, which a stable sort by customer and time turns into the same order as the sorted frame); a
+    chunk's events carry the market's ids (its ``first_*`` offsets)."""
     log, m = market.log, market.machines
     start_us = int(market.config.start.timestamp() * 1_000_000)
     item = pl.format("p{}", pl.col("product"))
@@ -85,7 +87,7 @@ def to_events(market) -> pl.DataFrame:
     humans = humans.with_columns(pl.format("v{}", pl.col("visit")).alias("basket_id"),
                                  pl.format("g{}", pl.col("grocery")).alias("item_id"),
                                  (pl.col("quantity") * pl.col("unit_price")).alias("amount"))
-    return _canonical([orders, *tele, service, msgs, humans])
+    return _canonical([orders, *tele, service, msgs, humans], sort)
 
 
 def ground_truth(market) -> pl.DataFrame:

@@ -23,6 +23,7 @@ from twins import paths, publish
 from twins.data.events import EVENTS, BucketWriter
 from twins.sim import Market
 from twins.sim.config import MarketConfig
+from twins.sim.events import to_events
 
 FILES = ("events", "truth", "offers")
 MARKET_FILE = "market.json"
@@ -60,12 +61,10 @@ def _write(cfg: MarketConfig, chunks: Iterable[Market], buckets: int, out_dir: s
             events = BucketWriter(tmp / EVENTS, buckets) if buckets > 1 else None
             truth = None
             for market in chunks:
-                frame = market.events()
                 if events is None:
-                    frame.write_parquet(tmp / EVENTS)
-                else:
-                    events.add(frame)
-                del frame
+                    market.events().write_parquet(tmp / EVENTS)
+                else:  # the buckets sort by customer and time: no time sort of the chunk first
+                    events.add(to_events(market, sort=False))
                 table = market.truth().to_arrow()
                 truth = truth or pq.ParquetWriter(tmp / "truth.parquet", table.schema, compression="zstd")
                 truth.write_table(table)
