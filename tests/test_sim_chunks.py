@@ -87,3 +87,21 @@ def test_another_future_keeps_every_chunks_past(small_chunks):
     assert past(a).equals(past(b))
     assert not a.events().sort(KEY).equals(b.events().sort(KEY))
     assert np.array_equal(a.log.stock_as_of, b.log.stock_as_of)
+
+
+def test_twins_sim_writes_a_large_market_into_buckets(tmp_path, small_chunks):
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from twins.cli import app
+    from twins.sim import load_config
+
+    config = Path(__file__).parents[1] / "configs" / "sim" / "market.yaml"
+    sets = ["n_machines=300", "days=60", "horizon_days=10", "humans.n=30"]
+    plan = memory.chunk_plan(load_config(config, sets))
+    out = CliRunner().invoke(app, ["sim", str(config), *[a for s in sets for a in ("--set", s)], "--out", str(tmp_path / "m")])
+    assert out.exit_code == 0, out.output
+    assert "300 machines and 30 shoppers x 70 days simulated and written" in out.output
+    assert len(bucket_files(tmp_path / "m")) == plan.buckets > 1
+    assert pl.read_parquet(tmp_path / "m" / "truth.parquet").height == 300
