@@ -13,12 +13,13 @@ import polars as pl
 
 from twins import paths, publish, tracking
 from twins.config import redact
-from twins.data.events import scan_events
+from twins.data.events import events_digest, scan_events
 from twins.data.ingest import IngestReport
 from twins.data.ingest import ingest as _ingest
 from twins.data.source import SourceConfig, load_source
+from twins.engine import Engine, get_engine
 from twins.pipeline import PipelineConfig, load_pipeline_config
-from twins.twin.customer import TwinParams, build_customer_twins
+from twins.twin.customer import TwinParams, build_store_twins
 from twins.twin.store import Snapshot, TwinStore
 
 
@@ -65,8 +66,14 @@ def check_as_of(when: datetime, first: datetime | None, last: datetime | None, w
 
 
 def _event_range(events: pl.LazyFrame) -> tuple[datetime | None, datetime | None]:
-    row = events.select(pl.col("event_time").min().alias("first"), pl.col("event_time").max().alias("last")).collect()
+    row = (events.select(pl.col("event_time").min().alias("first"), pl.col("event_time").max().alias("last"))
+           .collect(engine="streaming"))
     return row["first"].item(), row["last"].item()
+
+
+def _engine(engine: Engine | str | None) -> Engine:
+    """``engine`` itself, or the engine of that name (None: ``$TWINS_ENGINE``, else local)."""
+    return get_engine(engine) if engine is None or isinstance(engine, str) else engine
 
 
 def _source(source: str | Path | SourceConfig, overrides: list[str] | None = None) -> SourceConfig:
@@ -119,19 +126,19 @@ def log_ingest(mlflow, cfg: SourceConfig, report: IngestReport):
 
 
 def build(source: str | Path | SourceConfig, as_of: str | datetime | None = None, params: TwinParams | None = None,
-          overrides: list[str] | None = None, track: bool = True) -> Snapshot:
-    """Build customer twins as of a date from the ingested events and store a snapshot."""
+          overrides: list[str] | None = None, track: bool = True, engine: Engine | str | None = None) -> Snapshot:
+    """Build customer twins as of a date from the ingested events and store a snapshot; bucket by bucket through
+    ``engine`` (``twins.engine``: a name or an engine; default ``$TWINS_ENGINE``, else local)."""
     cfg = _source(source, overrides)
     when = parse_as_of(as_of)
     p = params or TwinParams()
     t0 = time.perf_counter()
-    events = scan_events(paths.events_dir(cfg.name), with_attributes=bool(p.category_column))
     if when is not None:
-        first, last = _event_range(events)
+        first, last = _event_range(scan_events(paths.events_dir(cfg.name)))
         if last is None:
             raise ValueError(f"source {cfg.name} has no event times (order only); build its twins with --as-of end")
         check_as_of(when, first, last, f"source {cfg.name}")
-    twins = build_customer_twins(events, when, p)
+    twins = build_store_twins(paths.events_dir(cfg.name), when, p, _engine(engine))
     snap = TwinStore(paths.store_dir()).write(twins, cfg.name, "customer", when, params=vars(p))
     seconds = time.perf_counter() - t0
     if track:
@@ -156,14 +163,14 @@ def twin(twin_id: str, source: str, snapshot: str | None = None, kind: str = "cu
 
 def emotions(source: str | Path | SourceConfig, bundle: str | Path, as_of: str | datetime | None = None,
              window_days: float = 30.0, strong_negative: float = 0.8, overrides: list[str] | None = None,
-             on_batch=None) -> Snapshot:
+             on_batch=None, engine: Engine | str | None = None) -> Snapshot:
     """Score the source's message events with an emotion bundle (path or ``models:/NAME@ALIAS``), keep the scores
     in ``$TWINS_HOME/events/<source>/messages_scored.parquet`` and store per-customer emotion profiles as of a
     date as twin kind ``emotion``. The scores are reused while the events and the bundle are the same ones
-    (their sha256 in ``messages_scored.json``), so another ``as_of`` or window costs no scoring."""
+    (their sha256 in ``messages_scored.json``), so another ``as_of`` or window costs no scoring. Messages are
+    scored bucket by bucket through ``engine`` (each worker loads the bundle once)."""
     from twins.runtime import EmotionBundle, load
-    from twins.runtime.bundle import sha256_file
-    from twins.twin.emotion import emotion_profiles, score_messages
+    from twins.twin.emotion import emotion_profiles, score_store_messages
 
     cfg = _source(source, overrides)
     when = parse_as_of(as_of)  # a bad date fails before minutes of scoring
@@ -171,16 +178,16 @@ def emotions(source: str | Path | SourceConfig, bundle: str | Path, as_of: str |
     if not isinstance(model, EmotionBundle):
         raise ValueError(f"{bundle}: task {model.manifest['task']!r}; `emotions` needs an emotion bundle")
     folder = paths.events_dir(cfg.name)
-    events = scan_events(folder)  # a clear error when the source was not ingested
+    scan_events(folder)  # a clear error when the source was not ingested
     target, stamp = folder / "messages_scored.parquet", folder / "messages_scored.json"
     # the bundle's digest pins every file it reads (tokenizer, lexical model), not only model.onnx
-    key = {"events_sha256": sha256_file(folder / "events.parquet"), "bundle_sha256": model.digest}
+    key = {"events_sha256": events_digest(folder), "bundle_sha256": model.digest}
     if target.exists() and stamp.exists() and json.loads(stamp.read_text()) == key:
         scored = pl.read_parquet(target)
     else:
-        scored = score_messages(events, model, on_batch=on_batch)
+        scored = score_store_messages(folder, bundle, _engine(engine), on_batch=on_batch)
         with publish.locked(folder, f"twins emotions {cfg.name}"):  # the events folder is ingest's: never both at once
-            if sha256_file(folder / "events.parquet") != key["events_sha256"]:
+            if events_digest(folder) != key["events_sha256"]:
                 raise publish.OutputBusy(f"{folder}: the events changed while their messages were scored (another "
                                          "`twins ingest` ran); run `twins emotions` again")
             tmp = publish.temp_path(target)
@@ -200,7 +207,8 @@ def emotions(source: str | Path | SourceConfig, bundle: str | Path, as_of: str |
 
 
 def machines(source: str | Path | SourceConfig, as_of: str | datetime | None = None, detector: str | Path | None = None,
-             min_orders: int = 3, overrides: list[str] | None = None) -> dict[str, Snapshot]:
+             min_orders: int = 3, overrides: list[str] | None = None,
+             engine: Engine | str | None = None) -> dict[str, Snapshot]:
     """Machine twins and machine-likeness from a source's events (``$TWINS_HOME/events/<name>``; ``source`` is a
     source config or the name of an events folder, e.g. a simulated market's), using only events before ``as_of``
     (default: a simulated market's own ``as_of``, the end of its observed period, else after the last event).
@@ -215,12 +223,12 @@ def machines(source: str | Path | SourceConfig, as_of: str | datetime | None = N
     * ``behaviour``: one per customer with ``min_orders`` orders: the behaviour features
       (``twins.twin.behaviour``) and, with a ``detector`` file (``save_detector``), ``machine_score`` = P(machine).
 
-    A log without machine orders (people, or actors unknown) gets the behaviour twins only, with a warning.
+    A log without machine orders (people, or actors unknown) gets the behaviour twins only, with a warning. Built
+    bucket by bucket through ``engine`` (``twins.twin.machine.build_store_machines``).
     """
     from twins.models.machine_detector import load_detector
     from twins.sim.store import observed_as_of
-    from twins.twin.behaviour import behaviour_features
-    from twins.twin.machine import build_machine_twins, machine_series
+    from twins.twin.machine import build_store_machines
 
     name = source if isinstance(source, str) and not source.endswith((".yaml", ".yml")) else _source(source, overrides).name
     folder = paths.events_dir(name)
@@ -232,15 +240,10 @@ def machines(source: str | Path | SourceConfig, as_of: str | datetime | None = N
     if when is None:  # a simulated market's events go on through its truth horizon: stop where it was observed
         when = observed_as_of(folder) or last + timedelta(microseconds=1)
     check_as_of(when, first, last, name)
-    past = events.filter(pl.col("event_time") < pl.lit(when, pl.Datetime("us", "UTC")))
-    offers = pl.read_parquet(folder / "offers.parquet") if (folder / "offers.parquet").exists() else None
-    behaviour = behaviour_features(past, min_orders)
-    scores = None
+    offers = folder / "offers.parquet"
     if detector is not None:
-        behaviour = behaviour.with_columns(pl.Series("machine_score", load_detector(detector).predict_proba(behaviour)[:, 1]
-                                                     if behaviour.height else [], pl.Float64))
-        scores = behaviour.select("customer_id", "machine_score")
-    machine = build_machine_twins(past, when, offers=offers, series=machine_series(past, scores))
+        load_detector(detector)  # a bad file fails here, before any bucket
+    behaviour, machine = build_store_machines(folder, when, min_orders, detector, _engine(engine))
     if machine.height and machine["unusable_readings"].sum():
         warnings.warn(f"{name}: {machine['unusable_readings'].sum():,} stock readings left out (negative or not a "
                       "number); see unusable_readings in the machine twins", stacklevel=2)
@@ -254,7 +257,7 @@ def machines(source: str | Path | SourceConfig, as_of: str | datetime | None = N
                       "behaviour twins only", stacklevel=2)
     else:
         machine = machine.with_columns(pl.concat_str("customer_id", pl.lit("/"), "item_id").alias("twin_id"))
-        snaps["machine"] = store.write(machine, name, "machine", when, params={"offers": offers is not None},
+        snaps["machine"] = store.write(machine, name, "machine", when, params={"offers": offers.exists()},
                                        id_column="twin_id")
     snaps["behaviour"] = store.write(behaviour, name, "behaviour", when, params={
         "min_orders": min_orders, "detector": None if detector is None else str(detector)})

@@ -54,17 +54,50 @@ def _normalised_entropy(counts: pl.DataFrame, bins: int, name: str) -> pl.DataFr
         .fill_nan(0.0).abs().alias(name))
 
 
-def behaviour_features(events: pl.DataFrame | pl.LazyFrame, min_orders: int = 3, clock_minutes: float = 5.0,
-                       deal_discount: float = 0.1) -> pl.DataFrame:
-    """One row per customer with at least ``min_orders`` orders: ``customer_id``, ``n_orders`` and
-    ``BEHAVIOUR_FEATURES`` (float64)."""
+def _purchase_lines(events: pl.DataFrame | pl.LazyFrame, min_orders: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(purchase lines, orders) of the customers with at least ``min_orders`` orders."""
     lines = ((events.lazy() if isinstance(events, pl.DataFrame) else events)
              .filter(pl.col("event_type") == "purchase")
              .select("customer_id", "basket_id", "event_time", "item_id", "quantity", "unit_price").collect())
     orders = (lines.group_by("customer_id", "basket_id").agg(pl.col("event_time").min(), pl.len().alias("lines"))
               .with_columns(pl.len().over("customer_id").alias("n_orders"))
               .filter(pl.col("n_orders") >= min_orders).sort("customer_id", "event_time"))
-    lines = lines.join(orders.select("customer_id").unique(), on="customer_id")
+    return lines.join(orders.select("customer_id").unique(), on="customer_id"), orders
+
+
+def _priced(lines: pl.DataFrame) -> pl.DataFrame:
+    return lines.filter(pl.col("unit_price").is_finite() & (pl.col("unit_price") > 0))
+
+
+def price_counts(events: pl.DataFrame | pl.LazyFrame, min_orders: int = 3) -> pl.DataFrame:
+    """``item_id, unit_price, n``: how many priced purchase lines of the customers ``behaviour_features`` keeps paid
+    each price for each item (phase one of ``deal_share``'s item medians, per bucket of a partitioned store)."""
+    return _price_counts(_purchase_lines(events, min_orders)[0])
+
+
+def _price_counts(lines: pl.DataFrame) -> pl.DataFrame:
+    return _priced(lines).group_by("item_id", "unit_price").agg(pl.len().cast(pl.Int64).alias("n"))
+
+
+def item_medians(counts: list[pl.DataFrame]) -> pl.DataFrame:
+    """``item_id, item_median``: each item's median price over every line of ``counts`` (``price_counts`` of every
+    bucket), exactly polars' median of those lines: the middle price, or polars' median of the two middle ones."""
+    c = (pl.concat(counts).group_by("item_id", "unit_price").agg(pl.col("n").sum()).sort("item_id", "unit_price")
+         .with_columns(upto=pl.col("n").cum_sum().over("item_id"), total=pl.col("n").sum().over("item_id")))
+    below = pl.col("upto") - pl.col("n")
+    middle = pl.any_horizontal([(below <= k) & (k < pl.col("upto"))
+                                for k in ((pl.col("total") - 1) // 2, pl.col("total") // 2)])
+    # the two middle lines (one row when both share a price: the median of two equal prices is that price)
+    return (c.filter(middle).group_by("item_id", maintain_order=True)
+            .agg(pl.col("unit_price").median().alias("item_median")))
+
+
+def behaviour_features(events: pl.DataFrame | pl.LazyFrame, min_orders: int = 3, clock_minutes: float = 5.0,
+                       deal_discount: float = 0.1, medians: pl.DataFrame | None = None) -> pl.DataFrame:
+    """One row per customer with at least ``min_orders`` orders: ``customer_id``, ``n_orders`` and
+    ``BEHAVIOUR_FEATURES`` (float64). ``deal_share`` compares prices with each item's median price over the
+    log's lines: ``medians`` (``item_medians``) for one bucket of a partitioned store, else those of ``events``."""
+    lines, orders = _purchase_lines(events, min_orders)
     us = pl.col("event_time").dt.timestamp("us")
     orders = orders.with_columns(
         (us.diff().over("customer_id") / DAY_US).alias("gap"),
@@ -97,8 +130,8 @@ def behaviour_features(events: pl.DataFrame | pl.LazyFrame, min_orders: int = 3,
     top_qty = (lines.join(top_item.select("customer_id", "item_id"), on=["customer_id", "item_id"])
                .group_by("customer_id").agg(_cv("quantity").alias("top_item_quantity_cv")))
 
-    priced = lines.filter(pl.col("unit_price").is_finite() & (pl.col("unit_price") > 0))
-    priced = priced.with_columns(pl.col("unit_price").median().over("item_id").alias("item_median"))
+    medians = item_medians([_price_counts(lines)]) if medians is None else medians
+    priced = _priced(lines).join(medians, on="item_id", how="left", maintain_order="left")
     deals = priced.group_by("customer_id").agg(
         (pl.col("unit_price") <= (1 - deal_discount) * pl.col("item_median")).mean().alias("deal_share"))
     price_cv = (priced.group_by("customer_id", "item_id").agg(_cv("unit_price").alias("cv"), pl.len().alias("n"))

@@ -10,8 +10,12 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
 
 import polars as pl
+
+from twins.data.events import bucket_files, scan_events
 
 DAY_US = 86_400 * 1_000_000
 
@@ -87,10 +91,11 @@ def _item_profile(events: pl.LazyFrame, b: pl.LazyFrame, p: TwinParams) -> pl.La
 def _category_mix(events: pl.LazyFrame, p: TwinParams) -> pl.LazyFrame:
     col = p.category_column
     spend = (events.filter(pl.col("customer_id").is_not_null() & (pl.col("event_type") == "purchase"))
-             .group_by("customer_id", col).agg(spend=pl.col("amount").sum())
+             .group_by("customer_id", col).agg(spend=pl.col("amount").sum()).sort("customer_id", col, nulls_last=True)
              .with_columns(share=pl.col("spend") / pl.col("spend").sum().over("customer_id")))
-    return spend.group_by("customer_id").agg(
-        category_mix=pl.struct(pl.col(col).alias("category"), "share").sort_by("share", descending=True).head(p.top_categories))
+    # categories in a fixed order before the sum and on ties: the same mix however the customers are split
+    return spend.group_by("customer_id").agg(category_mix=pl.struct(pl.col(col).alias("category"), "share").sort_by(
+        ["share", col], descending=[True, False], nulls_last=True, maintain_order=True).head(p.top_categories))
 
 
 def _discounts(events: pl.LazyFrame, p: TwinParams) -> pl.LazyFrame:
@@ -111,25 +116,57 @@ def _messages(events: pl.LazyFrame) -> pl.LazyFrame:
     return msg.group_by("customer_id").agg(messages=pl.len().cast(pl.Int64), last_message=pl.col("event_time").max())
 
 
-def _outlook(events: pl.LazyFrame, as_of: datetime, horizon_days: float, model: str) -> pl.LazyFrame:
-    """The purchase outlook columns, or none when the data cannot support the models (e.g. no repeat buyer)."""
-    from twins.twin.outlook import OutlookParams, check_model, customer_outlook
+def _outlook_params(p: TwinParams):
+    from twins.twin.outlook import OutlookParams, check_model
 
-    check_model(model)  # a wrong name is the caller's error, not the data's
+    check_model(p.outlook_model)  # a wrong name is the caller's error, not the data's
+    return OutlookParams(horizon_days=p.outlook_horizon_days, model=p.outlook_model)
+
+
+def last_event(events: pl.LazyFrame) -> datetime | None:
+    """The time just after the last event (``as_of=None``'s meaning), None for an order-only source."""
+    last = events.select(pl.col("event_time").max()).collect(engine="streaming").item()
+    return None if last is None else last + timedelta(microseconds=1)
+
+
+def outlook_inputs(events: pl.LazyFrame, as_of: datetime | None, params: TwinParams):
+    """Phase one of the outlook on one bucket's events (``twins.twin.outlook.outlook_inputs``); None when off."""
+    from twins.twin.outlook import outlook_inputs as inputs
+
+    if not params.outlook_horizon_days or as_of is None:
+        return None
+    return inputs(_as_of_filter(events, as_of), as_of, _outlook_params(params))
+
+
+def fit_population(inputs: list[pl.DataFrame | None], as_of: datetime | None, params: TwinParams):
+    """Phase two: the outlook's population-level fit on every bucket's inputs; None when off or when the data
+    cannot support the models (e.g. no repeat buyer: the twins go without outlook columns, with a warning)."""
+    from twins.twin.outlook import fit_population as fit
+
+    if not params.outlook_horizon_days or as_of is None:
+        return None
+    outlook = _outlook_params(params)
     try:
-        return customer_outlook(events, as_of, OutlookParams(horizon_days=horizon_days, model=model)).lazy()
+        return fit([f for f in inputs if f is not None], as_of, outlook)
     except ValueError as exc:
         warnings.warn(f"twins without a purchase outlook: {exc}", RuntimeWarning, stacklevel=3)
-        return events.select("customer_id").unique()
+        return None
 
 
-def build_customer_twins(events: pl.LazyFrame, as_of: datetime | None = None, params: TwinParams | None = None) -> pl.DataFrame:
+def build_customer_twins(events: pl.LazyFrame, as_of: datetime | None = None, params: TwinParams | None = None,
+                         outlook: Any = "fit") -> pl.DataFrame:
     """Customer twins as of ``as_of``, one row per customer, sorted by id. ``as_of=None`` means just after
-    the last event (or, for order-only sources, all baskets, with the time-based fields left empty)."""
+    the last event (or, for order-only sources, all baskets, with the time-based fields left empty).
+
+    Every column is the customer's own except the purchase outlook's population-level fit: by default fitted on
+    ``events`` (the whole log); for one bucket of a partitioned store pass ``outlook``, the ``fit_population`` of
+    every bucket's ``outlook_inputs`` (None: no outlook), and the twins of the buckets, concatenated and sorted by
+    id, equal those of the whole log (``build_store_twins``)."""
     p = params or TwinParams()
     if as_of is None:
-        last = events.select(pl.col("event_time").max()).collect().item()
-        as_of = None if last is None else last + timedelta(microseconds=1)
+        as_of = last_event(events)
+    if isinstance(outlook, str):
+        outlook = fit_population([outlook_inputs(events, as_of, p)], as_of, p)
     ev = _as_of_filter(events, as_of)
     names = ev.collect_schema().names()
     b = baskets(ev)
@@ -144,8 +181,10 @@ def build_customer_twins(events: pl.LazyFrame, as_of: datetime | None = None, pa
             raise ValueError(f"twin.discount_columns {missing} are not events columns; have {names}")
         parts.append(_discounts(ev, p))
     ids = ev.filter(pl.col("customer_id").is_not_null()).select("customer_id").unique()
-    if p.outlook_horizon_days and as_of is not None:
-        parts.append(_outlook(ev, as_of, p.outlook_horizon_days, p.outlook_model))
+    if outlook is not None:
+        from twins.twin.outlook import apply_outlook
+
+        parts.append(apply_outlook(outlook_inputs(ev, as_of, p), outlook).lazy())
     twins = ids
     for part in [*parts, _returns(ev), _messages(ev)]:
         twins = twins.join(part, on="customer_id", how="left")
@@ -159,3 +198,35 @@ def build_customer_twins(events: pl.LazyFrame, as_of: datetime | None = None, pa
         return_rate=pl.when(pl.col("spend_total") > 0).then(pl.col("returned_total") / pl.col("spend_total")),
     )
     return twins.sort("customer_id").collect(engine="streaming")
+
+
+def bucket_outlook_inputs(job: tuple[Path, int, datetime | None, TwinParams]) -> pl.DataFrame | None:
+    """``outlook_inputs`` of bucket ``job[1]`` of the events folder ``job[0]`` (an engine's work item)."""
+    events_dir, bucket, as_of, p = job
+    return outlook_inputs(scan_events(events_dir, bucket=bucket), as_of, p)
+
+
+def bucket_twins(job: tuple[Path, int, datetime | None, TwinParams, Any]) -> pl.DataFrame:
+    """The twins of the customers in bucket ``job[1]`` with the population's outlook fit ``job[4]``."""
+    events_dir, bucket, as_of, p, fit = job
+    events = scan_events(events_dir, with_attributes=bool(p.category_column), bucket=bucket)
+    return build_customer_twins(events, as_of, p, outlook=fit)
+
+
+def build_store_twins(events_dir: str | Path, as_of: datetime | None = None, params: TwinParams | None = None,
+                      engine=None) -> pl.DataFrame:
+    """``build_customer_twins`` of a partitioned events folder, bucket by bucket through ``engine``
+    (``twins.engine``; default the local one): the outlook's inputs per bucket, one population fit, then each
+    bucket's twins. Memory: the largest bucket plus the outlook's per-customer inputs and the twins. Equal, row
+    for row (sorted by id), to the twins of the same events in one bucket."""
+    from twins.engine import get_engine
+
+    p, engine = params or TwinParams(), engine or get_engine("local")
+    events_dir = Path(events_dir)
+    buckets = range(len(bucket_files(events_dir)))
+    as_of = last_event(scan_events(events_dir)) if as_of is None else as_of
+    inputs = engine.map(bucket_outlook_inputs, [(events_dir, b, as_of, p) for b in buckets])
+    fit = fit_population(inputs, as_of, p)
+    del inputs
+    parts = engine.map(bucket_twins, [(events_dir, b, as_of, p, fit) for b in buckets])
+    return pl.concat(parts, how="vertical_relaxed").sort("customer_id")

@@ -8,26 +8,35 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from twins.data.events import bucket_files, scan_events
 
-def score_messages(events: pl.LazyFrame, bundle, batch_size: int = 256,
+CHUNK = 65_536  # messages per call to the bundle (sorted by length within it)
+
+
+def score_messages(events: pl.LazyFrame, bundle, batch_size: int = 64,
                    on_batch: Callable[[int, int], None] | None = None) -> pl.DataFrame:
     """One row per message event (``event_type == "message"``): customer, time, text, the Ekman and sentiment
-    group probabilities (columns ``ekman_<group>``, ``sentiment_<group>``) and the fine labels over threshold."""
+    group probabilities (columns ``ekman_<group>``, ``sentiment_<group>``) and the fine labels over threshold.
+
+    Messages go to the bundle ``CHUNK`` at a time, which sorts each chunk by token length into batches of
+    ``batch_size`` (as the runtime's batch throughput is measured): 256-message chunks in log order padded every
+    batch to its longest message and ran at 0.4x that throughput (BENCHMARKS.md, "Emotion scoring in the
+    pipeline"). The chunk bounds the token ids held at once."""
     messages = (events.filter(pl.col("event_type") == "message")
                 .select("customer_id", "event_time", pl.col("text").fill_null("")).collect())
     texts = messages["text"].to_list()
     levels = ("ekman", "sentiment")
     chunks: dict[str, list[np.ndarray]] = {level: [] for level in (*levels, "labels")}
-    for start in range(0, len(texts), batch_size):
-        probs = bundle.probabilities(texts[start:start + batch_size], batch_size=batch_size)
+    for start in range(0, len(texts), CHUNK):
+        progress = {"on_batch": lambda done, _, start=start: on_batch(start + done, len(texts))} if on_batch else {}
+        probs = bundle.probabilities(texts[start:start + CHUNK], batch_size=batch_size, **progress)
         for level in chunks:
             chunks[level].append(probs[level])
-        if on_batch:
-            on_batch(min(start + batch_size, len(texts)), len(texts))
     probs = {level: np.concatenate(parts) if parts else np.zeros((0, len(bundle.groups[level])), np.float32)
              for level, parts in chunks.items()}
     over = probs["labels"] >= bundle.thresholds["labels"]
@@ -80,3 +89,49 @@ def _profiles(past: pl.DataFrame, recent: pl.Expr, before: pl.Expr, strong_negat
         negative.filter(recent).mean().alias("recent_negative"),
         (negative.filter(recent).mean() - negative.filter(before).mean()).alias("negative_trend"))
     return profile.join(strong, on="customer_id", how="left").sort("customer_id")
+
+
+#: messages per work item of ``score_store_messages``
+MESSAGE_CHUNK = 4096
+
+
+def _messages(events_dir: Path, bucket: int) -> pl.LazyFrame:
+    return scan_events(events_dir, bucket=bucket).filter(pl.col("event_type") == "message")
+
+
+def bucket_message_counts(job: tuple[Path, int]) -> int:
+    """How many message events bucket ``job[1]`` of the events folder ``job[0]`` holds."""
+    return _messages(*job).select(pl.len()).collect().item()
+
+
+def score_message_chunk(bundle, job: tuple[Path, int, int, int]) -> pl.DataFrame:
+    """``score_messages`` of the messages ``offset .. offset + length`` of one bucket (in its order)."""
+    events_dir, bucket, offset, length = job
+    return score_messages(_messages(events_dir, bucket).slice(offset, length), bundle)
+
+
+def score_store_messages(events_dir: str | Path, bundle: str | Path, engine=None,
+                         on_batch: Callable[[int, int], None] | None = None) -> pl.DataFrame:
+    """``score_messages`` of every message of a partitioned events folder, in the store's order (bucket by bucket),
+    in chunks of ``MESSAGE_CHUNK`` messages through ``engine`` (default: local; each worker loads ``bundle``, a
+    folder or ``models:/NAME@ALIAS``, once); ``on_batch(messages scored, messages in all)`` after each chunk."""
+    from functools import partial
+
+    from twins.engine import get_engine
+    from twins.runtime import load
+
+    engine, events_dir = engine or get_engine("local"), Path(events_dir)
+    buckets = range(len(bucket_files(events_dir)))
+    counts = engine.map(bucket_message_counts, [(events_dir, b) for b in buckets])
+    jobs = [(events_dir, b, start, min(MESSAGE_CHUNK, n - start)) for b, n in zip(buckets, counts)
+            for start in range(0, n, MESSAGE_CHUNK)]
+    total = sum(counts)
+    sizes = [length for *_, length in jobs]
+
+    def done(n: int, _: int) -> None:
+        if on_batch:
+            on_batch(sum(sizes[:n]), total)
+
+    if not jobs:  # the schema of an empty scoring
+        return score_messages(_messages(events_dir, 0), load(str(bundle)))
+    return pl.concat(engine.map(score_message_chunk, jobs, setup=partial(load, str(bundle)), on_done=done))

@@ -25,10 +25,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 import polars as pl
+
+from twins.data.events import bucket_files, scan_events
 
 DAY_US = 86_400_000_000
 
@@ -315,3 +319,65 @@ def _offer_choices(orders: pl.DataFrame, offers: pl.DataFrame) -> dict[tuple, tu
     pairs = joined.filter(pl.col("supplier") != pl.col("chosen")).join(chosen, on=["customer_id", "item_id", "event_time"])
     return {key: (g["cp"].to_numpy(), g["cd"].to_numpy(), g["price"].to_numpy(), g["days"].to_numpy())
             for key, g in _split(pairs, ["customer_id", "item_id"]).items()}
+
+
+def _bucket_inputs(events_dir: Path, bucket: int, as_of: datetime) -> pl.LazyFrame:
+    return scan_events(events_dir, bucket=bucket).filter(pl.col("event_time") < pl.lit(as_of, pl.Datetime("us", "UTC")))
+
+
+def bucket_price_counts(job: tuple[Path, int, datetime, int]) -> pl.DataFrame:
+    """Phase one of the behaviour twins on one bucket: its ``price_counts`` before ``as_of``."""
+    from twins.twin.behaviour import price_counts
+
+    events_dir, bucket, as_of, min_orders = job
+    return price_counts(_bucket_inputs(events_dir, bucket, as_of), min_orders)
+
+
+def fleet_state(detector: str | Path | None, offers: str | Path | None) -> tuple[Any, pl.DataFrame | None]:
+    """What every bucket of ``build_store_machines`` shares, made once per worker: the detector and the offer feed."""
+    from twins.models.machine_detector import load_detector
+
+    return (None if detector is None else load_detector(detector),
+            None if offers is None else pl.read_parquet(offers))
+
+
+def bucket_machines(state: tuple[Any, pl.DataFrame | None],
+                    job: tuple[Path, int, datetime, int, pl.DataFrame]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(behaviour twins, machine twins) of the customers of one bucket: behaviour features with the log's item
+    medians, P(machine) from the detector, the machine series and their twins."""
+    from twins.twin.behaviour import behaviour_features
+
+    detector, offers = state
+    events_dir, bucket, as_of, min_orders, medians = job
+    past = _bucket_inputs(events_dir, bucket, as_of)
+    behaviour = behaviour_features(past, min_orders, medians=medians)
+    scores = None
+    if detector is not None:
+        behaviour = behaviour.with_columns(pl.Series("machine_score", detector.predict_proba(behaviour)[:, 1]
+                                                     if behaviour.height else [], pl.Float64))
+        scores = behaviour.select("customer_id", "machine_score")
+    return behaviour, build_machine_twins(past, as_of, offers=offers, series=machine_series(past, scores))
+
+
+def build_store_machines(events_dir: str | Path, as_of: datetime, min_orders: int = 3,
+                         detector: str | Path | None = None, engine=None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(behaviour twins sorted by customer, machine twins sorted by customer and item) of a partitioned events
+    folder, from the events before ``as_of``, bucket by bucket through ``engine`` (default: local): each bucket's
+    price counts, the log's item medians (``deal_share``'s one population-level input), then each bucket's twins.
+    The offer feed ``offers.parquet`` beside the events, if any, gives the delay-cost bounds. Equal to the twins of
+    the same events in one bucket."""
+    from functools import partial
+
+    from twins.engine import get_engine
+    from twins.twin.behaviour import item_medians
+
+    engine, events_dir = engine or get_engine("local"), Path(events_dir)
+    buckets = range(len(bucket_files(events_dir)))
+    medians = item_medians(engine.map(bucket_price_counts, [(events_dir, b, as_of, min_orders) for b in buckets]))
+    offers = events_dir / "offers.parquet"
+    parts = engine.map(bucket_machines, [(events_dir, b, as_of, min_orders, medians) for b in buckets],
+                       setup=partial(fleet_state, detector, offers if offers.exists() else None))
+    behaviour = pl.concat([b for b, _ in parts], how="vertical_relaxed").sort("customer_id")
+    machines = [m for _, m in parts if m.height]
+    machine = pl.concat(machines, how="vertical_relaxed").sort("customer_id", "item_id") if machines else pl.DataFrame()
+    return behaviour, machine

@@ -69,19 +69,84 @@ def fit_outlook(summary: pl.DataFrame, count_model: type[CountModel] = BetaGeoMo
 
 
 def predict_outlook(summary: pl.DataFrame, counts: CountModel, spend: GammaGammaModel | None,
-                    t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                    t: float, per_day: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(expected purchase days, expected spend, P(>= 1 purchase), P(alive)) over ``t`` model time units. Spend
-    per purchase day is Gamma-Gamma's (the population mean where the repeat mean m <= 0), or the calibration mean
-    spend per purchase day when there is no Gamma-Gamma model."""
+    per purchase day is Gamma-Gamma's (the population mean where the repeat mean m <= 0), or without a Gamma-Gamma
+    model ``per_day`` (default: the calibration mean spend per purchase day of ``summary``'s customers)."""
     x, t_x, T = (summary[c].to_numpy() for c in ("x", "t_x", "T"))
     m = summary["m"].fill_null(0.0).to_numpy()
     count = np.asarray(counts.expected_purchases(t, x, t_x, T), float)
     if spend is None:
-        per_day = np.full(len(x), summary["spend_cal"].sum() / summary["n_days"].sum())
+        per_day = summary["spend_cal"].sum() / summary["n_days"].sum() if per_day is None else per_day
+        per_day = np.full(len(x), per_day)
     else:
         per_day = np.asarray(spend.expected_spend_per_transaction(np.where(m > 0, x, 0), np.maximum(m, 0.0)), float)
     return (count, count * per_day, np.asarray(counts.p_at_least_one(t, x, t_x, T), float),
             np.asarray(counts.p_alive(x, t_x, T), float))
+
+
+SUMMARY_COLUMNS = ("customer_id", "x", "t_x", "T", "m", "spend_cal", "n_days")
+
+
+@dataclass(frozen=True)
+class OutlookFit:
+    """The population-level part of the outlook, fitted once on every customer's summary: BG/NBD and Gamma-Gamma
+    (``model="bgnbd"``, with ``per_day``, the mean spend per purchase day, for want of Gamma-Gamma), or the neural
+    outlook's answers for every customer (``model="neural"``: its networks learn from the whole population)."""
+
+    as_of: datetime
+    params: OutlookParams
+    counts: CountModel | None = None
+    spend: GammaGammaModel | None = None
+    per_day: float = float("nan")
+    answers: pl.DataFrame | None = None
+
+
+def outlook_inputs(events: pl.LazyFrame, as_of: datetime, params: OutlookParams | None = None) -> pl.DataFrame:
+    """Per customer of ``events`` with a purchase before ``as_of``: the summary the outlook is fitted on and applied
+    to (``SUMMARY_COLUMNS``), or for the neural outlook the purchase days (``customer_id, day, spend``); sorted, so
+    that the inputs of buckets concatenated and sorted are those of the whole log."""
+    p = params or OutlookParams()
+    check_model(p.model)
+    as_of = as_of if as_of.tzinfo else as_of.replace(tzinfo=timezone.utc)
+    days = purchase_days(events.filter(pl.col("event_time") < as_of))
+    if p.model == "neural":
+        return days.select("customer_id", "day", "spend").sort("customer_id", "day").collect()
+    return summarise(days, as_of, p.horizon_days, p.unit_days).select(SUMMARY_COLUMNS)
+
+
+def fit_population(inputs: list[pl.DataFrame], as_of: datetime, params: OutlookParams | None = None) -> OutlookFit:
+    """The outlook's population-level fit from every bucket's ``outlook_inputs`` (in any order: they are sorted
+    by customer first, so the fit does not depend on how the customers were split)."""
+    p = params or OutlookParams()
+    as_of = as_of if as_of.tzinfo else as_of.replace(tzinfo=timezone.utc)
+    key = ["customer_id", "day"] if p.model == "neural" else ["customer_id"]
+    frames = [f for f in inputs if f.height]
+    data = pl.concat(frames).sort(key) if frames else inputs[0] if inputs else pl.DataFrame()
+    if data.height == 0:
+        raise ValueError(f"no purchases before {as_of.isoformat()}: nothing to fit the outlook on")
+    if p.model == "neural":
+        customers = data.select("customer_id").unique(maintain_order=True)
+        return OutlookFit(as_of, p, answers=_neural_outlook(data, customers, as_of, p))
+    counts, spend = fit_outlook(data)
+    fit = OutlookFit(as_of, p, counts, spend, float(data["spend_cal"].sum() / data["n_days"].sum()))
+    apply_outlook(data.head(1), fit)  # a fit that cannot answer (Gamma-Gamma's q <= 1, say) fails here, once
+    return fit
+
+
+def apply_outlook(inputs: pl.DataFrame, fit: OutlookFit) -> pl.DataFrame:
+    """``customer_outlook``'s columns for the customers of ``inputs`` (one bucket's ``outlook_inputs``)."""
+    p, as_of = fit.params, fit.as_of
+    if p.model == "neural":
+        return inputs.select("customer_id").unique(maintain_order=True).join(fit.answers, on="customer_id", how="left")
+    count, expected_spend, p_any, p_alive = predict_outlook(inputs, fit.counts, fit.spend, p.horizon_days / p.unit_days,
+                                                            fit.per_day)
+    x, T = inputs["x"].to_numpy(), inputs["T"].to_numpy()
+    r, alpha = fit.counts.params_["r"], fit.counts.params_["alpha"]
+    lo, mid, hi = (waiting_time_quantile(q, r, alpha, x, T) for q in ((1 - p.interval) / 2, 0.5, (1 + p.interval) / 2))
+    out = {"expected_purchases": count, "expected_spend": expected_spend, "p_alive": p_alive, "p_alive_end": p_alive,
+           "p_any_purchase": p_any, "next_low": lo, "next_median": mid, "next_high": hi}
+    return _columns(inputs.select("customer_id"), out, as_of, p.unit_days, p.horizon_days)
 
 
 def customer_outlook(events: pl.LazyFrame, as_of: datetime, params: OutlookParams | None = None) -> pl.DataFrame:
@@ -89,24 +154,10 @@ def customer_outlook(events: pl.LazyFrame, as_of: datetime, params: OutlookParam
     ``churn_risk`` (gone by the end of the horizon: 1 − P(alive) for BG/NBD, whose customers drop out only right
     after a purchase), ``p_any_purchase`` in the horizon, and ``next_purchase`` (median, given alive) with
     ``next_purchase_low`` / ``next_purchase_high`` (null beyond 100 years). Models are fitted on events before
-    ``as_of`` only."""
+    ``as_of`` only: ``outlook_inputs``, ``fit_population`` and ``apply_outlook`` on one bucket, the whole log."""
     p = params or OutlookParams()
-    check_model(p.model)
-    as_of = as_of if as_of.tzinfo else as_of.replace(tzinfo=timezone.utc)
-    days = purchase_days(events.filter(pl.col("event_time") < as_of)).collect()
-    s = summarise(days.lazy(), as_of, p.horizon_days, p.unit_days)
-    if s.height == 0:
-        raise ValueError(f"no purchases before {as_of.isoformat()}: nothing to fit the outlook on")
-    if p.model == "neural":
-        return _neural_outlook(days, s.select("customer_id"), as_of, p)
-    counts, spend = fit_outlook(s)
-    count, expected_spend, p_any, p_alive = predict_outlook(s, counts, spend, p.horizon_days / p.unit_days)
-    x, T = s["x"].to_numpy(), s["T"].to_numpy()
-    r, alpha = counts.params_["r"], counts.params_["alpha"]
-    lo, mid, hi = (waiting_time_quantile(q, r, alpha, x, T) for q in ((1 - p.interval) / 2, 0.5, (1 + p.interval) / 2))
-    out = {"expected_purchases": count, "expected_spend": expected_spend, "p_alive": p_alive, "p_alive_end": p_alive,
-           "p_any_purchase": p_any, "next_low": lo, "next_median": mid, "next_high": hi}
-    return _columns(s.select("customer_id"), out, as_of, p.unit_days, p.horizon_days)
+    inputs = outlook_inputs(events, as_of, p)
+    return apply_outlook(inputs, fit_population([inputs], as_of, p))
 
 
 def _neural_outlook(days: pl.DataFrame, customers: pl.DataFrame, as_of: datetime, p: OutlookParams) -> pl.DataFrame:
