@@ -118,3 +118,29 @@ def test_steps_per_epoch_bounds_an_epoch():
     one = NeuralNextBasket(**params, steps_per_epoch=1).fit(histories, targets).net_.state_dict()
     assert all(torch.equal(whole[k], enough[k]) for k in whole)
     assert not torch.equal(whole["bias"], one["bias"])
+
+
+class _Silent(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[..., :1] * 0.0
+
+
+def test_prior_evaluated_sparsely_equals_it_at_every_item():
+    from twins.models.nbr_net import RepeatExploreNet
+
+    torch.manual_seed(0)
+    n, b = 300, 6
+    net = RepeatExploreNet(n, dim=4, hidden=8)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    net.log_popularity.uniform_(0, 5)
+    baskets, items = torch.randint(0, n + 1, (b, 4, 3)), torch.randint(0, n + 1, (b, 7))
+    context = torch.where(torch.rand(b, 2 * n) < 0.1, torch.rand(b, 2 * n), torch.zeros(b, 2 * n))
+    folds, row = torch.rand(3, n) * 9, torch.tensor([0, 2, 2, 1, 0, 1])
+    dense = net.prior(torch.stack([(net.log_popularity / 10.0).expand(b, n), torch.log1p(folds[row]) / 5.0,
+                                   context[:, :n] * 10.0, context[:, n:] * 10.0], -1)).squeeze(-1)
+    with torch.no_grad():
+        scores = net(baskets, items, context, folds, row)
+        net.prior = _Silent()
+        used = scores - net(baskets, items, context, folds, row)
+    assert torch.allclose(used, dense, atol=1e-5)

@@ -62,11 +62,16 @@ MAX_USERS = 20_000
 class RepeatExploreNet(nn.Module):
     """Scores all ``n_items`` items; see the module docstring.
 
-    ``forward(baskets, items, context, target_popularity=None)``: ``baskets`` int64 ``[B, T, L]`` (newest basket
-    first, padded with ``n_items``), ``items`` int64 ``[B, U]`` the distinct items of those baskets (padded with
-    ``n_items``; ``twins.runtime.next_basket_features.network_inputs`` builds both), ``context`` float32
-    ``[B, 2 * n_items]``, ``target_popularity`` float32 ``[B, n_items]`` (training passes out-of-fold counts;
-    ``None`` uses the fitted buffer). Returns ``[B, n_items]``.
+    ``forward(baskets, items, context, target_popularity=None, popularity_row=None)``: ``baskets`` int64
+    ``[B, T, L]`` (newest basket first, padded with ``n_items``), ``items`` int64 ``[B, U]`` the distinct items of
+    those baskets (padded with ``n_items``; ``twins.runtime.next_basket_features.network_inputs`` builds both),
+    ``context`` float32 ``[B, 2 * n_items]``, ``target_popularity`` float32 ``[R, n_items]`` and ``popularity_row``
+    int64 ``[B]`` each example's row of it (training passes the out-of-fold counts, a row per fold; ``None`` uses
+    the fitted buffer). Returns ``[B, n_items]``.
+
+    The prior MLP is evaluated where its input differs: once per target-popularity row for the items without a
+    neighbour signal (most of them), then at the (example, item) pairs with one. The same function as evaluating
+    it at every (example, item), ~10x cheaper in training on 50k items (it was 90 % of a step).
     """
 
     def __init__(self, n_items: int, dim: int = 64, hidden: int = 64) -> None:
@@ -88,7 +93,7 @@ class RepeatExploreNet(nn.Module):
         self.prior = nn.Sequential(nn.Linear(4, 16), nn.GELU(), nn.Linear(16, 1))
 
     def forward(self, baskets: torch.Tensor, items: torch.Tensor, context: torch.Tensor,
-                target_popularity: torch.Tensor | None = None) -> torch.Tensor:
+                target_popularity: torch.Tensor | None = None, popularity_row: torch.Tensor | None = None) -> torch.Tensor:
         b, t, width = baskets.shape
         n = self.n_items
         known = (baskets < n).to(context.dtype)  # [B, T, L]
@@ -112,8 +117,11 @@ class RepeatExploreNet(nn.Module):
         count = at(spread(present))
         recent = at(spread(present * 0.5 ** age))
         size = known.sum((1, 2)).unsqueeze(1) / n_baskets
-        tpop = torch.log1p(self.target_popularity if target_popularity is None else target_popularity).expand(b, n) / 5.0
-        pop = self.log_popularity.expand(b, n) / 10.0
+        tpop_rows = torch.log1p(self.target_popularity[None] if target_popularity is None else target_popularity) / 5.0
+        row = items.new_zeros(b) if popularity_row is None else popularity_row
+        tpop = tpop_rows[row]  # [B, n]
+        pop_row = self.log_popularity / 10.0
+        pop = pop_row.expand(b, n)
         neighbours, neighbour_targets = context[:, :n] * 10.0, context[:, n:] * 10.0
         capped = n_baskets.clamp(max=self.max_baskets)  # counts beyond any training history read as the longest one
         m = items.shape[1]
@@ -121,7 +129,12 @@ class RepeatExploreNet(nn.Module):
                                 at(pop), at(tpop), torch.log(capped).expand(b, m) / 3.0,
                                 torch.log(size.clamp(min=1.0)).expand(b, m) / 3.0, at(neighbours),
                                 at(neighbour_targets)], -1)  # [B, U, F]
-        prior = self.prior(torch.stack([pop, tpop, neighbours, neighbour_targets], -1)).squeeze(-1)
+        silent = torch.zeros_like(tpop_rows)  # no neighbour signal: the prior depends on the item and row alone
+        base = self.prior(torch.stack([pop_row.expand_as(tpop_rows), tpop_rows, silent, silent], -1)).squeeze(-1)
+        at_b, at_i = ((neighbours != 0) | (neighbour_targets != 0)).nonzero(as_tuple=True)
+        signal = self.prior(torch.stack([pop_row[at_i], tpop[at_b, at_i], neighbours[at_b, at_i],
+                                         neighbour_targets[at_b, at_i]], -1)).squeeze(-1)
+        prior = base[row].index_put((at_b, at_i), signal)
         repeat = context.new_zeros(b, n + 1).scatter(1, items, self.repeat(features).squeeze(-1).to(context.dtype))[:, :n]
         weight = present * 0.8 ** age
         user = (self.embed_in(baskets).sum(2) * weight.unsqueeze(-1)).sum(1) / weight.sum(1, keepdim=True).clamp(min=1e-9)
@@ -264,7 +277,7 @@ class NeuralNextBasket(BaseEstimator):
                 for r, (o, c) in enumerate(examples):
                     y[r, target_rows[o] if c == len(rows[o]) else sorted(set(rows[o][c]))] = 1.0
                 with torch.autocast(self.device_.type, dtype=torch.bfloat16, enabled=amp):
-                    scores = model(*inputs, oof_t[fold_t[torch.as_tensor(batch, device=self.device_)]])
+                    scores = model(*inputs, oof_t, fold_t[torch.as_tensor(batch, device=self.device_)])
                 loss = -(torch.log_softmax(scores.float(), -1) * y).sum(-1).div(y.sum(-1)).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
