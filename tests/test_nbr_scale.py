@@ -141,6 +141,8 @@ def test_prior_evaluated_sparsely_equals_it_at_every_item():
                                    context[:, :n] * 10.0, context[:, n:] * 10.0], -1)).squeeze(-1)
     with torch.no_grad():
         scores = net(baskets, items, context, folds, row)
+        per_example = net(baskets, items, context, folds[row])  # a row per example, without popularity_row
         net.prior = _Silent()
         used = scores - net(baskets, items, context, folds, row)
     assert torch.allclose(used, dense, atol=1e-5)
+    assert torch.allclose(per_example, scores, atol=1e-5)

@@ -66,8 +66,8 @@ class RepeatExploreNet(nn.Module):
     ``[B, T, L]`` (newest basket first, padded with ``n_items``), ``items`` int64 ``[B, U]`` the distinct items of
     those baskets (padded with ``n_items``; ``twins.runtime.next_basket_features.network_inputs`` builds both),
     ``context`` float32 ``[B, 2 * n_items]``, ``target_popularity`` float32 ``[R, n_items]`` and ``popularity_row``
-    int64 ``[B]`` each example's row of it (training passes the out-of-fold counts, a row per fold; ``None`` uses
-    the fitted buffer). Returns ``[B, n_items]``.
+    int64 ``[B]`` each example's row of it (training passes the out-of-fold counts, a row per fold; without
+    ``popularity_row`` R = B, a row per example; without either, the fitted buffer). Returns ``[B, n_items]``.
 
     The prior MLP is evaluated where its input differs: once per target-popularity row for the items without a
     neighbour signal (most of them), then at the (example, item) pairs with one. The same function as evaluating
@@ -118,7 +118,10 @@ class RepeatExploreNet(nn.Module):
         recent = at(spread(present * 0.5 ** age))
         size = known.sum((1, 2)).unsqueeze(1) / n_baskets
         tpop_rows = torch.log1p(self.target_popularity[None] if target_popularity is None else target_popularity) / 5.0
-        row = items.new_zeros(b) if popularity_row is None else popularity_row
+        if popularity_row is not None:
+            row = popularity_row
+        else:  # the fitted buffer for all, or a row of target_popularity per example
+            row = items.new_zeros(b) if target_popularity is None else torch.arange(b, device=items.device)
         tpop = tpop_rows[row]  # [B, n]
         pop_row = self.log_popularity / 10.0
         pop = pop_row.expand(b, n)
