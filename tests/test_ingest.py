@@ -67,8 +67,8 @@ def test_date_format_and_time_zone_to_utc_with_dst(tmp_path):
     cfg = source(tmp_path, "t.csv", time={"format": "%d/%m/%Y %H:%M", "timezone": "Europe/London"})
     report, events, quarantine = run(cfg, tmp_path / "out")
     assert events["event_time"].dtype == pl.Datetime("us", "UTC")
-    assert events["event_time"].to_list() == [utc(2023, 1, 15, 12), utc(2023, 7, 15, 11), utc(2023, 10, 29, 0, 30),
-                                              utc(2023, 3, 26, 1, 30)]
+    assert events["event_time"].to_list() == [utc(2023, 1, 15, 12), utc(2023, 3, 26, 1, 30), utc(2023, 7, 15, 11),
+                                              utc(2023, 10, 29, 0, 30)]  # sorted by customer and time
     assert reasons(quarantine) == {"unparsable_time": [("t.csv", 4)]}
     assert quarantine["date"].to_list() == ["26/03/2023 01:30"]
 
@@ -187,7 +187,7 @@ def test_guest_customers_are_kept_without_an_id(tmp_path):
     cfg = source(tmp_path, "t.csv", guest_customer_ids=["-1", "GUEST"])
     report, events, quarantine = run(cfg, tmp_path / "out")
     assert quarantine.height == 0
-    assert events["customer_id"].to_list() == ["c1", None, None, None, None, None, "c2"]
+    assert events["customer_id"].to_list() == ["c1", "c2", None, None, None, None, None]  # guests last
     assert (report.accepted, report.guest_rows, report.customers) == (7, 5, 2)
     assert read_report(tmp_path / "out")["guest_rows"] == 5
 
@@ -221,7 +221,7 @@ def test_overlapping_files_first_file_wins(tmp_path, with_basket_id):
     assert report.per_file_rows == {str(tmp_path / "jan.csv"): 3, str(tmp_path / "feb.csv"): 4}
     assert reasons(quarantine) == {"overlap_duplicate": [("feb.csv", 2), ("feb.csv", 3)],
                                    "duplicate_line": [("feb.csv", 5)]}
-    assert events["item_id"].to_list() == ["a", "b", "c", "a"]
+    assert events["item_id"].to_list() == ["a", "c", "b", "a"]  # by customer, then time
     assert events.height == 4 and events["basket_id"].n_unique() == 4
 
 
@@ -459,7 +459,7 @@ def test_failing_ingest_leaves_the_previous_output_intact(tmp_path):
     out = tmp_path / "out"
     write(tmp_path / "t.csv", HEADER, "1,c1,a,1,1.0,2023-01-01 10:00", "2,c2,b,1,2.0,2023-01-02 10:00")
     first, _, _ = run(source(tmp_path, "t.csv"), out)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     # fails while the rows are streamed (after the temporary folder was made): not UTF-8 under strict decoding
     (tmp_path / "t.csv").write_bytes(f"{HEADER}\n1,Jos\xe9,a,1,1.0,2023-01-01 10:00\n".encode("latin-1"))
     with pytest.raises(SourceError, match="not UTF-8"):
@@ -468,7 +468,7 @@ def test_failing_ingest_leaves_the_previous_output_intact(tmp_path):
     write(tmp_path / "t.csv", "invoice,customer,item,quantity,date", "1,c1,a,1,2023-01-01 10:00")
     with pytest.raises(SourceError, match="'price' \\(for unit_price\\)"):
         ingest(source(tmp_path, "t.csv"), out)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temporary folders left
     assert read_report(out)["accepted"] == first.accepted == 2
 

@@ -80,10 +80,12 @@ def _source(source: str | Path | SourceConfig, overrides: list[str] | None = Non
     return source if isinstance(source, SourceConfig) else load_source(source, overrides)
 
 
-def ingest(source: str | Path | SourceConfig, overrides: list[str] | None = None, track: bool = True) -> IngestReport:
-    """Ingest a source into ``$TWINS_HOME/events/<name>``; log counts, config and data to MLflow."""
+def ingest(source: str | Path | SourceConfig, overrides: list[str] | None = None, track: bool = True,
+           engine: str | None = None) -> IngestReport:
+    """Ingest a source into ``$TWINS_HOME/events/<name>`` (per-file and per-bucket work on ``engine``: default
+    ``TWINS_ENGINE``, else local); log counts, config and data to MLflow."""
     cfg = _source(source, overrides)
-    report = _ingest(cfg, paths.events_dir(cfg.name))
+    report = _ingest(cfg, paths.events_dir(cfg.name), engine=engine)
     if track:
         with tracking.run(source_experiment(cfg.name), "ingest", tags={"dataset": cfg.name, "step": "ingest"},
                           description=f"`twins ingest` of source `{cfg.name}` ({_files(cfg)}): {report.accepted:,} of "

@@ -14,7 +14,8 @@ Every output twins writes (an events folder, a twin snapshot, a score file, a bu
 4. ``publish_dir`` / ``publish_file`` fsync every file and folder written, then make the new output visible
    with one atomic rename (for a folder that exists: ``renameat2(RENAME_EXCHANGE)`` on Linux, ``renamex_np
    (RENAME_SWAP)`` on macOS, so the path always names a complete folder, old or new), fsync the parent folder
-   and remove the previous output. Readers keep their paths (``$TWINS_HOME/events/<source>/events.parquet``).
+   and remove the previous output. Readers keep their paths (``$TWINS_HOME/events/<source>/events.parquet``, a
+   folder of bucket files, is swapped with the folder around it).
    Where the file system cannot exchange (e.g. NFS) the folder is replaced by two renames, and a run killed
    between them leaves ``.<name>.old-*``, which the next run on that output moves back (step 2).
 """

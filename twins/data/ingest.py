@@ -1,13 +1,21 @@
 """Ingest: raw files -> canonical events + quarantine, reconciled (rows in = accepted + quarantined).
 
-Pure expression builders (``canonical_frame``, ``with_reasons``) do the work; ``ingest`` is the I/O edge.
+Pure expression builders (``canonical_frame``, ``with_reasons``) do the work; ``ingest`` is the I/O edge. Its
+passes run per file and per bucket through ``twins.engine`` (module-level functions over picklable tasks), in memory
+bounded by one file's stream, one hash partition and one bucket: 1 count each file's rows and spill its lines'
+hashes (``twins.data.duplicates``); 2 validate each file into per-bucket parts and a quarantine part; 3 sort each
+bucket into ``events.parquet/bucket-NNNNN.parquet``.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,9 +24,11 @@ from typing import NamedTuple
 import polars as pl
 
 from twins import publish
-from twins.data import readers
+from twins.data import duplicates, readers
+from twins.data.events import BUCKET_FORMAT, EVENTS, bucket_files, bucket_of
 from twins.data.schema import CANONICAL, EVENT_TYPES, FILE_COLUMN, QUARANTINE_REASON, READER_REASON, ROW_COLUMN
 from twins.data.source import AttributeTable, FileSpec, Ids, SourceConfig
+from twins.engine import Engine, get_engine
 
 #: Quarantine reasons, in the order they are tested (a row gets the first that applies; ``bad_item`` is a reader's).
 REASONS = ("bad_item", "missing_item", "missing_basket", "unparsable_time", "bad_order", "bad_quantity",
@@ -61,6 +71,7 @@ class IngestReport:
     seconds: float
     per_file_rows: dict[str, int] = field(default_factory=dict)
     hints: list[str] = field(default_factory=list)  # likely config fixes, read off the quarantine
+    buckets: int = 1  # customer buckets of the event store
 
     @property
     def quarantined_total(self) -> int:
@@ -283,8 +294,8 @@ def _utc(t: datetime) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
-def finish(lf: pl.LazyFrame, cfg: SourceConfig) -> pl.LazyFrame:
-    """Across all files: basket ids (for the files that map none), and basket order for order-only sources."""
+def basket_ids(lf: pl.LazyFrame, cfg: SourceConfig) -> pl.LazyFrame:
+    """Basket ids for the files that map none (row by row, so per file)."""
     if any("basket_id" not in cfg.mapping(spec)[0] for spec in cfg.files):
         # order numbers may restart in every file; a time is the same instant in any file (so overlapping
         # files still yield the same basket ids and their copies are found as overlap_duplicate)
@@ -292,35 +303,21 @@ def finish(lf: pl.LazyFrame, cfg: SourceConfig) -> pl.LazyFrame:
                else pl.col("event_time").dt.to_string("%Y-%m-%dT%H:%M:%S%.f"))
         lf = lf.with_columns(basket_id=pl.when(pl.col("_no_basket"))
                              .then(pl.col("customer_id").fill_null("guest") + "|" + key).otherwise(pl.col("basket_id")))
-    if cfg.order_column:
-        # rank accepted rows only, so that a quarantined basket leaves no gap in 0..n-1
-        lf = lf.with_columns(basket_seq=pl.when(pl.col(QUARANTINE_REASON).is_null())
-                             .then(pl.struct(_FILE_IDX, "_order")).rank("dense").over("customer_id") - 1)
-    else:
-        lf = lf.with_columns(basket_seq=pl.lit(None, pl.Int64))
     return lf
 
 
-def duplicate_rows(raws: list[pl.LazyFrame], key_cols: list[list[str]]) -> list[tuple[pl.Series, pl.Series]]:
-    """Exact copies of raw lines, per file: (0-based row numbers of ``duplicate_line``, of ``overlap_duplicate``).
+def basket_seq(lf: pl.LazyFrame, cfg: SourceConfig) -> pl.LazyFrame:
+    """Basket order for order-only sources: the dense rank of (file, order number) within a customer over the
+    accepted rows (a quarantined basket leaves no gap in 0..n-1); a window per customer, so per bucket."""
+    if not cfg.order_column:
+        return lf.with_columns(basket_seq=pl.lit(None, pl.Int64))
+    return lf.with_columns(basket_seq=pl.when(pl.col(QUARANTINE_REASON).is_null())
+                           .then(pl.struct(_FILE_IDX, "_order")).rank("dense").over("customer_id").cast(pl.Int64) - 1)
 
-    The first occurrence (by file, then row) is kept; a copy is an overlap_duplicate when its line first appeared
-    in an earlier file. Only a 64-bit hash of each line's mapped columns is held in memory (a false match among
-    10M lines has p ~ 3e-6), so the main pass can stream. A copy of a bad line is bad for the same reason; that
-    reason wins over the duplicate one. ``key_cols``: each file's mapped columns (files that map other columns
-    hold no copies of each other's lines)."""
-    keys = pl.concat([raw.select(pl.lit(i, pl.Int32).alias("f"),
-                                 pl.struct(pl.lit(key_cols.index(cols)).alias("_mapping"), *cols).hash(seed=7).alias("h"))
-                      .with_row_index("r") for i, (raw, cols) in enumerate(zip(raws, key_cols))]).collect(engine="streaming")
-    first = keys["h"].is_first_distinct()
-    copies = keys.filter(~first)
-    if copies.height:
-        origin = keys.filter(first & pl.col("h").is_in(copies["h"].unique().implode())).select("h", first_f="f")
-        copies = copies.join(origin, on="h", how="left", maintain_order="left")
-    else:
-        copies = copies.with_columns(first_f=pl.col("f"))
-    in_file = pl.col("first_f") == pl.col("f")
-    return [(k.filter(in_file)["r"], k.filter(~in_file)["r"]) for k in (copies.filter(pl.col("f") == i) for i in range(len(raws)))]
+
+def finish(lf: pl.LazyFrame, cfg: SourceConfig) -> pl.LazyFrame:
+    """Across all files: basket ids (for the files that map none), and basket order for order-only sources."""
+    return basket_seq(basket_ids(lf, cfg), cfg)
 
 
 def attribute_frame(table: AttributeTable, key_name: str, prefix: str, cfg: SourceConfig) -> pl.LazyFrame:
@@ -360,46 +357,167 @@ def attribute_tables(tables: list[AttributeTable], key_name: str, prefix: str, c
 
 # ----------------------------------------------------------------------------------------------- I/O edge
 
-def plan(cfg: SourceConfig, not_after: datetime | None = None) -> tuple[pl.LazyFrame, list[InputFile]]:
-    """The ingest plan over all files (lazy, with ``reason``) and the (path, format, sheet) of each file. Finding
-    duplicate lines is the one eager pass (over hashes only); with ``validation.overlap: later_file``, each file's
-    time range is another."""
+#: input rows per bucket of the event store when the config sets no ``buckets``
+ROWS_PER_BUCKET = 2_000_000
+
+
+def default_buckets(rows: int) -> int:
+    """One bucket per ``ROWS_PER_BUCKET`` input rows, at least 1."""
+    return max(1, -(-rows // ROWS_PER_BUCKET))
+
+
+class FileTask(NamedTuple):
+    """One input file's work, as an engine runs it: the source, the file's place in ``input_files()`` and what the
+    earlier passes found (``records``: its rows; ``dups``: its duplicate and overlap rows; ``later``: the accepted
+    time spans of later files, for ``overlap: later_file``)."""
+
+    cfg: SourceConfig
+    index: int
+    file: InputFile
+    spec: FileSpec
+    not_after: datetime
+    records: int = 0
+    dups: tuple[pl.Series, pl.Series] | None = None
+    later: list[tuple[datetime | None, datetime | None]] | None = None
+
+
+def _raw(task: FileTask) -> pl.LazyFrame:
+    path, fmt, sheet = task.file
+    return readers.scan(path, fmt, task.cfg.csv, sheet, task.spec.json_lines, list(_needed(task.cfg, task.spec).values()))
+
+
+def _key_columns(cfg: SourceConfig, spec: FileSpec) -> list[str]:
+    return sorted(set(_needed(cfg, spec).values()))
+
+
+@contextmanager
+def _reading(task: FileTask) -> Iterator[None]:
+    """Name the file (and the line, where it can be found) when polars fails while reading it."""
+    try:
+        yield
+    except pl.exceptions.PolarsError as exc:
+        if publish.is_disk_full(exc):
+            raise
+        raise readers.read_error(task.file.path, task.file.fmt, exc, task.cfg.csv) from None
+
+
+def count_file(task: FileTask) -> int:
+    """Pass 1 without the duplicate check: the file's rows."""
+    path, fmt, sheet = task.file
+    with _reading(task):
+        return readers.count_rows(path, fmt, task.cfg.csv, sheet, task.spec.json_lines)
+
+
+def hash_file(args: tuple[FileTask, int, int, str, int]) -> int:
+    """Pass 1: ``(task, mapping, rank, folder, partitions)`` -> the file's rows, its lines' hashes spilled (see
+    ``duplicates.spill``)."""
+    task, mapping, rank, folder, partitions = args
+    with _reading(task):
+        return duplicates.spill(_raw(task), _key_columns(task.cfg, task.spec), mapping, rank, Path(folder), partitions)
+
+
+def resolve_partition(args: tuple[str, int]) -> pl.DataFrame:
+    """Pass 1b: the copies in one hash partition (see ``duplicates.resolve``)."""
+    return duplicates.resolve(Path(args[0]), args[1])
+
+
+def file_frame(task: FileTask) -> pl.LazyFrame:
+    """One file's rows as canonical events with their quarantine ``reason`` (duplicates and superseded rows marked
+    from ``task.dups`` / ``task.later``) and basket ids; ``basket_seq`` is set per bucket (``basket_seq``)."""
+    cfg, (path, fmt, _) = task.cfg, task.file
+    multiline = readers.multiline_records(path, fmt, cfg.csv, task.records)
+    lf = with_reasons(canonical_frame(_raw(task), cfg, task.index, path.name, fmt, task.spec, multiline), cfg,
+                      task.not_after, cfg.mapping(task.spec)[0])
+    if task.dups is not None:
+        same, earlier = (rows.implode() for rows in task.dups)
+        reason, row = pl.col(QUARANTINE_REASON), pl.col(_ROW_IDX)
+        lf = lf.with_columns(**{QUARANTINE_REASON: pl.when(reason.is_null() & row.is_in(same))
+                                .then(pl.lit("duplicate_line"))
+                                .when(reason.is_null() & row.is_in(earlier))
+                                .then(pl.lit("overlap_duplicate")).otherwise(reason)})
+    if task.later is not None:
+        lf = _supersede(lf, task.later)
+    return basket_ids(lf, cfg)
+
+
+def accepted_span(task: FileTask) -> tuple[datetime | None, datetime | None]:
+    """The first and last time of a file's accepted events (``overlap: later_file``)."""
+    with _reading(task):
+        return _span(file_frame(task)).collect(engine="streaming").row(0)
+
+
+def _span(lf: pl.LazyFrame) -> pl.LazyFrame:
+    return lf.filter(pl.col(QUARANTINE_REASON).is_null()).select(pl.col("event_time").min().alias("lo"),
+                                                                  pl.col("event_time").max().alias("hi"))
+
+
+def _supersede(lf: pl.LazyFrame, later: list[tuple[datetime | None, datetime | None]]) -> pl.LazyFrame:
+    """Accepted rows inside a later file's time span become ``superseded``."""
+    ok = pl.col(QUARANTINE_REASON).is_null()
+    inside = [pl.col("event_time").is_between(pl.lit(lo, CANONICAL["event_time"]), pl.lit(hi, CANONICAL["event_time"]))
+              for lo, hi in later if lo is not None]
+    covered = pl.any_horizontal(inside).fill_null(False) if inside else pl.lit(False)
+    return lf.with_columns(pl.when(ok & covered).then(pl.lit("superseded")).otherwise(pl.col(QUARANTINE_REASON))
+                           .alias(QUARANTINE_REASON))
+
+
+def superseded(frames: list[pl.LazyFrame]) -> list[pl.LazyFrame]:
+    """``overlap: later_file``: a file's rows inside a later file's time range (its first to its last accepted
+    event) are ``superseded``: the later export is taken as the truth for the times it covers."""
+    spans = [s.row(0) for s in pl.collect_all([_span(lf) for lf in frames], engine="streaming")]
+    return [_supersede(lf, spans[i + 1:]) for i, lf in enumerate(frames)]
+
+
+def _file_tasks(cfg: SourceConfig, not_after: datetime | None) -> list[FileTask]:
+    """Every input file's task, its columns checked (fails fast on a missing one)."""
     not_after = not_after or cfg.validation.not_after or datetime.now(timezone.utc)
     if not_after.tzinfo is None:
         not_after = not_after.replace(tzinfo=timezone.utc)
-    raws, files, keys = [], [], []
-    inputs = cfg.input_files()
-    for path, spec in inputs:
-        needed = _needed(cfg, spec)
-        fmt = readers.detect_format(path, cfg.format)
-        raws.append(readers.scan(path, fmt, cfg.csv, spec.sheet, spec.json_lines, list(needed.values())))
-        readers.check_columns(path, raws[-1], needed, cfg.csv)
-        files.append(InputFile(path, fmt, spec.sheet))
-        keys.append(sorted(set(needed.values())))
-    later_first = cfg.validation.overlap == "later_file"  # then a line's copy in a later file is the one kept
+    tasks = []
+    for i, (path, spec) in enumerate(cfg.input_files()):
+        task = FileTask(cfg, i, InputFile(path, readers.detect_format(path, cfg.format), spec.sheet), spec, not_after)
+        readers.check_columns(path, _raw(task), _needed(cfg, spec), cfg.csv)
+        tasks.append(task)
+    return tasks
+
+
+def first_pass(tasks: list[FileTask], engine: Engine, work: Path) -> list[FileTask]:
+    """Count every file's rows and, with ``duplicates: quarantine``, find its duplicate and overlap rows exactly
+    (hashes spilled under ``work``, removed after). The first copy is kept: by file order, or with ``overlap:
+    later_file`` the copy in the later file."""
+    cfg = tasks[0].cfg
+    if cfg.validation.duplicates != "quarantine":
+        return [t._replace(records=n) for t, n in zip(tasks, engine.map(count_file, tasks))]
+    later_first = cfg.validation.overlap == "later_file"
+    keys = [_key_columns(cfg, t.spec) for t in tasks]
+    ranks = [len(tasks) - 1 - i if later_first else i for i in range(len(tasks))]
+    parts = duplicates.partitions_for(sum(_size(t.file.path) for t in tasks))
+    folder = work / "hashes"
     try:
-        dups = (duplicate_rows(raws[::-1] if later_first else raws, keys[::-1] if later_first else keys)
-                if cfg.validation.duplicates == "quarantine" else None)
-    except pl.exceptions.PolarsError as exc:
-        raise _read_error(cfg, files, exc) from None
-    if dups is not None and later_first:
-        dups = dups[::-1]
-    frames = []
-    for i, (raw, (_, spec), (path, fmt, _)) in enumerate(zip(raws, inputs, files)):
-        multiline = readers.multiline_records(path, fmt, cfg.csv)
-        lf = with_reasons(canonical_frame(raw, cfg, i, path.name, fmt, spec, multiline), cfg, not_after,
-                          cfg.mapping(spec)[0])
-        if dups is not None:
-            same, earlier = (rows.implode() for rows in dups[i])
-            reason, row = pl.col(QUARANTINE_REASON), pl.col(_ROW_IDX)
-            lf = lf.with_columns(**{QUARANTINE_REASON: pl.when(reason.is_null() & row.is_in(same))
-                                    .then(pl.lit("duplicate_line"))
-                                    .when(reason.is_null() & row.is_in(earlier))
-                                    .then(pl.lit("overlap_duplicate")).otherwise(reason)})
-        frames.append(lf)
-    if later_first:
+        records = engine.map(hash_file, [(t, keys.index(k), r, str(folder), parts) for t, k, r in zip(tasks, keys, ranks)])
+        copies = pl.concat(engine.map(resolve_partition, [(str(folder), p) for p in range(parts)]))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    found = duplicates.by_file(copies, len(tasks))
+    return [t._replace(records=n, dups=found[r]) for t, n, r in zip(tasks, records, ranks)]
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size
+
+
+def plan(cfg: SourceConfig, not_after: datetime | None = None, engine: str | None = None
+         ) -> tuple[pl.LazyFrame, list[InputFile]]:
+    """The ingest plan over all files as one lazy frame (with ``reason``; the in-memory path) and each file's
+    (path, format, sheet). Finding duplicate lines is an eager pass (see ``first_pass``); with ``validation.overlap:
+    later_file``, each file's time range is another."""
+    tasks = _file_tasks(cfg, not_after)
+    with tempfile.TemporaryDirectory(prefix="twins-plan-") as work:
+        tasks = first_pass(tasks, get_engine(engine), Path(work))
+    frames = [file_frame(t) for t in tasks]
+    if cfg.validation.overlap == "later_file":
         frames = superseded(frames)
-    return finish(pl.concat(frames, how="diagonal_relaxed"), cfg), files
+    return finish(pl.concat(frames, how="diagonal_relaxed"), cfg), [t.file for t in tasks]
 
 
 def _needed(cfg: SourceConfig, spec: FileSpec) -> dict[str, str]:
@@ -416,72 +534,138 @@ def _needed(cfg: SourceConfig, spec: FileSpec) -> dict[str, str]:
     return needed
 
 
-def superseded(frames: list[pl.LazyFrame]) -> list[pl.LazyFrame]:
-    """``overlap: later_file``: a file's rows inside a later file's time range (its first to its last accepted
-    event) are ``superseded``: the later export is taken as the truth for the times it covers."""
-    ok = pl.col(QUARANTINE_REASON).is_null()
-    spans = [lf.filter(ok).select(pl.col("event_time").min().alias("lo"), pl.col("event_time").max().alias("hi"))
-             for lf in frames]
-    spans = [s.row(0) for s in pl.collect_all(spans, engine="streaming")]
-    out = []
-    for i, lf in enumerate(frames):
-        later = [pl.col("event_time").is_between(pl.lit(lo, CANONICAL["event_time"]), pl.lit(hi, CANONICAL["event_time"]))
-                 for lo, hi in spans[i + 1:] if lo is not None]
-        covered = pl.any_horizontal(later).fill_null(False) if later else pl.lit(False)
-        out.append(lf.with_columns(pl.when(ok & covered).then(pl.lit("superseded")).otherwise(pl.col(QUARANTINE_REASON))
-                                   .alias(QUARANTINE_REASON)))
-    return out
-
-
-def ingest(cfg: SourceConfig, out_dir: str | Path, not_after: datetime | None = None) -> IngestReport:
-    """Run the ingest: write ``events.parquet``, ``quarantine.parquet``, ``report.json`` and the attribute
-    tables (``items.parquet``, ``customers.parquet``) into ``out_dir``, published by ``twins.publish`` (locked
-    against another run, one atomic swap: a failed or killed run leaves the previous output in place). Raises
-    SourceError on unreadable input, ``publish.OutputBusy`` / ``publish.DiskFull``."""
+def ingest(cfg: SourceConfig, out_dir: str | Path, not_after: datetime | None = None,
+           engine: str | None = None) -> IngestReport:
+    """Run the ingest: write ``events.parquet`` (a folder of customer buckets, see ``twins.data.events``),
+    ``quarantine.parquet``, ``report.json`` and the attribute tables (``items.parquet``, ``customers.parquet``) into
+    ``out_dir``, published by ``twins.publish`` (locked against another run, one atomic swap: a failed or killed run
+    leaves the previous output in place). Per-file and per-bucket work runs on ``engine`` (``twins.engine``; default
+    local), memory bounded by one file's stream and one bucket. Raises SourceError on unreadable input,
+    ``publish.OutputBusy`` / ``publish.DiskFull``."""
     out_dir = Path(out_dir)
     with publish.locked(out_dir, f"twins ingest {cfg.name}"), publish.staged_dir(out_dir) as tmp:
-        report = _write(cfg, tmp, out_dir, not_after)
+        try:
+            report = _write(cfg, tmp, out_dir, not_after, get_engine(engine))
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            if publish.is_disk_full(exc) and not isinstance(exc, publish.DiskFull):
+                raise publish.disk_full(out_dir.parent, exc) from exc
+            raise
         publish.publish_dir(tmp, out_dir)
     return report
 
 
-def _write(cfg: SourceConfig, tmp: Path, out_dir: Path, not_after: datetime | None) -> IngestReport:
-    """Write the ingest's files into the empty folder ``tmp``; the report names them as they will be in ``out_dir``."""
-    t0 = time.perf_counter()
-    lf, files = plan(cfg, not_after)
-    extras = list(dict.fromkeys([*cfg.extra_columns, *(k for f in cfg.files for k in cfg.extra_constants(f))]))
+class BucketTask(NamedTuple):
+    """One bucket's sort: its parts under ``parts``, its file ``target``, the events' ``schema``."""
+
+    cfg: SourceConfig
+    bucket: int
+    parts: str
+    target: str
+    schema: dict[str, pl.DataType]
+
+
+_BUCKET = "__bucket"
+_HELPERS = (_FILE_IDX, "_order")  # carried into the bucket parts of order-only sources: basket_seq
+
+
+def write_file(args: tuple[FileTask, int, str, dict[str, pl.DataType]]) -> None:
+    """Pass 2: ``(task, buckets, work, schema)``: the file's accepted events into per-bucket parts
+    (``work/events/<file>/__bucket=<b>/``) and its quarantined rows into ``work/quarantine/<file>.parquet``."""
+    task, n, work, schema = args
+    lf = file_frame(task)
     ok = pl.col(QUARANTINE_REASON).is_null()
-    events = lf.filter(ok).select(*[pl.col(c).cast(t) for c, t in CANONICAL.items()], *extras)
-    attributes = {name: attribute_tables(tables, key, prefix, cfg) for name, tables, key, prefix in
-                  (("items", cfg.item_attributes, "item_id", "item_"),
-                   ("customers", cfg.customer_attributes, "customer_id", "customer_")) if tables}
-    raw_cols = [c for c in lf.collect_schema().names() if c.startswith("raw:")]
+    have = lf.collect_schema()
+    events = lf.filter(ok).select(*[(pl.col(c) if c in have else pl.lit(None)).cast(t).alias(c) for c, t in schema.items()],
+                                  *(_HELPERS if task.cfg.order_column else ()))
+    raw_cols = [c for c in have.names() if c.startswith("raw:")]
     quarantine = lf.filter(~ok).select(FILE_COLUMN, ROW_COLUMN, QUARANTINE_REASON,
                                        *[pl.col(c).alias(c.removeprefix("raw:")) for c in raw_cols])
-    sinks = [events.sink_parquet(tmp / "events.parquet", compression="lz4", lazy=True),
-             quarantine.sink_parquet(tmp / "quarantine.parquet", compression="lz4", lazy=True),
-             *[frame.sink_parquet(tmp / f"{name}.parquet", lazy=True) for name, frame in attributes.items()]]
-    try:
-        pl.collect_all(sinks, engine="streaming")
-    except pl.exceptions.PolarsError as exc:
-        if publish.is_disk_full(exc):
-            raise publish.disk_full(out_dir.parent, exc) from exc
-        raise _read_error(cfg, files, exc) from None
+    (Path(work) / "quarantine").mkdir(parents=True, exist_ok=True)
+    with _reading(task):
+        if n == 1:
+            events = events.with_columns(pl.lit(0, pl.UInt32).alias(_BUCKET))
+        else:  # each distinct customer's bucket, hashed once (a map per streamed batch costs more)
+            ids = lf.select(pl.col("customer_id").unique()).collect(engine="streaming")["customer_id"]
+            table = pl.LazyFrame({"customer_id": ids, _BUCKET: bucket_of(ids, n)})
+            events = events.join(table, on="customer_id", how="left", nulls_equal=True, maintain_order="left")
+        pl.collect_all([
+            events.sink_parquet(pl.PartitionBy(Path(work) / "events" / f"{task.index:05d}", key=_BUCKET,
+                                               include_key=False), compression="lz4", lazy=True),
+            quarantine.sink_parquet(Path(work) / "quarantine" / f"{task.index:05d}.parquet", compression="lz4",
+                                    lazy=True)], engine="streaming")
+
+
+def sort_bucket(task: BucketTask) -> dict[str, int]:
+    """Pass 3: one bucket's parts sorted by customer and time into its file (ties in input order: the parts are read
+    in file order, each in row order), with ``basket_seq``; returns its counts (rows, guest rows, returns,
+    customers)."""
+    files = sorted(Path(task.parts).glob(f"*/{_BUCKET}={task.bucket}/*.parquet"))
+    if files:
+        lf = pl.scan_parquet(files).sort("customer_id", "event_time", nulls_last=True, maintain_order=True)
+        lf = basket_seq(lf.with_columns(pl.lit(None, pl.String).alias(QUARANTINE_REASON)), task.cfg)
+        lf.select(*task.schema).sink_parquet(task.target, compression="lz4")
+    else:
+        pl.DataFrame(schema=task.schema).write_parquet(task.target, compression="lz4")
+    return pl.scan_parquet(task.target).select(
+        pl.len().alias("rows"), pl.col("customer_id").is_null().sum().alias("guests"),
+        (pl.col("event_type") == "return").sum().alias("returns"),
+        pl.col("customer_id").drop_nulls().n_unique().alias("customers")).collect().row(0, named=True)
+
+
+def _events_schema(tasks: list[FileTask]) -> dict[str, pl.DataType]:
+    """The events' columns (canonical, then extra) and types over all files (an extra constant missing from a
+    file is null there; differing types relax to a common one)."""
+    cfg = tasks[0].cfg
+    extras = list(dict.fromkeys([*cfg.extra_columns, *(k for f in cfg.files for k in cfg.extra_constants(f))]))
+    frames = []
+    for task in tasks:
+        have = file_frame(task).collect_schema()
+        frames.append(pl.DataFrame(schema={c: have[c] for c in extras if c in have}))
+    relaxed = pl.concat(frames, how="diagonal_relaxed").schema
+    return {**CANONICAL, **{c: relaxed[c] for c in extras}}
+
+
+def _write(cfg: SourceConfig, tmp: Path, out_dir: Path, not_after: datetime | None, engine: Engine) -> IngestReport:
+    """Write the ingest's files into the empty folder ``tmp``; the report names them as they will be in ``out_dir``.
+    Passes: 1 count (and hash) every file; 2 validate each file into bucket parts and a quarantine part; 3 sort
+    each bucket into its file."""
+    t0 = time.perf_counter()
+    work = tmp / ".work"
+    tasks = first_pass(_file_tasks(cfg, not_after), engine, work)
+    if cfg.validation.overlap == "later_file":
+        spans = engine.map(accepted_span, tasks)
+        tasks = [t._replace(later=spans[i + 1:]) for i, t in enumerate(tasks)]
+    n = cfg.buckets or default_buckets(sum(t.records for t in tasks))
+    schema = _events_schema(tasks)
+    engine.map(write_file, [(t, n, str(work), schema) for t in tasks])
+    folder = tmp / EVENTS
+    folder.mkdir()
+    stats = engine.map(sort_bucket, [BucketTask(cfg, b, str(work / "events"), str(folder / BUCKET_FORMAT.format(b)),
+                                                schema) for b in range(n)])
+    quarantine = tmp / "quarantine.parquet"
+    pl.concat([pl.scan_parquet(work / "quarantine" / f"{t.index:05d}.parquet") for t in tasks],
+              how="diagonal_relaxed").sink_parquet(quarantine, compression="lz4")
+    shutil.rmtree(work)
+    for name, tables, key, prefix in (("items", cfg.item_attributes, "item_id", "item_"),
+                                      ("customers", cfg.customer_attributes, "customer_id", "customer_")):
+        if tables:
+            try:
+                attribute_tables(tables, key, prefix, cfg).sink_parquet(tmp / f"{name}.parquet")
+            except pl.exceptions.PolarsError as exc:
+                if publish.is_disk_full(exc):
+                    raise
+                raise _read_error(cfg, [t.file for t in tasks], exc) from None
     per_file: dict[str, int] = {}
-    for i, (f, (_, spec)) in enumerate(zip(files, cfg.input_files())):  # one file read twice is counted twice
-        key = str(f.path) if str(f.path) not in per_file else f"{f.path} (files[{i}])"
-        per_file[key] = readers.count_rows(f.path, f.fmt, cfg.csv, f.sheet, spec.json_lines)
-    stats = pl.scan_parquet(tmp / "events.parquet").select(
-        pl.len().alias("n"), pl.col("customer_id").is_null().sum().alias("guests"),
-        (pl.col("event_type") == "return").sum().alias("returns"), pl.col("customer_id").n_unique().alias("customers"),
-        pl.col("customer_id").null_count().alias("nulls")).collect().row(0, named=True)
-    reasons = pl.scan_parquet(tmp / "quarantine.parquet").group_by(QUARANTINE_REASON).len().collect()
+    for i, t in enumerate(tasks):  # one file read twice is counted twice
+        per_file[str(t.file.path) if str(t.file.path) not in per_file else f"{t.file.path} (files[{i}])"] = t.records
+    reasons = pl.scan_parquet(quarantine).group_by(QUARANTINE_REASON).len().collect()
     report = IngestReport(
-        source=cfg.name, files=[str(f.path) for f in files], rows_in=sum(per_file.values()), accepted=stats["n"],
-        quarantined={r: n for r, n in reasons.iter_rows()}, guest_rows=stats["guests"], returns=stats["returns"],
-        customers=stats["customers"] - (1 if stats["nulls"] else 0),
-        events_path=str(out_dir / "events.parquet"), quarantine_path=str(out_dir / "quarantine.parquet"),
-        seconds=time.perf_counter() - t0, per_file_rows=per_file, hints=_hints(tmp / "quarantine.parquet", cfg))
+        source=cfg.name, files=[str(t.file.path) for t in tasks], rows_in=sum(per_file.values()),
+        accepted=sum(s["rows"] for s in stats), quarantined={r: k for r, k in reasons.iter_rows()},
+        guest_rows=sum(s["guests"] for s in stats), returns=sum(s["returns"] for s in stats),
+        customers=sum(s["customers"] for s in stats), events_path=str(out_dir / EVENTS),
+        quarantine_path=str(out_dir / "quarantine.parquet"), seconds=time.perf_counter() - t0,
+        per_file_rows=per_file, hints=_hints(quarantine, cfg), buckets=n)
     if report.rows_in != report.accepted + report.quarantined_total:
         raise ReconciliationError(f"{cfg.name}: rows in {report.rows_in} != accepted {report.accepted} + "
                                   f"quarantined {report.quarantined_total}; output not written")
@@ -491,7 +675,7 @@ def _write(cfg: SourceConfig, tmp: Path, out_dir: Path, not_after: datetime | No
 
 def _hints(quarantine_path: Path, cfg: SourceConfig) -> list[str]:
     """Config fixes the output points at (the quarantine and the events written beside it)."""
-    return _decimal_comma_hint(quarantine_path, cfg) + _float_id_hint(quarantine_path.with_name("events.parquet"), cfg)
+    return _decimal_comma_hint(quarantine_path, cfg) + _float_id_hint(quarantine_path.with_name(EVENTS), cfg)
 
 
 def _float_id_hint(events_path: Path, cfg: SourceConfig) -> list[str]:
@@ -499,7 +683,7 @@ def _float_id_hint(events_path: Path, cfg: SourceConfig) -> list[str]:
     ``ids.normalize_float`` is off: `twins twin show 17850` would not find them."""
     if cfg.ids.normalize_float:
         return []
-    ids = pl.scan_parquet(events_path).select(pl.col("customer_id").unique()).filter(pl.col("customer_id").str.contains(_FLOAT_ID))
+    ids = pl.scan_parquet(bucket_files(events_path.parent)).select(pl.col("customer_id").unique()).filter(pl.col("customer_id").str.contains(_FLOAT_ID))
     found = ids.select(pl.len(), pl.col("customer_id").sort().first()).collect().row(0)
     if not found[0]:
         return []

@@ -98,14 +98,14 @@ def count_rows(path: Path, fmt: Format, csv: CsvOptions, sheet: str | None = Non
     return scan(path, fmt, csv, sheet, json_lines).select(pl.len()).collect().item()
 
 
-def multiline_records(path: Path, fmt: Format, csv: CsvOptions) -> bool:
-    """Whether some record of a CSV file spans lines (a quoted field holding a line break), so that record numbers
-    are not line numbers. Counting both is fast (no values are parsed)."""
+def multiline_records(path: Path, fmt: Format, csv: CsvOptions, records: int) -> bool:
+    """Whether some record of a CSV file of ``records`` records spans lines (a quoted field holding a line break),
+    so that record numbers are not line numbers. Counting lines is fast (no values are parsed)."""
     if fmt != "csv" or csv.quote_char is None:
         return False
     lines = pl.scan_csv(path, has_header=False, separator="\x1f", quote_char=None, infer_schema=False,
                         encoding="utf8-lossy", truncate_ragged_lines=True, glob=False).select(pl.len())
-    return lines.collect().item() != count_rows(path, fmt, csv) + csv.has_header
+    return lines.collect().item() != records + csv.has_header
 
 
 def check_columns(path: Path, lf: pl.LazyFrame, needed: dict[str, str], csv: CsvOptions,
