@@ -312,6 +312,32 @@ def test_emotion_profile_of_messages_without_times_covers_them_all():
         emotion_profiles(scored, datetime(2024, 1, 1, tzinfo=timezone.utc))
 
 
+def test_scored_messages_equal_the_runtime_answers_in_any_chunking(bundle_dir, monkeypatch):
+    """Messages sorted by length across a chunk (not batch by batch in log order) score as the runtime scores them,
+    rows stay in log order, and the progress counts reach every message."""
+    import polars as pl
+
+    from twins.runtime import load
+    from twins.twin import emotion
+
+    texts = [" ".join(["happy glad angry scared"] * (i % 9)) + f" {i}" for i in range(70)] + [None, ""]
+    events = pl.LazyFrame({"customer_id": [str(i % 5) for i in range(len(texts))], "event_time": None,
+                           "event_type": "message", "text": texts})
+    bundle = load(bundle_dir)
+    want = bundle.probabilities([t or "" for t in texts])
+    seen = []
+    whole = emotion.score_messages(events, bundle, batch_size=8, on_batch=lambda done, n: seen.append((done, n)))
+    monkeypatch.setattr(emotion, "CHUNK", 16)
+    chunked = emotion.score_messages(events, bundle, batch_size=5)
+    assert whole["text"].to_list() == [t or "" for t in texts]
+    for level in ("ekman", "sentiment"):
+        got = whole.select(f"{level}_{g}" for g in bundle.groups[level]).to_numpy()
+        np.testing.assert_allclose(got, want[level], atol=1e-5)
+        np.testing.assert_allclose(chunked.select(f"{level}_{g}" for g in bundle.groups[level]).to_numpy(), got, atol=1e-5)
+    assert whole["labels"].to_list() == chunked["labels"].to_list()
+    assert seen[-1] == (len(texts), len(texts)) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
 def test_emotions_command_scores_messages_and_stores_profiles(bundle_dir, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 

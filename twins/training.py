@@ -18,11 +18,20 @@ import torch
 import torch.distributed as dist
 
 LAST = "last.pt"
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def pick_device(device: str | None = None) -> torch.device:
     """``device`` if given, else CUDA when available, else CPU."""
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def autocast_enabled(precision: str, device: torch.device) -> bool:
+    """Whether training steps run under bf16 autocast: ``"auto"`` on CUDA only, ``"bf16"`` on any device (CPU
+    autocast too), ``"fp32"`` never."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 
 def progress(batches: list, description: str, show: bool) -> Iterable:
@@ -140,14 +149,17 @@ def _read(path: Path, device: torch.device) -> Any:
 
 def setup_distributed(device: str | None = None) -> tuple[torch.device, int, int]:
     """``(device, rank, world size)``. Under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is started
-    (nccl on CUDA, gloo on CPU) and each process takes the GPU of its ``LOCAL_RANK``; otherwise ``(device, 0, 1)``."""
+    (nccl on CUDA, gloo on CPU) and each process takes the GPU of its ``LOCAL_RANK``, made its current device before
+    the group starts (else NCCL's own work, e.g. its barrier, lands on GPU 0 from every rank); otherwise
+    ``(device, 0, 1)``."""
     chosen = pick_device(device)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return chosen, 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
     if chosen.type == "cuda":
         chosen = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(chosen)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
     return chosen, dist.get_rank(), dist.get_world_size()
 
 

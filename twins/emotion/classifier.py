@@ -1,9 +1,9 @@
 """Multi-label emotion classifier: a MiniLM encoder (pretrained, or small from scratch) with a linear head.
 
 The estimator follows scikit-learn's contract; training picks the device itself (CUDA with bf16 autocast
-when available, CPU otherwise), runs under ``torchrun`` (DDP: gloo on CPU, nccl on GPU), writes a
-checkpoint every epoch, resumes from it, and stops early when dev macro-F1 (thresholds tuned on dev) stops
-improving, keeping the best epoch.
+when available, CPU otherwise; ``precision`` ``"fp32"`` or ``"bf16"`` sets the autocast on any device), runs
+under ``torchrun`` (DDP: gloo on CPU, nccl on GPU), writes a checkpoint every epoch, resumes from it, and stops
+early when dev macro-F1 (thresholds tuned on dev) stops improving, keeping the best epoch.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from torch.nn import functional as F
 from twins.emotion.encoder import Encoder, EncoderConfig, pretrained_dir
 from twins.emotion.tokenize import encode, load_tokenizer
 from twins.runtime.text import by_length, pad
-from twins.training import (fingerprint, load_checkpoint, progress, restore_best, save_checkpoint, setup_distributed,
-                            shared_score)
+from twins.training import (autocast_enabled, fingerprint, load_checkpoint, progress, restore_best, save_checkpoint,
+                            setup_distributed, shared_score)
 from twins.evaluate.emotion import macro_f1, predict_labels, tune_thresholds
 
 SMALL = EncoderConfig(hidden=256, layers=2, heads=4, intermediate=1024, max_positions=512)
-RESUME_IGNORES = ("device", "progress", "checkpoint_dir")
+RESUME_IGNORES = ("device", "precision", "progress", "checkpoint_dir")
 
 
 class EmotionNet(nn.Module):
@@ -86,7 +86,7 @@ class EmotionClassifier(BaseEstimator):
                  lr: float = 1e-4, head_lr: float = 1e-3, weight_decay: float = 0.01, warmup: float = 0.06,
                  loss: str = "weighted_bce", dropout: float = 0.1, frozen_layers: int = 0,
                  train_embeddings: bool = False, patience: int = 1, seed: int = 0, device: str | None = None,
-                 checkpoint_dir: str | None = None, progress: bool = False) -> None:
+                 precision: str = "auto", checkpoint_dir: str | None = None, progress: bool = False) -> None:
         self.encoder = encoder
         self.max_length = max_length
         self.batch_size = batch_size
@@ -102,6 +102,7 @@ class EmotionClassifier(BaseEstimator):
         self.patience = patience
         self.seed = seed
         self.device = device
+        self.precision = precision
         self.checkpoint_dir = checkpoint_dir
         self.progress = progress
 
@@ -139,7 +140,7 @@ class EmotionClassifier(BaseEstimator):
         total = steps_per_epoch * self.epochs
         warm = max(1, int(self.warmup * total))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
-        amp = self.device_.type == "cuda"
+        amp = autocast_enabled(self.precision, self.device_)
         state = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "done": False, "history": []}
         ckpt = Path(self.checkpoint_dir) if self.checkpoint_dir else None
         fprint = fingerprint({k: v for k, v in self.get_params().items() if k not in RESUME_IGNORES}, y.shape[1], len(texts))

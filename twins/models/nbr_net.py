@@ -20,7 +20,8 @@ which ranks by expected Recall), on the training users' last baskets and, with `
 their m - 1 baskets before the last too, each predicted from the baskets before it (more examples from the same
 training users; no validation or test user is read); the target popularity a training user sees is out of fold
 (its own target never counts, as in ``twins.models.rerank``). The epoch is chosen on the
-validation users' Recall@10, with early stopping. Device picked automatically; bf16 autocast on CUDA; ``torchrun``
+validation users' Recall@10, with early stopping. Device picked automatically; bf16 autocast on CUDA (``precision``:
+``"auto"``; ``"fp32"`` or ``"bf16"`` on any device); ``torchrun``
 DDP splits the batches over processes; checkpoints after every epoch, resumed when ``checkpoint_dir`` holds one
 written with the same settings and data.
 
@@ -44,8 +45,8 @@ from sklearn.base import BaseEstimator
 from torch import nn
 
 from twins.runtime.next_basket_features import INPUTS, NeighbourIndex, network_inputs
-from twins.training import (fingerprint, load_checkpoint, progress, restore_best, save_checkpoint, setup_distributed,
-                            shared_score, trim_heap)
+from twins.training import (autocast_enabled, fingerprint, load_checkpoint, progress, restore_best, save_checkpoint,
+                            setup_distributed, shared_score, trim_heap)
 
 Item = Hashable
 Baskets = Sequence[Sequence[Item]]
@@ -53,7 +54,7 @@ DECAYS = (0.5, 0.8, 0.95)
 N_FEATURES = len(DECAYS) + 9
 TARGET_FOLDS = 5
 TRIM_EVERY = 8  # batches between heap trims (twins.training.trim_heap: without them CJ's RSS grew past 21 GiB)
-RESUME_IGNORES = ("max_epochs", "patience", "device", "checkpoint_dir", "progress")
+RESUME_IGNORES = ("max_epochs", "patience", "device", "precision", "checkpoint_dir", "progress")
 #: the most training users the neighbour index (and so the bundle) holds: a seeded sample beyond it. Above Ta-Feng's
 #: 13,858 users and Complete Journey's 2,469, so their models are unchanged; ~17 MB of index at 60 items a user
 MAX_USERS = 20_000
@@ -164,7 +165,7 @@ class NeuralNextBasket(BaseEstimator):
                  dim: int = 64, hidden: int = 64, lr: float = 3e-3, weight_decay: float = 1.0, batch_size: int = 128,
                  max_epochs: int = 12, patience: int = 3, max_baskets: int = 50, targets_per_user: int = 1,
                  max_users: int = MAX_USERS, steps_per_epoch: int | None = None, seed: int = 0,
-                 device: str | None = None, checkpoint_dir: str | None = None,
+                 device: str | None = None, precision: str = "auto", checkpoint_dir: str | None = None,
                  progress: bool = False) -> None:
         self.knn = knn
         self.within_decay = within_decay
@@ -183,6 +184,7 @@ class NeuralNextBasket(BaseEstimator):
         self.steps_per_epoch = steps_per_epoch
         self.seed = seed
         self.device = device
+        self.precision = precision
         self.checkpoint_dir = checkpoint_dir
         self.progress = progress
 
@@ -249,7 +251,7 @@ class NeuralNextBasket(BaseEstimator):
         mlps = [*self.net_.repeat.parameters(), *self.net_.prior.parameters()]
         opt = torch.optim.AdamW([{"params": mlps, "weight_decay": 0.0},
                                  {"params": embeddings, "weight_decay": self.weight_decay}], lr=self.lr)
-        amp = self.device_.type == "cuda"
+        amp = autocast_enabled(self.precision, self.device_)
         ckpt = Path(self.checkpoint_dir) if self.checkpoint_dir else None
         fprint = fingerprint({k: v for k, v in self.get_params().items() if k not in RESUME_IGNORES}, n, len(users))
         state = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "done": False, "history": []}

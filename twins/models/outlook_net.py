@@ -35,7 +35,7 @@ from torch import nn
 
 from twins.runtime.outlook import MAX_HORIZON_WEEKS, NET_OUTPUTS, check_horizon_weeks
 from twins.runtime.outlook_features import CAL_WEEKS, Calendar, calendar_inputs, features
-from twins.training import pick_device, progress
+from twins.training import autocast_enabled, pick_device, progress
 
 DAY_US = 86_400 * 1_000_000
 MAX_WAIT_WEEKS = 260  # the waiting-time quantiles are looked for within 5 years
@@ -214,13 +214,15 @@ class NeuralOutlook(BaseEstimator):
     rate and spend per day week by week, and its mean over recent weeks is a feature, so the network learns the
     deseasonalised level and the horizon's calendar extrapolates it; ``calendar_["status"]`` says whether it was
     fitted. ``predict(x, horizon_weeks, cal, spend_cal)`` takes ``inputs_at``'s arrays. ``max_rows``: train on a
-    seeded sample of that many training windows when there are more (for speed on large logs)."""
+    seeded sample of that many training windows when there are more (for speed on large logs). ``precision``:
+    ``"fp32"`` (the likelihood needs it; the network is small), or ``"bf16"`` autocast of the network's steps
+    (``twins.training.autocast_enabled``; the likelihood still runs in fp32)."""
 
     def __init__(self, hidden: int = 64, n_members: int = 5, max_epochs: int = 30, patience: int = 4,
                  batch_size: int = 1024, lr: float = 2e-3, weight_decay: float = 1e-5, max_windows: int = 52,
                  sub_horizons: tuple[int, ...] = (4, 13), val_share: float = 0.1, seasonal: bool = True,
                  calendar_order: int = 3, holidays: tuple = (), max_rows: int | None = None, seed: int = 0,
-                 device: str | None = None, verbose: bool = False) -> None:
+                 device: str | None = None, precision: str = "fp32", verbose: bool = False) -> None:
         self.hidden = hidden
         self.n_members = n_members
         self.max_epochs = max_epochs
@@ -237,6 +239,7 @@ class NeuralOutlook(BaseEstimator):
         self.max_rows = max_rows
         self.seed = seed
         self.device = device
+        self.precision = precision
         self.verbose = verbose
 
     def fit(self, code: np.ndarray, age: np.ndarray, spend: np.ndarray, horizon_weeks: int,
@@ -303,13 +306,15 @@ class NeuralOutlook(BaseEstimator):
         """Adam on the mean negative log-likelihood; the member keeps its best validation epoch."""
         opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         train_rows = torch.nonzero(~val).squeeze(1)
+        amp = autocast_enabled(self.precision, x.device)
         best, best_loss, log, stale = copy.deepcopy(net), math.inf, [], 0
         for epoch in range(self.max_epochs):
             net.train()
             perm = train_rows[torch.as_tensor(rng.permutation(len(train_rows)), device=x.device)]
             batches = list(perm.split(self.batch_size))
             for i in progress(batches, f"outlook epoch {epoch + 1}", self.verbose):
-                loss = self._loss(net, x[i], *(d[i] for d in data))
+                with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+                    loss = self._loss(net, x[i], *(d[i] for d in data))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -362,7 +367,7 @@ class NeuralOutlook(BaseEstimator):
 
     def _loss(self, net: OutlookNet, x: torch.Tensor, count: torch.Tensor, spend: torch.Tensor, h: torch.Tensor,
               k: torch.Tensor) -> torch.Tensor:
-        params = net(x)
+        params = tuple(p.float() for p in net(x))  # in fp32 under autocast too
         cal, spend_scale = self._window_calendar(k, h)
         loss = count_nll(params, count, h, cal).sum()
         bought = (count > 0) & (spend > 0)

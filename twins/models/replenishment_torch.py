@@ -19,6 +19,7 @@ from sklearn.base import BaseEstimator
 from torch import nn
 
 from twins.models.btyd import default_device
+from twins.training import autocast_enabled
 from twins.runtime.replenishment import MAX_DAYS, MAX_LOG_QUANTITY
 from twins.runtime.replenishment_features import FEATURE_LIMIT
 
@@ -93,11 +94,12 @@ def pinball(pred: torch.Tensor, target: torch.Tensor, taus: torch.Tensor, lower_
 
 
 class ReplenishmentForecaster(BaseEstimator):
-    """Fit on feature rows with targets (time, quantity, censored); predict median and interval of both."""
+    """Fit on feature rows with targets (time, quantity, censored); predict median and interval of both.
+    ``precision``: ``"fp32"``, or ``"bf16"`` autocast of the network (the loss stays fp32)."""
 
     def __init__(self, hidden: int = 64, epochs: int = 60, batch_size: int = 512, lr: float = 3e-3,
                  weight_decay: float = 1e-4, interval: float = 0.8, members: int = 1, seed: int = 0,
-                 device: str | None = None) -> None:
+                 device: str | None = None, precision: str = "fp32") -> None:
         self.hidden = hidden
         self.epochs = epochs
         self.batch_size = batch_size
@@ -107,6 +109,7 @@ class ReplenishmentForecaster(BaseEstimator):
         self.members = members
         self.seed = seed
         self.device = device
+        self.precision = precision
 
     def fit(self, X: np.ndarray, T: np.ndarray, Q: np.ndarray, censored: np.ndarray,
             horizon: float | np.ndarray) -> Self:
@@ -141,13 +144,15 @@ class ReplenishmentForecaster(BaseEstimator):
         steps = self.epochs * int(np.ceil(len(x) / self.batch_size))
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=steps)
         g = torch.Generator(device="cpu").manual_seed(seed)
+        amp = autocast_enabled(self.precision, self.device_)
         net.train()
         for _ in range(self.epochs):
             for idx in torch.randperm(len(x), generator=g).split(self.batch_size):
                 idx = idx.to(self.device_)
-                lt, lq = net.log_quantiles(x[idx])
+                with torch.autocast(self.device_.type, dtype=torch.bfloat16, enabled=amp):
+                    lt, lq = net.log_quantiles(x[idx])
                 seen = ~cens[idx]
-                loss = pinball(lt, t[idx], taus, cens[idx]) + pinball(lq[seen], q[idx][seen], taus)
+                loss = pinball(lt.float(), t[idx], taus, cens[idx]) + pinball(lq[seen].float(), q[idx][seen], taus)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

@@ -6,6 +6,7 @@ tokens (the rest of a long message is ignored), and an empty message scores as `
 """
 
 import json
+from collections.abc import Callable
 
 import numpy as np
 
@@ -74,17 +75,24 @@ class EmotionBundle(Bundle):
                               "terms do not match the graph in model.onnx; the files come from different exports. "
                               "Re-export the bundle")
 
-    def probabilities(self, texts: list[str], batch_size: int = 64) -> dict[str, np.ndarray]:
-        """``{"labels": (n, 28), "ekman": (n, 7), "sentiment": (n, 4)}`` float32 probabilities."""
+    def probabilities(self, texts: list[str], batch_size: int = 64,
+                      on_batch: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
+        """``{"labels": (n, 28), "ekman": (n, 7), "sentiment": (n, 4)}`` float32 probabilities. All ``texts`` are
+        sorted by token length before batching (little padding: pass many at once); ``on_batch(done, n)`` after
+        each batch."""
         texts = [clean_text(t) for t in texts]
         encoded = [e.ids for e in self.tokenizer.encode_batch(texts)] if texts else []
         out = {level: np.zeros((len(texts), len(self.groups[level])), dtype=np.float32) for level in LEVELS}
+        done = 0
         for rows, ids, mask in by_length(encoded, batch_size):
             feeds = {"input_ids": ids, "attention_mask": mask}
             if self.lexical is not None:
                 feeds["lex_ids"], feeds["lex_values"] = self.lexical.transform([texts[i] for i in rows])
             for level, values in self.run(feeds).items():
                 out[level][rows] = values
+            done += len(rows)
+            if on_batch:
+                on_batch(done, len(texts))
         return out
 
     def predict(self, texts: list[str], batch_size: int = 64) -> list[dict]:
