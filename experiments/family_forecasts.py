@@ -1,40 +1,55 @@
 """Next-order forecasts and consumption rates that generalise: leave-one-family-out over families of simulated markets.
 
-    TWINS_THREADS=1 python -m experiments.family_forecasts                       # 4 families x 3 seeds, 250 machines each
-    TWINS_THREADS=1 python -m experiments.family_forecasts --machines 100 --seeds 1 --epochs 5 --no-report
+    TWINS_THREADS=1 python -m experiments.family_forecasts                      # validation, calibration, test table
+    TWINS_THREADS=1 python -m experiments.family_forecasts --validate --prior-markets 0   # validation only
+    TWINS_THREADS=1 python -m experiments.family_forecasts --machines 60 --train-machines 60 --seeds 1 --epochs 2 \
+        --futures 1 --no-report                                                 # a smoke run
 
 Protocol: the families of ``twins.sim.family`` (policy mix, noise, outages, people, multi-item machines, jittered
-order times). For each held-out family, the forecaster is trained on one market of each other family (seed 100,
-``--machines`` machines; rows at cut-offs every 5 days from day 60, targets censored at as_of) and scored on the
-held-out family's markets (seeds 0..``--seeds``-1) at as_of against the simulator's true next order within 120
-days (censoring-aware MAE), beside the naive baselines and the full-state oracle (median over ``--futures``
-futures drawn again after as_of). Machines are the series the machine twins would take (actor hints here: the
-detection is measured by ``experiments.market_families``). Consumption-rate MAPE of the machine twins against the
-true mean daily demand: from orders alone, and with telemetry (half the machines send stock and usage readings)
-and with stock readings only (the usage counter removed from the log). No choice is made on the held-out
-families: the forecaster keeps the hyper-parameters of ``experiments.machines``.
+order times). For each held-out family F, the forecaster is trained on ``--train-markets`` markets of each other
+family and, where validation chooses it, ``--prior-markets`` markets of the broad training prior
+(``twins.sim.family.PRIOR``; seeds from 100,
+``--train-machines`` machines each; rows at cut-offs every ``--cutoff-step`` days from day 60, targets censored at
+as_of) and scored on F's test markets (seeds 0..``--seeds``-1) at as_of against the simulator's true next order
+within 120 days (censoring-aware MAE), beside the naive baselines and the full-state oracle (median over
+``--futures`` futures drawn again after as_of). Machines are the series the machine twins would take (actor hints
+here: the detection is measured by ``experiments.market_families``).
+
+Choices never see F: validation is leave-one-family-out inside the fold. For every pair of families {F, G} a
+forecaster is trained as above without F and G and scored on G's validation markets (seeds 200..); fold F's
+validation is its three G. Per fold it chooses whether to add the prior (the higher mean validation gain;
+``--validate`` prints it and stops) and calibrates the 80 % intervals: the split-conformal factor on the interval's
+log-space gaps that makes fold F's validation rows 80 % covered (``twins.models.replenishment_torch.interval_scale``)
+is set on F's forecaster. The test markets of F are read only for the table.
+
+Consumption-rate MAPE of the machine twins against the true mean daily demand: from orders alone, with telemetry
+(half the machines send stock and usage readings) and with stock readings only (the usage counter removed).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from experiments.machines import CUTOFF_STEP, HORIZON, held_out_truth
+from experiments.machines import HORIZON, held_out_truth
 from experiments.report import write_section
 from twins.evaluate.replenishment import coverage, replenishment_metrics
 from twins.models.replenishment import baseline_predictions, histories, machine_keys, samples
-from twins.models.replenishment_torch import ReplenishmentForecaster
+from twins.models.replenishment_torch import ReplenishmentForecaster, interval_scale
 from twins.sim import simulate
-from twins.sim.family import FAMILIES, family_config, family_market
+from twins.sim.family import FAMILIES, PRIOR, family_config, family_market
 from twins.threads import set_threads
 from twins.twin.machine import MachineTwinParams, build_machine_twins
 
 DAY_S = 86_400
-TRAIN_SEED = 100  # training markets: seeds 100, 101, ... (--train-markets of each other family)
+TRAIN_SEED = 100  # training markets: seeds 100, 101, ... of each family and of the prior
+VALID_SEED = 200  # validation markets: seeds 200, 201, ... (choices and interval calibration, never the table's)
+ROWS = ("X", "T", "Q", "censored", "bound")
 
 
 def _keys(events: pl.DataFrame, truth: pl.DataFrame) -> pl.DataFrame:
@@ -47,16 +62,80 @@ def _rate_mape(twins: pl.DataFrame, truth: pl.DataFrame) -> float:
     return float(((j["rate"] - j["true"]).abs() / j["true"]).mean())
 
 
-def training_rows(families: list[str], n_machines: int, n_people: int, markets: int = 1):
-    rows = []
-    for f, seed in ((f, TRAIN_SEED + k) for f in families for k in range(markets)):
-        market, events, _ = family_market(f, seed, n_machines, n_people)
-        as_of = market.as_of.timestamp() / DAY_S
-        hist = histories(events.filter(pl.col("event_time") < market.as_of))
-        start = market.config.start.timestamp() / DAY_S
-        rows.append(samples(hist, list(hist), [start + d for d in range(60, market.config.days, CUTOFF_STEP)], HORIZON,
-                            until=as_of))
-    return tuple(np.concatenate([getattr(r, k) for r in rows]) for k in ("X", "T", "Q", "censored", "bound"))
+def market_rows(family: str, seed: int, args) -> dict[str, np.ndarray]:
+    """Training rows of one market (``ROWS``), kept under ``args.cache`` when given (reuse only with unchanged code)."""
+    path = (Path(args.cache) / f"{family}-{seed}-{args.train_machines}-{args.people}-{args.cutoff_step}.npz"
+            if args.cache else None)
+    if path is not None and path.exists():
+        with np.load(path) as saved:
+            return {k: saved[k] for k in ROWS}
+    market, events, _ = family_market(family, seed, args.train_machines, args.people)
+    as_of = market.as_of.timestamp() / DAY_S
+    hist = histories(events.filter(pl.col("event_time") < market.as_of))
+    start = market.config.start.timestamp() / DAY_S
+    s = samples(hist, list(hist), [start + d for d in range(60, market.config.days, args.cutoff_step)], HORIZON,
+                until=as_of)
+    rows = {k: getattr(s, k) for k in ROWS}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **rows)
+    return rows
+
+
+def fit(families: list[str], prior: bool, args) -> tuple[ReplenishmentForecaster, int]:
+    """The forecaster trained on ``families``' training markets (and the prior's); with its number of rows."""
+    markets = [(f, TRAIN_SEED + k) for f in families for k in range(args.train_markets)]
+    markets += [(f, TRAIN_SEED + k) for f in PRIOR for k in range(args.prior_markets if prior else 0)]
+    parts = [market_rows(f, seed, args) for f, seed in markets]
+    X, T, Q, cens, bound = (np.concatenate([p[k] for p in parts]) for k in ROWS)
+    model = ReplenishmentForecaster(epochs=args.epochs, members=args.members).fit(X, T, Q, cens, bound)
+    return model, len(X)
+
+
+def at_as_of(family: str, seed: int, n_machines: int, args) -> dict:
+    """One market's machines at as_of: rows, truth, naive baselines' time MAE and what the twins need."""
+    market, events, truth = family_market(family, seed, n_machines, args.people)
+    past = events.filter(pl.col("event_time") < market.as_of)
+    hist = histories(past)
+    test = samples(hist, list(hist), [market.as_of.timestamp() / DAY_S], HORIZON)
+    ids = _keys(past, truth).join(pl.DataFrame({"machine": test.machine}), on="machine", how="right")["machine_id"]
+    T, Q, censored = held_out_truth(truth, ids.to_numpy())
+    naive = {n: replenishment_metrics(t, q, T, Q, censored, HORIZON)["time_mae"]
+             for n, (t, q) in baseline_predictions(hist, test).items()}
+    return {"market": market, "past": past, "truth": truth, "X": test.X, "ids": ids.to_numpy(), "T": T, "Q": Q,
+            "censored": censored, "naive": naive}
+
+
+def scores(out: dict[str, np.ndarray], m: dict) -> dict[str, float]:
+    """Time MAE of the forecaster and the best naive baseline (chosen on these rows), gain and coverage."""
+    best = min(m["naive"], key=m["naive"].get)
+    mae = replenishment_metrics(out["time"], out["quantity"], m["T"], m["Q"], m["censored"], HORIZON)["time_mae"]
+    return {"best_naive": best, "naive_mae": m["naive"][best], "forecaster_mae": mae, "gain": 1 - mae / m["naive"][best],
+            "coverage": coverage(out["time_low"], out["time_high"], m["T"], m["censored"], HORIZON)}
+
+
+def validate(valid: dict[str, list[dict]], prior: bool, args) -> tuple[pl.DataFrame, dict[str, float]]:
+    """Leave-one-family-out inside each fold: for each pair {F, G}, a forecaster trained without both (with the
+    prior or not), scored on G's validation markets ``valid`` (row ``held`` F, ``valid`` G) and on F's (row
+    ``held`` G, ``valid`` F). Returns those rows and each fold's conformal interval factor (from its own validation
+    rows only)."""
+    rows, pooled = [], {f: [] for f in FAMILIES}
+    for pair in combinations(FAMILIES, 2):
+        t0 = time.perf_counter()
+        model, n_rows = fit([f for f in FAMILIES if f not in pair], prior, args)
+        for held, g in (pair, pair[::-1]):
+            for k, m in enumerate(valid[g]):
+                out = model.predict(m["X"])
+                pooled[held].append((out, m["T"], m["censored"]))
+                rows.append({"held": held, "valid": g, "seed": VALID_SEED + k, "prior": prior, "train_rows": n_rows,
+                             **scores(out, m)})
+        print(f"validation without {pair}, prior {prior}: {n_rows} rows, {time.perf_counter() - t0:.0f} s", flush=True)
+    scale = {}
+    for f, parts in pooled.items():
+        out = {k: np.concatenate([p[0][k] for p in parts]) for k in ("time_low", "time", "time_high")}
+        scale[f] = interval_scale(out, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts]),
+                                  HORIZON, 0.8)
+    return pl.DataFrame(rows), scale
 
 
 def oracle(family: str, seed: int, n_machines: int, n_people: int, machine_ids: np.ndarray, futures: int) -> np.ndarray:
@@ -69,79 +148,140 @@ def oracle(family: str, seed: int, n_machines: int, n_people: int, machine_ids: 
     return np.minimum(np.median(draws, axis=0), HORIZON)
 
 
-def evaluate(model, family: str, seed: int, args) -> dict[str, float]:
-    market, events, truth = family_market(family, seed, args.machines, args.people)
-    past = events.filter(pl.col("event_time") < market.as_of)
-    as_of = market.as_of.timestamp() / DAY_S
-    hist = histories(past)
-    keys = _keys(past, truth)
-    test = samples(hist, list(hist), [as_of], HORIZON)
-    ids = keys.join(pl.DataFrame({"machine": test.machine}), on="machine", how="right")["machine_id"].to_numpy()
-    T, Q, censored = held_out_truth(truth, ids)
-    out = model.predict(test.X)
-    preds = {**baseline_predictions(hist, test), "forecaster": (out["time"], out["quantity"]),
-             "oracle": (oracle(family, seed, args.machines, args.people, ids, args.futures), out["quantity"])}
-    mae = {n: replenishment_metrics(t, q, T, Q, censored, HORIZON)["time_mae"] for n, (t, q) in preds.items()}
-    naive = min((n for n in mae if n not in ("forecaster", "oracle")), key=mae.get)
-    orders = build_machine_twins(past, market.as_of, MachineTwinParams(use_telemetry=False))
-    tele = build_machine_twins(past, market.as_of).filter(pl.col("source") == "telemetry")
-    stock_only = build_machine_twins(past.filter(pl.col("text").fill_null("") != "usage"), market.as_of)
+def evaluate(model: ReplenishmentForecaster, family: str, seed: int, args) -> dict:
+    """The held-out family's test market ``seed``: forecaster, best naive, oracle, coverage and rate MAPEs."""
+    m = at_as_of(family, seed, args.machines, args)
+    out = model.predict(m["X"])
+    s = scores(out, m)
+    o = oracle(family, seed, args.machines, args.people, m["ids"], args.futures)
+    s["oracle_mae"] = replenishment_metrics(o, out["quantity"], m["T"], m["Q"], m["censored"], HORIZON)["time_mae"]
+    s["way_to_oracle"] = (s["naive_mae"] - s["forecaster_mae"]) / max(s["naive_mae"] - s["oracle_mae"], 1e-9)
+    past, as_of, truth = m["past"], m["market"].as_of, m["truth"]
+    orders = build_machine_twins(past, as_of, MachineTwinParams(use_telemetry=False))
+    tele = build_machine_twins(past, as_of).filter(pl.col("source") == "telemetry")
+    stock_only = build_machine_twins(past.filter(pl.col("text").fill_null("") != "usage"), as_of)
     stock_only = stock_only.filter(pl.col("source") == "telemetry")
-    return {"family": family, "seed": seed, "machines": len(T), "best_naive": naive, "naive_mae": mae[naive],
-            "forecaster_mae": mae["forecaster"], "oracle_mae": mae["oracle"],
-            "gain": 1 - mae["forecaster"] / mae[naive],
-            "way_to_oracle": (mae[naive] - mae["forecaster"]) / max(mae[naive] - mae["oracle"], 1e-9),
-            "coverage": coverage(out["time_low"], out["time_high"], T, censored, HORIZON),
-            "mape_orders": _rate_mape(orders, truth), "mape_telemetry": _rate_mape(tele, truth),
-            "mape_stock_only": _rate_mape(stock_only, truth)}
+    return {"family": family, "seed": seed, "machines": len(m["T"]), **s, "mape_orders": _rate_mape(orders, truth),
+            "mape_telemetry": _rate_mape(tele, truth), "mape_stock_only": _rate_mape(stock_only, truth)}
+
+
+def validation_lines(val: pl.DataFrame, scale: dict[tuple[str, bool], float], chosen: dict[str, bool]) -> list[str]:
+    """Per fold and prior: validation gain on each other family, its mean, raw coverage and the conformal factor."""
+    lines = ["| fold (held out) | prior | validation gain vs naive, per other family | mean | 80 % coverage as trained | "
+             "interval factor | chosen |", "|---|---|---|---|---|---|---|"]
+    for (f, prior), v in val.group_by("held", "prior", maintain_order=True):
+        v = v.group_by("valid", maintain_order=True).agg(pl.col("gain", "coverage").mean())
+        per = ", ".join(f"{g} {x:.1%}" for g, x in zip(v["valid"], v["gain"]))
+        lines.append(f"| {f} | {'yes' if prior else 'no'} | {per} | {v['gain'].mean():.1%} | {v['coverage'].mean():.1%} "
+                     f"| {scale[f, prior]:.2f} | {'yes' if chosen[f] == prior else ''} |")
+    return lines
+
+
+def bars(by: pl.DataFrame) -> list[str]:
+    """Issue 19's forecast bars on the held-out families, met or NOT met, with the figures."""
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    def figures(col: str) -> str:
+        return ", ".join(f"{f} {x:.1%}" for f, x in zip(by["family"], by[col]))
+
+    return [f"- next-order time MAE >= 30 % below the best naive baseline: {verdict(bool((by['gain'] >= 0.30).all()))} "
+            f"({figures('gain')}).",
+            f"- >= 60 % of the way from naive to the oracle: {verdict(bool((by['way_to_oracle'] >= 0.60).all()))} "
+            f"({figures('way_to_oracle')}).",
+            f"- 80 % intervals covering 75-85 %: {verdict(bool(by['coverage'].is_between(0.75, 0.85).all()))} "
+            f"({figures('coverage')}).",
+            f"- rate MAPE <= 10 % with stock telemetry: "
+            f"{verdict(bool((by['mape_stock_only'] <= 0.10).all() and (by['mape_telemetry'] <= 0.10).all()))} "
+            f"(stock readings only: {figures('mape_stock_only')}; stock and usage: {figures('mape_telemetry')}).",
+            f"- rate MAPE <= 15 % from orders: {verdict(bool((by['mape_orders'] <= 0.15).all()))} "
+            f"({figures('mape_orders')})."]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--machines", type=int, default=250)
+    ap.add_argument("--machines", type=int, default=250, help="machines of a test or validation market")
     ap.add_argument("--people", type=int, default=50)
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--seeds", type=int, default=3, help="test markets per held-out family")
+    ap.add_argument("--train-machines", type=int, default=500, help="machines of a training market")
+    ap.add_argument("--train-markets", type=int, default=2, help="training markets per other family")
+    ap.add_argument("--prior-markets", type=int, default=4, help="training markets of the broad prior (0: never)")
+    ap.add_argument("--cutoff-step", type=int, default=15, help="days between training cut-offs")
+    ap.add_argument("--valid-markets", type=int, default=2, help="validation markets per family")
+    ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--members", type=int, default=3, help="nets averaged (3, as configs/pipelines/sim_replenishment.yaml)")
     ap.add_argument("--futures", type=int, default=10)
-    ap.add_argument("--train-markets", type=int, default=1, help="training markets per other family")
+    ap.add_argument("--validate", action="store_true", help="the in-fold validation only: no test market is read")
+    ap.add_argument("--no-calibrate", action="store_true", help="keep the intervals as trained")
+    ap.add_argument("--cache", help="folder for training rows (reuse only with unchanged code)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-report", action="store_true")
     args = ap.parse_args()
     set_threads(args.threads)
-    t0, rows = time.perf_counter(), []
-    for held in FAMILIES:
-        X, T, Q, cens, bound = training_rows([f for f in FAMILIES if f != held], args.machines, args.people,
-                                             args.train_markets)
-        model = ReplenishmentForecaster(epochs=args.epochs, members=args.members).fit(X, T, Q, cens, bound)
-        for seed in range(args.seeds):
-            rows.append(evaluate(model, held, seed, args))
-            print(rows[-1], f"{time.perf_counter() - t0:.0f} s", flush=True)
-    table = pl.DataFrame(rows)
-    cols = ("naive_mae", "forecaster_mae", "oracle_mae", "gain", "way_to_oracle", "coverage", "mape_orders",
-            "mape_telemetry", "mape_stock_only")
-    by = table.group_by("family", maintain_order=True).agg(pl.col("best_naive").mode().first(),
-                                                           *[pl.col(c).mean() for c in cols])
+    from twins import tracking
+
+    t0 = time.perf_counter()
+    valid = {f: [at_as_of(f, VALID_SEED + k, args.machines, args) for k in range(args.valid_markets)] for f in FAMILIES}
+    val, scale = [], {}
+    for prior in (False, True)[: 1 + (args.prior_markets > 0)]:
+        v, s = validate(valid, prior, args)
+        val.append(v)
+        scale |= {(f, prior): x for f, x in s.items()}
+    val = pl.concat(val)
+    gains = val.group_by("held", "prior", "valid").agg(pl.col("gain").mean()).group_by("held", "prior").agg(
+        pl.col("gain").mean())
+    chosen = {f: g.sort("gain")["prior"][-1] for (f,), g in gains.group_by("held")}
+    setting = (f"{args.train_markets} market(s) of each other family, with {args.prior_markets} of the broad prior "
+               f"where chosen ({args.train_machines} machines each, cut-offs every {args.cutoff_step} days), "
+               f"{args.epochs} epochs, {args.members} members")
+    lines = [f"Validation ({setting}; validation markets: seeds {VALID_SEED}..{VALID_SEED + args.valid_markets - 1} "
+             f"of {args.machines} machines):", "", *validation_lines(val, scale, chosen)]
+    print("\n".join(lines), flush=True)
+    with tracking.run("family-forecasts", "validate" if args.validate else "lofo",
+                      tags={"dataset": "twins.sim.family"}) as mlflow:
+        mlflow.log_params({k: v for k, v in vars(args).items() if k not in ("cache", "no_report")})
+        mlflow.log_metrics({f"{f}/validation_gain{'_prior' if p else ''}": g for f, p, g in gains.iter_rows()})
+        mlflow.log_metrics({f"{f}/interval_factor{'_prior' if p else ''}": x for (f, p), x in scale.items()})
+        if args.validate:
+            return
+        rows = []
+        for held in FAMILIES:
+            model, n_rows = fit([f for f in FAMILIES if f != held], chosen[held], args)
+            if not args.no_calibrate:
+                model.scale_intervals(time=scale[held, chosen[held]])
+            for seed in range(args.seeds):
+                rows.append(evaluate(model, held, seed, args) | {"train_rows": n_rows, "prior": chosen[held]})
+                print(rows[-1], f"{time.perf_counter() - t0:.0f} s", flush=True)
+        table = pl.DataFrame(rows)
+        cols = ("naive_mae", "forecaster_mae", "oracle_mae", "gain", "way_to_oracle", "coverage", "mape_orders",
+                "mape_telemetry", "mape_stock_only")
+        by = table.group_by("family", maintain_order=True).agg(pl.col("best_naive").mode().first(),
+                                                               pl.col("train_rows", "prior").first(),
+                                                               *[pl.col(c).mean() for c in cols])
+        for r in by.iter_rows(named=True):
+            mlflow.log_metrics({f"{r['family']}/{c}": r[c] for c in cols})
+    calibrated = ("80 % intervals calibrated per fold on its validation rows (the factor above)" if not args.no_calibrate
+                  else "80 % intervals as trained")
     lines = [f"Leave-one-family-out (`TWINS_THREADS=1 python -m experiments.family_forecasts`): forecaster trained on "
-             f"{args.train_markets} market(s) of each other family ({args.machines} machines each, {args.epochs} epochs, "
-             f"{args.members} members), scored on the "
-             f"held-out family's markets (seeds 0..{args.seeds - 1}) at as_of; time MAE in days (censoring-aware, "
-             f"horizon 120), oracle over {args.futures} futures; means over seeds. Rate MAPE of the machine twins.", "",
-             "| held-out family | best naive | naive MAE | forecaster MAE | oracle MAE | gain vs naive | way to oracle | "
-             "80 % coverage | rate MAPE, orders | rate MAPE, telemetry | rate MAPE, stock only |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"{setting}; {calibrated}; scored on the held-out family's test markets (seeds 0..{args.seeds - 1}, "
+             f"{args.machines} machines) at as_of; time MAE in days (censoring-aware, horizon 120), oracle over "
+             f"{args.futures} futures; means over seeds. Rate MAPE of the machine twins.", "",
+             "| held-out family | prior | training rows | best naive | naive MAE | forecaster MAE | oracle MAE | gain vs naive | "
+             "way to oracle | 80 % coverage | rate MAPE, orders | rate MAPE, telemetry | rate MAPE, stock only |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in by.iter_rows(named=True):
-        lines.append(f"| {r['family']} | {r['best_naive']} | {r['naive_mae']:.2f} | {r['forecaster_mae']:.2f} | "
-                     f"{r['oracle_mae']:.2f} | {r['gain']:.1%} | {r['way_to_oracle']:.1%} | {r['coverage']:.1%} | "
-                     f"{r['mape_orders']:.1%} | {r['mape_telemetry']:.1%} | {r['mape_stock_only']:.1%} |")
-    lines.append(f"\n{time.perf_counter() - t0:.0f} s at 1 thread.")
+        lines.append(f"| {r['family']} | {'yes' if r['prior'] else 'no'} | {r['train_rows']:,} | {r['best_naive']} | {r['naive_mae']:.2f} | "
+                     f"{r['forecaster_mae']:.2f} | {r['oracle_mae']:.2f} | {r['gain']:.1%} | {r['way_to_oracle']:.1%} | "
+                     f"{r['coverage']:.1%} | {r['mape_orders']:.1%} | {r['mape_telemetry']:.1%} | "
+                     f"{r['mape_stock_only']:.1%} |")
+    lines += ["", f"Validation inside each fold (no test market read; validation markets: seeds {VALID_SEED}.."
+                  f"{VALID_SEED + args.valid_markets - 1}, {args.machines} machines):", "", *validation_lines(val, scale, chosen), "", "Issue 19's forecast bars on the held-out families:", *bars(by),
+              "", f"{time.perf_counter() - t0:.0f} s at {args.threads} thread(s)."]
     print("\n".join(lines))
-    if args.train_markets != 1:  # a diagnostic (training-fleet size): printed, the reported table is kept
-        return
     if not args.no_report:
         write_section("family_forecasts", "Machine forecasts across market families",
-                      "TWINS_THREADS=1 python -m experiments.family_forecasts", "twins.sim.family (4 families)",
-                      "\n".join(lines))
+                      "TWINS_THREADS=1 python -m experiments.family_forecasts", "twins.sim.family (4 families and "
+                      "the broad training prior)", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -160,3 +160,19 @@ def test_training_rows_share_features_and_clock_days_are_exact():
     for day0, need in [(0, 0.3), (3, 5.0), (5, 12.5), (6, 40.0), (10, 0.0)]:
         d = day_reached(day0, need, True)
         assert active_days(day0, d, True) >= need - 1e-6 > active_days(day0, d - 1, True) or d == day0 + 1
+
+
+def test_the_broad_training_prior_spans_the_families_and_stays_out_of_them():
+    from twins.sim.family import FAMILIES, PRIOR, family_config, family_market
+
+    assert set(PRIOR).isdisjoint(FAMILIES)  # a training prior, never a held-out family
+    configs = [family_config("broad", seed, 10, 5) for seed in range(40)]
+    shares = [c.policy.periodic_share for c in configs]
+    noise = [c.consumption.noise_sigma for c in configs]
+    assert min(shares) < 0.1 < 0.9 < max(shares) and min(noise) < 0.2 < 0.8 < max(noise)
+    assert family_config("broad", 3, 10, 5) == configs[3]
+    with pytest.raises(ValueError, match="unknown market family 'nope'"):
+        family_config("nope", 0, 10, 5)
+    _, events, truth = family_market("broad", 0, 40, 0, days=60, horizon_days=10)
+    assert truth["customer_id"].n_unique() < truth.height  # its multi-item share groups machines under one id
+    assert events.filter(pl.col("event_type") == "purchase").height > 0

@@ -18,7 +18,7 @@ from twins.models.replenishment import (
     samples,
     tsb,
 )
-from twins.models.replenishment_torch import ReplenishmentForecaster, pinball
+from twins.models.replenishment_torch import ReplenishmentForecaster, interval_scale, pinball
 from twins.runtime.replenishment_features import active_days, day_reached, seasonal_rates, weekday_clock
 
 H = History(t=np.array([0.0, 10, 30, 40]), q=np.array([5.0, 10, 20, 10]), promised=np.full(4, np.nan))
@@ -127,6 +127,32 @@ def test_forecaster_learns_a_regular_machine_and_orders_its_quantiles(one_thread
     assert np.all(both["time_low"] <= both["time"]) and np.all(both["time"] <= both["time_high"])
     with pytest.raises(ValueError, match="members"):
         ReplenishmentForecaster(members=0).fit(rows.X, rows.T, rows.Q, rows.censored, 60.0)
+
+
+def test_interval_scale_is_the_conformal_factor_and_scale_intervals_applies_it(one_thread):
+    # log-space intervals mid +- 1 around a truth drawn at mid + N(0, 2): factor 1 covers 38 %, the factor makes 80 %
+    rng = np.random.default_rng(0)
+    mid = rng.uniform(0.5, 3.0, 2000)
+    T = np.expm1(mid + rng.normal(0, 2, 2000).clip(-mid, 3.5))
+    censored = T > 60.0
+    out = {"time": np.expm1(mid), "time_low": np.expm1(mid - 1), "time_high": np.expm1(mid + 1)}
+    assert coverage(out["time_low"], out["time_high"], T, censored, 60.0) < 0.5
+    k = interval_scale(out, np.where(censored, np.nan, T), censored, 60.0, 0.8)
+    wide = {"time_low": np.expm1(mid - k), "time_high": np.expm1(mid + k)}
+    assert 0.8 <= coverage(wide["time_low"], wide["time_high"], T, censored, 60.0) <= 0.81
+    assert interval_scale(out, np.expm1(mid), np.zeros(2000, bool), 60.0) == pytest.approx(0.0, abs=1e-6)
+    # the factor multiplies every member's log-space gaps, the median stays
+    times = [np.arange(0, 300.0, 7 + i % 5) for i in range(30)]
+    hist = {f"m{i}": History(t, np.full(len(t), 5.0), np.full(len(t), np.nan)) for i, t in enumerate(times)}
+    rows = samples(hist, list(hist), [100.0, 200.0], 60.0)
+    model = ReplenishmentForecaster(epochs=2, hidden=8, members=2, device="cpu").fit(rows.X, rows.T, rows.Q, rows.censored, 60.0)
+    before = model.predict(rows.X)
+    after = model.scale_intervals(time=2.0, quantity=0.5).predict(rows.X)
+    np.testing.assert_allclose(after["time"], before["time"])
+    gap = lambda o, a, b: np.log1p(o[a]) - np.log1p(o[b])  # noqa: E731
+    np.testing.assert_allclose(gap(after, "time_high", "time"), 2 * gap(before, "time_high", "time"), rtol=1e-4)
+    np.testing.assert_allclose(np.log(after["quantity"] / after["quantity_low"]),
+                               0.5 * np.log(before["quantity"] / before["quantity_low"]), rtol=1e-4)
 
 
 def test_clock_days_and_the_day_a_need_is_reached_match_counting_by_hand():

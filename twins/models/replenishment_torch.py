@@ -6,7 +6,9 @@ and up), in log space: ``log1p`` of the time, ``log`` of the quantity. Trained w
 time (no order within the horizon H: T > H) contributes only where a quantile falls below ``log1p(H)``, by the
 pinball loss against that bound (the truth is at least there). Standardisation lives in the module as buffers
 (the net takes raw features). ``members`` nets with their own seeds are averaged in log space
-(``ReplenishmentEnsemble``); each member's quantiles are ordered, so their average is too.
+(``ReplenishmentEnsemble``); each member's quantiles are ordered, so their average is too. The intervals may be
+calibrated after fitting (``interval_scale``, ``ReplenishmentForecaster.scale_intervals``): each net holds a factor
+on its log-space gaps down and up (1: as trained), so the exported graph carries it.
 """
 
 from __future__ import annotations
@@ -42,18 +44,20 @@ class ReplenishmentNet(nn.Module):
                                                     dtype=torch.float32))
         self.register_buffer("high", torch.as_tensor(np.full(n_features, FEATURE_LIMIT) if high is None else high,
                                                      dtype=torch.float32))
+        self.register_buffer("spread", torch.ones(2))  # factor on the interval gaps of time, of quantity
         self.body = nn.Sequential(nn.Linear(n_features, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU())
         self.time = nn.Linear(hidden, 3)
         self.quantity = nn.Linear(hidden, 3)
 
     @staticmethod
-    def _quantiles(raw: torch.Tensor) -> torch.Tensor:
+    def _quantiles(raw: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
         mid = raw[:, 1]
-        return torch.stack([mid - nn.functional.softplus(raw[:, 0]), mid, mid + nn.functional.softplus(raw[:, 2])], 1)
+        return torch.stack([mid - spread * nn.functional.softplus(raw[:, 0]), mid,
+                            mid + spread * nn.functional.softplus(raw[:, 2])], 1)
 
     def log_quantiles(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.body((torch.maximum(torch.minimum(x, self.high), self.low) - self.mean) / self.std)
-        return self._quantiles(self.time(h)), self._quantiles(self.quantity(h))
+        return self._quantiles(self.time(h), self.spread[0]), self._quantiles(self.quantity(h), self.spread[1])
 
     def forward(self, x: torch.Tensor):
         t, q = self.log_quantiles(x)
@@ -159,6 +163,15 @@ class ReplenishmentForecaster(BaseEstimator):
                 sched.step()
         return float(loss.detach())
 
+    def scale_intervals(self, time: float = 1.0, quantity: float = 1.0) -> Self:
+        """Set the factor on the log-space interval gaps (of time, of quantity) of every net: 1 is the trained
+        interval; ``interval_scale`` finds the factor that makes validation rows' coverage ``interval``."""
+        if not hasattr(self, "net_"):
+            raise RuntimeError("ReplenishmentForecaster is not fitted; call fit first")
+        for net in getattr(self.net_, "nets", [self.net_]):
+            net.spread.copy_(torch.tensor([time, quantity]))
+        return self
+
     def predict(self, X: np.ndarray) -> dict[str, np.ndarray]:
         """``OUTPUTS`` as float64 arrays."""
         if not hasattr(self, "net_"):
@@ -166,3 +179,16 @@ class ReplenishmentForecaster(BaseEstimator):
         with torch.no_grad():
             out = self.net_(torch.as_tensor(X, dtype=torch.float32, device=self.device_))
         return {name: v.double().cpu().numpy() for name, v in zip(OUTPUTS, out)}
+
+
+def interval_scale(out: dict[str, np.ndarray], T: np.ndarray, censored: np.ndarray, horizon: float,
+                   level: float = 0.8) -> float:
+    """Split-conformal factor on the time intervals' log-space gaps: the smallest that makes ``level`` of the rows'
+    intervals (``predict``'s output, made with factor 1) hold their truth, by the (n + 1) rank of each row's own
+    factor. A censored row (``T`` > ``horizon``) is held once the upper end reaches the horizon."""
+    mid, low, high = (np.log1p(out[k]) for k in ("time", "time_low", "time_high"))
+    y = np.log1p(np.where(censored, horizon, T))
+    down, up = np.maximum(mid - low, 1e-9), np.maximum(high - mid, 1e-9)
+    need = np.where(censored, np.maximum(y - mid, 0.0) / up, np.where(y < mid, (mid - y) / down, (y - mid) / up))
+    rank = min(int(np.ceil((len(need) + 1) * level)), len(need))
+    return float(np.sort(need)[rank - 1])

@@ -1,10 +1,13 @@
 """Families of simulated markets: each market of a family draws its policy mix, noise, outages and people at random
 within the family's ranges, and its log may be reshaped as real logs are (machines that order several consumables,
 order times jittered by hours). Detectors and forecasters trained across families, and evaluated on a family held
-out of training, show what holds beyond one simulator configuration.
+out of training, show what holds beyond one simulator configuration. ``PRIOR`` is a training-only family: every
+parameter drawn over a broad range, the log's shape included (a seller's prior over fleets it has not seen), so a
+forecaster can be trained across markets unlike any one family; it is no member of ``FAMILIES``.
 
     from twins.sim.family import FAMILIES, family_market
     events, truth = family_market("noisy", seed=3, n_machines=400, n_people=200)
+    events, truth = family_market("broad", seed=100, n_machines=400, n_people=200)  # a training market of the prior
 """
 
 from __future__ import annotations
@@ -32,18 +35,34 @@ FAMILIES: dict[str, dict] = {
               "excitation": (2.0, 4.0), "habitual_prob": (0.2, 0.4), "multi_item": 0.7, "jitter_hours": 3.0},
 }
 
+#: training-only: each parameter over a broad range (wider than any family's), the multi-item share and jitter too
+PRIOR: dict[str, dict] = {
+    "broad": {"bound": (0.05, 0.95), "autonomous": (0.0, 0.6), "periodic_share": (0.0, 1.0),
+              "procrastinate": (0.0, 0.9), "quantity_noise": (0.0, 0.8), "noise_sigma": (0.05, 0.9),
+              "breakdown": (0.0, 0.02), "excitation": (0.0, 4.0), "habitual_prob": (0.1, 0.9),
+              "multi_item": (0.0, 0.8), "jitter_hours": (0.0, 8.0)},
+}
+
+
+def _draw(family: str, seed: int) -> dict[str, float]:
+    """One market's parameters: each range of the family drawn uniformly by ``seed``, fixed values kept."""
+    known = FAMILIES | PRIOR
+    if family not in known:
+        raise ValueError(f"unknown market family {family!r}; known: {sorted(known)}")
+    rng = np.random.default_rng([seed, (sorted(FAMILIES) + sorted(PRIOR)).index(family)])
+    draw = {k: float(rng.uniform(*v)) if isinstance(v, tuple) else v for k, v in known[family].items()}
+    return draw | {"seed": int(rng.integers(1 << 30))}
+
 
 def family_config(family: str, seed: int, n_machines: int, n_people: int, days: int = 365,
                   horizon_days: int = 120) -> MarketConfig:
-    """A market of ``family`` with its parameters drawn from the family's ranges by ``seed``."""
-    if family not in FAMILIES:
-        raise ValueError(f"unknown market family {family!r}; known: {sorted(FAMILIES)}")
-    f, rng = FAMILIES[family], np.random.default_rng([seed, sorted(FAMILIES).index(family)])
-    draw = {k: float(rng.uniform(*v)) for k, v in f.items() if isinstance(v, tuple)}
+    """A market of ``family`` (of ``FAMILIES`` or ``PRIOR``) with its parameters drawn from the family's ranges
+    by ``seed``."""
+    draw = _draw(family, seed)
     adaptable = max(1.0 - draw["bound"] - draw["autonomous"], 0.0)
     total = draw["bound"] + adaptable + draw["autonomous"]
     return MarketConfig(
-        name=f"{family}-{seed}", seed=int(rng.integers(1 << 30)), n_machines=n_machines, days=days,
+        name=f"{family}-{seed}", seed=draw["seed"], n_machines=n_machines, days=days,
         horizon_days=horizon_days,
         kinds={"bound": draw["bound"] / total, "adaptable": adaptable / total, "autonomous": draw["autonomous"] / total},
         consumption={"noise_sigma": draw["noise_sigma"], "breakdown_prob": draw["breakdown"]},
@@ -55,7 +74,7 @@ def family_config(family: str, seed: int, n_machines: int, n_people: int, days: 
 def reshape(events: pl.DataFrame, truth: pl.DataFrame, family: str, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The family's log shape: a share of machines grouped 2-4 at a time under one customer id (a multi-item
     machine; ``truth`` gains ``customer_id``) and machine order times jittered by a normal number of hours."""
-    f, rng = FAMILIES[family], np.random.default_rng([seed, 7])
+    f, rng = _draw(family, seed), np.random.default_rng([seed, 7])
     ids, items = truth["machine_id"].to_numpy(), truth["item_id"].to_numpy()
     owner = ids.copy()
     group, size = [], 0
