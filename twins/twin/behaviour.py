@@ -47,9 +47,10 @@ def _cv(col: str) -> pl.Expr:
 
 
 def _normalised_entropy(counts: pl.DataFrame, bins: int, name: str) -> pl.DataFrame:
-    """``counts`` (customer_id, n per bin) -> entropy / log(min(orders, bins)) per customer (0 with one order)."""
+    """``counts`` (customer_id, bin, n) -> entropy / log(min(orders, bins)) per customer (0 with one order); bins
+    summed in their order, so the value does not depend on how many threads grouped them."""
     p = pl.col("n") / pl.col("n").sum()
-    return counts.group_by("customer_id").agg(
+    return counts.sort(counts.columns[:2]).group_by("customer_id").agg(
         (-(p * p.log()).sum() / pl.min_horizontal(pl.col("n").sum(), pl.lit(bins)).cast(pl.Float64).log())
         .fill_nan(0.0).abs().alias(name))
 
@@ -62,7 +63,7 @@ def _purchase_lines(events: pl.DataFrame | pl.LazyFrame, min_orders: int) -> tup
     orders = (lines.group_by("customer_id", "basket_id").agg(pl.col("event_time").min(), pl.len().alias("lines"))
               .with_columns(pl.len().over("customer_id").alias("n_orders"))
               .filter(pl.col("n_orders") >= min_orders).sort("customer_id", "event_time"))
-    return lines.join(orders.select("customer_id").unique(), on="customer_id"), orders
+    return lines.join(orders.select("customer_id").unique(), on="customer_id", maintain_order="left"), orders
 
 
 def _priced(lines: pl.DataFrame) -> pl.DataFrame:
@@ -127,7 +128,7 @@ def behaviour_features(events: pl.DataFrame | pl.LazyFrame, min_orders: int = 3,
         (pl.col("n").max() / pl.col("n").sum()).alias("top_item_share"), pl.len().alias("distinct_items"))
     modal = (lines.group_by("customer_id", "quantity").agg(pl.len().alias("n")).group_by("customer_id")
              .agg((pl.col("n").max() / pl.col("n").sum()).alias("quantity_mode_share")))
-    top_qty = (lines.join(top_item.select("customer_id", "item_id"), on=["customer_id", "item_id"])
+    top_qty = (lines.join(top_item.select("customer_id", "item_id"), on=["customer_id", "item_id"], maintain_order="left")
                .group_by("customer_id").agg(_cv("quantity").alias("top_item_quantity_cv")))
 
     medians = item_medians([_price_counts(lines)]) if medians is None else medians
@@ -135,7 +136,8 @@ def behaviour_features(events: pl.DataFrame | pl.LazyFrame, min_orders: int = 3,
     deals = priced.group_by("customer_id").agg(
         (pl.col("unit_price") <= (1 - deal_discount) * pl.col("item_median")).mean().alias("deal_share"))
     price_cv = (priced.group_by("customer_id", "item_id").agg(_cv("unit_price").alias("cv"), pl.len().alias("n"))
-                .filter(pl.col("n") >= 2).group_by("customer_id").agg(pl.col("cv").mean().alias("price_cv")))
+                .filter(pl.col("n") >= 2).sort("customer_id", "item_id")
+                .group_by("customer_id").agg(pl.col("cv").mean().alias("price_cv")))
 
     out = regular
     for part in (hours, weekdays, items, modal, top_qty, deals, price_cv, item_features(lines)):

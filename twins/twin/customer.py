@@ -58,7 +58,8 @@ def _basket_stats(b: pl.LazyFrame, as_of: datetime | None) -> pl.LazyFrame:
     gap = pl.col("time").sort().diff().dt.total_microseconds() / DAY_US
     ref = pl.lit(as_of, pl.Datetime("us", "UTC"))
     mean_gap, std_gap = gap.mean(), gap.std()
-    return (b.group_by("customer_id").agg(
+    # baskets in a fixed order before the sums: the same values whatever the threads or the bucketing
+    return (b.sort("customer_id", "time", "seq", "basket_id", nulls_last=True).group_by("customer_id").agg(
         first_purchase=pl.col("time").min(), last_purchase=pl.col("time").max(),
         baskets=pl.len().cast(pl.Int64), repeat_purchase_days=(day.n_unique() - 1).cast(pl.Int64),
         spend_total=pl.when(pl.col("spend").is_not_null().any()).then(pl.col("spend").sum()),
@@ -91,11 +92,12 @@ def _item_profile(events: pl.LazyFrame, b: pl.LazyFrame, p: TwinParams) -> pl.La
 def _category_mix(events: pl.LazyFrame, p: TwinParams) -> pl.LazyFrame:
     col = p.category_column
     spend = (events.filter(pl.col("customer_id").is_not_null() & (pl.col("event_type") == "purchase"))
-             .group_by("customer_id", col).agg(spend=pl.col("amount").sum()).sort("customer_id", col, nulls_last=True)
-             .with_columns(share=pl.col("spend") / pl.col("spend").sum().over("customer_id")))
-    # categories in a fixed order before the sum and on ties: the same mix however the customers are split
-    return spend.group_by("customer_id").agg(category_mix=pl.struct(pl.col(col).alias("category"), "share").sort_by(
-        ["share", col], descending=[True, False], nulls_last=True, maintain_order=True).head(p.top_categories))
+             .group_by("customer_id", col).agg(spend=pl.col("amount").sum()).sort("customer_id", col, nulls_last=True))
+    # categories in a fixed order before the sum and on ties: the same mix whatever the threads or the bucketing
+    share = pl.col("spend") / pl.col("spend").sum()
+    return spend.group_by("customer_id").agg(category_mix=pl.struct(pl.col(col).alias("category"), share.alias("share"))
+                                             .sort_by([share, pl.col(col)], descending=[True, False], nulls_last=True,
+                                                      maintain_order=True).head(p.top_categories))
 
 
 def _discounts(events: pl.LazyFrame, p: TwinParams) -> pl.LazyFrame:
@@ -197,19 +199,25 @@ def build_customer_twins(events: pl.LazyFrame, as_of: datetime | None = None, pa
         monetary=pl.col("spend_total") - pl.col("returned_total"),
         return_rate=pl.when(pl.col("spend_total") > 0).then(pl.col("returned_total") / pl.col("spend_total")),
     )
-    return twins.sort("customer_id").collect(engine="streaming")
+    return twins.sort("customer_id").collect()
+
+
+def read_bucket(events: pl.LazyFrame) -> pl.LazyFrame:
+    """One bucket's events read into memory as one chunk: every part of the twin reads the file once, and the
+    rows lie the same way whichever engine reads them (polars sums a group's rows chunk by chunk)."""
+    return events.collect().rechunk().lazy()
 
 
 def bucket_outlook_inputs(job: tuple[Path, int, datetime | None, TwinParams]) -> pl.DataFrame | None:
     """``outlook_inputs`` of bucket ``job[1]`` of the events folder ``job[0]`` (an engine's work item)."""
     events_dir, bucket, as_of, p = job
-    return outlook_inputs(scan_events(events_dir, bucket=bucket), as_of, p)
+    return outlook_inputs(read_bucket(scan_events(events_dir, bucket=bucket)), as_of, p)
 
 
 def bucket_twins(job: tuple[Path, int, datetime | None, TwinParams, Any]) -> pl.DataFrame:
     """The twins of the customers in bucket ``job[1]`` with the population's outlook fit ``job[4]``."""
     events_dir, bucket, as_of, p, fit = job
-    events = scan_events(events_dir, with_attributes=bool(p.category_column), bucket=bucket)
+    events = read_bucket(scan_events(events_dir, with_attributes=bool(p.category_column), bucket=bucket))
     return build_customer_twins(events, as_of, p, outlook=fit)
 
 

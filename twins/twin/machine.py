@@ -322,7 +322,10 @@ def _offer_choices(orders: pl.DataFrame, offers: pl.DataFrame) -> dict[tuple, tu
 
 
 def _bucket_inputs(events_dir: Path, bucket: int, as_of: datetime) -> pl.LazyFrame:
-    return scan_events(events_dir, bucket=bucket).filter(pl.col("event_time") < pl.lit(as_of, pl.Datetime("us", "UTC")))
+    """One bucket's events before ``as_of``, in memory as one chunk (``twins.twin.customer.read_bucket``)."""
+    from twins.twin.customer import read_bucket
+
+    return read_bucket(scan_events(events_dir, bucket=bucket).filter(pl.col("event_time") < pl.lit(as_of, pl.Datetime("us", "UTC"))))
 
 
 def bucket_price_counts(job: tuple[Path, int, datetime, int]) -> pl.DataFrame:

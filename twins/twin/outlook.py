@@ -109,9 +109,10 @@ def outlook_inputs(events: pl.LazyFrame, as_of: datetime, params: OutlookParams 
     p = params or OutlookParams()
     check_model(p.model)
     as_of = as_of if as_of.tzinfo else as_of.replace(tzinfo=timezone.utc)
-    days = purchase_days(events.filter(pl.col("event_time") < as_of))
+    # purchase days in order before any sum: the same values whatever the threads or the bucketing
+    days = purchase_days(events.filter(pl.col("event_time") < as_of)).sort("customer_id", "day")
     if p.model == "neural":
-        return days.select("customer_id", "day", "spend").sort("customer_id", "day").collect()
+        return days.select("customer_id", "day", "spend").collect()
     return summarise(days, as_of, p.horizon_days, p.unit_days).select(SUMMARY_COLUMNS)
 
 
