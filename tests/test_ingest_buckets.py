@@ -146,4 +146,4 @@ def test_every_pass_runs_through_the_engine(log, monkeypatch):
 
 
 def test_default_buckets_follow_the_input_rows():
-    assert [default_buckets(n) for n in (0, 1, 2_000_000, 2_000_001, 100_000_000)] == [1, 1, 1, 2, 50]
+    assert [default_buckets(n) for n in (0, 1, 1_000_000, 1_000_001, 100_000_000)] == [1, 1, 1, 2, 100]

@@ -14,6 +14,8 @@ import polars as pl
 
 #: input bytes per hash partition (a partition holds ~24 bytes per line)
 PARTITION_BYTES = 64 << 20
+#: lines per streamed batch split into partitions (memory: ~24 bytes a line)
+BATCH_ROWS = 2_000_000
 _HASHES = ("h1", "h2")
 
 
@@ -23,16 +25,23 @@ def partitions_for(input_bytes: int) -> int:
 
 
 def spill(raw: pl.LazyFrame, columns: list[str], mapping: int, rank: int, folder: Path, partitions: int) -> int:
-    """Write ``(h1, h2, f=rank, r=row)`` of each line of one file into ``folder/<rank>/p=<k>/`` (k = h1 mod
-    ``partitions``); returns the number of lines read. ``mapping`` tells files that map other columns apart (they
-    hold no copies of each other's lines)."""
+    """Write ``(h1, h2, f=rank, r=row)`` of each line of one file into ``folder/<rank>/p=<k>/<batch>.parquet`` (k = h1
+    mod ``partitions``), one streamed batch of ``BATCH_ROWS`` lines at a time; returns the number of lines read.
+    ``mapping`` tells files that map other columns apart (they hold no copies of each other's lines)."""
     key = pl.struct(pl.lit(mapping).alias("_mapping"), *columns)
-    out = folder / f"{rank:05d}"
+    out, lines, batches = folder / f"{rank:05d}", 0, 0
+
+    def write(batch: pl.DataFrame) -> None:
+        nonlocal lines, batches
+        keyed = batch.with_columns((pl.col("h1") % partitions).alias("p"))
+        for (p,), part in keyed.partition_by("p", as_dict=True, include_key=False).items():
+            (out / f"p={p}").mkdir(parents=True, exist_ok=True)
+            part.write_parquet(out / f"p={p}" / f"{batches:08d}.parquet")
+        lines, batches = lines + batch.height, batches + 1
+
     (raw.select(key.hash(seed=7).alias("h1"), key.hash(seed=11).alias("h2")).with_row_index("r")
-     .with_columns(pl.lit(rank, pl.Int32).alias("f"), (pl.col("h1") % partitions).alias("p"))
-     .sink_parquet(pl.PartitionBy(out, key="p", include_key=False)))
-    files = sorted(out.rglob("*.parquet"))
-    return pl.scan_parquet(files).select(pl.len()).collect().item() if files else 0
+     .with_columns(pl.lit(rank, pl.Int32).alias("f")).sink_batches(write, chunk_size=BATCH_ROWS))
+    return lines
 
 
 def resolve(folder: Path, partition: int) -> pl.DataFrame:

@@ -173,7 +173,7 @@ class SourceConfig(_Strict):
     ids: Ids = Field(default_factory=Ids)
     validation: Validation = Field(default_factory=Validation)
     buckets: int | None = Field(None, ge=1, description="customer buckets of the event store (events.parquet/"
-                                "bucket-NNNNN.parquet); default: one per ~2M input rows, at least 1")
+                                "bucket-NNNNN.parquet); default: one per 1M input rows, at least 1")
     item_attributes: list[AttributeTable] = Field(default_factory=list, description="one table or a list")
     customer_attributes: list[AttributeTable] = Field(default_factory=list, description="one table or a list")
     base_dir: Path = Field(Path("."), description="relative paths resolve against this (the config's folder)")
