@@ -25,7 +25,7 @@ def partitions_for(input_bytes: int) -> int:
 
 
 def spill(raw: pl.LazyFrame, columns: list[str], mapping: int, rank: int, folder: Path, partitions: int) -> int:
-    """Write ``(h1, h2, f=rank, r=row)`` of each line of one file into ``folder/<rank>/p=<k>/<batch>.parquet`` (k = h1
+    """Write ``(h1, h2, f=rank, r=row)`` of each line of one file into ``folder/<rank>/p=<k>/<batch>.arrow`` (k = h1
     mod ``partitions``), one streamed batch of ``BATCH_ROWS`` lines at a time; returns the number of lines read.
     ``mapping`` tells files that map other columns apart (they hold no copies of each other's lines)."""
     key = pl.struct(pl.lit(mapping).alias("_mapping"), *columns)
@@ -36,7 +36,7 @@ def spill(raw: pl.LazyFrame, columns: list[str], mapping: int, rank: int, folder
         keyed = batch.with_columns((pl.col("h1") % partitions).alias("p"))
         for (p,), part in keyed.partition_by("p", as_dict=True, include_key=False).items():
             (out / f"p={p}").mkdir(parents=True, exist_ok=True)
-            part.write_parquet(out / f"p={p}" / f"{batches:08d}.parquet")
+            part.write_ipc(out / f"p={p}" / f"{batches:08d}.arrow", compression="uncompressed")  # hashes: no gain
         lines, batches = lines + batch.height, batches + 1
 
     (raw.select(key.hash(seed=7).alias("h1"), key.hash(seed=11).alias("h2")).with_row_index("r")
@@ -47,11 +47,11 @@ def spill(raw: pl.LazyFrame, columns: list[str], mapping: int, rank: int, folder
 def resolve(folder: Path, partition: int) -> pl.DataFrame:
     """The copies in one partition: ``f`` (file rank), ``r`` (row) and ``overlap`` (the line first appeared in an
     earlier file, else earlier in the same one). The first occurrence (by file rank, then row) is no copy."""
-    files = sorted(folder.glob(f"*/p={partition}/*.parquet"))
+    files = sorted(folder.glob(f"*/p={partition}/*.arrow"))
     if not files:
         return pl.DataFrame(schema={"f": pl.Int32, "r": pl.get_index_type(), "overlap": pl.Boolean})
     key = pl.struct(*_HASHES)
-    return (pl.scan_parquet(files).filter(pl.col("h1").is_duplicated()).sort("f", "r")  # candidates first: few
+    return (pl.scan_ipc(files).filter(pl.col("h1").is_duplicated()).sort("f", "r")  # candidates first: few
             .with_columns(pl.col("f").first().over(*_HASHES).alias("first_f"), key.is_first_distinct().alias("first"))
             .filter(~pl.col("first")).select("f", "r", (pl.col("first_f") != pl.col("f")).alias("overlap"))
             .collect())

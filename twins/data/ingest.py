@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from twins import publish
 from twins.data import duplicates, readers
@@ -588,12 +589,15 @@ def write_file(args: tuple[FileTask, int, str, dict[str, pl.DataType]]) -> None:
     quarantine = lf.filter(~ok).select(FILE_COLUMN, ROW_COLUMN, QUARANTINE_REASON,
                                        *[pl.col(c).cast(pl.String).alias(c.removeprefix("raw:")) for c in raw_cols])
     (Path(work) / "quarantine").mkdir(parents=True, exist_ok=True)
+    parts = BucketParts(Path(work) / "events" / f"{task.index:05d}", n)
     with _reading(task):
-        pl.collect_all([
-            events.sink_batches(BucketParts(Path(work) / "events" / f"{task.index:05d}", n), chunk_size=BATCH_ROWS,
-                                lazy=True),
-            quarantine.sink_parquet(Path(work) / "quarantine" / f"{task.index:05d}.parquet", compression="lz4",
-                                    lazy=True)], engine="streaming")
+        try:
+            pl.collect_all([
+                events.sink_batches(parts, chunk_size=BATCH_ROWS, lazy=True),
+                quarantine.sink_parquet(Path(work) / "quarantine" / f"{task.index:05d}.parquet", compression="lz4",
+                                        lazy=True)], engine="streaming")
+        finally:
+            parts.close()
 
 
 #: rows per streamed batch of events split into bucket parts (memory: a few batches)
@@ -601,29 +605,37 @@ BATCH_ROWS = 500_000
 
 
 class BucketParts:
-    """Splits each streamed batch of one file's events by ``bucket_of(customer_id)`` into part files
-    ``folder/__bucket=<b>/<batch>.parquet`` (batches numbered in stream order, rows in order within each): memory
-    is one batch, where polars' partitioned sink would buffer every open partition."""
+    """Splits each streamed batch of one file's events by ``bucket_of(customer_id)`` into one part file per bucket,
+    ``folder/__bucket=<b>/part.arrow`` (Arrow IPC, LZ4: written and read back once, 3x faster than Parquet; a record
+    batch per streamed batch, rows in stream order): memory is one batch, where polars' partitioned sink would buffer
+    every open partition. ``close`` when the stream ends."""
 
     def __init__(self, folder: Path, n: int) -> None:
-        self.folder, self.n, self.batches = folder, n, 0
+        self.folder, self.n = folder, n
+        self.writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
 
     def __call__(self, batch: pl.DataFrame) -> None:
-        keyed = batch.with_columns((bucket_of(batch["customer_id"], self.n) if self.n > 1
-                                    else pl.lit(0, pl.UInt32)).alias(_BUCKET))
+        keyed = batch.rechunk().with_columns((bucket_of(batch["customer_id"], self.n) if self.n > 1
+                                              else pl.lit(0, pl.UInt32)).alias(_BUCKET))
         for (bucket,), part in keyed.partition_by(_BUCKET, as_dict=True, include_key=False).items():
-            folder = self.folder / f"{_BUCKET}={bucket}"
-            folder.mkdir(parents=True, exist_ok=True)
-            part.write_parquet(folder / f"{self.batches:08d}.parquet", compression="lz4")
-        self.batches += 1
+            table = part.to_arrow(compat_level=pl.CompatLevel.newest())
+            if bucket not in self.writers:
+                (self.folder / f"{_BUCKET}={bucket}").mkdir(parents=True)
+                self.writers[bucket] = pa.ipc.new_file(self.folder / f"{_BUCKET}={bucket}" / "part.arrow", table.schema,
+                                                       options=pa.ipc.IpcWriteOptions(compression="lz4"))
+            self.writers[bucket].write_table(table)
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
 
 
 def sort_bucket(task: BucketTask) -> dict[str, int]:
     """Pass 3: one bucket's parts sorted by customer and time into its file (ties in input order: the parts are read
     in file order, each in row order), with ``basket_seq``; returns its counts (rows, guest rows, returns,
     customers)."""
-    files = sorted(Path(task.parts).glob(f"*/{_BUCKET}={task.bucket}/*.parquet"))
-    events = by_customer_and_time(pl.read_parquet(files)) if files else pl.DataFrame(schema=task.schema)
+    files = sorted(Path(task.parts).glob(f"*/{_BUCKET}={task.bucket}/*.arrow"))
+    events = by_customer_and_time(pl.read_ipc(files)) if files else pl.DataFrame(schema=task.schema)
     events = basket_seq(events.lazy().with_columns(pl.lit(None, pl.String).alias(QUARANTINE_REASON)), task.cfg)
     events = events.select(*task.schema).collect()
     events.write_parquet(task.target, compression="lz4")
