@@ -29,7 +29,8 @@ half of a fixed batch through ``DistributedDataParallel``. Checks: the all-reduc
 full-batch gradients (``max |g - g_full| <= 1e-4 * max |g_full|``), the mean of the ranks' losses equals the
 full-batch loss (fp32 rule above) and after an SGD step every rank holds the same weights (exactly).
 
-Epoch time is the estimator's fit wall time over its epochs (data preparation included; CUDA synchronised).
+Epoch time is the estimator's fit wall time over its epochs (data preparation included; CUDA synchronised); the
+first row also carries the process's one-time start-up costs.
 """
 
 from __future__ import annotations
@@ -355,10 +356,14 @@ def record(report: dict, rows: list[Row], command: str) -> None:
     from twins import tracking
 
     where = ("CUDA" if report["mode"] == "cuda" else
-             "CPU only (no CUDA device in this session: the GPU figures are still to be recorded on a machine with one)")
-    summary = (f"{report['device']}; torch {report['torch']}; mode `{report['mode']}` ({where}); "
+             "CPU only; no CUDA device was available in this session, so the GPU figures are still to be recorded")
+    ddp = report["ddp"]
+    steps = (f"DDP step ({ddp['world']} processes, {ddp['backend']}): all-reduced gradients off the full batch's by "
+             + ", ".join(f"{ddp[n]['grad_error']:.1e}" for n in DDP_NETWORKS if n in ddp)
+             + f" relative (limit {GRAD_TOL:g}), weights identical on every rank. " if ddp else "")
+    summary = (f"{report['device']}; torch {report['torch']}; mode `{report['mode']}`: {where}. "
                f"{report['seconds']:.0f} s in all; every check {'passed' if report['passed'] else 'did NOT pass'}. "
-               "Tolerances and protocol: the module docstring of `experiments/device_check.py`.")
+               f"{steps}Tolerances and protocol: the module docstring of `experiments/device_check.py`.")
     body = "\n".join([summary, "", table(rows)])
     write_section("gpu-readiness", "GPU readiness", command, "generated, seeded (baskets, purchase days, machine rows, "
                   "texts; sizes in the JSON's `sizes`)", body)
@@ -378,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run(args.dry)
     rows = [Row(**r) for r in report["rows"]]
     if args.benchmarks:
-        record(report, rows, "python -m experiments.device_check" + (" --dry" if args.dry else ""))
+        record(report, rows, "python -m experiments.device_check" + (" --dry" if args.dry else "") + " --benchmarks")
     print(f"{report['device']}; torch {report['torch']}; mode {report['mode']}; {report['seconds']:.0f} s")
     print(table(rows))
     for r in rows:
