@@ -126,6 +126,7 @@ Csr = tuple[np.ndarray, np.ndarray, np.ndarray]  # (indptr, indices, data): scip
 #: sparse product's terms); memory never depends on the batch size
 BLOCK_CELLS = 1 << 16
 BLOCK_TOUCHED = 1 << 22
+CONTEXT_CELLS = 1 << 20  # sums per block of the neighbour context (8 MiB of float64)
 
 
 class NeighbourIndex:
@@ -219,17 +220,22 @@ class NeighbourIndex:
 
     def mean_context(self, neighbour_rows: list[np.ndarray]) -> np.ndarray:
         """``[B, 2 * n_items]`` float32 from each history's neighbour rows: their mean vector, then the share of
-        them whose target held each item (see the module docstring); zeros where there are none."""
+        them whose target held each item (see the module docstring); zeros where there are none. Summed in blocks
+        of histories (``BLOCK_TOUCHED`` entries, ``CONTEXT_CELLS`` sums), so the memory beyond the answer is bounded."""
         counts = np.array([len(rows) for rows in neighbour_rows], dtype=np.int64)
-        chosen = np.concatenate([np.zeros(0, np.int64), *neighbour_rows]).astype(np.int64)
         out = np.zeros((len(neighbour_rows), 2 * self.n_items), dtype=np.float32)
-        for half, (indptr, indices, data) in enumerate((self.vectors, self.targets)):
-            lengths = indptr[chosen + 1] - indptr[chosen]
-            take = _ranges(indptr[chosen], indptr[chosen + 1])
-            row = np.repeat(np.repeat(np.arange(len(neighbour_rows)), counts), lengths)
-            sums = np.bincount(row * self.n_items + indices[take], weights=data[take],
-                               minlength=len(neighbour_rows) * self.n_items).reshape(-1, self.n_items)
-            out[:, half * self.n_items:(half + 1) * self.n_items] = sums / np.maximum(counts, 1)[:, None]
+        reach = [np.diff(indptr)[np.concatenate([np.zeros(0, np.int64), *neighbour_rows]).astype(np.int64)]
+                 for indptr, _, _ in (self.vectors, self.targets)]
+        per_row = np.add.reduceat(np.append(reach[0] + reach[1], 0), np.cumsum(counts) - counts) * (counts > 0)
+        for block in _blocks(np.full(len(neighbour_rows), self.n_items), per_row, CONTEXT_CELLS, BLOCK_TOUCHED):
+            chosen = np.concatenate([np.zeros(0, np.int64), *neighbour_rows[block]]).astype(np.int64)
+            n_rows = block.stop - block.start
+            for half, (indptr, indices, data) in enumerate((self.vectors, self.targets)):
+                take = _ranges(indptr[chosen], indptr[chosen + 1])
+                row = np.repeat(np.repeat(np.arange(n_rows), counts[block]), indptr[chosen + 1] - indptr[chosen])
+                sums = np.bincount(row * self.n_items + indices[take], weights=data[take],
+                                   minlength=n_rows * self.n_items).reshape(-1, self.n_items)
+                out[block, half * self.n_items:(half + 1) * self.n_items] = sums / np.maximum(counts[block], 1)[:, None]
         return out
 
     def context(self, histories: Histories, exclude: list[int | None] | None = None) -> np.ndarray:
