@@ -294,6 +294,8 @@ class NeuralOutlook(BaseEstimator):
             best, log = self._train(net, x, data, val, rng)
             self.members_.append(best.cpu().eval())
             self.history_.append(log)
+        if self._cal is not None:  # with the members, on the CPU (on CUDA the spend factor mixed the devices)
+            self._cal, self._scal = self._cal.cpu(), self._scal.cpu()
         self.spend_factor_ = self._spend_factor(w, x.cpu(), data[3].cpu(), int(horizon_weeks))
         self._cal = self._scal = None
         self.n_windows_ = len(w.count)
