@@ -58,8 +58,8 @@ def _basket_stats(b: pl.LazyFrame, as_of: datetime | None) -> pl.LazyFrame:
     gap = pl.col("time").sort().diff().dt.total_microseconds() / DAY_US
     ref = pl.lit(as_of, pl.Datetime("us", "UTC"))
     mean_gap, std_gap = gap.mean(), gap.std()
-    # baskets in a fixed order before the sums: the same values whatever the threads or the bucketing
-    return (b.sort("customer_id", "time", "seq", "basket_id", nulls_last=True).group_by("customer_id").agg(
+    # baskets in a fixed order before the sums (maintain_order: polars drops a sort that only feeds a group-by)
+    return (b.sort("customer_id", "time", "seq", "basket_id", "spend", nulls_last=True).group_by("customer_id", maintain_order=True).agg(
         first_purchase=pl.col("time").min(), last_purchase=pl.col("time").max(),
         baskets=pl.len().cast(pl.Int64), repeat_purchase_days=(day.n_unique() - 1).cast(pl.Int64),
         spend_total=pl.when(pl.col("spend").is_not_null().any()).then(pl.col("spend").sum()),
@@ -76,12 +76,13 @@ def _basket_stats(b: pl.LazyFrame, as_of: datetime | None) -> pl.LazyFrame:
 
 
 def _item_profile(events: pl.LazyFrame, b: pl.LazyFrame, p: TwinParams) -> pl.LazyFrame:
-    """Decayed repeat frequency per (customer, item): sum over baskets holding it of decay**rank, rounded to
-    1e-12 so that the summation order of a parallel engine cannot reorder tied items."""
+    """Decayed repeat frequency per (customer, item): sum over baskets holding it of decay**rank (newest basket
+    first: the lines are sorted and collected first, as polars drops a sort under a group-by), rounded to 1e-12."""
     lines = (events.filter(pl.col("customer_id").is_not_null() & (pl.col("event_type") == "purchase"))
              .select("customer_id", "basket_id", "item_id").unique()
-             .join(b.select("customer_id", "basket_id", "rank"), on=["customer_id", "basket_id"]))
-    weights = (lines.group_by("customer_id", "item_id")
+             .join(b.select("customer_id", "basket_id", "rank"), on=["customer_id", "basket_id"])
+             .sort("customer_id", "item_id", "rank").collect(engine="in-memory"))
+    weights = (lines.lazy().group_by("customer_id", "item_id")
                .agg(weight=pl.lit(p.item_decay, pl.Float64).pow(pl.col("rank")).sum().round(12), baskets_with_item=pl.len()))
     return (weights.group_by("customer_id").agg(
         distinct_items=pl.len().cast(pl.Int64),
@@ -93,9 +94,9 @@ def _category_mix(events: pl.LazyFrame, p: TwinParams) -> pl.LazyFrame:
     col = p.category_column
     spend = (events.filter(pl.col("customer_id").is_not_null() & (pl.col("event_type") == "purchase"))
              .group_by("customer_id", col).agg(spend=pl.col("amount").sum()).sort("customer_id", col, nulls_last=True))
-    # categories in a fixed order before the sum and on ties: the same mix whatever the threads or the bucketing
+    # categories in a fixed order before the sum and on ties (maintain_order keeps the sort)
     share = pl.col("spend") / pl.col("spend").sum()
-    return spend.group_by("customer_id").agg(category_mix=pl.struct(pl.col(col).alias("category"), share.alias("share"))
+    return spend.group_by("customer_id", maintain_order=True).agg(category_mix=pl.struct(pl.col(col).alias("category"), share.alias("share"))
                                              .sort_by([share, pl.col(col)], descending=[True, False], nulls_last=True,
                                                       maintain_order=True).head(p.top_categories))
 
@@ -171,12 +172,14 @@ def build_customer_twins(events: pl.LazyFrame, as_of: datetime | None = None, pa
         outlook = fit_population([outlook_inputs(events, as_of, p)], as_of, p)
     ev = _as_of_filter(events, as_of)
     names = ev.collect_schema().names()
-    b = baskets(ev)
-    parts = [_basket_stats(b, as_of), _item_profile(ev, b, p)]
+    # parts whose sums need their sorted input are collected on their own: polars drops a sort under a join
+    b = baskets(ev).collect(engine="in-memory").lazy()
+    parts = [_basket_stats(b, as_of).collect(engine="in-memory").lazy(),
+             _item_profile(ev, b, p).collect(engine="in-memory").lazy()]
     if p.category_column:
         if p.category_column not in names:
             raise ValueError(f"twin.category_column {p.category_column!r} is not an events column; have {names}")
-        parts.append(_category_mix(ev, p))
+        parts.append(_category_mix(ev, p).collect(engine="in-memory").lazy())
     if p.discount_columns:
         missing = [c for c in p.discount_columns if c not in names]
         if missing:
@@ -199,13 +202,13 @@ def build_customer_twins(events: pl.LazyFrame, as_of: datetime | None = None, pa
         monetary=pl.col("spend_total") - pl.col("returned_total"),
         return_rate=pl.when(pl.col("spend_total") > 0).then(pl.col("returned_total") / pl.col("spend_total")),
     )
-    return twins.sort("customer_id").collect()
+    return twins.sort("customer_id").collect(engine="in-memory")
 
 
 def read_bucket(events: pl.LazyFrame) -> pl.LazyFrame:
     """One bucket's events read into memory as one chunk: every part of the twin reads the file once, and the
     rows lie the same way whichever engine reads them (polars sums a group's rows chunk by chunk)."""
-    return events.collect().rechunk().lazy()
+    return events.collect(engine="in-memory").rechunk().lazy()
 
 
 def bucket_outlook_inputs(job: tuple[Path, int, datetime | None, TwinParams]) -> pl.DataFrame | None:

@@ -110,10 +110,11 @@ def outlook_inputs(events: pl.LazyFrame, as_of: datetime, params: OutlookParams 
     check_model(p.model)
     as_of = as_of if as_of.tzinfo else as_of.replace(tzinfo=timezone.utc)
     # purchase days in order before any sum: the same values whatever the threads or the bucketing
-    days = purchase_days(events.filter(pl.col("event_time") < as_of)).sort("customer_id", "day")
+    # (collected: polars drops a sort that only feeds a group-by)
+    days = purchase_days(events.filter(pl.col("event_time") < as_of)).sort("customer_id", "day").collect(engine="in-memory")
     if p.model == "neural":
-        return days.select("customer_id", "day", "spend").collect()
-    return summarise(days, as_of, p.horizon_days, p.unit_days).select(SUMMARY_COLUMNS)
+        return days.select("customer_id", "day", "spend")
+    return summarise(days.lazy(), as_of, p.horizon_days, p.unit_days).select(SUMMARY_COLUMNS)
 
 
 def fit_population(inputs: list[pl.DataFrame], as_of: datetime, params: OutlookParams | None = None) -> OutlookFit:

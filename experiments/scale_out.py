@@ -1,0 +1,280 @@
+"""Scale-out costs: ingest -> build -> score on a large generated log, bucket by bucket, on the local engine and on
+Ray at 1 and 2 local workers; twins equality for 1 bucket vs many; and a cluster plan from the measured costs.
+
+    python -m experiments.scale_out --source /work/big/log10m/source.yaml                  # local, ray:1, ray:2
+    python -m experiments.scale_out --source /work/big/log100m/source.yaml --engines local # the largest log, local only
+
+Protocol. Every step is its own ``twins`` process under ``/usr/bin/time -v`` at one thread (``--threads 1``,
+``POLARS_MAX_THREADS=1``; Ray workers run one thread each): ``twins ingest`` (buckets by the ingest's default: 2M
+input rows each), ``twins build --as-of AS_OF`` (customer twins with the BG/NBD + Gamma-Gamma outlook over 91
+days) and ``twins score`` with a purchase-outlook ONNX bundle (BG/NBD + Gamma-Gamma with CDNOW's published
+parameters: the cheapest real scorer, 10,000 customers a chunk). Wall time, rows/s and the peak RSS of the command's
+process; on Ray also each worker's peak RSS (psutil, sampled every 0.2 s; the driver's figure excludes them).
+Outputs of every engine (event buckets, twins, scores) are compared by sha256. Per bucket: the step's time and
+peak over the buckets (a bucket's work runs in one process at a time). The global outlook fit is timed on its own
+(the one step that does not split by bucket). Twins equality: the first monthly files of the log (at least
+``--sample-lines`` lines) ingested as 1 bucket and as 8, built with the same ``as_of``: equal frames (every column,
+every digit, same order), and equal to the in-memory builder on the whole sample. MLflow experiment ``scale-out``;
+the table goes to BENCHMARKS.md (section ``scale-out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import polars as pl
+import yaml
+
+from experiments.report import write_section
+
+REPO = Path(__file__).resolve().parents[1]
+TWINS = [sys.executable, "-m", "twins.cli"]  # the twins command of this interpreter
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "TWINS_THREADS": "1", "POLARS_MAX_THREADS": "1", "MKL_NUM_THREADS": "1",
+              "OPENBLAS_NUM_THREADS": "1"}
+
+
+def _worker_peaks(stop: threading.Event, peaks: dict[int, int]) -> None:
+    """Sample the RSS of every Ray worker process (``ray::`` in its title) until ``stop``."""
+    import psutil
+
+    while not stop.is_set():
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                if proc.info["cmdline"] and proc.info["cmdline"][0].startswith("ray::"):
+                    peaks[proc.pid] = max(peaks.get(proc.pid, 0), proc.memory_info().rss)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        stop.wait(0.2)
+
+
+def step(args: list[str], home: Path, log: Path, engine: str, workers: int | None) -> dict:
+    """One ``twins`` command under /usr/bin/time -v: wall seconds, peak RSS (GiB) and Ray workers' peaks."""
+    cmd = ["/usr/bin/time", "-v", *TWINS, "--threads", "1", "--engine", engine,
+           *(["--workers", str(workers)] if workers else []), *args]
+    env = {**os.environ, **ONE_THREAD, "TWINS_HOME": str(home), "RAY_DEDUP_LOGS": "0"}
+    env.pop("RAY_ADDRESS", None)
+    peaks: dict[int, int] = {}
+    stop = threading.Event()
+    sampler = threading.Thread(target=_worker_peaks, args=(stop, peaks), daemon=True)
+    sampler.start()
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
+    wall = time.perf_counter() - t0
+    stop.set()
+    sampler.join()
+    with log.open("a") as f:
+        f.write(f"$ {' '.join(cmd)}\n{done.stdout}\n{done.stderr}\n")
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}); see {log}")
+    peak = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1)) / 2**20
+    return {"wall_s": wall, "peak_gib": peak, "worker_peak_gib": max(peaks.values(), default=0) / 2**30,
+            "workers_seen": len(peaks)}
+
+
+def sha(files: list[Path]) -> str:
+    h = hashlib.sha256()
+    for file in files:
+        h.update(file.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def outlook_bundle(folder: Path) -> Path:
+    """A purchase-outlook bundle with CDNOW's published BG/NBD and Gamma-Gamma estimates (91-day horizon)."""
+    from twins.models.btyd import BetaGeoModel, GammaGammaModel
+    from twins.models.outlook_export import export_outlook
+
+    if (folder / "manifest.json").exists():
+        return folder
+    bg = BetaGeoModel.from_params({"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426})
+    gg = GammaGammaModel.from_params({"p": 6.25, "q": 3.74, "gamma": 15.44})
+    return export_outlook(bg, gg, folder, horizon_days=91.0)
+
+
+def chain(source: Path, name: str, home: Path, bundle: Path, as_of: str, engine: str, workers: int | None,
+          log: Path) -> dict:
+    """ingest -> build -> score in ``home`` on one engine; each step's figures and the outputs' digests."""
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    out = {"ingest": step(["ingest", str(source), "--no-track"], home, log, engine, workers)}
+    out["build"] = step(["build", str(source), "--as-of", as_of, "--no-track"], home, log, engine, workers)
+    out["score"] = step(["score", str(bundle), "--source", name, "--out", str(home / "scores.parquet"),
+                         "--allow-future"], home, log, engine, workers)
+    events = sorted((home / "events" / name / "events.parquet").glob("bucket-*.parquet"))
+    snapshot = next((home / "store" / name / "customer").glob("*/v*/twins.parquet"))  # twins.paths.store_dir
+    report = json.loads((home / "events" / name / "report.json").read_text())
+    out |= {"buckets": len(events), "rows": report["accepted"], "lines": report["rows_in"],
+            "customers": pl.scan_parquet(snapshot).select(pl.len()).collect().item(),
+            "bucket_rows": [pl.scan_parquet(f).select(pl.len()).collect().item() for f in events],
+            "digests": {"events": sha(events), "twins": sha([snapshot]), "scores": sha([home / "scores.parquet"])},
+            "snapshot": str(snapshot)}
+    return out
+
+
+def fit_cost(home: Path, name: str, as_of: str) -> dict:
+    """The global outlook fit alone: every bucket's inputs gathered (their bytes: what the driver holds), then
+    ``fit_population``, timed in this process."""
+    from datetime import datetime, timezone
+
+    from twins.twin.customer import TwinParams, bucket_outlook_inputs, fit_population
+
+    when = datetime.fromisoformat(as_of).replace(tzinfo=timezone.utc)
+    folder, p = home / "events" / name, TwinParams()
+    files = sorted((folder / "events.parquet").glob("bucket-*.parquet"))
+    t0 = time.perf_counter()
+    inputs = [bucket_outlook_inputs((folder, b, when, p)) for b in range(len(files))]
+    gather = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fit_population(inputs, when, p)
+    return {"inputs_s": gather, "fit_s": time.perf_counter() - t0, "customers": sum(f.height for f in inputs),
+            "summary_bytes": sum(f.estimated_size() for f in inputs)}
+
+
+def sample_equality(source: Path, lines: int, work: Path, as_of: str, log: Path) -> dict:
+    """The first monthly files (>= ``lines`` lines) as 1 bucket and as 8: equal customer twins, and equal to the
+    in-memory builder on the whole sample."""
+    from datetime import datetime, timezone
+
+    from polars.testing import assert_frame_equal
+
+    from twins.data.events import scan_events
+    from twins.twin.customer import TwinParams, build_customer_twins
+
+    cfg = yaml.safe_load(source.read_text())
+    files, n = [], 0
+    for file in sorted(source.parent.glob(cfg["files"][0]["path"])):
+        files.append(file)
+        with file.open("rb") as f:
+            n += sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 24), b"")) - 1
+        if n >= lines:
+            break
+    frames = {}
+    for buckets in (1, 8):
+        home = work / f"sample{buckets}"
+        shutil.rmtree(home, ignore_errors=True)
+        home.mkdir(parents=True)
+        sample = dict(cfg, name="sample", files=[{"path": str(f)} for f in files], buckets=buckets)
+        (home / "sample.yaml").write_text(yaml.safe_dump(sample))
+        step(["ingest", str(home / "sample.yaml"), "--no-track"], home, log, "local", None)
+        step(["build", str(home / "sample.yaml"), "--as-of", as_of, "--no-track"], home, log, "local", None)
+        snap = next((home / "store" / "sample" / "customer").glob("*/v*/twins.parquet"))
+        frames[buckets] = (pl.read_parquet(snap), home)
+    (one, home1), (many, _) = frames[1], frames[8]
+    assert_frame_equal(one, many)
+    when = datetime.fromisoformat(as_of).replace(tzinfo=timezone.utc)
+    memory = build_customer_twins(scan_events(home1 / "events" / "sample"), when, TwinParams())
+    assert_frame_equal(one, memory)
+    return {"lines": n, "files": len(files), "customers": one.height, "columns": one.width, "equal": True}
+
+
+def plan_rows(local: dict, fit: dict) -> list[str]:
+    """Cluster plan for 1B events / 10M customers from the measured per-core rates (one thread per worker)."""
+    rows, customers = 1_000_000_000, 10_000_000
+    ingest_rate = local["ingest"]["rows_rate"]
+    build_rate = local["build"]["rows_rate"]
+    score_rate = local["score"]["customers_rate"]
+    core_h = {"ingest": rows / ingest_rate / 3600, "build": rows / build_rate / 3600,
+              "score": customers / score_rate / 3600}
+    per_customer_fit = fit["fit_s"] / fit["customers"]
+    fit_h = per_customer_fit * customers / 3600
+    summary_gib = fit["summary_bytes"] / fit["customers"] * customers / 2**30
+    peak = max(local[s]["peak_gib"] for s in ("ingest", "build", "score"))
+    bucket_rows = max(local["bucket_rows"])
+    out = ["| workers (1 core, 1 thread each) | ingest | build (+ one fit) | score | total | memory per worker |",
+           "|---|---|---|---|---|---|"]
+    for workers in (8, 32, 128):
+        hours = [core_h["ingest"] / workers, core_h["build"] / workers + fit_h, core_h["score"] / workers]
+        out.append(f"| {workers} | {hours[0]:.2f} h | {hours[1]:.2f} h | {hours[2]:.2f} h | {sum(hours):.2f} h | "
+                   f"{peak:.1f} GiB at {bucket_rows / 1e6:.1f}M rows a bucket |")
+    out += ["", f"Core-hours (sum over workers): ingest {core_h['ingest']:.1f}, build {core_h['build']:.1f}, score "
+            f"{core_h['score']:.1f}. Not split by bucket: the outlook's one fit ({per_customer_fit * 1e6:.1f} µs a "
+            f"customer here, so about {fit_h:.2f} h on one core for 10M customers if it stays linear) and the driver's "
+            f"collection of every customer's summary (about {summary_gib:.2f} GiB for 10M) and of the twins before "
+            "the snapshot is written as one file."]
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", type=Path, required=True)
+    parser.add_argument("--engines", nargs="+", default=["local", "ray:1", "ray:2"], help="local, ray:N (N workers)")
+    parser.add_argument("--as-of", default="2025-10-01")
+    parser.add_argument("--sample-lines", type=int, default=1_000_000, help="0: no equality check")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/scale_out"))
+    args = parser.parse_args(argv)
+    cfg = yaml.safe_load(args.source.read_text())
+    name, work = cfg["name"], args.work / cfg["name"]
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "log.txt"
+    bundle = outlook_bundle(work / "outlook-bundle")
+    results = {}
+    for spec in args.engines:
+        engine, _, n = spec.partition(":")
+        r = chain(args.source.resolve(), name, work / spec.replace(":", "-"), bundle, args.as_of, engine,
+                  int(n) if n else None, log)
+        for s in ("ingest", "build"):
+            r[s]["rows_rate"] = r["rows"] / r[s]["wall_s"]
+        r["score"]["customers_rate"] = r["customers"] / r["score"]["wall_s"]
+        results[spec] = r
+        print(spec, json.dumps({k: v for k, v in r.items() if k != "bucket_rows"}, default=str), flush=True)
+    first = next(iter(results))
+    fit = fit_cost(work / first.replace(":", "-"), name, args.as_of)
+    sample = sample_equality(args.source.resolve(), args.sample_lines, work, args.as_of, log) if args.sample_lines else None
+
+    from twins import tracking
+
+    with tracking.run("scale-out", f"scale-out-{name}", tags={"dataset": name}) as mlflow:
+        mlflow.log_params({"source": str(args.source), "engines": " ".join(args.engines), "as_of": args.as_of})
+        for spec, r in results.items():
+            tag = spec.replace(":", "_")
+            for s in ("ingest", "build", "score"):
+                mlflow.log_metrics({f"{tag}/{s}/wall_s": r[s]["wall_s"], f"{tag}/{s}/peak_gib": r[s]["peak_gib"],
+                                    f"{tag}/{s}/worker_peak_gib": r[s]["worker_peak_gib"]})
+        mlflow.log_metrics({"fit/fit_s": fit["fit_s"], "fit/summary_bytes": fit["summary_bytes"]})
+        mlflow.log_dict({"results": results, "fit": fit, "sample": sample}, "scale_out.json")
+
+    base = results[first]
+    lines = [f"Log `{name}`: {base['lines']:,} lines, {base['rows']:,} accepted events, {base['customers']:,} "
+             f"customers, {base['buckets']} buckets ({min(base['bucket_rows']):,}-{max(base['bucket_rows']):,} rows "
+             f"each); twins as of {args.as_of}.", "",
+             "| engine | step | wall | rows/s (customers/s for score) | peak RSS of the command | peak RSS per Ray worker | "
+             "per bucket (wall / buckets) | same output as local |", "|---|---|---|---|---|---|---|---|"]
+    for spec, r in results.items():
+        for s, what in (("ingest", "events"), ("build", "twins"), ("score", "scores")):
+            rate = r[s].get("rows_rate") or r[s]["customers_rate"]
+            worker = f"{r[s]['worker_peak_gib']:.2f} GiB ({r[s]['workers_seen']} processes)" if spec != "local" else "-"
+            same = "yes" if r["digests"][what] == results[first]["digests"][what] else "**no**"
+            lines.append(f"| {spec} | {s} | {r[s]['wall_s']:.0f} s | {rate:,.0f} | {r[s]['peak_gib']:.2f} GiB | {worker} | "
+                         f"{r[s]['wall_s'] / r['buckets']:.1f} s | {same if spec != first else '-'} |")
+    if "local" in results:
+        for spec, r in results.items():
+            if spec != "local":
+                overhead = {s: r[s]["wall_s"] / results["local"][s]["wall_s"] for s in ("ingest", "build", "score")}
+                lines.append(f"\n{spec} against local (wall ratio): " + ", ".join(f"{s} {v:.2f}x" for s, v in overhead.items()))
+    lines += ["", f"Global outlook fit (not split by bucket): gathering every bucket's summaries {fit['inputs_s']:.1f} s, "
+              f"the BG/NBD + Gamma-Gamma fit {fit['fit_s']:.1f} s on {fit['customers']:,} customers; the summaries "
+              f"take {fit['summary_bytes'] / 2**20:.1f} MiB in the driver."]
+    if sample:
+        lines += ["", f"Twins equality: the first {sample['files']} monthly files ({sample['lines']:,} lines, "
+                  f"{sample['customers']:,} customers, {sample['columns']} columns incl. the outlook) as 1 bucket and as 8: "
+                  "equal to the last digit, row for row (sorted by customer id), and equal to the in-memory builder "
+                  "(`build_customer_twins` on the whole sample)."]
+    if "local" in results:
+        lines += ["", "### Cluster plan: 1B events, 10M customers (from the local per-core rates above)", "",
+                  *plan_rows(results["local"], fit)]
+    write_section(f"scale-out-{name}", f"Scale-out: {name} bucket by bucket, local and Ray",
+                  f"python -m experiments.scale_out --source {args.source} --engines {' '.join(args.engines)}",
+                  f"{args.source.parent} (experiments.retail_log)", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
