@@ -112,3 +112,14 @@ def test_ingest_build_machines_and_score_on_ray_equal_the_local_engine(ray_engin
     assert pl.read_parquet(local["customer"]).height == 60
     for name in local:
         assert on_ray[name] == local[name], name
+
+
+def test_cli_engine_and_workers_are_checked():
+    from typer.testing import CliRunner
+
+    from twins.cli import app
+
+    bad = CliRunner().invoke(app, ["--engine", "spark", "twin", "list"])
+    assert bad.exit_code == 2 and "--engine 'spark': choose one of local, ray" in bad.output
+    bad = CliRunner().invoke(app, ["--workers", "0", "twin", "list"])
+    assert bad.exit_code == 2 and "--workers 0" in bad.output
