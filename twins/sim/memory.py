@@ -6,12 +6,13 @@ chunk's events go straight into the bucketed event store (``twins.data.events.Bu
 bucket, then one sort per bucket), so the peak is set by a chunk or a bucket, not by the market. A market of one
 chunk is written as one ``events.parquet`` file, as before chunking.
 
-Rows per machine-day: 0.045 orders, messages and service requests plus 2 readings x its kind's telemetry share /
-``every_days``; a shopper brings 1.4 lines a day. Measured (peak RSS of the whole command, 1 thread; see
-BENCHMARKS.md, "Market simulator throughput"): a chunk of 6 M rows peaks at about 2.9 GiB, i.e. ``BASE_BYTES`` +
-``BYTES_PER_ROW`` a row; the store takes about ``DISK_BYTES_PER_ROW`` a row on disk, twice that while the part
-files and the bucket files both exist. So the memory no longer grows with the market: what can refuse a market
-now is the disk.
+Rows per machine-day: 0.052 orders, messages and service requests plus 2 readings x its kind's telemetry share on
+every ``every_days``-th day (counted on 3,000 machines, daily and weekly readings); a shopper brings 1.4 lines a
+day. Measured with `twins sim` end to end (peak RSS of the whole command, 1 thread; BENCHMARKS.md, "Market
+simulator throughput"): 100,000 machines x 365 days with weekly readings, 2 chunks of 3.8 M rows, 2.04 GiB;
+1,000,000 machines, 12 chunks of 6.0 M rows, 3.13 GiB: ``BASE_BYTES`` + ``BYTES_PER_ROW`` (530 B) a row of a chunk.
+The store takes about 12 bytes a row on disk (11.6-11.8 measured), twice that while the part files and the bucket
+files both exist. So the memory no longer grows with the market: what can refuse a market now is the disk.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from twins.sim.config import MarketConfig
 
 CHUNK_ROWS = 6_000_000             # event rows a chunk (and a bucket) holds, about
 BASE_BYTES = 0.15 * 2**30
-BYTES_PER_ROW = 470
+BYTES_PER_ROW = 530
 DISK_BYTES_PER_ROW = 12
-ORDERS_PER_MACHINE_DAY = 0.045     # orders, negotiation messages, service requests
+ORDERS_PER_MACHINE_DAY = 0.052     # orders, negotiation messages, service requests
 LINES_PER_SHOPPER_DAY = 1.4
 HEADROOM = 0.8                     # use at most this share of the memory available now
 DISK_HEADROOM = 0.9                # and of the free disk
@@ -36,7 +37,8 @@ DISK_HEADROOM = 0.9                # and of the free disk
 def rows_per_machine(cfg: MarketConfig) -> float:
     """Expected event rows of one machine over the simulated days: orders, messages, readings."""
     share = sum(cfg.kinds[k] * cfg.telemetry.share.get(k, 0.0) for k in cfg.kinds)
-    return (cfg.days + cfg.horizon_days) * (ORDERS_PER_MACHINE_DAY + 2 * share / cfg.telemetry.every_days)
+    days = cfg.days + cfg.horizon_days
+    return days * ORDERS_PER_MACHINE_DAY + 2 * share * math.ceil(days / cfg.telemetry.every_days)
 
 
 def event_rows(cfg: MarketConfig) -> float:
