@@ -663,7 +663,8 @@ def _events_schema(tasks: list[FileTask]) -> dict[str, pl.DataType]:
     extras = list(dict.fromkeys([*cfg.extra_columns, *(k for f in cfg.files for k in cfg.extra_constants(f))]))
     frames = []
     for task in tasks:
-        have = file_frame(task).collect_schema()
+        path, fmt, _ = task.file
+        have = canonical_frame(_raw(task), cfg, task.index, path.name, fmt, task.spec).collect_schema()
         frames.append(pl.DataFrame(schema={c: have[c] for c in extras if c in have}))
     relaxed = pl.concat(frames, how="diagonal_relaxed").schema
     return {**CANONICAL, **{c: relaxed[c] for c in extras}}
