@@ -142,3 +142,22 @@ def test_emotion_profiles_equal_for_one_bucket_or_many(shops, monkeypatch):
         pa, pb = emotion_profiles(a, as_of, 30.0, 0.6), emotion_profiles(b, as_of, 30.0, 0.6)
         assert pa["last_negative_time"].is_not_null().any()
         assert_frame_equal(pa, pb)
+
+
+def test_a_snapshot_written_from_bucket_parts_equals_one_written_whole(shops, tmp_path):
+    from twins.twin.store import TwinStore
+
+    _, one, many = shops
+    params = TwinParams(outlook_horizon_days=28)
+    store = TwinStore(tmp_path / "store")
+    whole = store.write(build_store_twins(one, AS_OF, params), "shop", as_of=AS_OF)
+    (tmp_path / "parts").mkdir()
+    files = build_store_twins(many, AS_OF, params, parts=tmp_path / "parts")
+    assert len(files) == 8 and all(f.exists() for f in files)
+    merged = store.write_parts(files, "shop", as_of=AS_OF)
+    assert_frame_equal(merged.frame, whole.frame)
+    assert merged.manifest["rows"] == whole.manifest["rows"] and merged.manifest["columns"] == whole.manifest["columns"]
+    some = whole.frame["customer_id"][17]
+    assert merged.get(some) == whole.get(some)
+    with pytest.raises(ValueError, match="duplicate customer_id"):
+        store.write_parts([files[0], files[0]], "shop", as_of=AS_OF)

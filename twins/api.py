@@ -140,19 +140,23 @@ def build(source: str | Path | SourceConfig, as_of: str | datetime | None = None
         if last is None:
             raise ValueError(f"source {cfg.name} has no event times (order only); build its twins with --as-of end")
         check_as_of(when, first, last, f"source {cfg.name}")
-    twins = build_store_twins(paths.events_dir(cfg.name), when, p, _engine(engine))
-    snap = TwinStore(paths.store_dir()).write(twins, cfg.name, "customer", when, params=vars(p))
+    store = TwinStore(paths.store_dir())
+    # each bucket's twins are written beside the snapshots, then merged into one file: never all in memory
+    with publish.staged_dir(store.root / cfg.name / "customer" / "parts") as parts:
+        files = build_store_twins(paths.events_dir(cfg.name), when, p, _engine(engine), parts=parts)
+        snap = store.write_parts(files, cfg.name, "customer", when, params=vars(p))
+    rows = snap.manifest["rows"]
     seconds = time.perf_counter() - t0
     if track:
         with tracking.run(source_experiment(cfg.name), "build", tags={"dataset": cfg.name, "step": "build"},
                           description=f"`twins build` of source `{cfg.name}` as of "
                                       f"{'after the last event' if when is None else f'{when:%Y-%m-%d %H:%M} UTC'}: "
-                                      f"{twins.height:,} customer twins -> snapshot {snap.path}",
+                                      f"{rows:,} customer twins -> snapshot {snap.path}",
                           experiment_description=_source_experiment_note(cfg.name)) as mlflow:
             tracking.log_dataset(mlflow, paths.events_dir(cfg.name) / "events.parquet", f"{cfg.name}-events",
                                  context="build")
             tracking.log_params(mlflow, {"as_of": str(when), "twin": vars(p)})
-            mlflow.log_metrics({"twins": twins.height, "time/build_s": seconds})
+            mlflow.log_metrics({"twins": rows, "time/build_s": seconds})
             mlflow.log_dict(snap.manifest, "twins/manifest.json")
     return snap
 

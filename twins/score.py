@@ -33,7 +33,7 @@ from twins.models.replenishment import histories, machine_keys, runtime_inputs
 from twins.provenance import check_fitted_before
 from twins.runtime import Bundle, load
 from twins.runtime.bundle import PLAIN_NAME
-from twins.twin.store import TwinStore
+from twins.twin.store import TwinStore, merge_sorted_files
 
 JOB_FILE = "job.json"
 
@@ -229,14 +229,5 @@ def _combine(parts: Path, out: Path, files: list[Path]) -> None:
     """Merge the parts (each sorted by ``customer_id``) into a temporary file sorted by ``customer_id``, streamed,
     rename it over ``out`` and remove the parts."""
     empty = pl.DataFrame({"customer_id": []}, schema={"customer_id": pl.String})
-    _publish_file(out, lambda tmp: _merged(files).sink_parquet(tmp) if files else empty.write_parquet(tmp))
+    _publish_file(out, lambda tmp: merge_sorted_files(files, "customer_id").sink_parquet(tmp) if files else empty.write_parquet(tmp))
     shutil.rmtree(parts)
-
-
-def _merged(files: list[Path]) -> pl.LazyFrame:
-    """The rows of ``files`` (each sorted by ``customer_id``) as one frame sorted by it, by a balanced tree of
-    streaming merges; rows of one customer (one file) keep their order."""
-    frames = [pl.scan_parquet(file) for file in files]
-    while len(frames) > 1:
-        frames = [a.merge_sorted(b, "customer_id") for a, b in zip(frames[::2], frames[1::2])] + frames[len(frames) - len(frames) % 2:]
-    return frames[0]

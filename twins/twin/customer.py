@@ -217,19 +217,26 @@ def bucket_outlook_inputs(job: tuple[Path, int, datetime | None, TwinParams]) ->
     return outlook_inputs(read_bucket(scan_events(events_dir, bucket=bucket)), as_of, p)
 
 
-def bucket_twins(job: tuple[Path, int, datetime | None, TwinParams, Any]) -> pl.DataFrame:
-    """The twins of the customers in bucket ``job[1]`` with the population's outlook fit ``job[4]``."""
-    events_dir, bucket, as_of, p, fit = job
+def bucket_twins(job: tuple[Path, int, datetime | None, TwinParams, Any, Path | None]) -> pl.DataFrame | Path:
+    """The twins of the customers in bucket ``job[1]`` with the population's outlook fit ``job[4]``; written to the
+    Parquet file ``job[5]`` (returned) when it is given."""
+    events_dir, bucket, as_of, p, fit, out = job
     events = read_bucket(scan_events(events_dir, with_attributes=bool(p.category_column), bucket=bucket))
-    return build_customer_twins(events, as_of, p, outlook=fit)
+    twins = build_customer_twins(events, as_of, p, outlook=fit)
+    if out is None:
+        return twins
+    twins.write_parquet(out)
+    return out
 
 
 def build_store_twins(events_dir: str | Path, as_of: datetime | None = None, params: TwinParams | None = None,
-                      engine=None) -> pl.DataFrame:
+                      engine=None, parts: Path | None = None) -> pl.DataFrame | list[Path]:
     """``build_customer_twins`` of a partitioned events folder, bucket by bucket through ``engine``
     (``twins.engine``; default the local one): the outlook's inputs per bucket, one population fit, then each
-    bucket's twins. Memory: the largest bucket plus the outlook's per-customer inputs and the twins. Equal, row
-    for row (sorted by id), to the twins of the same events in one bucket."""
+    bucket's twins. Equal, row for row (sorted by id), to the twins of the same events in one bucket. Returns the
+    twins, or with ``parts`` (a folder every worker can write to) each bucket's twins as a file there, sorted by id
+    (``TwinStore.write_parts`` merges them), so memory is set by the largest bucket plus the outlook's
+    per-customer inputs."""
     from twins.engine import get_engine
 
     p, engine = params or TwinParams(), engine or get_engine("local")
@@ -239,5 +246,6 @@ def build_store_twins(events_dir: str | Path, as_of: datetime | None = None, par
     inputs = engine.map(bucket_outlook_inputs, [(events_dir, b, as_of, p) for b in buckets])
     fit = fit_population(inputs, as_of, p)
     del inputs
-    parts = engine.map(bucket_twins, [(events_dir, b, as_of, p, fit) for b in buckets])
-    return pl.concat(parts, how="vertical_relaxed").sort("customer_id")
+    out = [None if parts is None else Path(parts) / f"part-{b:05d}.parquet" for b in buckets]
+    done = engine.map(bucket_twins, [(events_dir, b, as_of, p, fit, out[b]) for b in buckets])
+    return done if parts is not None else pl.concat(done, how="vertical_relaxed").sort("customer_id")

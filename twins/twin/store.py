@@ -102,6 +102,16 @@ class Snapshot:
             raise TwinNotFound(f"no twin {twin_id!r} in snapshot {self.path}") from None
 
 
+def merge_sorted_files(files: list[Path], key: str) -> pl.LazyFrame:
+    """The rows of Parquet ``files`` (each sorted by ``key``) as one frame sorted by it, by a balanced tree of
+    streaming merges; rows of equal key from one file keep their order."""
+    frames = [pl.scan_parquet(file) for file in files]
+    while len(frames) > 1:
+        pairs = [a.merge_sorted(b, key) for a, b in zip(frames[::2], frames[1::2])]
+        frames = pairs + frames[len(frames) - len(frames) % 2:]
+    return frames[0]
+
+
 class TwinStore:
     """Versioned twin snapshots under ``root`` (see the module docstring for the layout)."""
 
@@ -125,6 +135,35 @@ class TwinStore:
                 manifest = {"source": source, "kind": kind, "as_of": None if as_of is None else as_of.isoformat(),
                             "version": final.name, "created": now.isoformat(), "rows": twins.height,
                             "id_column": id_column, "columns": {c: str(t) for c, t in twins.schema.items()},
+                            "params": params or {}}
+                (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+                publish.publish_dir(tmp, final)
+            publish.write_text(base / "LATEST_WRITTEN", rel)
+            publish.write_text(base / "LATEST", max(self.snapshots(source, kind)))
+        return Snapshot(final, id_column)
+
+    def write_parts(self, parts: list[Path], source: str, kind: str = "customer", as_of: datetime | None = None,
+                    params: dict[str, Any] | None = None, id_column: str = "customer_id") -> Snapshot:
+        """Store a new snapshot from Parquet ``parts`` of one schema, each sorted by ``id_column`` and holding ids
+        no other part holds (one per bucket of the event store): merged into the snapshot's one file by streaming,
+        so memory is set by the merge's buffers, not the twins. The same file layout and order as ``write``."""
+        base = self.root / source / kind
+        schema = pl.read_parquet_schema(parts[0])
+        rows = sum(pl.scan_parquet(part).select(pl.len()).collect().item() for part in parts)
+        with publish.locked(base, f"twins store write {source}/{kind}"), publish.disk_errors(base):
+            for stale in [*base.glob("*/.v*.tmp*"), *base.glob(".LATEST*.tmp*")]:  # left by killed writers
+                publish.remove(stale)
+            now = datetime.now(timezone.utc)
+            rel = f"{_as_of_label(as_of)}/v{now.strftime('%Y%m%dT%H%M%S%fZ')}"
+            final = base / rel
+            with publish.staged_dir(final) as tmp:
+                merge_sorted_files(parts, id_column).sink_parquet(tmp / "twins.parquet", row_group_size=16_384)
+                ids = pl.scan_parquet(tmp / "twins.parquet").select(pl.col(id_column))
+                if ids.select(pl.col(id_column).n_unique()).collect(engine="streaming").item() != rows:
+                    raise ValueError(f"twins have duplicate {id_column} values; a snapshot needs one row per id")
+                manifest = {"source": source, "kind": kind, "as_of": None if as_of is None else as_of.isoformat(),
+                            "version": final.name, "created": now.isoformat(), "rows": rows,
+                            "id_column": id_column, "columns": {c: str(t) for c, t in schema.items()},
                             "params": params or {}}
                 (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
                 publish.publish_dir(tmp, final)
