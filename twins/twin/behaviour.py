@@ -50,7 +50,7 @@ def _normalised_entropy(counts: pl.DataFrame, bins: int, name: str) -> pl.DataFr
     """``counts`` (customer_id, bin, n) -> entropy / log(min(orders, bins)) per customer (0 with one order); bins
     summed in their order, so the value does not depend on how many threads grouped them."""
     p = pl.col("n") / pl.col("n").sum()
-    return counts.sort(counts.columns[:2]).group_by("customer_id").agg(
+    return counts.sort(counts.columns[:2]).group_by("customer_id", maintain_order=True).agg(
         (-(p * p.log()).sum() / pl.min_horizontal(pl.col("n").sum(), pl.lit(bins)).cast(pl.Float64).log())
         .fill_nan(0.0).abs().alias(name))
 
@@ -137,7 +137,7 @@ def behaviour_features(events: pl.DataFrame | pl.LazyFrame, min_orders: int = 3,
         (pl.col("unit_price") <= (1 - deal_discount) * pl.col("item_median")).mean().alias("deal_share"))
     price_cv = (priced.group_by("customer_id", "item_id").agg(_cv("unit_price").alias("cv"), pl.len().alias("n"))
                 .filter(pl.col("n") >= 2).sort("customer_id", "item_id")
-                .group_by("customer_id").agg(pl.col("cv").mean().alias("price_cv")))
+                .group_by("customer_id", maintain_order=True).agg(pl.col("cv").mean().alias("price_cv")))
 
     out = regular
     for part in (hours, weekdays, items, modal, top_qty, deals, price_cv, item_features(lines)):
