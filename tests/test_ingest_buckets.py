@@ -145,5 +145,16 @@ def test_every_pass_runs_through_the_engine(log, monkeypatch):
     assert dict(calls)["write_file"] == 2 and dict(calls)["sort_bucket"] == 3
 
 
+def test_a_bucketed_events_folder_reads_back_as_one_parquet_input(log):
+    folder, files = log
+    first = ingest(source(folder, *files, buckets=3), folder / "first")
+    columns = {k: k for k in COLUMNS}
+    again = ingest(source(folder, "first/events.parquet", columns=columns, time={"format": None}, buckets=2),
+                   folder / "again")
+    assert again.per_file_rows == {str(folder / "first/events.parquet"): first.accepted}
+    assert again.accepted == first.accepted and again.quarantined_total == 0
+    assert by_value(read(folder / "again")[0].drop("basket_seq")).equals(by_value(read(folder / "first")[0].drop("basket_seq")))
+
+
 def test_default_buckets_follow_the_input_rows():
     assert [default_buckets(n) for n in (0, 1, 1_000_000, 1_000_001, 100_000_000)] == [1, 1, 1, 2, 100]

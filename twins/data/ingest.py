@@ -511,7 +511,7 @@ def first_pass(tasks: list[FileTask], engine: Engine, work: Path) -> list[FileTa
 
 
 def _size(path: Path) -> int:
-    return path.stat().st_size
+    return sum(f.stat().st_size for f in path.glob("*.parquet")) if path.is_dir() else path.stat().st_size
 
 
 def plan(cfg: SourceConfig, not_after: datetime | None = None, engine: str | None = None

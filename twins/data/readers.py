@@ -30,9 +30,13 @@ class SourceError(ValueError):
 
 
 def detect_format(path: Path, declared: Format | None) -> Format:
-    _check_path(path)
-    if declared:
-        return declared
+    _check_path(path, folder_ok=True)
+    if path.is_dir() and (declared or _SUFFIX_FORMATS.get(path.suffix.lower())) != "parquet":
+        _check_path(path)  # only a folder of Parquet files is read as one input
+    return declared or _suffix_format(path)
+
+
+def _suffix_format(path: Path) -> Format:
     suffixes = [x.lower() for x in path.suffixes]
     if suffixes and suffixes[-1] in _COMPRESSED:  # orders.csv.gz: the format is the suffix before
         suffixes.pop()
@@ -50,12 +54,12 @@ def scan(path: Path, fmt: Format, csv: CsvOptions, sheet: str | None = None,
          json_lines: jsonl.JsonLines | None = None, columns: Sequence[str] = ()) -> pl.LazyFrame:
     """Open ``path`` lazily (the name as written: no wildcards). CSV, whitespace and Excel files are read as text
     so that every value can be validated (and quarantined) by the ingest step rather than rejected by the reader."""
-    _check_path(path)
-    if path.stat().st_size == 0:
+    _check_path(path, folder_ok=fmt == "parquet")
+    if path.is_file() and path.stat().st_size == 0:
         raise SourceError(f"{path}: the file is empty (0 bytes); remove it from `files:` or re-export it")
     try:
         if fmt == "parquet":
-            lf = pl.scan_parquet(path, glob=False)
+            lf = pl.scan_parquet(parquet_files(path), glob=False)
         elif fmt == "csv":
             lf = pl.scan_csv(path, separator=csv.separator, has_header=csv.has_header, new_columns=csv.column_names,
                              quote_char=csv.quote_char, encoding=csv.encoding, comment_prefix=csv.comment_prefix,
@@ -81,20 +85,31 @@ def scan(path: Path, fmt: Format, csv: CsvOptions, sheet: str | None = None,
     return lf
 
 
-def _check_path(path: Path) -> None:
+def _check_path(path: Path, folder_ok: bool = False) -> None:
     if not path.exists():
         raise SourceError(f"{path}: file not found (check `files:` in the source config; relative paths "
                           f"resolve against the config's folder)")
-    if path.is_dir():
+    if path.is_dir() and not folder_ok:
         raise SourceError(f"{path}: is a folder, not a file; name its files under `files:`, or a pattern such as "
                           f"'{path.name}/*.csv' for all of them")
+
+
+def parquet_files(path: Path) -> Path | list[Path]:
+    """A Parquet file, or a folder of Parquet files read as one table in name order (such as a bucketed
+    ``events.parquet`` written by ``twins ingest`` or ``twins sim``)."""
+    if not path.is_dir():
+        return path
+    files = sorted(path.glob("*.parquet"))
+    if not files:
+        raise SourceError(f"{path}: a folder without .parquet files; name a file or a folder of Parquet files")
+    return files
 
 
 def count_rows(path: Path, fmt: Format, csv: CsvOptions, sheet: str | None = None,
                json_lines: jsonl.JsonLines | None = None) -> int:
     """Rows in the file, counted independently of the ingest so that the reconciliation means something."""
     if fmt == "parquet":
-        return pl.scan_parquet(path, glob=False).select(pl.len()).collect().item()
+        return pl.scan_parquet(parquet_files(path), glob=False).select(pl.len()).collect().item()
     return scan(path, fmt, csv, sheet, json_lines).select(pl.len()).collect().item()
 
 
