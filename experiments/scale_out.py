@@ -176,6 +176,22 @@ def sample_equality(source: Path, lines: int, work: Path, as_of: str, log: Path)
     return {"lines": n, "files": len(files), "customers": one.height, "columns": one.width, "equal": True}
 
 
+def machines_cost(n: int, work: Path, log: Path) -> dict:
+    """``twins sim`` of ``n`` machines (the repo's market, 365 days observed) and ``twins machines`` on it: machine
+    twins per second and peak RSS, one thread."""
+    home = work / f"fleet{n}"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    sim = step(["sim", str(REPO / "configs/sim/market.yaml"), "--set", f"n_machines={n}", "--set", "name=fleet"],
+               home, log, "local", None)
+    build = step(["machines", "fleet"], home, log, "local", None)
+    store = home / "store" / "fleet"
+    twins = pl.scan_parquet(next((store / "machine").glob("*/v*/twins.parquet"))).select(pl.len()).collect().item()
+    events = pl.scan_parquet(home / "events" / "fleet" / "events.parquet").select(pl.len()).collect().item()
+    return {"machines": n, "twins": twins, "events": events, "sim": sim, "build": build,
+            "rate": n / build["wall_s"]}
+
+
 def plan_rows(local: dict, fit: dict) -> list[str]:
     """Cluster plan for 1B events / 10M customers from the measured per-core rates (one thread per worker)."""
     rows, customers = 1_000_000_000, 10_000_000
@@ -210,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--as-of", default="2025-10-01")
     parser.add_argument("--sample-lines", type=int, default=1_000_000, help="0: no equality check")
     parser.add_argument("--work", type=Path, default=Path("/tmp/scale_out"))
+    parser.add_argument("--machines", type=int, default=10_000, help="machine twins cost on a simulated fleet; 0: skip")
     args = parser.parse_args(argv)
     cfg = yaml.safe_load(args.source.read_text())
     name, work = cfg["name"], args.work / cfg["name"]
@@ -229,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     first = next(iter(results))
     fit = fit_cost(work / first.replace(":", "-"), name, args.as_of)
     sample = sample_equality(args.source.resolve(), args.sample_lines, work, args.as_of, log) if args.sample_lines else None
+    fleet = machines_cost(args.machines, work, log) if args.machines else None
 
     from twins import tracking
 
@@ -240,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
                 mlflow.log_metrics({f"{tag}/{s}/wall_s": r[s]["wall_s"], f"{tag}/{s}/peak_gib": r[s]["peak_gib"],
                                     f"{tag}/{s}/worker_peak_gib": r[s]["worker_peak_gib"]})
         mlflow.log_metrics({"fit/fit_s": fit["fit_s"], "fit/summary_bytes": fit["summary_bytes"]})
-        mlflow.log_dict({"results": results, "fit": fit, "sample": sample}, "scale_out.json")
+        mlflow.log_dict({"results": results, "fit": fit, "sample": sample, "fleet": fleet}, "scale_out.json")
 
     base = results[first]
     lines = [f"Log `{name}`: {base['lines']:,} lines, {base['rows']:,} accepted events, {base['customers']:,} "
@@ -271,6 +289,18 @@ def main(argv: list[str] | None = None) -> None:
     if "local" in results:
         lines += ["", "### Cluster plan: 1B events, 10M customers (from the local per-core rates above)", "",
                   *plan_rows(results["local"], fit)]
+    if fleet:
+        b = fleet["build"]
+        core_h = 15_000_000 / fleet["rate"] / 3600
+        lines += ["", f"### Machine twins: {fleet['machines']:,} simulated machines, and a plan for 15M", "",
+                  f"`twins sim configs/sim/market.yaml --set n_machines={fleet['machines']}` ({fleet['events']:,} events, "
+                  f"{fleet['sim']['wall_s']:.0f} s), then `twins machines fleet`: {fleet['twins']:,} machine twins (plus "
+                  f"behaviour twins) in {b['wall_s']:.0f} s, {fleet['rate']:,.0f} machines/s on one core, peak "
+                  f"{b['peak_gib']:.2f} GiB. 15M machines: {core_h:.1f} core-hours, so "
+                  + ", ".join(f"{w} workers {core_h / w:.2f} h" for w in (8, 32, 128))
+                  + f"; memory per worker set by a bucket (here {fleet['machines']:,} machines in one: "
+                  f"{b['peak_gib']:.2f} GiB). Not split by bucket: the behaviour twins' item medians (one table of "
+                  "(item, price, count) rows) and the merge of the machine twins in the driver (today one frame)."]
     write_section(f"scale-out-{name}", f"Scale-out: {name} bucket by bucket, local and Ray",
                   f"python -m experiments.scale_out --source {args.source} --engines {' '.join(args.engines)}",
                   f"{args.source.parent} (experiments.retail_log)", "\n".join(lines))
