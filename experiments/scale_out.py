@@ -14,8 +14,9 @@ Outputs of every engine (event buckets, twins, scores) are compared by sha256. P
 peak over the buckets (a bucket's work runs in one process at a time). The global outlook fit is timed on its own
 (the one step that does not split by bucket). Twins equality: the first monthly files of the log (at least
 ``--sample-lines`` lines) ingested as 1 bucket and as 8, built with the same ``as_of``: equal frames (every column,
-every digit, same order), and equal to the in-memory builder on the whole sample. MLflow experiment ``scale-out``;
-the table goes to BENCHMARKS.md (section ``scale-out``).
+every digit, same order), and equal to the in-memory builder on the whole sample. Machine twins: ``twins sim`` of
+``--machines`` machines and ``twins machines`` on them (machines/s, peak RSS). MLflow experiment ``scale-out``;
+the table goes to BENCHMARKS.md (section ``scale-out-<log name>``).
 """
 
 from __future__ import annotations
