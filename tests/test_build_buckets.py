@@ -67,7 +67,7 @@ def shops(tmp_path_factory) -> tuple[pl.DataFrame, Path, Path]:
 
 @pytest.mark.parametrize("as_of", [AS_OF, None])
 def test_customer_twins_with_outlook_equal_for_one_bucket_or_many(shops, as_of):
-    events, one, many = shops
+    _, one, many = shops
     params = TwinParams(category_column="item_department", outlook_horizon_days=28)
     a, b = build_store_twins(one, as_of, params), build_store_twins(many, as_of, params)
     assert {"expected_purchases", "p_alive", "next_purchase", "category_mix", "top_items"} <= set(a.columns)
@@ -77,7 +77,7 @@ def test_customer_twins_with_outlook_equal_for_one_bucket_or_many(shops, as_of):
 
 
 def test_store_twins_equal_the_in_memory_twins(shops):
-    events, one, _ = shops
+    _, one, _ = shops
     from twins.data.events import scan_events
 
     params = TwinParams(outlook_horizon_days=28)

@@ -16,7 +16,6 @@ import polars as pl
 import pytest
 
 
-
 def test_the_local_path_never_imports_ray():
     code = ("import sys, twins.cli, twins.api, twins.score, twins.engine, twins.twin.customer, twins.twin.machine, "
             "twins.twin.emotion; twins.engine.get_engine('local').map(abs, [-1]); assert 'ray' not in sys.modules, "
