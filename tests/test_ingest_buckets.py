@@ -156,5 +156,17 @@ def test_a_bucketed_events_folder_reads_back_as_one_parquet_input(log):
     assert by_value(read(folder / "again")[0].drop("basket_seq")).equals(by_value(read(folder / "first")[0].drop("basket_seq")))
 
 
+def test_the_bucket_sort_equals_polars_stable_sort_with_nulls_and_ties():
+    rng = np.random.default_rng(5)
+    n = 5000
+    events = pl.DataFrame({
+        "customer_id": pl.Series([None if i % 11 == 0 else f"c{i}" for i in rng.integers(0, 300, n)], dtype=pl.String),
+        "event_time": pl.Series(rng.integers(0, 50, n) * 3_600_000_000, dtype=pl.Int64).cast(pl.Datetime("us", "UTC")),
+        "row": np.arange(n)}).with_columns(
+        event_time=pl.when(pl.col("row") % 13 == 0).then(None).otherwise(pl.col("event_time")))
+    expected = events.sort("customer_id", "event_time", nulls_last=True, maintain_order=True)
+    assert ingest_module.by_customer_and_time(events).equals(expected)
+
+
 def test_default_buckets_follow_the_input_rows():
     assert [default_buckets(n) for n in (0, 1, 1_000_000, 1_000_001, 100_000_000)] == [1, 1, 1, 2, 100]
