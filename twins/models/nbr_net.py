@@ -56,7 +56,8 @@ TARGET_FOLDS = 5
 TRIM_EVERY = 8  # batches between heap trims (twins.training.trim_heap: without them CJ's RSS grew past 21 GiB)
 RESUME_IGNORES = ("max_epochs", "patience", "device", "precision", "checkpoint_dir", "progress")
 #: the most training users the neighbour index (and so the bundle) holds: a seeded sample beyond it. Above Ta-Feng's
-#: 13,858 users and Complete Journey's 2,469, so their models are unchanged; ~17 MB of index at 60 items a user
+#: 13,858 users and Complete Journey's 2,469, so their models are unchanged; neighbours.npz is 10 MiB at 20,000
+#: users of ~28 items each (experiments.scale_models), whatever the number of customers
 MAX_USERS = 20_000
 
 
