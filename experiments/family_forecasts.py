@@ -1,14 +1,14 @@
 """Next-order forecasts and consumption rates that generalise: leave-one-family-out over families of simulated markets.
 
     TWINS_THREADS=1 python -m experiments.family_forecasts                      # validation, calibration, test table
-    TWINS_THREADS=1 python -m experiments.family_forecasts --validate --prior-markets 0   # validation only
+    TWINS_THREADS=1 python -m experiments.family_forecasts --validate --fleets 2+0 2+4   # validation only
     TWINS_THREADS=1 python -m experiments.family_forecasts --machines 60 --train-machines 60 --seeds 1 --epochs 2 \
         --futures 1 --no-report                                                 # a smoke run
 
 Protocol: the families of ``twins.sim.family`` (policy mix, noise, outages, people, multi-item machines, jittered
-order times). For each held-out family F, the forecaster is trained on ``--train-markets`` markets of each other
-family and, where validation chooses it, ``--prior-markets`` markets of the broad training prior
-(``twins.sim.family.PRIOR``; seeds from 100,
+order times). For each held-out family F, the forecaster is trained on a fleet that validation chooses among ``--fleets``
+(``T+P``: T markets of each other family and P markets of the broad training prior ``twins.sim.family.PRIOR``;
+seeds from 100,
 ``--train-machines`` machines each; rows at cut-offs every ``--cutoff-step`` days from day 60, targets censored at
 as_of) and scored on F's test markets (seeds 0..``--seeds``-1) at as_of against the simulator's true next order
 within 120 days (censoring-aware MAE), beside the naive baselines and the full-state oracle (median over
@@ -17,7 +17,7 @@ here: the detection is measured by ``experiments.market_families``).
 
 Choices never see F: validation is leave-one-family-out inside the fold. For every pair of families {F, G} a
 forecaster is trained as above without F and G and scored on G's validation markets (seeds 200..); fold F's
-validation is its three G. Per fold it chooses whether to add the prior (the higher mean validation gain;
+validation is its three G. Per fold it chooses the training fleet (the highest mean validation gain;
 ``--validate`` prints it and stops) and calibrates the 80 % intervals: the split-conformal factor on the interval's
 log-space gaps that makes fold F's validation rows 80 % covered (``twins.models.replenishment_torch.interval_scale``)
 is set on F's forecaster. The test markets of F are read only for the table.
@@ -82,10 +82,25 @@ def market_rows(family: str, seed: int, args) -> dict[str, np.ndarray]:
     return rows
 
 
-def fit(families: list[str], prior: bool, args) -> tuple[ReplenishmentForecaster, int]:
-    """The forecaster trained on ``families``' training markets (and the prior's); with its number of rows."""
-    markets = [(f, TRAIN_SEED + k) for f in families for k in range(args.train_markets)]
-    markets += [(f, TRAIN_SEED + k) for f in PRIOR for k in range(args.prior_markets if prior else 0)]
+def fleet(name: str) -> tuple[int, int]:
+    """``T+P`` -> (markets of each training family, markets of the prior)."""
+    try:
+        per_family, prior = (int(x) for x in name.split("+"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a fleet is T+P (markets per family + prior markets), got {name!r}") from None
+    return per_family, prior
+
+
+def _fleet_name(name: str) -> str:
+    fleet(name)
+    return name
+
+
+def fit(families: list[str], name: str, args) -> tuple[ReplenishmentForecaster, int]:
+    """The forecaster trained on fleet ``name`` of ``families`` and the prior; with its number of rows."""
+    per_family, prior = fleet(name)
+    markets = [(f, TRAIN_SEED + k) for f in families for k in range(per_family)]
+    markets += [(f, TRAIN_SEED + k) for f in PRIOR for k in range(prior)]
     parts = [market_rows(f, seed, args) for f, seed in markets]
     X, T, Q, cens, bound = (np.concatenate([p[k] for p in parts]) for k in ROWS)
     model = ReplenishmentForecaster(epochs=args.epochs, members=args.members).fit(X, T, Q, cens, bound)
@@ -114,26 +129,27 @@ def scores(out: dict[str, np.ndarray], m: dict) -> dict[str, float]:
             "coverage": coverage(out["time_low"], out["time_high"], m["T"], m["censored"], HORIZON)}
 
 
-def validate(valid: dict[str, list[dict]], prior: bool, args) -> tuple[pl.DataFrame, dict[str, float]]:
-    """Leave-one-family-out inside each fold: for each pair {F, G}, a forecaster trained without both (with the
-    prior or not), scored on G's validation markets ``valid`` (row ``held`` F, ``valid`` G) and on F's (row
-    ``held`` G, ``valid`` F). Returns those rows and each fold's conformal interval factor (from its own validation
-    rows only)."""
-    rows, pooled = [], {f: [] for f in FAMILIES}
+def validate(valid: dict[str, list[dict]], name: str, args) -> tuple[pl.DataFrame, dict[tuple[str, bool], float]]:
+    """Leave-one-family-out inside each fold: for each pair {F, G}, a forecaster trained on fleet ``name`` without
+    both, scored (exact periods answered by the net or by their period) on G's validation markets ``valid`` (row
+    ``held`` F, ``valid`` G) and on F's (row ``held`` G, ``valid`` F). Returns those rows and each fold's conformal
+    interval factor (from its own validation rows only), by fold and exact periods."""
+    rows, pooled = [], {(f, on): [] for f in FAMILIES for on in (False, True)}
     for pair in combinations(FAMILIES, 2):
         t0 = time.perf_counter()
-        model, n_rows = fit([f for f in FAMILIES if f not in pair], prior, args)
+        model, n_rows = fit([f for f in FAMILIES if f not in pair], name, args)
         for held, g in (pair, pair[::-1]):
             for k, m in enumerate(valid[g]):
-                out = model.predict(m["X"])
-                pooled[held].append((out, m["T"], m["censored"]))
-                rows.append({"held": held, "valid": g, "seed": VALID_SEED + k, "prior": prior, "train_rows": n_rows,
-                             **scores(out, m)})
-        print(f"validation without {pair}, prior {prior}: {n_rows} rows, {time.perf_counter() - t0:.0f} s", flush=True)
+                for on in (False, True):
+                    out = model.exact_periods(on).predict(m["X"])
+                    pooled[held, on].append((out, m["T"], m["censored"]))
+                    rows.append({"held": held, "valid": g, "seed": VALID_SEED + k, "fleet": name, "periods": on,
+                                 "train_rows": n_rows, **scores(out, m)})
+        print(f"validation without {pair}, fleet {name}: {n_rows} rows, {time.perf_counter() - t0:.0f} s", flush=True)
     scale = {}
-    for f, parts in pooled.items():
+    for key, parts in pooled.items():
         out = {k: np.concatenate([p[0][k] for p in parts]) for k in ("time_low", "time", "time_high")}
-        scale[f] = interval_scale(out, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts]),
+        scale[key] = interval_scale(out, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts]),
                                   HORIZON, 0.8)
     return pl.DataFrame(rows), scale
 
@@ -165,15 +181,20 @@ def evaluate(model: ReplenishmentForecaster, family: str, seed: int, args) -> di
             "mape_telemetry": _rate_mape(tele, truth), "mape_stock_only": _rate_mape(stock_only, truth)}
 
 
-def validation_lines(val: pl.DataFrame, scale: dict[tuple[str, bool], float], chosen: dict[str, bool]) -> list[str]:
-    """Per fold and prior: validation gain on each other family, its mean, raw coverage and the conformal factor."""
-    lines = ["| fold (held out) | prior | validation gain vs naive, per other family | mean | 80 % coverage as trained | "
-             "interval factor | chosen |", "|---|---|---|---|---|---|---|"]
-    for (f, prior), v in val.group_by("held", "prior", maintain_order=True):
+def validation_lines(val: pl.DataFrame, scale: dict[tuple, float], chosen: dict[str, tuple[str, bool]]) -> list[str]:
+    """Per fold, fleet and exact periods: validation gain on each other family, its mean, raw coverage and the
+    conformal factor."""
+    lines = ["| fold (held out) | fleet (T+P) | exact periods | training rows | validation gain vs naive, per other "
+             "family | mean | 80 % coverage as trained | interval factor | chosen |", "|---|---|---|---|---|---|---|---|---|"]
+    for f, name, on in ((f, n, on) for f in FAMILIES for n in val["fleet"].unique(maintain_order=True)
+                        for on in (False, True)):
+        v = val.filter((pl.col("held") == f) & (pl.col("fleet") == name) & (pl.col("periods") == on))
+        rows = f"{v['train_rows'].min():,}-{v['train_rows'].max():,}"
         v = v.group_by("valid", maintain_order=True).agg(pl.col("gain", "coverage").mean())
         per = ", ".join(f"{g} {x:.1%}" for g, x in zip(v["valid"], v["gain"]))
-        lines.append(f"| {f} | {'yes' if prior else 'no'} | {per} | {v['gain'].mean():.1%} | {v['coverage'].mean():.1%} "
-                     f"| {scale[f, prior]:.2f} | {'yes' if chosen[f] == prior else ''} |")
+        lines.append(f"| {f} | {name} | {'by period' if on else 'by the net'} | {rows} | {per} | "
+                     f"{v['gain'].mean():.1%} | {v['coverage'].mean():.1%} | {scale[f, name, on]:.2f} | "
+                     f"{'yes' if chosen[f] == (name, on) else ''} |")
     return lines
 
 
@@ -204,8 +225,8 @@ def main() -> None:
     ap.add_argument("--people", type=int, default=50)
     ap.add_argument("--seeds", type=int, default=3, help="test markets per held-out family")
     ap.add_argument("--train-machines", type=int, default=500, help="machines of a training market")
-    ap.add_argument("--train-markets", type=int, default=2, help="training markets per other family")
-    ap.add_argument("--prior-markets", type=int, default=4, help="training markets of the broad prior (0: never)")
+    ap.add_argument("--fleets", nargs="+", default=["2+4", "4+12"], type=_fleet_name,
+                    help="training fleets to choose from: T+P = T markets per other family + P of the prior")
     ap.add_argument("--cutoff-step", type=int, default=15, help="days between training cut-offs")
     ap.add_argument("--valid-markets", type=int, default=2, help="validation markets per family")
     ap.add_argument("--epochs", type=int, default=20)
@@ -223,40 +244,44 @@ def main() -> None:
     t0 = time.perf_counter()
     valid = {f: [at_as_of(f, VALID_SEED + k, args.machines, args) for k in range(args.valid_markets)] for f in FAMILIES}
     val, scale = [], {}
-    for prior in (False, True)[: 1 + (args.prior_markets > 0)]:
-        v, s = validate(valid, prior, args)
+    for name in args.fleets:
+        v, s = validate(valid, name, args)
         val.append(v)
-        scale |= {(f, prior): x for f, x in s.items()}
+        scale |= {(f, name, on): x for (f, on), x in s.items()}
     val = pl.concat(val)
-    gains = val.group_by("held", "prior", "valid").agg(pl.col("gain").mean()).group_by("held", "prior").agg(
-        pl.col("gain").mean())
-    chosen = {f: g.sort("gain")["prior"][-1] for (f,), g in gains.group_by("held")}
-    setting = (f"{args.train_markets} market(s) of each other family, with {args.prior_markets} of the broad prior "
-               f"where chosen ({args.train_machines} machines each, cut-offs every {args.cutoff_step} days), "
-               f"{args.epochs} epochs, {args.members} members")
+    gains = val.group_by("held", "fleet", "periods", "valid").agg(pl.col("gain").mean()).group_by(
+        "held", "fleet", "periods").agg(pl.col("gain").mean())
+    chosen = {f: g.sort("gain").select("fleet", "periods").row(-1) for (f,), g in gains.group_by("held")}
+    setting = (f"the fleet chosen on validation among {', '.join(args.fleets)}, exact periods answered by the net or "
+               f"by their period as validation chose (T+P: T markets of each other family "
+               f"and P of the broad prior, {args.train_machines} machines each, cut-offs every {args.cutoff_step} "
+               f"days), {args.epochs} epochs, {args.members} members")
     lines = [f"Validation ({setting}; validation markets: seeds {VALID_SEED}..{VALID_SEED + args.valid_markets - 1} "
              f"of {args.machines} machines):", "", *validation_lines(val, scale, chosen)]
     print("\n".join(lines), flush=True)
     with tracking.run("family-forecasts", "validate" if args.validate else "lofo",
                       tags={"dataset": "twins.sim.family"}) as mlflow:
         mlflow.log_params({k: v for k, v in vars(args).items() if k not in ("cache", "no_report")})
-        mlflow.log_metrics({f"{f}/validation_gain{'_prior' if p else ''}": g for f, p, g in gains.iter_rows()})
-        mlflow.log_metrics({f"{f}/interval_factor{'_prior' if p else ''}": x for (f, p), x in scale.items()})
+        key = lambda name: name.replace("+", "_")  # noqa: E731  (MLflow names take no "+")
+        mlflow.log_metrics({f"{f}/validation_gain_{key(n)}{'_periods' * on}": g for f, n, on, g in gains.iter_rows()})
+        mlflow.log_metrics({f"{f}/interval_factor_{key(n)}{'_periods' * on}": x for (f, n, on), x in scale.items()})
         if args.validate:
             return
         rows = []
         for held in FAMILIES:
-            model, n_rows = fit([f for f in FAMILIES if f != held], chosen[held], args)
+            name, on = chosen[held]
+            model, n_rows = fit([f for f in FAMILIES if f != held], name, args)
+            model.exact_periods(on)
             if not args.no_calibrate:
-                model.scale_intervals(time=scale[held, chosen[held]])
+                model.scale_intervals(time=scale[held, name, on])
             for seed in range(args.seeds):
-                rows.append(evaluate(model, held, seed, args) | {"train_rows": n_rows, "prior": chosen[held]})
+                rows.append(evaluate(model, held, seed, args) | {"train_rows": n_rows, "fleet": name, "periods": on})
                 print(rows[-1], f"{time.perf_counter() - t0:.0f} s", flush=True)
         table = pl.DataFrame(rows)
         cols = ("naive_mae", "forecaster_mae", "oracle_mae", "gain", "way_to_oracle", "coverage", "mape_orders",
                 "mape_telemetry", "mape_stock_only")
         by = table.group_by("family", maintain_order=True).agg(pl.col("best_naive").mode().first(),
-                                                               pl.col("train_rows", "prior").first(),
+                                                               pl.col("train_rows", "fleet", "periods").first(),
                                                                *[pl.col(c).mean() for c in cols])
         for r in by.iter_rows(named=True):
             mlflow.log_metrics({f"{r['family']}/{c}": r[c] for c in cols})
@@ -266,11 +291,11 @@ def main() -> None:
              f"{setting}; {calibrated}; scored on the held-out family's test markets (seeds 0..{args.seeds - 1}, "
              f"{args.machines} machines) at as_of; time MAE in days (censoring-aware, horizon 120), oracle over "
              f"{args.futures} futures; means over seeds. Rate MAPE of the machine twins.", "",
-             "| held-out family | prior | training rows | best naive | naive MAE | forecaster MAE | oracle MAE | gain vs naive | "
+             "| held-out family | fleet | exact periods | training rows | best naive | naive MAE | forecaster MAE | oracle MAE | gain vs naive | "
              "way to oracle | 80 % coverage | rate MAPE, orders | rate MAPE, telemetry | rate MAPE, stock only |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in by.iter_rows(named=True):
-        lines.append(f"| {r['family']} | {'yes' if r['prior'] else 'no'} | {r['train_rows']:,} | {r['best_naive']} | {r['naive_mae']:.2f} | "
+        lines.append(f"| {r['family']} | {r['fleet']} | {'by period' if r['periods'] else 'by the net'} | {r['train_rows']:,} | {r['best_naive']} | {r['naive_mae']:.2f} | "
                      f"{r['forecaster_mae']:.2f} | {r['oracle_mae']:.2f} | {r['gain']:.1%} | {r['way_to_oracle']:.1%} | "
                      f"{r['coverage']:.1%} | {r['mape_orders']:.1%} | {r['mape_telemetry']:.1%} | "
                      f"{r['mape_stock_only']:.1%} |")

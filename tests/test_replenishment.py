@@ -155,6 +155,21 @@ def test_interval_scale_is_the_conformal_factor_and_scale_intervals_applies_it(o
                                0.5 * np.log(before["quantity"] / before["quantity_low"]), rtol=1e-4)
 
 
+def test_exact_periods_are_answered_by_their_period_only_when_asked(one_thread):
+    weekly = History(np.arange(0, 140.0, 7) + 0.25, np.full(20, 9.0), np.full(20, np.nan))  # every 7 days, 6 am
+    rough = History(np.cumsum(np.full(20, 7.0) + np.tile([0.0, 0.2], 10)), np.full(20, 9.0), np.full(20, np.nan))
+    rows = samples({"w": weekly, "r": rough}, ["w", "r"], [60.0, 101.0, 130.0], 60.0)
+    model = ReplenishmentForecaster(epochs=2, hidden=8, members=2, device="cpu").fit(rows.X, rows.T, rows.Q, rows.censored, 60.0)
+    net = model.predict(rows.X)
+    clock = model.exact_periods().predict(rows.X)
+    w = rows.machine == "w"
+    np.testing.assert_allclose(clock["time"][w], rows.T[w], atol=1e-5)  # the next 6 am order, 7 days on
+    np.testing.assert_allclose(clock["time_high"][w] - clock["time"][w], 1 / 24, atol=1e-5)
+    np.testing.assert_array_equal(clock["time"][~w], net["time"][~w])  # gaps that differ: the net answers
+    np.testing.assert_array_equal(clock["quantity"], net["quantity"])
+    np.testing.assert_array_equal(model.exact_periods(False).predict(rows.X)["time"], net["time"])
+
+
 def test_clock_days_and_the_day_a_need_is_reached_match_counting_by_hand():
     for weekdays in (False, True):
         for day0 in range(14):  # day 0 was a Thursday

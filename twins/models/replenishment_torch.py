@@ -8,7 +8,10 @@ pinball loss against that bound (the truth is at least there). Standardisation l
 (the net takes raw features). ``members`` nets with their own seeds are averaged in log space
 (``ReplenishmentEnsemble``); each member's quantiles are ordered, so their average is too. The intervals may be
 calibrated after fitting (``interval_scale``, ``ReplenishmentForecaster.scale_intervals``): each net holds a factor
-on its log-space gaps down and up (1: as trained), so the exported graph carries it.
+on its log-space gaps down and up (1: as trained), so the exported graph carries it. Likewise, after fitting, a
+machine whose orders have come at one exact period (``EXACT_MIN_ORDERS`` or more, every gap the same to
+``EXACT_GAP_CV``) may be answered by its period (``exact_periods``: the next order one period after the last, the
+interval an hour either side) instead of the net, whose smooth answer misses such a clock by about half a day.
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ from torch import nn
 from twins.models.btyd import default_device
 from twins.training import autocast_enabled
 from twins.runtime.replenishment import MAX_DAYS, MAX_LOG_QUANTITY
-from twins.runtime.replenishment_features import FEATURE_LIMIT
+from twins.runtime.replenishment_features import FEATURE_LIMIT, FEATURES
 
 MAX_LOG1P_DAYS = float(np.log1p(MAX_DAYS))  # answers are capped as the runtime caps them
 
 OUTPUTS = ("time_low", "time", "time_high", "quantity_low", "quantity", "quantity_high")
+EXACT_MIN_ORDERS = 5  # an exact period needs this many orders (four equal gaps)
+EXACT_GAP_CV = 1e-3  # gaps' std / mean at most this: the same gap to minutes (a weekly clock to 10 minutes)
+HOUR = 1 / 24
 
 
 class ReplenishmentNet(nn.Module):
@@ -45,6 +51,7 @@ class ReplenishmentNet(nn.Module):
         self.register_buffer("high", torch.as_tensor(np.full(n_features, FEATURE_LIMIT) if high is None else high,
                                                      dtype=torch.float32))
         self.register_buffer("spread", torch.ones(2))  # factor on the interval gaps of time, of quantity
+        self.register_buffer("periods", torch.zeros(()))  # 1: exactly periodic machines answered by their period
         self.body = nn.Sequential(nn.Linear(n_features, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU())
         self.time = nn.Linear(hidden, 3)
         self.quantity = nn.Linear(hidden, 3)
@@ -57,7 +64,12 @@ class ReplenishmentNet(nn.Module):
 
     def log_quantiles(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.body((torch.maximum(torch.minimum(x, self.high), self.low) - self.mean) / self.std)
-        return self._quantiles(self.time(h), self.spread[0]), self._quantiles(self.quantity(h), self.spread[1])
+        t = self._quantiles(self.time(h), self.spread[0])
+        f = {name: x[:, FEATURES.index(name)] for name in ("log_orders", "gap_cv", "period_left")}
+        exact = (self.periods > 0) & (f["log_orders"] >= np.log1p(EXACT_MIN_ORDERS)) & (f["gap_cv"] <= EXACT_GAP_CV)
+        left = f["period_left"].clamp(0.0, MAX_DAYS)
+        clock = torch.log1p(torch.stack([(left - HOUR).clamp_min(0.0), left, left + HOUR], 1))
+        return torch.where(exact[:, None], clock, t), self._quantiles(self.quantity(h), self.spread[1])
 
     def forward(self, x: torch.Tensor):
         t, q = self.log_quantiles(x)
@@ -170,6 +182,14 @@ class ReplenishmentForecaster(BaseEstimator):
             raise RuntimeError("ReplenishmentForecaster is not fitted; call fit first")
         for net in getattr(self.net_, "nets", [self.net_]):
             net.spread.copy_(torch.tensor([time, quantity]))
+        return self
+
+    def exact_periods(self, on: bool = True) -> Self:
+        """Answer machines with an exact period by it (module docstring) in every net, or not (as trained)."""
+        if not hasattr(self, "net_"):
+            raise RuntimeError("ReplenishmentForecaster is not fitted; call fit first")
+        for net in getattr(self.net_, "nets", [self.net_]):
+            net.periods.fill_(float(on))
         return self
 
     def predict(self, X: np.ndarray) -> dict[str, np.ndarray]:
