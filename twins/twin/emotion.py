@@ -24,8 +24,8 @@ def score_messages(events: pl.LazyFrame, bundle, batch_size: int = 64,
     group probabilities (columns ``ekman_<group>``, ``sentiment_<group>``) and the fine labels over threshold.
 
     Messages go to the bundle ``CHUNK`` at a time, which sorts each chunk by token length into batches of
-    ``batch_size`` (as the runtime's batch throughput is measured): 256-message chunks in log order padded every
-    batch to its longest message and ran at 0.4x that throughput (BENCHMARKS.md, "Emotion scoring in the
+    ``batch_size`` (as the runtime's batch throughput is measured; this runs at it): 256-message chunks in log order,
+    each one batch padded to its longest message, ran at 0.38-0.40x of it (BENCHMARKS.md, "Emotion scoring in the
     pipeline"). The chunk bounds the token ids held at once."""
     messages = (events.filter(pl.col("event_type") == "message")
                 .select("customer_id", "event_time", pl.col("text").fill_null("")).collect())
