@@ -12,7 +12,9 @@ day. Measured with `twins sim` end to end (peak RSS of the whole command, 1 thre
 simulator throughput"): 100,000 machines x 365 days with weekly readings, 2 chunks of 3.8 M rows, 2.04 GiB;
 1,000,000 machines, 12 chunks of 6.0 M rows, 3.13 GiB: ``BASE_BYTES`` + ``BYTES_PER_ROW`` (530 B) a row of a chunk.
 The store takes about 12 bytes a row on disk (11.6-11.8 measured), twice that while the part files and the bucket
-files both exist. So the memory no longer grows with the market: what can refuse a market now is the disk.
+files both exist. So the memory no longer grows with the market: what can refuse a market now is the disk. The repo
+config at 1,000,000 machines (365 + 120 days, daily readings) plans 511 M rows in 86 chunks: about 3.1 GiB of memory
+and 11.4 GiB of disk while written, about 47 minutes at the 0.18 M rows/s measured for 1M machines (not run yet).
 """
 
 from __future__ import annotations
