@@ -24,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from twins import publish
 from twins.data import duplicates, readers
@@ -578,56 +579,76 @@ _HELPERS = (_FILE_IDX, "_order")  # carried into the bucket parts of order-only 
 
 def write_file(args: tuple[FileTask, int, str, dict[str, pl.DataType]]) -> None:
     """Pass 2: ``(task, buckets, work, schema)``: the file's accepted events into per-bucket parts
-    (``work/events/<file>/__bucket=<b>/``) and its quarantined rows into ``work/quarantine/<file>.parquet``."""
+    (``work/events/<file>/__bucket=<b>/``) and its quarantined rows into ``work/quarantine/<file>.parquet``, one
+    stream with one consumer (two sinks on one scan let the faster one run ahead: memory grew with the file)."""
     task, n, work, schema = args
     lf = file_frame(task)
-    ok = pl.col(QUARANTINE_REASON).is_null()
     have = lf.collect_schema()
-    events = lf.filter(ok).select(*[(pl.col(c) if c in have else pl.lit(None)).cast(t).alias(c) for c, t in schema.items()],
-                                  *(_HELPERS if task.cfg.order_column else ()))
-    raw_cols = [c for c in have.names() if c.startswith("raw:")]
-    quarantine = lf.filter(~ok).select(FILE_COLUMN, ROW_COLUMN, QUARANTINE_REASON,
-                                       *[pl.col(c).cast(pl.String).alias(c.removeprefix("raw:")) for c in raw_cols])
+    events = [(pl.col(c) if c in have else pl.lit(None)).cast(t).alias(c) for c, t in schema.items()]
+    raw = [c for c in have.names() if c.startswith("raw:")]
     (Path(work) / "quarantine").mkdir(parents=True, exist_ok=True)
-    parts = BucketParts(Path(work) / "events" / f"{task.index:05d}", n)
+    parts = FileParts(Path(work) / "events" / f"{task.index:05d}", Path(work) / "quarantine" / f"{task.index:05d}.parquet",
+                      n, [*schema, *(_HELPERS if task.cfg.order_column else ())], raw,
+                      {FILE_COLUMN: pl.String, ROW_COLUMN: have[ROW_COLUMN], QUARANTINE_REASON: pl.String})
     with _reading(task):
         try:
-            pl.collect_all([
-                events.sink_batches(parts, chunk_size=BATCH_ROWS, lazy=True),
-                quarantine.sink_parquet(Path(work) / "quarantine" / f"{task.index:05d}.parquet", compression="lz4",
-                                        lazy=True)], engine="streaming")
+            lf.select(*events, *(_HELPERS if task.cfg.order_column else ()), QUARANTINE_REASON, FILE_COLUMN, ROW_COLUMN,
+                      *raw).sink_batches(parts, chunk_size=BATCH_ROWS)
         finally:
             parts.close()
 
 
-#: rows per streamed batch of events split into bucket parts (memory: a few batches)
-BATCH_ROWS = 500_000
+#: rows per streamed batch of a file split into bucket parts and quarantine (memory: a few batches)
+BATCH_ROWS = 250_000
 
 
-class BucketParts:
-    """Splits each streamed batch of one file's events by ``bucket_of(customer_id)`` into one part file per bucket,
-    ``folder/__bucket=<b>/part.arrow`` (Arrow IPC, LZ4: written and read back once, 3x faster than Parquet; a record
-    batch per streamed batch, rows in stream order): memory is one batch, where polars' partitioned sink would buffer
-    every open partition. ``close`` when the stream ends."""
+class FileParts:
+    """Splits each streamed batch of one file's validated rows: accepted events by ``bucket_of(customer_id)`` into one
+    part file per bucket, ``events/__bucket=<b>/part.arrow`` (Arrow IPC, LZ4: written and read back once, 3x faster
+    than Parquet; a record batch per streamed batch, rows in stream order), quarantined rows with their raw values
+    as text into ``quarantine``: memory is one batch, where polars' partitioned sink would buffer every open
+    partition. ``close`` when the stream ends."""
 
-    def __init__(self, folder: Path, n: int) -> None:
-        self.folder, self.n = folder, n
+    def __init__(self, events: Path, quarantine: Path, n: int, columns: list[str], raw: list[str],
+                 head: dict[str, pl.DataType]) -> None:
+        self.events, self.quarantine, self.n, self.columns, self.raw = events, quarantine, n, columns, raw
+        self.head = head
         self.writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
+        self.rejected: pq.ParquetWriter | None = None
 
     def __call__(self, batch: pl.DataFrame) -> None:
-        keyed = batch.rechunk().with_columns((bucket_of(batch["customer_id"], self.n) if self.n > 1
-                                              else pl.lit(0, pl.UInt32)).alias(_BUCKET))
+        ok = batch[QUARANTINE_REASON].is_null()
+        self._accepted(batch.filter(ok).select(self.columns))
+        bad = batch.filter(~ok)
+        if bad.height:
+            table = self._rejected(bad).to_arrow()
+            if self.rejected is None:
+                self.rejected = pq.ParquetWriter(self.quarantine, table.schema, compression="lz4")
+            self.rejected.write_table(table)
+
+    def _rejected(self, rows: pl.DataFrame) -> pl.DataFrame:
+        return rows.select(*[pl.col(c).cast(t) for c, t in self.head.items()],
+                           *[pl.col(c).cast(pl.String).alias(c.removeprefix("raw:")) for c in self.raw])
+
+    def _accepted(self, events: pl.DataFrame) -> None:
+        keyed = events.rechunk().with_columns((bucket_of(events["customer_id"], self.n) if self.n > 1
+                                               else pl.lit(0, pl.UInt32)).alias(_BUCKET))
         for (bucket,), part in keyed.partition_by(_BUCKET, as_dict=True, include_key=False).items():
             table = part.to_arrow(compat_level=pl.CompatLevel.newest())
             if bucket not in self.writers:
-                (self.folder / f"{_BUCKET}={bucket}").mkdir(parents=True)
-                self.writers[bucket] = pa.ipc.new_file(self.folder / f"{_BUCKET}={bucket}" / "part.arrow", table.schema,
+                (self.events / f"{_BUCKET}={bucket}").mkdir(parents=True)
+                self.writers[bucket] = pa.ipc.new_file(self.events / f"{_BUCKET}={bucket}" / "part.arrow", table.schema,
                                                        options=pa.ipc.IpcWriteOptions(compression="lz4"))
             self.writers[bucket].write_table(table)
 
     def close(self) -> None:
         for writer in self.writers.values():
             writer.close()
+        if self.rejected is not None:
+            self.rejected.close()
+        else:
+            pl.DataFrame(schema={**self.head, **{c.removeprefix("raw:"): pl.String for c in self.raw}}).write_parquet(
+                self.quarantine, compression="lz4")
 
 
 def sort_bucket(task: BucketTask) -> dict[str, int]:
