@@ -256,7 +256,7 @@ def test_ingest_on_a_full_disk_says_so_and_keeps_the_previous_output(tmp_path, m
     def full(*args, **kwargs):
         raise pl.exceptions.ComputeError(DISK_FULL_POLARS)
 
-    monkeypatch.setattr(pl, "collect_all", full)
+    monkeypatch.setattr(pl.LazyFrame, "sink_batches", full)  # ingest's stream of validated rows
     with pytest.raises(publish.DiskFull) as exc:
         ingest(source(tmp_path, 20), out)
     message = str(exc.value)
@@ -289,7 +289,8 @@ def test_the_cli_prints_a_full_disk_as_an_error_not_a_traceback(tmp_path, monkey
 
     (tmp_path / "t.yaml").write_text(json.dumps({k: v for k, v in tree(tmp_path, 10).items() if k != "base_dir"}))
     monkeypatch.setenv("COLUMNS", "1000")
-    monkeypatch.setattr(pl, "collect_all", lambda *a, **k: (_ for _ in ()).throw(pl.exceptions.ComputeError(DISK_FULL_POLARS)))
+    monkeypatch.setattr(pl.LazyFrame, "sink_batches",
+                        lambda *a, **k: (_ for _ in ()).throw(pl.exceptions.ComputeError(DISK_FULL_POLARS)))
     result = CliRunner().invoke(app, ["ingest", str(tmp_path / "t.yaml"), "--no-track"])
     assert result.exit_code == 2, result.output
     assert "no space left on device while writing into" in result.output and "Traceback" not in result.output
