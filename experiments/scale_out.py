@@ -40,6 +40,8 @@ from experiments.report import write_section
 
 REPO = Path(__file__).resolve().parents[1]
 TWINS = [sys.executable, "-m", "twins.cli"]  # the twins command of this interpreter
+PROTOCOL = ("Protocol: each step is one `twins --threads 1 --engine E` process under `/usr/bin/time -v` (wall, peak RSS of the command's process; a Ray worker's peak sampled with psutil every 0.2 s), run alone among the heavy jobs of this shared 2-core machine (flock), cold R"
+            'ay start included in every ray step; score: a purchase-outlook ONNX bundle (BG/NBD + Gamma-Gamma, CDNOW\'s published parameters), chunks of 10,000 customers. "Same output": sha256 of the event buckets, the twins snapshot and the scores equal to the local engine\'s.')
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "TWINS_THREADS": "1", "POLARS_MAX_THREADS": "1", "MKL_NUM_THREADS": "1",
               "OPENBLAS_NUM_THREADS": "1"}
 
@@ -215,8 +217,8 @@ def plan_rows(local: dict, fit: dict) -> list[str]:
     out += ["", f"Core-hours (sum over workers): ingest {core_h['ingest']:.1f}, build {core_h['build']:.1f}, score "
             f"{core_h['score']:.1f}. Not split by bucket: the outlook's one fit ({per_customer_fit * 1e6:.1f} µs a "
             f"customer here, so about {fit_h:.2f} h on one core for 10M customers if it stays linear) and the driver's "
-            f"collection of every customer's summary (about {summary_gib:.2f} GiB for 10M) and of the twins before "
-            "the snapshot is written as one file."]
+            f"collection of every customer's summary (about {summary_gib:.2f} GiB for 10M), and the one process that "
+            "merges the buckets' twins into the snapshot (streaming: time, not memory)."]
     return out
 
 
@@ -264,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     base = results[first]
     lines = [f"Log `{name}`: {base['lines']:,} lines, {base['rows']:,} accepted events, {base['customers']:,} "
              f"customers, {base['buckets']} buckets ({min(base['bucket_rows']):,}-{max(base['bucket_rows']):,} rows "
-             f"each); twins as of {args.as_of}.", "",
+             f"each); twins as of {args.as_of}.", "", PROTOCOL, "",
              "| engine | step | wall | rows/s (customers/s for score) | peak RSS of the command | peak RSS per Ray worker | "
              "per bucket (wall / buckets) | same output as local |", "|---|---|---|---|---|---|---|---|"]
     for spec, r in results.items():
