@@ -91,14 +91,17 @@ def _item_profile(events: pl.LazyFrame, b: pl.LazyFrame, p: TwinParams) -> pl.La
 
 
 def _category_mix(events: pl.LazyFrame, p: TwinParams) -> pl.LazyFrame:
+    """The top categories by share of each customer's spend (ties: by category). The spend per category is
+    collected in category order first, so each customer's total sums them in that order (polars drops a sort that
+    only feeds a group-by)."""
     col = p.category_column
     spend = (events.filter(pl.col("customer_id").is_not_null() & (pl.col("event_type") == "purchase"))
-             .group_by("customer_id", col).agg(spend=pl.col("amount").sum()).sort("customer_id", col, nulls_last=True))
-    # categories in a fixed order before the sum and on ties (maintain_order keeps the sort)
-    share = pl.col("spend") / pl.col("spend").sum()
-    return spend.group_by("customer_id", maintain_order=True).agg(category_mix=pl.struct(pl.col(col).alias("category"), share.alias("share"))
-                                             .sort_by([share, pl.col(col)], descending=[True, False], nulls_last=True,
-                                                      maintain_order=True).head(p.top_categories))
+             .group_by("customer_id", col).agg(spend=pl.col("amount").sum())
+             .sort("customer_id", col, nulls_last=True).collect(engine="in-memory"))
+    shares = (spend.with_columns(share=pl.col("spend") / pl.col("spend").sum().over("customer_id"))
+              .sort(["customer_id", "share", col], descending=[False, True, False], nulls_last=True))
+    return shares.lazy().group_by("customer_id", maintain_order=True).agg(
+        category_mix=pl.struct(pl.col(col).alias("category"), "share").head(p.top_categories))
 
 
 def _discounts(events: pl.LazyFrame, p: TwinParams) -> pl.LazyFrame:
@@ -179,7 +182,7 @@ def build_customer_twins(events: pl.LazyFrame, as_of: datetime | None = None, pa
     if p.category_column:
         if p.category_column not in names:
             raise ValueError(f"twin.category_column {p.category_column!r} is not an events column; have {names}")
-        parts.append(_category_mix(ev, p).collect(engine="in-memory").lazy())
+        parts.append(_category_mix(ev, p))
     if p.discount_columns:
         missing = [c for c in p.discount_columns if c not in names]
         if missing:
