@@ -22,6 +22,10 @@ Bad rows, at ``--bad-rate`` of the lines in all (see ``BAD_SHARES``), each count
 quarantine reason ``twins ingest`` gives it: ``unparsable_time`` (a spreadsheet error or an impossible date in
 the timestamp; null in Parquet), ``missing_quantity`` (empty qty), ``negative_value`` (a negative unit price) and
 ``duplicate_line`` (an exact copy of the line before it, an export retry).
+
+Measured at 1 thread on the 2-core machine (wall, peak RSS; other jobs on the other core): 10M lines CSV 27 s,
+585 MB, 0.18 GiB; 100M lines CSV 220 s, 5.95 GB (about 60 bytes a line), 1.19 GiB; 5M lines Parquet with 100,000
+customers 7 s, 44 MB, 0.17 GiB.
 """
 
 from __future__ import annotations
