@@ -141,8 +141,10 @@ def build(source: str | Path | SourceConfig, as_of: str | datetime | None = None
             raise ValueError(f"source {cfg.name} has no event times (order only); build its twins with --as-of end")
         check_as_of(when, first, last, f"source {cfg.name}")
     store = TwinStore(paths.store_dir())
-    # each bucket's twins are written beside the snapshots, then merged into one file: never all in memory
-    with publish.staged_dir(store.root / cfg.name / "customer" / "parts") as parts:
+    # each bucket's twins are written beside the snapshots, then merged into one file: never all in memory; the
+    # lock clears the parts a killed build left
+    staging = store.root / cfg.name / "customer" / "parts"
+    with publish.locked(staging, f"twins build {cfg.name}"), publish.staged_dir(staging) as parts:
         files = build_store_twins(paths.events_dir(cfg.name), when, p, _engine(engine), parts=parts)
         snap = store.write_parts(files, cfg.name, "customer", when, params=vars(p))
     rows = snap.manifest["rows"]
