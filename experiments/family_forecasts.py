@@ -17,7 +17,8 @@ here: the detection is measured by ``experiments.market_families``).
 
 Choices never see F: validation is leave-one-family-out inside the fold. For every pair of families {F, G} a
 forecaster is trained as above without F and G and scored on G's validation markets (seeds 200..); fold F's
-validation is its three G. Per fold it chooses the training fleet (the highest mean validation gain;
+validation is its three G. Per fold it chooses the training fleet and whether machines with an exact period are
+answered by it (``ReplenishmentForecaster.exact_periods``) (the highest mean validation gain;
 ``--validate`` prints it and stops) and calibrates the 80 % intervals: the split-conformal factor on the interval's
 log-space gaps that makes fold F's validation rows 80 % covered (``twins.models.replenishment_torch.interval_scale``)
 is set on F's forecaster. The test markets of F are read only for the table.
