@@ -29,7 +29,7 @@ END_TO_END = "end to end (`recommend_one`, onnxruntime)"
 WARM_UP = 20
 
 
-def _times(fn: Callable[[Any], Any], args: Sequence[Any]) -> np.ndarray:
+def times_ms(fn: Callable[[Any], Any], args: Sequence[Any]) -> np.ndarray:
     """Milliseconds of ``fn(a)`` for each ``a`` after ``WARM_UP`` untimed calls."""
     for a in args[:WARM_UP]:
         fn(a)
@@ -66,12 +66,12 @@ def runtime_speed(bundle_dir: str, estimator, histories: list[list[list[str]]],
     one = histories[:N_LATENCY]
     rows = [[bundle._encode(h)] for h in one]
     feeds = [network_inputs(r, n, bundle.max_baskets) | {"context": index.context(r)} for r in rows]
-    stages = {"item ids -> indices, basket and item arrays": _times(
+    stages = {"item ids -> indices, basket and item arrays": times_ms(
                   lambda h: network_inputs([bundle._encode(h)], n, bundle.max_baskets), one),
-              "neighbour search and context (numpy)": _times(index.context, rows),
-              "graph, onnxruntime": _times(bundle.run, feeds),
-              "graph, PyTorch eager (same inputs)": _times(eager, feeds),
-              END_TO_END: _times(lambda h: bundle.recommend_one(h, 10), one)}
+              "neighbour search and context (numpy)": times_ms(index.context, rows),
+              "graph, onnxruntime": times_ms(bundle.run, feeds),
+              "graph, PyTorch eager (same inputs)": times_ms(eager, feeds),
+              END_TO_END: times_ms(lambda h: bundle.recommend_one(h, 10), one)}
     encoded = [bundle._encode(h) for h in histories]
     throughput = {}
     for size in batch_sizes:

@@ -37,11 +37,11 @@ from typing import Any
 
 import numpy as np
 
+from experiments.bench_nbr_runtime import times_ms
 from experiments.report import write_section
 
 STEPS = 40
 N_LATENCY = 500
-WARM_UP = 20
 HORIZON_WEEKS = 13
 OUTLOOK_ROWS = 1_000_000
 MODELS = ("nbr", "outlook")
@@ -125,21 +125,9 @@ def nbr_step(log: Path, steps: int) -> dict[str, Any]:
         stages = {"": (bundle.recommend_one, test), "context_": (lambda r: bundle.neighbours.context([r]), encoded),
                   "graph_": (bundle.run, [f | {"context": c} for f, c in zip(feeds, contexts)])}
         for name, (fn, args) in stages.items():
-            times = _times(fn, args)
+            times = times_ms(fn, args)
             out[f"{name}p50_ms"], out[f"{name}p99_ms"] = float(np.percentile(times, 50)), float(np.percentile(times, 99))
     out["n_latency"] = len(test)
-    return out
-
-
-def _times(fn, args: list) -> np.ndarray:
-    """Milliseconds of ``fn(a)`` for each ``a`` after ``WARM_UP`` untimed calls."""
-    for a in args[:WARM_UP]:
-        fn(a)
-    out = np.empty(len(args))
-    for i, a in enumerate(args):
-        started = time.perf_counter()
-        fn(a)
-        out[i] = (time.perf_counter() - started) * 1e3
     return out
 
 

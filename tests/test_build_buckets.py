@@ -166,16 +166,13 @@ def test_a_snapshot_written_from_bucket_parts_equals_one_written_whole(shops, tm
 def test_a_killed_builds_parts_are_cleared_by_the_next_build(twins_home, tmp_path):
     from twins import api
 
-    rows = ["cust,order,sku,qty,price,ts"] + [f"c{c},o{c}-{m},i{m % 3},1,2.5,2024-{m:02d}-1{c} 10:00"
-                                               for c in range(5) for m in range(1, 11)]
-    (tmp_path / "log.csv").write_text("\n".join(rows) + "\n")
-    (tmp_path / "shop.yaml").write_text(
-        "name: shop\nfiles: [{path: log.csv}]\nvalidation: {not_after: 2030-01-01T00:00:00Z}\n"
-        "columns: {customer_id: cust, basket_id: order, item_id: sku, quantity: qty, unit_price: price, event_time: ts}\n")
-    api.ingest(tmp_path / "shop.yaml", track=False)
+    events = store(people(40), twins_home / "events" / "shop", 2)
+    (tmp_path / "shop.yaml").write_text("name: shop\nfiles: [{path: log.csv}]\n"
+                                        "columns: {customer_id: c, item_id: i, event_time: t}\n")
     left = twins_home / "store" / "shop" / "customer" / ".parts.tmp-999999-0badcafe"
     left.mkdir(parents=True)
     (left / "bucket-00000.parquet").write_bytes(b"half a part")
-    snap = api.build(tmp_path / "shop.yaml", "2024-06-01", TwinParams(outlook_horizon_days=None), track=False)
-    assert snap.manifest["rows"] == 5
+    params = TwinParams(outlook_horizon_days=None)
+    snap = api.build(tmp_path / "shop.yaml", AS_OF, params, track=False)
+    assert_frame_equal(snap.frame, build_store_twins(events, AS_OF, params))
     assert not left.exists() and not list(left.parent.glob(".parts*"))

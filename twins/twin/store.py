@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -123,33 +124,28 @@ class TwinStore:
         """Store a new snapshot; LATEST names the snapshot with the newest as_of, LATEST_WRITTEN this one."""
         if twins[id_column].is_duplicated().any():
             raise ValueError(f"twins have duplicate {id_column} values; a snapshot needs one row per id")
-        base = self.root / source / kind
-        with publish.locked(base, f"twins store write {source}/{kind}"), publish.disk_errors(base):
-            for stale in [*base.glob("*/.v*.tmp*"), *base.glob(".LATEST*.tmp*")]:  # left by killed writers
-                publish.remove(stale)
-            now = datetime.now(timezone.utc)
-            rel = f"{_as_of_label(as_of)}/v{now.strftime('%Y%m%dT%H%M%S%fZ')}"
-            final = base / rel
-            with publish.staged_dir(final) as tmp:
-                twins.sort(id_column).write_parquet(tmp / "twins.parquet", row_group_size=16_384)
-                manifest = {"source": source, "kind": kind, "as_of": None if as_of is None else as_of.isoformat(),
-                            "version": final.name, "created": now.isoformat(), "rows": twins.height,
-                            "id_column": id_column, "columns": {c: str(t) for c, t in twins.schema.items()},
-                            "params": params or {}}
-                (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
-                publish.publish_dir(tmp, final)
-            publish.write_text(base / "LATEST_WRITTEN", rel)
-            publish.write_text(base / "LATEST", max(self.snapshots(source, kind)))
-        return Snapshot(final, id_column)
+        return self._publish(lambda path: twins.sort(id_column).write_parquet(path, row_group_size=16_384),
+                             twins.height, twins.schema, source, kind, as_of, params, id_column)
 
     def write_parts(self, parts: list[Path], source: str, kind: str = "customer", as_of: datetime | None = None,
                     params: dict[str, Any] | None = None, id_column: str = "customer_id") -> Snapshot:
         """Store a new snapshot from Parquet ``parts`` of one schema, each sorted by ``id_column`` and holding ids
         no other part holds (one per bucket of the event store): merged into the snapshot's one file by streaming,
         so memory is set by the merge's buffers, not the twins. The same file layout and order as ``write``."""
-        base = self.root / source / kind
-        schema = pl.read_parquet_schema(parts[0])
         rows = sum(pl.scan_parquet(part).select(pl.len()).collect().item() for part in parts)
+
+        def merge(path: Path) -> None:
+            merge_sorted_files(parts, id_column).sink_parquet(path, row_group_size=16_384)
+            ids = pl.scan_parquet(path).select(pl.col(id_column).n_unique())
+            if ids.collect(engine="streaming").item() != rows:
+                raise ValueError(f"twins have duplicate {id_column} values; a snapshot needs one row per id")
+
+        return self._publish(merge, rows, pl.read_parquet_schema(parts[0]), source, kind, as_of, params, id_column)
+
+    def _publish(self, write: Callable[[Path], None], rows: int, schema: pl.Schema, source: str, kind: str,
+                 as_of: datetime | None, params: dict[str, Any] | None, id_column: str) -> Snapshot:
+        """Publish a snapshot whose ``twins.parquet`` ``write(path)`` writes (module docstring), then LATEST."""
+        base = self.root / source / kind
         with publish.locked(base, f"twins store write {source}/{kind}"), publish.disk_errors(base):
             for stale in [*base.glob("*/.v*.tmp*"), *base.glob(".LATEST*.tmp*")]:  # left by killed writers
                 publish.remove(stale)
@@ -157,10 +153,7 @@ class TwinStore:
             rel = f"{_as_of_label(as_of)}/v{now.strftime('%Y%m%dT%H%M%S%fZ')}"
             final = base / rel
             with publish.staged_dir(final) as tmp:
-                merge_sorted_files(parts, id_column).sink_parquet(tmp / "twins.parquet", row_group_size=16_384)
-                ids = pl.scan_parquet(tmp / "twins.parquet").select(pl.col(id_column))
-                if ids.select(pl.col(id_column).n_unique()).collect(engine="streaming").item() != rows:
-                    raise ValueError(f"twins have duplicate {id_column} values; a snapshot needs one row per id")
+                write(tmp / "twins.parquet")
                 manifest = {"source": source, "kind": kind, "as_of": None if as_of is None else as_of.isoformat(),
                             "version": final.name, "created": now.isoformat(), "rows": rows,
                             "id_column": id_column, "columns": {c: str(t) for c, t in schema.items()},
