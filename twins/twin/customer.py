@@ -77,13 +77,14 @@ def _basket_stats(b: pl.LazyFrame, as_of: datetime | None) -> pl.LazyFrame:
 
 def _item_profile(events: pl.LazyFrame, b: pl.LazyFrame, p: TwinParams) -> pl.LazyFrame:
     """Decayed repeat frequency per (customer, item): sum over baskets holding it of decay**rank (newest basket
-    first: the lines are sorted and collected first, as polars drops a sort under a group-by), rounded to 1e-12."""
+    rank 0), each term in whole units of 1e-12 summed as integers: exact, so the same in any row order, bucketing or
+    thread count."""
     lines = (events.filter(pl.col("customer_id").is_not_null() & (pl.col("event_type") == "purchase"))
              .select("customer_id", "basket_id", "item_id").unique()
-             .join(b.select("customer_id", "basket_id", "rank"), on=["customer_id", "basket_id"])
-             .sort("customer_id", "item_id", "rank").collect(engine="in-memory"))
-    weights = (lines.lazy().group_by("customer_id", "item_id")
-               .agg(weight=pl.lit(p.item_decay, pl.Float64).pow(pl.col("rank")).sum().round(12), baskets_with_item=pl.len()))
+             .join(b.select("customer_id", "basket_id", "rank"), on=["customer_id", "basket_id"]))
+    weights = (lines.group_by("customer_id", "item_id")
+               .agg(weight=(pl.lit(p.item_decay, pl.Float64).pow(pl.col("rank")) * 1e12).round().cast(pl.Int64).sum() / 1e12,
+                    baskets_with_item=pl.len()))
     return (weights.group_by("customer_id").agg(
         distinct_items=pl.len().cast(pl.Int64),
         repeat_item_share=(pl.col("baskets_with_item") > 1).mean(),
