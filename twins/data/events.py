@@ -30,7 +30,7 @@ def fnv1a(ids: pl.Series) -> np.ndarray:
     if isinstance(strings, pa.ChunkedArray):
         strings = strings.combine_chunks()
     strings = strings.cast(pa.large_string())
-    validity, offsets, data = strings.buffers()
+    _, offsets, data = strings.buffers()
     starts = np.frombuffer(offsets, np.int64, len(strings) + 1, strings.offset * 8)
     data = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
     lengths = np.diff(starts)
@@ -78,15 +78,28 @@ def events_digest(events_dir: str | Path) -> str:
     return digest.hexdigest()
 
 
+def by_customer_and_time(events: pl.DataFrame) -> pl.DataFrame:
+    """``events`` sorted by customer, then time (nulls last), ties in their order: the same rows as polars'
+    ``sort(..., maintain_order=True)``, 2-3x faster (distinct ids ranked once, a stable numpy lexsort on two integer
+    keys, one gather of contiguous columns)."""
+    events = events.rechunk()
+    ids = events.select(pl.col("customer_id").unique().sort(nulls_last=True)).with_row_index("_rank")
+    rank = events.select("customer_id").join(ids, on="customer_id", how="left", nulls_equal=True,
+                                             maintain_order="left")["_rank"].to_numpy()
+    times = events["event_time"].dt.epoch("us").fill_null(np.iinfo(np.int64).max).to_numpy()
+    return events[pl.Series(np.lexsort((times, rank)))]
+
+
 class BucketWriter:
     """Writes events into a new bucketed ``events.parquet`` folder in memory bounded by one bucket: ``add`` splits
-    each frame by ``bucket_of(customer_id)`` into part files, ``finish`` sorts each bucket's parts by
-    ``sort_by`` (ties keep the order they were added in) into its bucket file and removes the parts."""
+    each frame by ``bucket_of(customer_id)`` into part files, ``finish`` sorts each bucket's parts by customer and
+    time (``by_customer_and_time``: ties keep the order they were added in) into its bucket file and removes the
+    parts."""
 
-    def __init__(self, folder: str | Path, n: int, sort_by: tuple[str, ...] = ("customer_id", "event_time")) -> None:
+    def __init__(self, folder: str | Path, n: int) -> None:
         if n < 1:
             raise ValueError(f"the number of buckets must be >= 1, got {n}")
-        self.folder, self.n, self.sort_by = Path(folder), n, list(sort_by)
+        self.folder, self.n = Path(folder), n
         self._parts = self.folder / ".parts"
         self._written = 0
         self._parts.mkdir(parents=True, exist_ok=False)
@@ -117,7 +130,7 @@ class BucketWriter:
         for bucket, files in parts.items():
             target = self.folder / BUCKET_FORMAT.format(bucket)
             if files:
-                pl.scan_parquet(files).sort(self.sort_by, nulls_last=True, maintain_order=True).sink_parquet(target)
+                by_customer_and_time(pl.read_parquet(files)).write_parquet(target)
             else:
                 pl.DataFrame(schema=schema).write_parquet(target)
             out.append(target)
