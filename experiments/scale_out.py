@@ -8,8 +8,10 @@ Protocol. Every step is its own ``twins`` process under ``/usr/bin/time -v`` at 
 ``POLARS_MAX_THREADS=1``; Ray workers run one thread each): ``twins ingest`` (buckets by the ingest's default: 2M
 input rows each), ``twins build --as-of AS_OF`` (customer twins with the BG/NBD + Gamma-Gamma outlook over 91
 days) and ``twins score`` with a purchase-outlook ONNX bundle (BG/NBD + Gamma-Gamma with CDNOW's published
-parameters: the cheapest real scorer, 10,000 customers a chunk). Wall time, rows/s and the peak RSS of the command's
-process; on Ray also each worker's peak RSS (psutil, sampled every 0.2 s; the driver's figure excludes them).
+parameters: the cheapest real scorer, 10,000 customers a chunk). Wall time, rows/s and the peak memory of the whole
+command: the RSS of its process and every descendant (fresh worker processes, a local Ray's raylet and workers)
+summed, sampled with psutil every 0.2 s (an upper bound: pages shared between processes count once per process),
+beside the largest single process's peak from ``time -v``; on Ray also each worker's peak RSS.
 Outputs of every engine (event buckets, twins, scores) are compared by sha256. Per bucket: the step's time and
 peak over the buckets (a bucket's work runs in one process at a time). The global outlook fit is timed on its own
 (the one step that does not split by bucket). Twins equality: the first monthly files of the log (at least
@@ -40,48 +42,72 @@ from experiments.report import write_section
 
 REPO = Path(__file__).resolve().parents[1]
 TWINS = [sys.executable, "-m", "twins.cli"]  # the twins command of this interpreter
-PROTOCOL = ("Protocol: each step is one `twins --threads 1 --engine E` process under `/usr/bin/time -v` (wall, peak RSS of the command's process; a Ray worker's peak sampled with psutil every 0.2 s), run alone among the heavy jobs of this shared 2-core machine (flock), cold R"
-            'ay start included in every ray step; score: a purchase-outlook ONNX bundle (BG/NBD + Gamma-Gamma, CDNOW\'s published parameters), chunks of 10,000 customers. "Same output": sha256 of the event buckets, the twins snapshot and the scores equal to the local engine\'s.')
+PROTOCOL = ("Protocol: each step is one `twins --threads 1 --engine E` process under `/usr/bin/time -v`, run alone "
+            "among the heavy jobs of this shared 2-core machine (flock), cold Ray start included in every ray step. "
+            "Peak memory = the RSS of the command's process and all its descendants (fresh worker processes, a local "
+            "Ray's raylet and workers) summed, sampled with psutil every 0.2 s (an upper bound: pages shared between "
+            "processes count once each); beside it the largest single process's peak (`time -v`), and each Ray "
+            "worker's peak (psutil). Score: a purchase-outlook ONNX bundle (BG/NBD + Gamma-Gamma, CDNOW's published "
+            'parameters), chunks of 10,000 customers. "Same output": sha256 of the event buckets, the twins snapshot and '
+            "the scores equal to the local engine's.")
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "TWINS_THREADS": "1", "POLARS_MAX_THREADS": "1", "MKL_NUM_THREADS": "1",
               "OPENBLAS_NUM_THREADS": "1"}
 
 
-def _worker_peaks(stop: threading.Event, peaks: dict[int, int]) -> None:
-    """Sample the RSS of every Ray worker process (``ray::`` in its title) until ``stop``."""
+def _peaks(root: int, stop: threading.Event, out: dict) -> None:
+    """Until ``stop``, every 0.2 s: the summed RSS of process ``root`` and all its descendants (a fresh worker
+    process, a local Ray's raylet and workers), and each Ray worker's own (``ray::`` in its title, wherever it
+    runs); the peaks go to ``out``."""
     import psutil
 
+    top = psutil.Process(root)
     while not stop.is_set():
+        total = 0
+        try:
+            tree = [top, *top.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            tree = []
+        for proc in tree:
+            try:
+                total += proc.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        out["tree"] = max(out.get("tree", 0), total)
+        out["processes"] = max(out.get("processes", 0), len(tree))
         for proc in psutil.process_iter(["pid", "cmdline"]):
             try:
                 if proc.info["cmdline"] and proc.info["cmdline"][0].startswith("ray::"):
-                    peaks[proc.pid] = max(peaks.get(proc.pid, 0), proc.memory_info().rss)
+                    out["workers"][proc.pid] = max(out["workers"].get(proc.pid, 0), proc.memory_info().rss)
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
         stop.wait(0.2)
 
 
 def step(args: list[str], home: Path, log: Path, engine: str, workers: int | None) -> dict:
-    """One ``twins`` command under /usr/bin/time -v: wall seconds, peak RSS (GiB) and Ray workers' peaks."""
+    """One ``twins`` command under /usr/bin/time -v: wall seconds, the peak summed RSS of its process tree (GiB,
+    sampled), the largest single process's peak (time -v) and the Ray workers' peaks."""
     cmd = ["/usr/bin/time", "-v", *TWINS, "--threads", "1", "--engine", engine,
            *(["--workers", str(workers)] if workers else []), *args]
     env = {**os.environ, **ONE_THREAD, "TWINS_HOME": str(home), "RAY_DEDUP_LOGS": "0"}
     env.pop("RAY_ADDRESS", None)
-    peaks: dict[int, int] = {}
+    peaks: dict = {"workers": {}}
     stop = threading.Event()
-    sampler = threading.Thread(target=_worker_peaks, args=(stop, peaks), daemon=True)
-    sampler.start()
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    sampler = threading.Thread(target=_peaks, args=(proc.pid, stop, peaks), daemon=True)
+    sampler.start()
+    stdout, stderr = proc.communicate()
     wall = time.perf_counter() - t0
     stop.set()
     sampler.join()
     with log.open("a") as f:
-        f.write(f"$ {' '.join(cmd)}\n{done.stdout}\n{done.stderr}\n")
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}); see {log}")
-    peak = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1)) / 2**20
-    return {"wall_s": wall, "peak_gib": peak, "worker_peak_gib": max(peaks.values(), default=0) / 2**30,
-            "workers_seen": len(peaks)}
+        f.write(f"$ {' '.join(cmd)}\n{stdout}\n{stderr}\n")
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}); see {log}")
+    largest = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr).group(1)) / 2**20
+    return {"wall_s": wall, "peak_gib": peaks.get("tree", 0) / 2**30, "largest_gib": largest,
+            "processes": peaks.get("processes", 0), "worker_peak_gib": max(peaks["workers"].values(), default=0) / 2**30,
+            "workers_seen": len(peaks["workers"])}
 
 
 def sha(files: list[Path]) -> str:
@@ -134,7 +160,7 @@ def fit_cost(home: Path, name: str, as_of: str) -> dict:
     folder, p = home / "events" / name, TwinParams()
     files = sorted((folder / "events.parquet").glob("bucket-*.parquet"))
     t0 = time.perf_counter()
-    inputs = [bucket_outlook_inputs((folder, b, when, p)) for b in range(len(files))]
+    inputs = [bucket_outlook_inputs((folder, b, when, p, None)) for b in range(len(files))]
     gather = time.perf_counter() - t0
     t0 = time.perf_counter()
     fit_population(inputs, when, p)
@@ -259,6 +285,7 @@ def main(argv: list[str] | None = None) -> None:
             tag = spec.replace(":", "_")
             for s in ("ingest", "build", "score"):
                 mlflow.log_metrics({f"{tag}/{s}/wall_s": r[s]["wall_s"], f"{tag}/{s}/peak_gib": r[s]["peak_gib"],
+                                    f"{tag}/{s}/largest_gib": r[s]["largest_gib"],
                                     f"{tag}/{s}/worker_peak_gib": r[s]["worker_peak_gib"]})
         mlflow.log_metrics({"fit/fit_s": fit["fit_s"], "fit/summary_bytes": fit["summary_bytes"]})
         mlflow.log_dict({"results": results, "fit": fit, "sample": sample, "fleet": fleet}, "scale_out.json")
@@ -267,14 +294,16 @@ def main(argv: list[str] | None = None) -> None:
     lines = [f"Log `{name}`: {base['lines']:,} lines, {base['rows']:,} accepted events, {base['customers']:,} "
              f"customers, {base['buckets']} buckets ({min(base['bucket_rows']):,}-{max(base['bucket_rows']):,} rows "
              f"each); twins as of {args.as_of}.", "", PROTOCOL, "",
-             "| engine | step | wall | rows/s (customers/s for score) | peak RSS of the command | peak RSS per Ray worker | "
-             "per bucket (wall / buckets) | same output as local |", "|---|---|---|---|---|---|---|---|"]
+             "| engine | step | wall | rows/s (customers/s for score) | peak RSS, all processes summed | largest process | "
+             "peak RSS per Ray worker | per bucket (wall / buckets) | same output as local |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for spec, r in results.items():
         for s, what in (("ingest", "events"), ("build", "twins"), ("score", "scores")):
             rate = r[s].get("rows_rate") or r[s]["customers_rate"]
             worker = f"{r[s]['worker_peak_gib']:.2f} GiB ({r[s]['workers_seen']} processes)" if spec != "local" else "-"
             same = "yes" if r["digests"][what] == results[first]["digests"][what] else "**no**"
-            lines.append(f"| {spec} | {s} | {r[s]['wall_s']:.0f} s | {rate:,.0f} | {r[s]['peak_gib']:.2f} GiB | {worker} | "
+            lines.append(f"| {spec} | {s} | {r[s]['wall_s']:.0f} s | {rate:,.0f} | {r[s]['peak_gib']:.2f} GiB "
+                         f"({r[s]['processes']} processes at most) | {r[s]['largest_gib']:.2f} GiB | {worker} | "
                          f"{r[s]['wall_s'] / r['buckets']:.1f} s | {same if spec != first else '-'} |")
     if "local" in results:
         for spec, r in results.items():

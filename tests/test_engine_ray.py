@@ -45,6 +45,16 @@ def test_map_keeps_item_order_reports_progress_and_names_a_failing_item(ray_engi
         ray_engine.map(math.sqrt, [1, -1, 4])
 
 
+@pytest.mark.ray
+def test_call_runs_one_job_fresh_on_a_worker_that_exits_after_it(ray_engine):
+    here = os.readlink("/proc/self")  # the pid of the process that reads it
+    first, second = ray_engine.call(os.readlink, "/proc/self"), ray_engine.call(os.readlink, "/proc/self")
+    assert len({here, first, second}) == 3
+    assert ray_engine.call(os.readlink, "/proc/self", fresh=False) == here
+    with pytest.raises(ValueError, match=r"math domain error \(while processing -1 on a Ray worker\)"):
+        ray_engine.call(math.sqrt, -1)
+
+
 def _shop(folder: Path) -> Path:
     """A CSV of 60 customers (half of them machine-like, ordering every 7 days) and its source config, 4 buckets."""
     rng = np.random.default_rng(2)

@@ -141,12 +141,13 @@ def build(source: str | Path | SourceConfig, as_of: str | datetime | None = None
             raise ValueError(f"source {cfg.name} has no event times (order only); build its twins with --as-of end")
         check_as_of(when, first, last, f"source {cfg.name}")
     store = TwinStore(paths.store_dir())
-    # each bucket's twins are written beside the snapshots, then merged into one file: never all in memory; the
-    # lock clears the parts a killed build left
+    # each bucket's twins (and outlook inputs) are written beside the snapshots, then merged into one file: never all
+    # in memory, and on a large store each step in a fresh process; the lock clears the parts a killed build left
     staging = store.root / cfg.name / "customer" / "parts"
+    runner = _engine(engine)
     with publish.locked(staging, f"twins build {cfg.name}"), publish.staged_dir(staging) as parts:
-        files = build_store_twins(paths.events_dir(cfg.name), when, p, _engine(engine), parts=parts)
-        snap = store.write_parts(files, cfg.name, "customer", when, params=vars(p))
+        files = build_store_twins(paths.events_dir(cfg.name), when, p, runner, parts=parts)
+        snap = store.write_parts(files, cfg.name, "customer", when, params=vars(p), engine=runner)
     rows = snap.manifest["rows"]
     seconds = time.perf_counter() - t0
     if track:

@@ -1,5 +1,6 @@
 """The Ray engine (``--engine ray``, ``pip install "twins[ray]"``): ``Engine.map`` as Ray tasks, or with ``setup``
-one actor per worker (``ray.util.ActorPool``) holding the state it made once (an ONNX session, say).
+one actor per worker (``ray.util.ActorPool``) holding the state it made once (an ONNX session, say); ``Engine.call``
+``fresh`` as one task on a worker process that exits after it (``max_calls=1``), so its memory goes back.
 
 It joins the cluster at ``RAY_ADDRESS`` when that is set (every node needs twins installed, and the paths the
 items name must be readable there: a shared file system or object store), else starts a local Ray with
@@ -55,6 +56,7 @@ class _Worker:
 
 
 _task = ray.remote(_call)
+_fresh_task = ray.remote(max_calls=1)(_call)  # its worker process exits after one call
 
 
 def _raise(failure: _Failure, item: Any) -> None:
@@ -90,9 +92,10 @@ class RayEngine:
         self.workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
 
     def map(self, fn: Callable[..., R], items: Sequence[T], *, setup: Callable[[], Any] | None = None,
-            on_done: Callable[[int, int], None] | None = None) -> list[R]:
+            on_done: Callable[[int, int], None] | None = None, fresh: bool = False) -> list[R]:
         """``[fn(item) for item in items]`` as Ray tasks (at most ``workers`` at a time), or ``fn(state, item)``
-        on ``workers`` actors that each made ``state = setup()``; results in item order."""
+        on ``workers`` actors that each made ``state = setup()``; results in item order. Never in the driver, so
+        ``fresh`` changes nothing."""
         items = list(items)
         results: list[Any] = [None] * len(items)
         done = 0
@@ -134,3 +137,12 @@ class RayEngine:
                 for actor in actors:
                     ray.kill(actor)
         return results
+
+    def call(self, fn: Callable[[T], R], job: T, *, fresh: bool = True) -> R:
+        """``fn(job)``: one task on a worker that exits after it (``fresh``), else here in the driver."""
+        if not fresh:
+            return fn(job)
+        result = ray.get(_fresh_task.options(num_cpus=1).remote(fn, job))
+        if isinstance(result, _Failure):
+            _raise(result, job)
+        return result

@@ -18,6 +18,9 @@ import polars as pl
 from twins.data.events import bucket_files, scan_events
 
 DAY_US = 86_400 * 1_000_000
+#: rows per row group of a bucket's twins file: the snapshot merge reads slices of it (``twins.twin.store.MERGE_ROWS``
+#: over all buckets at a time), so small groups keep it from decoding rows it does not need yet
+PART_ROW_GROUP = 1_024
 
 
 @dataclass(frozen=True)
@@ -145,19 +148,26 @@ def outlook_inputs(events: pl.LazyFrame, as_of: datetime | None, params: TwinPar
     return inputs(_as_of_filter(events, as_of), as_of, _outlook_params(params))
 
 
-def fit_population(inputs: list[pl.DataFrame | None], as_of: datetime | None, params: TwinParams):
-    """Phase two: the outlook's population-level fit on every bucket's inputs; None when off or when the data
-    cannot support the models (e.g. no repeat buyer: the twins go without outlook columns, with a warning)."""
+def fit_population(inputs: list[pl.DataFrame | Path | None], as_of: datetime | None, params: TwinParams):
+    """Phase two: the outlook's population-level fit on every bucket's inputs (frames, or the Parquet files
+    ``bucket_outlook_inputs`` wrote); None when off or when the data cannot support the models (e.g. no repeat
+    buyer: the twins go without outlook columns, with a warning)."""
     from twins.twin.outlook import fit_population as fit
 
     if not params.outlook_horizon_days or as_of is None:
         return None
     outlook = _outlook_params(params)
+    frames = [pl.read_parquet(f) if isinstance(f, Path) else f for f in inputs if f is not None]
     try:
-        return fit([f for f in inputs if f is not None], as_of, outlook)
+        return fit(frames, as_of, outlook)
     except ValueError as exc:
         warnings.warn(f"twins without a purchase outlook: {exc}", RuntimeWarning, stacklevel=3)
         return None
+
+
+def population_fit(job: tuple[list[pl.DataFrame | Path | None], datetime | None, TwinParams]):
+    """``fit_population(*job)`` (an engine's job)."""
+    return fit_population(*job)
 
 
 def build_customer_twins(events: pl.LazyFrame, as_of: datetime | None = None, params: TwinParams | None = None,
@@ -215,10 +225,15 @@ def read_bucket(events: pl.LazyFrame) -> pl.LazyFrame:
     return events.collect(engine="in-memory").rechunk().lazy()
 
 
-def bucket_outlook_inputs(job: tuple[Path, int, datetime | None, TwinParams]) -> pl.DataFrame | None:
-    """``outlook_inputs`` of bucket ``job[1]`` of the events folder ``job[0]`` (an engine's work item)."""
-    events_dir, bucket, as_of, p = job
-    return outlook_inputs(read_bucket(scan_events(events_dir, bucket=bucket)), as_of, p)
+def bucket_outlook_inputs(job: tuple[Path, int, datetime | None, TwinParams, Path | None]) -> pl.DataFrame | Path | None:
+    """``outlook_inputs`` of bucket ``job[1]`` of the events folder ``job[0]`` (an engine's work item); written to
+    the Parquet file ``job[4]`` (returned) when it is given."""
+    events_dir, bucket, as_of, p, out = job
+    inputs = outlook_inputs(read_bucket(scan_events(events_dir, bucket=bucket)), as_of, p)
+    if out is None or inputs is None:
+        return inputs
+    inputs.write_parquet(out)
+    return out
 
 
 def bucket_twins(job: tuple[Path, int, datetime | None, TwinParams, Any, Path | None]) -> pl.DataFrame | Path:
@@ -229,7 +244,7 @@ def bucket_twins(job: tuple[Path, int, datetime | None, TwinParams, Any, Path | 
     twins = build_customer_twins(events, as_of, p, outlook=fit)
     if out is None:
         return twins
-    twins.write_parquet(out)
+    twins.write_parquet(out, row_group_size=PART_ROW_GROUP)
     return out
 
 
@@ -239,17 +254,21 @@ def build_store_twins(events_dir: str | Path, as_of: datetime | None = None, par
     (``twins.engine``; default the local one): the outlook's inputs per bucket, one population fit, then each
     bucket's twins. Equal, row for row (sorted by id), to the twins of the same events in one bucket. Returns the
     twins, or with ``parts`` (a folder every worker can write to) each bucket's twins as a file there, sorted by id
-    (``TwinStore.write_parts`` merges them), so memory is set by the largest bucket plus the outlook's
-    per-customer inputs."""
-    from twins.engine import get_engine
+    (``TwinStore.write_parts`` merges them), so memory is set by the largest bucket, not the log: the outlook's
+    inputs go to files there too, and on a large store (``twins.engine.worth_a_process``) each step runs in a
+    fresh process, so none holds what the one before it took (the fit's, say)."""
+    from twins.engine import get_engine, worth_a_process
 
     p, engine = params or TwinParams(), engine or get_engine("local")
     events_dir = Path(events_dir)
-    buckets = range(len(bucket_files(events_dir)))
+    files = bucket_files(events_dir)
+    buckets = range(len(files))
+    fresh = parts is not None and worth_a_process(files)
     as_of = last_event(scan_events(events_dir)) if as_of is None else as_of
-    inputs = engine.map(bucket_outlook_inputs, [(events_dir, b, as_of, p) for b in buckets])
-    fit = fit_population(inputs, as_of, p)
+    staged = [None if parts is None else Path(parts) / f"outlook-{b:05d}.parquet" for b in buckets]
+    inputs = engine.map(bucket_outlook_inputs, [(events_dir, b, as_of, p, staged[b]) for b in buckets], fresh=fresh)
+    fit = engine.call(population_fit, (inputs, as_of, p), fresh=fresh)
     del inputs
     out = [None if parts is None else Path(parts) / f"part-{b:05d}.parquet" for b in buckets]
-    done = engine.map(bucket_twins, [(events_dir, b, as_of, p, fit, out[b]) for b in buckets])
+    done = engine.map(bucket_twins, [(events_dir, b, as_of, p, fit, out[b]) for b in buckets], fresh=fresh)
     return done if parts is not None else pl.concat(done, how="vertical_relaxed").sort("customer_id")

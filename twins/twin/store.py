@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+from polars.io.plugins import register_io_source
 
 from twins import publish
+from twins.engine import Engine, get_engine, worth_a_process
 
 
 class TwinNotFound(KeyError):
@@ -113,6 +115,46 @@ def merge_sorted_files(files: list[Path], key: str) -> pl.LazyFrame:
     return frames[0]
 
 
+#: rows the snapshot merge reads, sorts and hands to the writer at a time
+MERGE_ROWS = 65_536
+
+
+def merge_parts(job: tuple[list[Path], str, Path]) -> None:
+    """Write the Parquet ``parts`` (each sorted by ``id_column``, no id in two of them) merged into one file at
+    ``path``, sorted by id (an engine's job). Every part's ids are read and cut at every ``MERGE_ROWS``-th id of
+    them all; each id range (a slice of each part, as each is sorted) is read, sorted and streamed to the writer in
+    turn, so memory holds the ids and one range, not the twins (parts in small row groups are read about once).
+    An id in two parts raises ``ValueError`` before anything is written."""
+    parts, id_column, path = job
+    ids = [pl.read_parquet(part, columns=[id_column])[id_column] for part in parts]
+    every = pl.concat(ids).sort()
+    if every.is_duplicated().any():
+        raise ValueError(f"twins have duplicate {id_column} values; a snapshot needs one row per id")
+    cuts = every.gather_every(MERGE_ROWS)[1:]
+    starts = [[0, *part.search_sorted(cuts, side="left").to_list(), len(part)] for part in ids]
+    del ids, every
+
+    def ranges(with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None,
+               batch_size: int | None) -> Iterator[pl.DataFrame]:
+        for r in range(len(cuts) + 1):
+            pieces = [pl.scan_parquet(part).slice(s[r], s[r + 1] - s[r]) for part, s in zip(parts, starts)
+                      if s[r + 1] > s[r]]
+            if not pieces:  # parts without rows
+                return
+            frame = pl.concat(pieces).collect(engine="in-memory").sort(id_column, maintain_order=True)
+            if predicate is not None:
+                frame = frame.filter(predicate)
+            frame = frame if with_columns is None else frame.select(with_columns)
+            if n_rows is not None:
+                frame, n_rows = frame.head(n_rows), n_rows - min(n_rows, frame.height)
+            yield frame
+            if n_rows == 0:
+                return
+
+    merged = register_io_source(ranges, schema=pl.read_parquet_schema(parts[0]))
+    merged.sink_parquet(path, row_group_size=16_384)
+
+
 class TwinStore:
     """Versioned twin snapshots under ``root`` (see the module docstring for the layout)."""
 
@@ -128,19 +170,17 @@ class TwinStore:
                              twins.height, twins.schema, source, kind, as_of, params, id_column)
 
     def write_parts(self, parts: list[Path], source: str, kind: str = "customer", as_of: datetime | None = None,
-                    params: dict[str, Any] | None = None, id_column: str = "customer_id") -> Snapshot:
+                    params: dict[str, Any] | None = None, id_column: str = "customer_id",
+                    engine: Engine | None = None) -> Snapshot:
         """Store a new snapshot from Parquet ``parts`` of one schema, each sorted by ``id_column`` and holding ids
         no other part holds (one per bucket of the event store): merged into the snapshot's one file by streaming,
-        so memory is set by the merge's buffers, not the twins. The same file layout and order as ``write``."""
+        so memory is set by the merge's buffers, not the twins. The same file layout and order as ``write``. On
+        large parts (``twins.engine.worth_a_process``) the merge runs in a fresh process of ``engine`` (default
+        the local one), so this one never holds its buffers."""
+        engine, fresh = engine or get_engine("local"), worth_a_process(parts)
         rows = sum(pl.scan_parquet(part).select(pl.len()).collect().item() for part in parts)
-
-        def merge(path: Path) -> None:
-            merge_sorted_files(parts, id_column).sink_parquet(path, row_group_size=16_384)
-            ids = pl.scan_parquet(path).select(pl.col(id_column).n_unique())
-            if ids.collect(engine="streaming").item() != rows:
-                raise ValueError(f"twins have duplicate {id_column} values; a snapshot needs one row per id")
-
-        return self._publish(merge, rows, pl.read_parquet_schema(parts[0]), source, kind, as_of, params, id_column)
+        return self._publish(lambda path: engine.call(merge_parts, (list(parts), id_column, path), fresh=fresh),
+                             rows, pl.read_parquet_schema(parts[0]), source, kind, as_of, params, id_column)
 
     def _publish(self, write: Callable[[Path], None], rows: int, schema: pl.Schema, source: str, kind: str,
                  as_of: datetime | None, params: dict[str, Any] | None, id_column: str) -> Snapshot:
