@@ -39,6 +39,7 @@ from twins.training import autocast_enabled, pick_device, progress
 
 DAY_US = 86_400 * 1_000_000
 MAX_WAIT_WEEKS = 260  # the waiting-time quantiles are looked for within 5 years
+PREDICT_ROWS = 16_384  # rows scored at once by predict (each holds [rows, 261] float64 waiting-time curves)
 
 
 class OutlookNet(nn.Module):
@@ -170,37 +171,98 @@ def day_table(days: pl.DataFrame | pl.LazyFrame, cutoff: datetime) -> tuple[list
     return ids.to_list(), code, age, df["spend"].to_numpy().astype(np.float64)
 
 
+def _blocks(oldest: np.ndarray, horizon_weeks: int, max_windows: int, min_history_weeks: int,
+            sub_horizons: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    """(weeks moved k, window h, rows) of each block of training windows, in ``training_windows``' order;
+    ``oldest``: the age of each customer code's oldest purchase day (0 without one)."""
+    blocks, by_age = [], np.sort(oldest)
+    for k in range(1, max_windows + 1):
+        shift = 7.0 * k
+        if by_age[-1] - shift < 7.0 * min_history_weeks:
+            break
+        seen = len(by_age) - int(np.searchsorted(by_age, shift, "right"))  # customers with a day before the moved cut-off
+        longest = min(horizon_weeks, k)
+        blocks += [(k, h, seen) for h in sorted({longest, *(v for v in sub_horizons if v < longest)})]
+    return blocks
+
+
+def _oldest(code: np.ndarray, age: np.ndarray) -> np.ndarray:
+    """The age of each customer code's oldest purchase day (0 for a code without one)."""
+    oldest = np.zeros(int(code.max()) + 1)
+    np.maximum.at(oldest, code, age)
+    return oldest
+
+
+def count_windows(code: np.ndarray, age: np.ndarray, horizon_weeks: int, max_windows: int = 52,
+                  min_history_weeks: int = 4, sub_horizons: tuple[int, ...] = (4, 13)) -> int:
+    """How many rows ``training_windows`` has (before any sampling), from the customers' oldest days alone."""
+    before = age > 0
+    if not before.any():
+        return 0
+    oldest = _oldest(code[before], age[before])
+    return sum(n for *_, n in _blocks(oldest, horizon_weeks, max_windows, min_history_weeks, tuple(sub_horizons)))
+
+
+def _ranges(start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+    """The concatenated index ranges ``start[i]:stop[i]``."""
+    n = stop - start
+    return np.repeat(start - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
+
+
 def training_windows(code: np.ndarray, age: np.ndarray, spend: np.ndarray, horizon_weeks: int,
-                     max_windows: int = 52, min_history_weeks: int = 4, sub_horizons: tuple[int, ...] = (4, 13)) -> Windows:
+                     max_windows: int = 52, min_history_weeks: int = 4, sub_horizons: tuple[int, ...] = (4, 13),
+                     max_rows: int | None = None, seed: int = 0) -> Windows:
     """Move the cut-off back 1, 2, ... weeks (at most ``max_windows``, keeping ``min_history_weeks`` of data
     before it); each customer seen before a moved cut-off gives a row: features then, and the purchase days and
     spend in the following min(horizon, weeks moved) weeks; and a row for each shorter window in
     ``sub_horizons`` (they teach the time curve and the latest spend level). Only purchase days before the real
-    cut-off (age > 0) are used."""
+    cut-off (age > 0) are used. Rows come by weeks moved, then window, then customer code.
+
+    With more rows than ``max_rows``, a seeded uniform sample of that many, in the same order
+    (``np.random.default_rng(seed).choice(rows, max_rows, replace=False)``, sorted), built without the others: the
+    layout is counted from each customer's oldest day, and each moved cut-off's features are computed for the
+    sampled customers only, so memory is linear in the sample plus the purchase days."""
     before = age > 0
     code, age, spend = code[before], age[before], spend[before]
     if not len(age):
         raise ValueError("no purchase day before the cut-off: nothing to train the outlook on")
-    rows: list[Windows] = []
-    n_codes = int(code.max()) + 1
-    for k in range(1, max_windows + 1):
-        shift = 7.0 * k
-        if age.max() - shift < 7.0 * min_history_weeks:
-            break
-        hist = age > shift
-        seen = np.unique(code[hist])
-        index = np.full(n_codes, -1)
-        index[seen] = np.arange(len(seen))
-        x = features(index[code[hist]], age[hist] - shift, spend[hist], len(seen))
-        longest = min(horizon_weeks, k)
-        for h in sorted({longest, *(v for v in sub_horizons if v < longest)}):
-            future = ~hist & (age > shift - 7.0 * h) & (index[code] >= 0)
-            count = np.bincount(index[code[future]], None, len(seen))
-            total = np.bincount(index[code[future]], spend[future], len(seen))
-            rows.append(Windows(x, count, total, np.full(len(seen), float(h)), seen, np.full(len(seen), float(k))))
-    if not rows:
+    blocks = _blocks(_oldest(code, age), horizon_weeks, max_windows, min_history_weeks, tuple(sub_horizons))
+    if not blocks:
         raise ValueError(f"fewer than {min_history_weeks + 1} weeks of purchase days before the cut-off: "
                          "no window to train the outlook on")
+    offsets = np.cumsum([0] + [n for *_, n in blocks])
+    keep = None
+    if max_rows is not None and offsets[-1] > max_rows:
+        keep = np.sort(np.random.default_rng(seed).choice(int(offsets[-1]), int(max_rows), replace=False))
+    order = np.argsort(code, kind="stable")  # each customer's days together, in their given order
+    code, age, spend = code[order], age[order], spend[order]
+    oldest = _oldest(code, age)
+    bounds = np.searchsorted(code, np.arange(len(oldest) + 1))
+    rows: list[Windows] = []
+    for k in sorted({k for k, *_ in blocks}):
+        shift = 7.0 * k
+        seen = np.flatnonzero(oldest > shift).astype(code.dtype)
+        picked = {}
+        for b, (kb, h, _) in enumerate(blocks):
+            if kb == k:
+                lo, hi = offsets[b], offsets[b + 1]
+                picked[h] = (np.arange(hi - lo) if keep is None
+                             else keep[np.searchsorted(keep, lo):np.searchsorted(keep, hi)] - lo)
+        need = seen if keep is None else np.unique(seen[np.concatenate(list(picked.values()))])
+        if not len(need):
+            continue
+        days = _ranges(bounds[need], bounds[need + 1])
+        row = np.repeat(np.arange(len(need)), bounds[need + 1] - bounds[need])
+        a, s = age[days], spend[days]
+        hist = a > shift
+        x = features(row[hist], a[hist] - shift, s[hist], len(need))
+        for h, pos in picked.items():
+            future = ~hist & (a > shift - 7.0 * h)
+            count = np.bincount(row[future], None, len(need))
+            total = np.bincount(row[future], s[future], len(need))
+            at = np.searchsorted(need, seen[pos])
+            rows.append(Windows(x[at], count[at], total[at], np.full(len(pos), float(h)), seen[pos],
+                                np.full(len(pos), float(k))))
     return Windows(*(np.concatenate([getattr(w, f) for w in rows]) for f in ("x", "count", "spend", "h", "customer", "weeks_back")))
 
 
@@ -214,7 +276,8 @@ class NeuralOutlook(BaseEstimator):
     rate and spend per day week by week, and its mean over recent weeks is a feature, so the network learns the
     deseasonalised level and the horizon's calendar extrapolates it; ``calendar_["status"]`` says whether it was
     fitted. ``predict(x, horizon_weeks, cal, spend_cal)`` takes ``inputs_at``'s arrays. ``max_rows``: train on a
-    seeded sample of that many training windows when there are more (for speed on large logs). ``precision``:
+    seeded sample of that many training windows when there are more (``training_windows``: only the sample is
+    built, so time and memory follow ``max_rows`` and the purchase days, not the customers x weeks). ``precision``:
     ``"fp32"`` (the likelihood needs it; the network is small), or ``"bf16"`` autocast of the network's steps
     (``twins.training.autocast_enabled``; the likelihood still runs in fp32)."""
 
@@ -255,10 +318,8 @@ class NeuralOutlook(BaseEstimator):
         if len(bad):
             raise ValueError(f"{len(bad)} purchase days have a non-finite age or spend (first at row {bad[0]}); drop or fix them")
         check_horizon_weeks(horizon_weeks)
-        w = training_windows(code, age, spend, int(horizon_weeks), self.max_windows, sub_horizons=tuple(self.sub_horizons))
-        if self.max_rows is not None and len(w.count) > self.max_rows:  # a seeded sample of the windows, for speed
-            keep = np.sort(np.random.default_rng(self.seed).choice(len(w.count), int(self.max_rows), replace=False))
-            w = Windows(*(getattr(w, f)[keep] for f in ("x", "count", "spend", "h", "customer", "weeks_back")))
+        w = training_windows(code, age, spend, int(horizon_weeks), self.max_windows, sub_horizons=tuple(self.sub_horizons),
+                             max_rows=self.max_rows, seed=self.seed)
         device = pick_device(self.device)
         self.calendar_ = self._fit_calendar(code, age, spend, cutoff_day)
         calendar = Calendar(self.calendar_)
@@ -399,12 +460,15 @@ class NeuralOutlook(BaseEstimator):
         multipliers after the cut-off (``inputs_at``; default flat)."""
         check_horizon_weeks(round(horizon_weeks))
         scorer = OutlookScorer(self.members_, self.spend_factor_)
-        ones = np.ones((len(x), CAL_WEEKS))
-        cal, spend_cal = (torch.as_tensor(np.asarray(ones if v is None else v, np.float64)) for v in (cal, spend_cal))
-        with torch.no_grad():
-            out = scorer(torch.as_tensor(np.asarray(x, np.float64)), torch.full((len(x),), float(horizon_weeks), dtype=torch.float64),
-                         cal, spend_cal)
-        return {name: v.numpy() for name, v in zip(NET_OUTPUTS, out)}
+        parts = []
+        for s in range(0, max(len(x), 1), PREDICT_ROWS):
+            part = slice(s, s + PREDICT_ROWS)
+            ones = np.ones((len(x[part]), CAL_WEEKS))
+            c, sc = (torch.as_tensor(np.asarray(ones if v is None else v[part], np.float64)) for v in (cal, spend_cal))
+            with torch.no_grad():
+                parts.append(scorer(torch.as_tensor(np.asarray(x[part], np.float64)),
+                                    torch.full((len(c),), float(horizon_weeks), dtype=torch.float64), c, sc))
+        return {name: np.concatenate([p[i].numpy() for p in parts]) for i, name in enumerate(NET_OUTPUTS)}
 
 
 def _quantile_weeks(survival: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

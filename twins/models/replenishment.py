@@ -9,12 +9,15 @@ by then is a censored target (``T = nan``, ``censored = True``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from twins.data.events import bucket_files
 from twins.runtime.replenishment_features import FEATURES, History, features
 from twins.twin.machine import machine_events, machine_series
 
@@ -138,28 +141,50 @@ def samples(hist: dict[str, History], machines: list[str], cutoffs: list[float],
     an order after it counts as unseen, and the row is censored at ``until``); cut-offs at or after ``until``
     give no rows. ``cache``: features by (machine, cut-off), shared by calls on the same histories (a machine's
     features at a cut-off read only what came before it, whatever ``until`` is)."""
+    return pair_samples(hist, [m for m in machines for _ in cutoffs], [c for _ in machines for c in cutoffs], horizon,
+                        until, cache)
+
+
+def pair_samples(hist: dict[str, History], machines: list[str], cutoffs: list[float], horizon: float,
+                 until: float | None = None, cache: dict | None = None) -> Samples:
+    """``samples`` of the (machine, cut-off) pairs ``zip(machines, cutoffs)``, in that order."""
     rows, ids, cuts, targets, bounds = [], [], [], [], []
-    for m in machines:
+    for m, c in zip(machines, cutoffs):
         h = hist[m]
-        for c in cutoffs:
-            watch = horizon if until is None else min(horizon, until - c)
-            if watch <= 0:
-                continue
-            if cache is None:
-                x = features(h, c)
-            elif (m, c) in cache:
-                x = cache[(m, c)]
-            else:
-                x = cache[(m, c)] = features(h, c)
-            if x is not None:
-                rows.append(x)
-                ids.append(m)
-                cuts.append(c)
-                targets.append(next_order(h, c, watch))
-                bounds.append(watch)
+        watch = horizon if until is None else min(horizon, until - c)
+        if watch <= 0:
+            continue
+        if cache is None:
+            x = features(h, c)
+        elif (m, c) in cache:
+            x = cache[(m, c)]
+        else:
+            x = cache[(m, c)] = features(h, c)
+        if x is not None:
+            rows.append(x)
+            ids.append(m)
+            cuts.append(c)
+            targets.append(next_order(h, c, watch))
+            bounds.append(watch)
     T, Q, cens = (np.array(v) for v in zip(*targets)) if targets else (np.empty(0),) * 3
     return Samples(np.asarray(ids), np.asarray(cuts), np.asarray(rows).reshape(-1, len(FEATURES)), T, Q,
                    np.asarray(cens, bool), np.asarray(bounds, float))
+
+
+def sample_pairs(n_machines: int, n_cutoffs: int, max_rows: int | None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(machine index, cut-off index) of every pair of ``n_machines`` x ``n_cutoffs``, or of a seeded uniform sample
+    of ``max_rows`` of them without replacement (when there are more), by machine then cut-off."""
+    total = n_machines * n_cutoffs
+    pick = (np.arange(total) if max_rows is None or total <= max_rows
+            else np.sort(np.random.default_rng(seed).choice(total, int(max_rows), replace=False)))
+    return np.divmod(pick, n_cutoffs)
+
+
+def bucket_histories(events_dir: str | Path, skipped: dict[str, int] | None = None) -> Iterator[dict[str, History]]:
+    """``histories`` of each bucket of an event store in turn, so that memory holds one bucket's machines: a
+    machine's events all sit in its customer's bucket, and its series are told per customer."""
+    for path in bucket_files(events_dir):
+        yield histories(pl.scan_parquet(path), skipped=skipped)
 
 
 # --- naive baselines: (time to next order, quantity) from a history at a cut-off ----------------------------------

@@ -31,6 +31,7 @@ class OutlookParams:
     interval: float = 0.8         # central probability of the time-to-next-purchase interval
     model: str = "bgnbd"          # bgnbd | neural
     neural_members: int = 3       # networks averaged by the neural outlook
+    neural_max_rows: int | None = 1_000_000  # training windows the neural outlook samples (None: all)
 
 
 MODELS = ("bgnbd", "neural")
@@ -168,7 +169,7 @@ def _neural_outlook(days: pl.DataFrame, customers: pl.DataFrame, as_of: datetime
 
     ids, code, age, spend = day_table(days, as_of)
     weeks = horizon_weeks(p.horizon_days)
-    model = NeuralOutlook(n_members=p.neural_members).fit(code, age, spend, weeks)
+    model = NeuralOutlook(n_members=p.neural_members, max_rows=p.neural_max_rows).fit(code, age, spend, weeks)
     rows = customers["customer_id"].cast(pl.Enum(ids)).to_physical().to_numpy()
     out = model.predict(features_at(code, age, spend, rows), weeks)
     return _columns(customers, out, as_of, 7.0, 7.0 * weeks)
