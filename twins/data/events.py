@@ -80,14 +80,28 @@ def events_digest(events_dir: str | Path) -> str:
 
 def by_customer_and_time(events: pl.DataFrame) -> pl.DataFrame:
     """``events`` sorted by customer, then time (nulls last), ties in their order: the same rows as polars'
-    ``sort(..., maintain_order=True)``, 2-3x faster (distinct ids ranked once, a stable numpy lexsort on two integer
-    keys, one gather of contiguous columns)."""
+    ``sort(..., maintain_order=True)``, several times faster (distinct ids ranked once, one stable sort of an
+    integer key, one gather of contiguous columns)."""
     events = events.rechunk()
     ids = events.select(pl.col("customer_id").unique().sort(nulls_last=True)).with_row_index("_rank")
     rank = events.select("customer_id").join(ids, on="customer_id", how="left", nulls_equal=True,
                                              maintain_order="left")["_rank"].to_numpy()
-    times = events["event_time"].dt.epoch("us").fill_null(np.iinfo(np.int64).max).to_numpy()
-    return events[pl.Series(np.lexsort((times, rank)))]
+    times = events["event_time"].dt.epoch("us")
+    return events[pl.Series(_stable_order(rank, times, ids.height))]
+
+
+def _stable_order(rank: np.ndarray, times: pl.Series, ranks: int) -> np.ndarray:
+    """The stable order of rows by (``rank``, ``times`` with nulls last): one sort of ``rank << b | time offset``
+    (null times take the largest offset) where that fits 63 bits (eight years in microseconds beside 32,768
+    customers, say); else numpy's lexsort of both keys."""
+    lo, hi = times.min(), times.max()
+    span = 1 if lo is None else hi - lo + 2  # offsets 0 .. hi - lo, and hi - lo + 1 for a null time
+    bits = int(span - 1).bit_length()
+    if bits + int(max(ranks - 1, 0)).bit_length() > 63:
+        return np.lexsort((times.fill_null(np.iinfo(np.int64).max).to_numpy(), rank))
+    offset = (times - (lo or 0)).fill_null(span - 1).cast(pl.UInt64).to_numpy()
+    key = (rank.astype(np.uint64) << np.uint64(bits)) | offset
+    return pl.DataFrame({"key": key}).with_row_index().sort("key", maintain_order=True)["index"].to_numpy()
 
 
 class BucketWriter:

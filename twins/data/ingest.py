@@ -617,7 +617,7 @@ class FileParts:
 
     def __call__(self, batch: pl.DataFrame) -> None:
         ok = batch[QUARANTINE_REASON].is_null()
-        self._accepted(batch.filter(ok).select(self.columns))
+        self._accepted(batch.select(self.columns).filter(ok))  # the columns first: the raw ones are not copied
         bad = batch.filter(~ok)
         if bad.height:
             table = self._rejected(bad).to_arrow()
@@ -630,9 +630,14 @@ class FileParts:
                            *[pl.col(c).cast(pl.String).alias(c.removeprefix("raw:")) for c in self.raw])
 
     def _accepted(self, events: pl.DataFrame) -> None:
-        keyed = events.rechunk().with_columns((bucket_of(events["customer_id"], self.n) if self.n > 1
-                                               else pl.lit(0, pl.UInt32)).alias(_BUCKET))
-        for (bucket,), part in keyed.partition_by(_BUCKET, as_dict=True, include_key=False).items():
+        if events.is_empty():
+            return
+        if self.n == 1:
+            parts = {0: events}
+        else:
+            keyed = events.with_columns(bucket_of(events["customer_id"], self.n).alias(_BUCKET))
+            parts = {b: part for (b,), part in keyed.partition_by(_BUCKET, as_dict=True, include_key=False).items()}
+        for bucket, part in parts.items():
             table = part.to_arrow(compat_level=pl.CompatLevel.newest())
             if bucket not in self.writers:
                 (self.events / f"{_BUCKET}={bucket}").mkdir(parents=True)
