@@ -233,7 +233,8 @@ def machines(source: str | Path | SourceConfig, as_of: str | datetime | None = N
       (``twins.twin.behaviour``) and, with a ``detector`` file (``save_detector``), ``machine_score`` = P(machine).
 
     A log without machine orders (people, or actors unknown) gets the behaviour twins only, with a warning. Built
-    bucket by bucket through ``engine`` (``twins.twin.machine.build_store_machines``).
+    bucket by bucket through ``engine`` (``twins.twin.machine.build_store_machines``): each bucket's twins are
+    written as parts beside the snapshots and merged into them by streaming, never all in memory.
     """
     from twins.models.machine_detector import load_detector
     from twins.sim.store import observed_as_of
@@ -252,24 +253,26 @@ def machines(source: str | Path | SourceConfig, as_of: str | datetime | None = N
     offers = folder / "offers.parquet"
     if detector is not None:
         load_detector(detector)  # a bad file fails here, before any bucket
-    behaviour, machine = build_store_machines(folder, when, min_orders, detector, _engine(engine))
-    if machine.height and machine["unusable_readings"].sum():
-        warnings.warn(f"{name}: {machine['unusable_readings'].sum():,} stock readings left out (negative or not a "
-                      "number); see unusable_readings in the machine twins", stacklevel=2)
-    if machine.is_empty() and behaviour.is_empty():
-        raise ValueError(f"{folder / 'events.parquet'}: before {when:%Y-%m-%d} no machine orders (actor 'machine') and "
-                         f"no customer with {min_orders} or more orders; nothing to build (lower --min-orders?)")
     store = TwinStore(paths.store_dir())
-    snaps = {}
-    if machine.is_empty():  # a log of people (or of unknown actors): behaviour twins say which ones act like machines
-        warnings.warn(f"{name}: no machine orders (actor 'machine') before {when:%Y-%m-%d}: no machine twins, "
-                      "behaviour twins only", stacklevel=2)
-    else:
-        machine = machine.with_columns(pl.concat_str("customer_id", pl.lit("/"), "item_id").alias("twin_id"))
-        snaps["machine"] = store.write(machine, name, "machine", when, params={"offers": offers.exists()},
-                                       id_column="twin_id")
-    snaps["behaviour"] = store.write(behaviour, name, "behaviour", when, params={
-        "min_orders": min_orders, "detector": None if detector is None else str(detector)})
+    staging = store.root / name / "machine" / "parts"  # the lock clears the parts a killed run left
+    with publish.locked(staging, f"twins machines {name}"), publish.staged_dir(staging) as parts:
+        behaviour, machine = build_store_machines(folder, when, min_orders, detector, _engine(engine), parts=parts)
+        if not machine and not behaviour:
+            raise ValueError(f"{folder / 'events.parquet'}: before {when:%Y-%m-%d} no machine orders (actor 'machine') "
+                             f"and no customer with {min_orders} or more orders; nothing to build (lower --min-orders?)")
+        snaps = {}
+        if not machine:  # a log of people (or of unknown actors): behaviour twins say which ones act like machines
+            warnings.warn(f"{name}: no machine orders (actor 'machine') before {when:%Y-%m-%d}: no machine twins, "
+                          "behaviour twins only", stacklevel=2)
+        else:
+            unusable = pl.scan_parquet(machine).select(pl.col("unusable_readings").sum()).collect().item()
+            if unusable:
+                warnings.warn(f"{name}: {unusable:,} stock readings left out (negative or not a number); see "
+                              "unusable_readings in the machine twins", stacklevel=2)
+            snaps["machine"] = store.write_parts(machine, name, "machine", when, params={"offers": offers.exists()},
+                                                 id_column="twin_id")
+        snaps["behaviour"] = store.write_parts(behaviour, name, "behaviour", when, params={
+            "min_orders": min_orders, "detector": None if detector is None else str(detector)})
     return snaps
 
 

@@ -125,7 +125,11 @@ def delay_cost_bounds(chosen_price: np.ndarray, chosen_days: np.ndarray, alt_pri
 
 
 def _split(frame: pl.DataFrame, keys: list[str]) -> dict[tuple, pl.DataFrame]:
-    return frame.partition_by(keys, as_dict=True, maintain_order=True) if frame.height else {}
+    """``frame``'s rows by ``keys`` in order of first appearance (``partition_by(as_dict=True)``, which runs a query
+    per group to name it)."""
+    if not frame.height:
+        return {}
+    return dict(zip(frame.select(keys).unique(maintain_order=True).rows(), frame.partition_by(keys, maintain_order=True)))
 
 
 def orders_state(t: np.ndarray, q: np.ndarray, promised: float, p: MachineTwinParams) -> dict[str, float]:
@@ -149,13 +153,14 @@ def telemetry_state(state: dict[str, float], t: np.ndarray, q: np.ndarray, tele:
     usage counter (else from stock), reorder point and S from the inventory position at each order, stock now
     from the last reading."""
     state = dict(state)
-    use, stk = tele.filter(pl.col("text") == "usage"), tele.filter(pl.col("text") == "stock")
-    ts, sv = _days(stk["event_time"], as_of_us), stk["quantity"].to_numpy()
+    text, us, value = tele["text"].to_numpy(), tele["event_time"].cast(pl.Int64).to_numpy(), tele["quantity"].to_numpy()
+    use, stk = text == "usage", text == "stock"  # numpy masks: a polars filter per series costs a query each
+    ts, sv = _days(us[stk], as_of_us), value[stk]
     lags = arrival_lags(t, q, ts, sv) if len(ts) else np.empty(0)
     lead = float(np.median(lags)) if len(lags) else state["lead_time"]
     rate, se = state["rate"], state["rate_se"]
-    if use.height >= 2:
-        rate, se = usage_rate(_days(use["event_time"], as_of_us), use["quantity"].to_numpy(), p.block_days)
+    if use.sum() >= 2:
+        rate, se = usage_rate(_days(us[use], as_of_us), value[use], p.block_days)
     elif len(ts) >= 2:
         rate = stock_rate(ts, sv, np.floor(t), q, lead)
     state.update(source="telemetry", rate=rate, rate_se=se, lead_time=lead)
@@ -280,11 +285,13 @@ def build_machine_twins(events: pl.LazyFrame | pl.DataFrame, as_of: datetime, pa
     tele_by = _split(tele, ["customer_id", "item_id"])
     choices = _offer_choices(orders, offers) if offers is not None and "supplier" in names else {}
 
+    quoted = ({(c, i): m for c, i, m in orders.group_by("customer_id", "item_id").agg(pl.col("promised_days").median()).iter_rows()}
+              if "promised_days" in names else {})  # the median quoted lead time of each series
     rows = []
     for key, g in _split(orders, ["customer_id", "item_id"]).items():
         t, q = _days(g["event_time"], as_of_us), g["quantity"].to_numpy()
-        promised = g["promised_days"].drop_nulls().median() if "promised_days" in g.columns else None
-        state = orders_state(t, q, np.nan if promised is None else float(promised), p)
+        lead = quoted.get(key)
+        state = orders_state(t, q, np.nan if lead is None else float(lead), p)
         if key in tele_by:
             state = telemetry_state(state, t, q, tele_by[key], as_of_us, p)
         rate, se, stock, sd = state.pop("rate"), state.pop("rate_se"), state.pop("stock"), state.pop("stock_sd")
@@ -344,14 +351,15 @@ def fleet_state(detector: str | Path | None, offers: str | Path | None) -> tuple
             None if offers is None else pl.read_parquet(offers))
 
 
-def bucket_machines(state: tuple[Any, pl.DataFrame | None],
-                    job: tuple[Path, int, datetime, int, pl.DataFrame]) -> tuple[pl.DataFrame, pl.DataFrame]:
+def bucket_machines(state: tuple[Any, pl.DataFrame | None], job: tuple[Path, int, datetime, int, pl.DataFrame, Path | None]
+                    ) -> tuple[pl.DataFrame, pl.DataFrame] | tuple[Path | None, Path | None]:
     """(behaviour twins, machine twins) of the customers of one bucket: behaviour features with the log's item
-    medians, P(machine) from the detector, the machine series and their twins."""
+    medians, P(machine) from the detector, the machine series and their twins. With a parts folder ``job[5]``
+    they are written there instead (``bucket_parts``) and their files returned."""
     from twins.twin.behaviour import behaviour_features
 
     detector, offers = state
-    events_dir, bucket, as_of, min_orders, medians = job
+    events_dir, bucket, as_of, min_orders, medians, parts = job
     past = _bucket_inputs(events_dir, bucket, as_of)
     behaviour = behaviour_features(past, min_orders, medians=medians)
     scores = None
@@ -359,16 +367,38 @@ def bucket_machines(state: tuple[Any, pl.DataFrame | None],
         behaviour = behaviour.with_columns(pl.Series("machine_score", detector.predict_proba(behaviour)[:, 1]
                                                      if behaviour.height else [], pl.Float64))
         scores = behaviour.select("customer_id", "machine_score")
-    return behaviour, build_machine_twins(past, as_of, offers=offers, series=machine_series(past, scores))
+    machine = build_machine_twins(past, as_of, offers=offers, series=machine_series(past, scores))
+    return (behaviour, machine) if parts is None else bucket_parts(behaviour, machine, parts, bucket)
+
+
+def bucket_parts(behaviour: pl.DataFrame, machine: pl.DataFrame, parts: Path, bucket: int) -> tuple[Path | None, Path | None]:
+    """One bucket's twins as snapshot parts (``TwinStore.write_parts``) in ``parts``: ``behaviour-NNNNN.parquet``
+    sorted by ``customer_id`` and ``machine-NNNNN.parquet`` with ``twin_id`` (``<customer_id>/<item_id>``) sorted by
+    it; None for a kind the bucket has no twin of."""
+    files: list[Path | None] = []
+    for kind, twins, key in (("behaviour", behaviour, "customer_id"), ("machine", machine, "twin_id")):
+        if twins.is_empty():
+            files.append(None)
+            continue
+        if kind == "machine":
+            twins = twins.with_columns(pl.concat_str("customer_id", pl.lit("/"), "item_id").alias("twin_id"))
+        file = parts / f"{kind}-{bucket:05d}.parquet"
+        twins.sort(key).write_parquet(file)
+        files.append(file)
+    return files[0], files[1]
 
 
 def build_store_machines(events_dir: str | Path, as_of: datetime, min_orders: int = 3,
-                         detector: str | Path | None = None, engine=None) -> tuple[pl.DataFrame, pl.DataFrame]:
+                         detector: str | Path | None = None, engine=None, parts: Path | None = None
+                         ) -> tuple[pl.DataFrame, pl.DataFrame] | tuple[list[Path], list[Path]]:
     """(behaviour twins sorted by customer, machine twins sorted by customer and item) of a partitioned events
-    folder, from the events before ``as_of``, bucket by bucket through ``engine`` (default: local): each bucket's
-    price counts, the log's item medians (``deal_share``'s one population-level input), then each bucket's twins.
-    The offer feed ``offers.parquet`` beside the events, if any, gives the delay-cost bounds. Equal to the twins of
-    the same events in one bucket."""
+    folder, from the events before ``as_of``, bucket by bucket through ``engine`` (default: local), in two phases
+    like the customer build: each bucket's price counts, combined into the log's item medians (``deal_share``'s one
+    population-level input, a row per item), then each bucket's twins. The offer feed ``offers.parquet`` beside
+    the events, if any, gives the delay-cost bounds. Equal to the twins of the same events in one bucket. With
+    ``parts`` (a folder every worker can write to) each bucket's twins are written there instead
+    (``bucket_parts``) and the (behaviour, machine) part files returned, buckets without such twins left out, so
+    no process holds more than a bucket's twins (``TwinStore.write_parts`` merges them into snapshots)."""
     from functools import partial
 
     from twins.engine import get_engine
@@ -378,9 +408,11 @@ def build_store_machines(events_dir: str | Path, as_of: datetime, min_orders: in
     buckets = range(len(bucket_files(events_dir)))
     medians = item_medians(engine.map(bucket_price_counts, [(events_dir, b, as_of, min_orders) for b in buckets]))
     offers = events_dir / "offers.parquet"
-    parts = engine.map(bucket_machines, [(events_dir, b, as_of, min_orders, medians) for b in buckets],
-                       setup=partial(fleet_state, detector, offers if offers.exists() else None))
-    behaviour = pl.concat([b for b, _ in parts], how="vertical_relaxed").sort("customer_id")
-    machines = [m for _, m in parts if m.height]
+    done = engine.map(bucket_machines, [(events_dir, b, as_of, min_orders, medians, parts) for b in buckets],
+                      setup=partial(fleet_state, detector, offers if offers.exists() else None))
+    if parts is not None:
+        return [b for b, _ in done if b is not None], [m for _, m in done if m is not None]
+    behaviour = pl.concat([b for b, _ in done], how="vertical_relaxed").sort("customer_id")
+    machines = [m for _, m in done if m.height]
     machine = pl.concat(machines, how="vertical_relaxed").sort("customer_id", "item_id") if machines else pl.DataFrame()
     return behaviour, machine
