@@ -375,6 +375,8 @@ def bucket_parts(behaviour: pl.DataFrame, machine: pl.DataFrame, parts: Path, bu
     """One bucket's twins as snapshot parts (``TwinStore.write_parts``) in ``parts``: ``behaviour-NNNNN.parquet``
     sorted by ``customer_id`` and ``machine-NNNNN.parquet`` with ``twin_id`` (``<customer_id>/<item_id>``) sorted by
     it; None for a kind the bucket has no twin of."""
+    from twins.twin.customer import PART_ROW_GROUP
+
     files: list[Path | None] = []
     for kind, twins, key in (("behaviour", behaviour, "customer_id"), ("machine", machine, "twin_id")):
         if twins.is_empty():
@@ -383,7 +385,7 @@ def bucket_parts(behaviour: pl.DataFrame, machine: pl.DataFrame, parts: Path, bu
         if kind == "machine":
             twins = twins.with_columns(pl.concat_str("customer_id", pl.lit("/"), "item_id").alias("twin_id"))
         file = parts / f"{kind}-{bucket:05d}.parquet"
-        twins.sort(key).write_parquet(file)
+        twins.sort(key).write_parquet(file, row_group_size=PART_ROW_GROUP)  # small groups: the merge reads ranges
         files.append(file)
     return files[0], files[1]
 
