@@ -18,7 +18,7 @@ from twins.models.replenishment import (
     samples,
     tsb,
 )
-from twins.models.replenishment_torch import ReplenishmentForecaster, interval_scale, pinball
+from twins.models.replenishment_torch import ReplenishmentForecaster, exact_period_rows, interval_scale, pinball
 from twins.runtime.replenishment_features import active_days, day_reached, seasonal_rates, weekday_clock
 
 H = History(t=np.array([0.0, 10, 30, 40]), q=np.array([5.0, 10, 20, 10]), promised=np.full(4, np.nan))
@@ -166,8 +166,37 @@ def test_exact_periods_are_answered_by_their_period_only_when_asked(one_thread):
     np.testing.assert_allclose(clock["time"][w], rows.T[w], atol=1e-5)  # the next 6 am order, 7 days on
     np.testing.assert_allclose(clock["time_high"][w] - clock["time"][w], 1 / 24, atol=1e-5)
     np.testing.assert_array_equal(clock["time"][~w], net["time"][~w])  # gaps that differ: the net answers
+    np.testing.assert_array_equal(exact_period_rows(rows.X), w)
+    wide = model.scale_intervals(time=3.0).interval_blend(1.0).predict(rows.X)  # the clock's hour stays
+    np.testing.assert_array_equal(wide["time_high"][w], clock["time_high"][w])
+    model.scale_intervals().interval_blend(0.0)
     np.testing.assert_array_equal(clock["quantity"], net["quantity"])
     np.testing.assert_array_equal(model.exact_periods(False).predict(rows.X)["time"], net["time"])
+
+
+def test_interval_blend_follows_each_series_own_gap_spread(one_thread):
+    # gaps alternating 6 and 8 days: their standard deviation is about 1 day; gaps of 5, 9: about 2 days
+    hist = {f"m{i}": History(np.cumsum(np.tile([7.0 - w, 7.0 + w], 15)), np.full(30, 4.0), np.full(30, np.nan))
+            for i, w in enumerate((1.0, 2.0))}
+    rows = samples(hist, list(hist), [60.0, 90.0, 121.0], 60.0)
+    model = ReplenishmentForecaster(epochs=2, hidden=8, device="cpu").fit(rows.X, rows.T, rows.Q, rows.censored, 60.0)
+    net = model.predict(rows.X)
+    own = model.interval_blend(1.0).predict(rows.X)  # the interval is the median +- the series' gap spread, in days
+    sigma = np.array([np.diff(hist[m].t[hist[m].t < c]).std() for m, c in zip(rows.machine, rows.cutoff)])
+    assert np.all(np.abs(sigma - np.where(rows.machine == "m0", 1.0, 2.0)) < 0.03)  # an odd count of gaps: a bit under
+    np.testing.assert_allclose(own["time"], net["time"])
+    np.testing.assert_allclose(own["time_high"] - own["time"], sigma, rtol=1e-4)
+    np.testing.assert_allclose(own["time"] - own["time_low"], np.minimum(sigma, own["time"]), rtol=1e-4, atol=1e-5)
+    half = model.interval_blend(0.5).predict(rows.X)  # the geometric mean of the net's log-space gaps and the series'
+    with torch.no_grad():
+        logs = {b: model.interval_blend(b).net_.log_quantiles(torch.as_tensor(rows.X, dtype=torch.float32))[0].numpy()
+                for b in (0.0, 0.5, 1.0)}
+    up = {b: logs[b][:, 2] - logs[b][:, 1] for b in logs}  # (this barely trained net's medians are below 0 days)
+    np.testing.assert_allclose(up[0.5], np.sqrt(up[0.0] * up[1.0]), rtol=1e-4)
+    np.testing.assert_array_equal(model.interval_blend(0.0).predict(rows.X)["time_high"], net["time_high"])
+    np.testing.assert_array_equal(half["quantity_high"], net["quantity_high"])
+    with pytest.raises(ValueError, match="blend"):
+        model.interval_blend(1.5)
 
 
 def test_clock_days_and_the_day_a_need_is_reached_match_counting_by_hand():

@@ -39,7 +39,7 @@ def fitted(tmp_path_factory):
     start = market.config.start.timestamp() / DAY_S
     rows = samples(hist, train, [start + d for d in range(40, 151, 10)], HORIZON)
     model = ReplenishmentForecaster(hidden=16, epochs=3, members=2, device="cpu").fit(rows.X, rows.T, rows.Q, rows.censored, HORIZON)
-    model.scale_intervals(time=1.3, quantity=0.9).exact_periods()  # both travel in the graph (parity below)
+    model.scale_intervals(time=1.3, quantity=0.9).exact_periods().interval_blend(0.5)  # all travel in the graph
     path = export_replenishment(model, tmp_path_factory.mktemp("repl") / "bundle")
     return market, events, hist, test, model, path
 

@@ -8,7 +8,11 @@ pinball loss against that bound (the truth is at least there). Standardisation l
 (the net takes raw features). ``members`` nets with their own seeds are averaged in log space
 (``ReplenishmentEnsemble``); each member's quantiles are ordered, so their average is too. The intervals may be
 calibrated after fitting (``interval_scale``, ``ReplenishmentForecaster.scale_intervals``): each net holds a factor
-on its log-space gaps down and up (1: as trained), so the exported graph carries it. Likewise, after fitting, a
+on its log-space gaps down and up (1: as trained), so the exported graph carries it. Before that factor, the time
+interval's gaps may be made to follow each series' own dispersion (``ReplenishmentForecaster.interval_blend``: a
+normalised, locally adaptive conformal score): the gaps become the geometric blend, with weight ``blend``, of the
+net's gaps and the series' own gap spread (the standard deviation of its past gaps, at least an hour) carried
+into log space around the net's median; 0 is the net's alone. Likewise, after fitting, a
 machine whose orders have come at one exact period (``EXACT_MIN_ORDERS`` or more, every gap the same to
 ``EXACT_GAP_CV``) may be answered by its period (``exact_periods``: the next order one period after the last, the
 interval an hour either side) instead of the net, whose smooth answer misses such a clock by about half a day.
@@ -52,19 +56,36 @@ class ReplenishmentNet(nn.Module):
                                                      dtype=torch.float32))
         self.register_buffer("spread", torch.ones(2))  # factor on the interval gaps of time, of quantity
         self.register_buffer("periods", torch.zeros(()))  # 1: exactly periodic machines answered by their period
+        self.register_buffer("blend", torch.zeros(()))  # weight of the series' own gap spread in the time interval
         self.body = nn.Sequential(nn.Linear(n_features, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU())
         self.time = nn.Linear(hidden, 3)
         self.quantity = nn.Linear(hidden, 3)
 
     @staticmethod
-    def _quantiles(raw: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
+    def _quantiles(raw: torch.Tensor, spread: torch.Tensor, gaps: tuple[torch.Tensor, torch.Tensor] | None = None
+                   ) -> torch.Tensor:
+        """Median and the gaps down and up (the net's softplus gaps, or ``gaps``) times ``spread``."""
         mid = raw[:, 1]
-        return torch.stack([mid - spread * nn.functional.softplus(raw[:, 0]), mid,
-                            mid + spread * nn.functional.softplus(raw[:, 2])], 1)
+        down, up = gaps or (nn.functional.softplus(raw[:, 0]), nn.functional.softplus(raw[:, 2]))
+        return torch.stack([mid - spread * down, mid, mid + spread * up], 1)
+
+    def _time_gaps(self, x: torch.Tensor, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The time interval's log-space gaps down and up: the net's, blended geometrically (weight ``blend``) with
+        the series' own: its gap spread (std of its past gaps in days, at least an hour) either side of the answer in
+        days, in log1p space."""
+        net = (nn.functional.softplus(raw[:, 0]), nn.functional.softplus(raw[:, 2]))
+        sigma = (x[:, FEATURES.index("gap_cv")] * x[:, FEATURES.index("mean_gap")]).clamp_min(HOUR)
+        mid = raw[:, 1].detach()
+        days = torch.expm1(mid.clamp_max(MAX_LOG1P_DAYS)).clamp_min(0.0)  # the answer in days: [days -+ sigma] in log1p
+        own = (mid - torch.log1p((days - sigma).clamp_min(0.0)), torch.log1p(days + sigma) - mid)
+        return tuple(torch.where(self.blend > 0, torch.exp((1 - self.blend) * torch.log(n.clamp_min(1e-9))
+                                                           + self.blend * torch.log(o.clamp_min(1e-9))), n)
+                     for n, o in zip(net, own))
 
     def log_quantiles(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.body((torch.maximum(torch.minimum(x, self.high), self.low) - self.mean) / self.std)
-        t = self._quantiles(self.time(h), self.spread[0])
+        raw = self.time(h)
+        t = self._quantiles(raw, self.spread[0], self._time_gaps(x, raw))
         f = {name: x[:, FEATURES.index(name)] for name in ("log_orders", "gap_cv", "period_left")}
         exact = (self.periods > 0) & (f["log_orders"] >= np.log1p(EXACT_MIN_ORDERS)) & (f["gap_cv"] <= EXACT_GAP_CV)
         left = f["period_left"].clamp(0.0, MAX_DAYS)
@@ -184,6 +205,17 @@ class ReplenishmentForecaster(BaseEstimator):
             net.spread.copy_(torch.tensor([time, quantity]))
         return self
 
+    def interval_blend(self, blend: float = 0.0) -> Self:
+        """Weight in [0, 1] of each series' own gap spread in the time interval's gaps (module docstring) in every
+        net; 0: the net's gaps as trained. Set it before ``interval_scale`` calibrates the factor."""
+        if not hasattr(self, "net_"):
+            raise RuntimeError("ReplenishmentForecaster is not fitted; call fit first")
+        if not 0.0 <= blend <= 1.0:
+            raise ValueError(f"blend must be within [0, 1], got {blend!r}")
+        for net in getattr(self.net_, "nets", [self.net_]):
+            net.blend.fill_(float(blend))
+        return self
+
     def exact_periods(self, on: bool = True) -> Self:
         """Answer machines with an exact period by it (module docstring) in every net, or not (as trained)."""
         if not hasattr(self, "net_"):
@@ -199,6 +231,15 @@ class ReplenishmentForecaster(BaseEstimator):
         with torch.no_grad():
             out = self.net_(torch.as_tensor(X, dtype=torch.float32, device=self.device_))
         return {name: v.double().cpu().numpy() for name, v in zip(OUTPUTS, out)}
+
+
+def exact_period_rows(X: np.ndarray) -> np.ndarray:
+    """The rows ``ReplenishmentForecaster.exact_periods`` answers by their period when on (as the net decides, in
+    float32): ``EXACT_MIN_ORDERS`` orders or more, gap CV at most ``EXACT_GAP_CV``. Their interval is the clock's
+    hour either side, untouched by ``scale_intervals`` and ``interval_blend``: calibrate on the other rows."""
+    x = np.asarray(X, dtype=np.float32)
+    return ((x[:, FEATURES.index("log_orders")] >= np.float32(np.log1p(EXACT_MIN_ORDERS)))
+            & (x[:, FEATURES.index("gap_cv")] <= np.float32(EXACT_GAP_CV)))
 
 
 def interval_scale(out: dict[str, np.ndarray], T: np.ndarray, censored: np.ndarray, horizon: float,
