@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from twins import publish
 from twins.data import duplicates, readers
-from twins.data.events import BUCKET_FORMAT, EVENTS, bucket_files, bucket_of, by_customer_and_time
+from twins.data.events import BUCKET_FORMAT, EVENTS, bucket_of, by_customer_and_time
 from twins.data.schema import CANONICAL, EVENT_TYPES, FILE_COLUMN, QUARANTINE_REASON, READER_REASON, ROW_COLUMN
 from twins.data.source import AttributeTable, FileSpec, Ids, SourceConfig
 from twins.engine import Engine, get_engine
@@ -658,15 +658,17 @@ class FileParts:
 def sort_bucket(task: BucketTask) -> dict[str, int]:
     """Pass 3: one bucket's parts sorted by customer and time into its file (ties in input order: the parts are read
     in file order, each in row order), with ``basket_seq``; returns its counts (rows, guest rows, returns,
-    customers)."""
+    customers, customer ids written as floats) and the first of those ids (for ``_float_id_hint``)."""
     files = sorted(Path(task.parts).glob(f"*/{_BUCKET}={task.bucket}/*.arrow"))
     events = by_customer_and_time(pl.read_ipc(files)) if files else pl.DataFrame(schema=task.schema)
     events = basket_seq(events.lazy().with_columns(pl.lit(None, pl.String).alias(QUARANTINE_REASON)), task.cfg)
     events = events.select(*task.schema).collect()
     events.write_parquet(task.target, compression="lz4")
-    customers = events["customer_id"]
-    return {"rows": events.height, "guests": customers.null_count(), "returns": (events["event_type"] == "return").sum(),
-            "customers": customers.drop_nulls().n_unique()}
+    ids = events["customer_id"].drop_nulls().unique()
+    floats = ids.filter(ids.str.contains(_FLOAT_ID))
+    return {"rows": events.height, "guests": events["customer_id"].null_count(),
+            "returns": (events["event_type"] == "return").sum(), "customers": ids.len(), "float_ids": floats.len(),
+            "float_id": floats.min()}
 
 
 def _events_schema(tasks: list[FileTask]) -> dict[str, pl.DataType]:
@@ -723,7 +725,7 @@ def _write(cfg: SourceConfig, tmp: Path, out_dir: Path, not_after: datetime | No
         guest_rows=sum(s["guests"] for s in stats), returns=sum(s["returns"] for s in stats),
         customers=sum(s["customers"] for s in stats), events_path=str(out_dir / EVENTS),
         quarantine_path=str(out_dir / "quarantine.parquet"), seconds=time.perf_counter() - t0,
-        per_file_rows=per_file, hints=_hints(quarantine, cfg), buckets=n)
+        per_file_rows=per_file, hints=_decimal_comma_hint(quarantine, cfg) + _float_id_hint(stats, cfg), buckets=n)
     if report.rows_in != report.accepted + report.quarantined_total:
         raise ReconciliationError(f"{cfg.name}: rows in {report.rows_in} != accepted {report.accepted} + "
                                   f"quarantined {report.quarantined_total}; output not written")
@@ -731,21 +733,15 @@ def _write(cfg: SourceConfig, tmp: Path, out_dir: Path, not_after: datetime | No
     return report
 
 
-def _hints(quarantine_path: Path, cfg: SourceConfig) -> list[str]:
-    """Config fixes the output points at (the quarantine and the events written beside it)."""
-    return _decimal_comma_hint(quarantine_path, cfg) + _float_id_hint(quarantine_path.with_name(EVENTS), cfg)
-
-
-def _float_id_hint(events_path: Path, cfg: SourceConfig) -> list[str]:
+def _float_id_hint(stats: list[dict], cfg: SourceConfig) -> list[str]:
     """Customer ids that read like floats ('17850.0', as a spreadsheet or pandas writes an integer id), when
-    ``ids.normalize_float`` is off: `twins twin show 17850` would not find them."""
-    if cfg.ids.normalize_float:
+    ``ids.normalize_float`` is off: `twins twin show 17850` would not find them. ``stats``: ``sort_bucket``'s counts
+    (a customer lies in one bucket, so they add up)."""
+    found = sum(s["float_ids"] for s in stats)
+    if cfg.ids.normalize_float or not found:
         return []
-    ids = pl.scan_parquet(bucket_files(events_path.parent)).select(pl.col("customer_id").unique()).filter(pl.col("customer_id").str.contains(_FLOAT_ID))
-    found = ids.select(pl.len(), pl.col("customer_id").sort().first()).collect().row(0)
-    if not found[0]:
-        return []
-    return [f"{found[0]:,} customer id(s) are written as floats (e.g. {found[1]!r}); if they are whole numbers, set "
+    first = min(s["float_id"] for s in stats if s["float_id"] is not None)
+    return [f"{found:,} customer id(s) are written as floats (e.g. {first!r}); if they are whole numbers, set "
             "`ids: {normalize_float: true}` in the source config"]
 
 
