@@ -134,10 +134,13 @@ def chain(source: Path, name: str, home: Path, bundle: Path, as_of: str, engine:
     """ingest -> build -> score in ``home`` on one engine; each step's figures and the outputs' digests."""
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
-    out = {"ingest": step(["ingest", str(source), "--no-track"], home, log, engine, workers)}
-    out["build"] = step(["build", str(source), "--as-of", as_of, "--no-track"], home, log, engine, workers)
-    out["score"] = step(["score", str(bundle), "--source", name, "--out", str(home / "scores.parquet"),
-                         "--allow-future"], home, log, engine, workers)
+    steps = {"ingest": ["ingest", str(source), "--no-track"],
+             "build": ["build", str(source), "--as-of", as_of, "--no-track"],
+             "score": ["score", str(bundle), "--source", name, "--out", str(home / "scores.parquet"), "--allow-future"]}
+    out = {}
+    for s, args in steps.items():
+        out[s] = step(args, home, log, engine, workers)
+        print(engine, workers or "", s, json.dumps(out[s]), flush=True)
     events = sorted((home / "events" / name / "events.parquet").glob("bucket-*.parquet"))
     snapshot = next((home / "store" / name / "customer").glob("*/v*/twins.parquet"))  # twins.paths.store_dir
     report = json.loads((home / "events" / name / "report.json").read_text())
