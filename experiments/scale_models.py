@@ -192,10 +192,12 @@ def outlook_step(log: Path) -> dict[str, Any]:
         out["bundle_bytes"] = sum(f.stat().st_size for f in path.iterdir())
         bundle = load(path, threads=1)
         started = time.perf_counter()
-        x, cal, spend_cal = calendar_inputs(Calendar(model.calendar_), x, 0.0)
-        got = np.concatenate([bundle.run({"x": x[s:s + CHUNK].astype(np.float64), "h": np.full(len(x[s:s + CHUNK]), float(HORIZON_WEEKS)),
-                                          "cal": cal[s:s + CHUNK], "spend_cal": spend_cal[s:s + CHUNK]})["expected_purchases"]
-                              for s in range(0, len(x), CHUNK)])
+        got = []
+        for s in range(0, len(x), CHUNK):  # by chunks: the weekly multipliers are [rows, CAL_WEEKS] float64 each
+            part, cal, spend_cal = calendar_inputs(Calendar(model.calendar_), x[s:s + CHUNK], 0.0)
+            got.append(bundle.run({"x": part.astype(np.float64), "h": np.full(len(part), float(HORIZON_WEEKS)),
+                                   "cal": cal, "spend_cal": spend_cal})["expected_purchases"])
+        got = np.concatenate(got)
         out["graph_s"] = time.perf_counter() - started
         out["graph_gap"] = _gap(got, want["expected_purchases"])
         as_of = cutoff.replace(tzinfo=timezone.utc) if cutoff.tzinfo is None else cutoff
