@@ -96,29 +96,7 @@ class RepeatExploreNet(nn.Module):
 
     def forward(self, baskets: torch.Tensor, items: torch.Tensor, context: torch.Tensor,
                 target_popularity: torch.Tensor | None = None, popularity_row: torch.Tensor | None = None) -> torch.Tensor:
-        b, t, width = baskets.shape
-        n = self.n_items
-        known = (baskets < n).to(context.dtype)  # [B, T, L]
-        present = known.amax(-1)  # [B, T]: basket has a known item
-        n_baskets = present.sum(1, keepdim=True).clamp(min=1.0)
-        age = torch.arange(t, device=baskets.device, dtype=context.dtype)
-        flat = baskets.reshape(b, t * width)
-
-        def spread(weight: torch.Tensor) -> torch.Tensor:  # [B, T] per-basket weight -> [B, n] sum over the items
-            entries = weight.unsqueeze(-1).expand(b, t, width).reshape(b, t * width)
-            return context.new_zeros(b, n + 1).scatter_add(1, flat, entries)[:, :n]
-
-        # the repeat features at the user's own items only (padding reads item n - 1; its output is dropped)
-        own = items.clamp(max=n - 1)
-
-        def at(values: torch.Tensor) -> torch.Tensor:  # [B, n] -> [B, U] the values at the user's items
-            return values.gather(1, own)
-
-        decayed = [at(spread(present * d ** age / (present * d ** age).sum(1, keepdim=True).clamp(min=1e-9)))
-                   for d in self.decays]
-        count = at(spread(present))
-        recent = at(spread(present * 0.5 ** age))
-        size = known.sum((1, 2)).unsqueeze(1) / n_baskets
+        b, n = baskets.shape[0], self.n_items
         tpop_rows = torch.log1p(self.target_popularity[None] if target_popularity is None else target_popularity) / 5.0
         if popularity_row is not None:
             row = popularity_row
@@ -126,28 +104,96 @@ class RepeatExploreNet(nn.Module):
             row = items.new_zeros(b) if target_popularity is None else torch.arange(b, device=items.device)
         tpop = tpop_rows[row]  # [B, n]
         pop_row = self.log_popularity / 10.0
-        pop = pop_row.expand(b, n)
         neighbours, neighbour_targets = context[:, :n] * 10.0, context[:, n:] * 10.0
-        capped = n_baskets.clamp(max=self.max_baskets)  # counts beyond any training history read as the longest one
-        m = items.shape[1]
-        features = torch.stack([*decayed, recent, count / n_baskets, torch.log1p(count.clamp(max=self.max_baskets)),
-                                at(pop), at(tpop), torch.log(capped).expand(b, m) / 3.0,
-                                torch.log(size.clamp(min=1.0)).expand(b, m) / 3.0, at(neighbours),
-                                at(neighbour_targets)], -1)  # [B, U, F]
+        own = items.clamp(max=n - 1)  # the padding reads item n - 1; its output is dropped
+        own_repeat, user = self._own_and_user(baskets, baskets, n, [v.gather(1, own) for v in (
+            pop_row.expand(b, n), tpop, neighbours, neighbour_targets)], context.dtype, own)
         silent = torch.zeros_like(tpop_rows)  # no neighbour signal: the prior depends on the item and row alone
         base = self.prior(torch.stack([pop_row.expand_as(tpop_rows), tpop_rows, silent, silent], -1)).squeeze(-1)
         at_b, at_i = ((neighbours != 0) | (neighbour_targets != 0)).nonzero(as_tuple=True)
         signal = self.prior(torch.stack([pop_row[at_i], tpop[at_b, at_i], neighbours[at_b, at_i],
                                          neighbour_targets[at_b, at_i]], -1)).squeeze(-1)
         prior = base[row].index_put((at_b, at_i), signal)
-        repeat = context.new_zeros(b, n + 1).scatter(1, items, self.repeat(features).squeeze(-1).to(context.dtype))[:, :n]
+        repeat = context.new_zeros(b, n + 1).scatter(1, items, own_repeat.to(context.dtype))[:, :n]
+        return repeat + prior + user @ self.embed_out.weight.T + self.bias
+
+    def candidate_scores(self, positions: torch.Tensor, items: torch.Tensor, own_signal: torch.Tensor,
+                         others: torch.Tensor, other_signal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward``'s scores (fitted target popularity) at the candidates ``[items | others]`` only ``[B, U + S]``,
+        and the user embedding ``u`` ``[B, dim]``. ``positions`` int64 ``[B, T, L]``: ``forward``'s ``baskets``
+        with each item replaced by its position in ``items`` (padded with ``U``), so that no step of the graph is as
+        wide as the catalogue (``twins.runtime.next_basket_features.encode_positions``); ``others`` int64 ``[B, S]``:
+        further items, none of the user's
+        (padded with ``n_items``; a padded candidate's score is meaningless); ``own_signal`` ``[B, U, 2]`` and
+        ``other_signal`` ``[B, S, 2]`` float32: the neighbour context (mean vector, neighbours' targets) at
+        ``items`` and ``others``. The prior MLP runs at every candidate: at a zero signal it is ``forward``'s
+        signal-free prior. So an item outside the candidates, not the user's and without a signal, scores
+        ``prior(item, 0, 0) + bias + <u, out[item]>``, at most that with ``|u| |out[item]|`` for the product (the
+        runtime's bound, ``twins.runtime.next_basket_candidates``)."""
+        n = self.n_items
+        index = torch.cat([items, others], 1).clamp(max=n - 1)  # [B, C]
+        signal = torch.cat([own_signal, other_signal], 1) * 10.0
+        pop = self.log_popularity[index] / 10.0  # elementwise after the gather: forward's values, at C items not n
+        tpop = torch.log1p(self.target_popularity[index]) / 5.0
+        neighbours, neighbour_targets = signal[..., 0], signal[..., 1]
+        b, u = items.shape
+        baskets = torch.cat([items, items.new_full((b, 1), n)], 1).gather(1, positions.reshape(b, -1)).view_as(positions)
+        own_repeat, user = self._own_and_user(baskets, positions, u, [v[:, :u] for v in (
+            pop, tpop, neighbours, neighbour_targets)], signal.dtype)
+        prior = self.prior(torch.stack([pop, tpop, neighbours, neighbour_targets], -1)).squeeze(-1)
+        repeat = torch.cat([own_repeat.to(signal.dtype), signal.new_zeros(others.shape)], 1)
+        dots = torch.bmm(self.embed_out(index), user.unsqueeze(-1)).squeeze(-1)
+        return repeat + prior + dots + self.bias[index], user
+
+    def _own_and_user(self, baskets: torch.Tensor, columns: torch.Tensor, n_columns: int, at_items: list[torch.Tensor],
+                      dtype: torch.dtype, own: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The repeat MLP's scores at the user's items ``[B, U]`` and the user embedding ``u`` ``[B, dim]``.
+        ``columns``: where each basket entry is summed, ``0 .. n_columns - 1`` (``n_columns``: padding), read at
+        ``own`` ``[B, U]`` (``None``: the columns are the user's items); ``at_items``: popularity, target popularity
+        and the two neighbour signals at the user's items (scaled)."""
+        b, t, width = baskets.shape
+        known = (baskets < self.n_items).to(dtype)  # [B, T, L]
+        present = known.amax(-1)  # [B, T]: basket has a known item
+        n_baskets = present.sum(1, keepdim=True).clamp(min=1.0)
+        age = torch.arange(t, device=baskets.device, dtype=dtype)
+        flat = columns.reshape(b, t * width)
+
+        def at(weight: torch.Tensor) -> torch.Tensor:  # [B, T] per-basket weight -> [B, U] its sum at the user's items
+            entries = weight.unsqueeze(-1).expand(b, t, width).reshape(b, t * width)
+            summed = weight.new_zeros(b, n_columns + 1).scatter_add(1, flat, entries)[:, :n_columns]
+            return summed if own is None else summed.gather(1, own)
+
+        decayed = [at(present * d ** age / (present * d ** age).sum(1, keepdim=True).clamp(min=1e-9)) for d in self.decays]
+        count = at(present)
+        recent = at(present * 0.5 ** age)
+        size = known.sum((1, 2)).unsqueeze(1) / n_baskets
+        capped = n_baskets.clamp(max=self.max_baskets)  # counts beyond any training history read as the longest one
+        pop, tpop, neighbours, neighbour_targets = at_items
+        m = pop.shape[1]
+        features = torch.stack([*decayed, recent, count / n_baskets, torch.log1p(count.clamp(max=self.max_baskets)),
+                                pop, tpop, torch.log(capped).expand(b, m) / 3.0,
+                                torch.log(size.clamp(min=1.0)).expand(b, m) / 3.0, neighbours,
+                                neighbour_targets], -1)  # [B, U, F]
         weight = present * 0.8 ** age
         user = (self.embed_in(baskets).sum(2) * weight.unsqueeze(-1)).sum(1) / weight.sum(1, keepdim=True).clamp(min=1e-9)
-        return repeat + prior + user @ self.embed_out.weight.T + self.bias
+        return self.repeat(features).squeeze(-1), user
+
+
+class CandidateScores(nn.Module):
+    """The exported graph: ``RepeatExploreNet.candidate_scores`` -> ``(scores, user)``."""
+
+    def __init__(self, net: RepeatExploreNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, positions: torch.Tensor, items: torch.Tensor, own_signal: torch.Tensor, others: torch.Tensor,
+                other_signal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net.candidate_scores(positions, items, own_signal, others, other_signal)
 
 
 class TopK(nn.Module):
-    """The exported graph: ``RepeatExploreNet`` scores -> the top ``k`` (scores, item indices)."""
+    """``RepeatExploreNet`` scores -> the top ``k`` (scores, item indices): every item scored, the graph bundles held
+    before ``CandidateScores`` (``experiments.bench_nbr_runtime`` checks and times the runtime against it)."""
 
     def __init__(self, net: RepeatExploreNet, k: int) -> None:
         super().__init__()
