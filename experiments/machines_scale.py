@@ -4,6 +4,7 @@
     python -m experiments.machines_scale --machines 100000 --home /work/big/scratch_C/m100k
     python -m experiments.machines_scale --machines 100000 --home ... --steps machines   # rebuild on the same fleet
     python -m experiments.machines_scale --machines 1000000 --home ... --steps bucket      # phase 1, then bucket 0 alone
+    python -m experiments.machines_scale --machines 1000000 --home ... --plan 15000000     # a cluster plan from them
 
 Protocol. The market is ``configs/sim/market.yaml`` with ``days=365 horizon_days=0 telemetry.every_days=7`` (the
 weekly runs of BENCHMARKS "Market simulator throughput") and ``name=fleet``, written into ``--home``'s event store
@@ -16,6 +17,11 @@ of ``build_store_machines`` on their own in one child process (the same tree sam
 price counts, timed per bucket, and their combine into the item medians, with the counts' size: what the driver
 gathers), then phase 2 on bucket ``--bucket`` alone, its twins written as parts; for a fleet too large to build whole
 in the time at hand, its cost is then phase 1 + buckets x a bucket + the snapshot merges.
+
+``--plan N`` prints a cluster plan for N machines from ``--home``'s measurements (markdown): buckets the size of the
+measured one, phase 1 and phase 2 at their measured seconds per bucket on one core each, and the one process that
+does not split by bucket (combine, snapshot merges, start) at the whole command's wall time less its buckets' work,
+scaled with N (when the whole command was measured there).
 """
 
 from __future__ import annotations
@@ -113,6 +119,33 @@ def pl_rows(file: Path) -> int:
     return pl.scan_parquet(file).select(pl.len()).collect().item()
 
 
+def plan(home: Path, n: int, workers: tuple[int, ...] = (8, 32, 128)) -> str:
+    """The cluster plan for ``n`` machines from ``home``'s ``bucket`` (and ``machines``) measurements."""
+    import math
+
+    b = json.loads((home / "machines_scale-bucket.json").read_text())
+    whole = home / "machines_scale-machines.json"
+    phase1 = sum(b["counts_s"]) / len(b["counts_s"])  # seconds a bucket
+    per_bucket = b["machines"] / len(b["bucket_rows"])  # machines a bucket
+    buckets = math.ceil(n / per_bucket)
+    tail = None
+    if whole.exists():  # the whole command less its buckets' work: start, combine, merges (one process)
+        w = json.loads(whole.read_text())
+        tail = max(w["wall_s"] - len(b["bucket_rows"]) * (phase1 + b["bucket_s"]), 0.0) * n / b["machines"]
+    core_h = buckets * (phase1 + b["bucket_s"]) / 3600
+    lines = [f"| workers (1 core each) | buckets | phase 1 + phase 2 | one process (start, combine, merges) | total | "
+             "memory per worker |", "|---|---|---|---|---|---|"]
+    for k in workers:
+        rounds = math.ceil(buckets / k)
+        work = rounds * (phase1 + b["bucket_s"]) / 3600
+        one = "-" if tail is None else f"{tail / 3600:.2f} h"
+        total = work + (tail or 0.0) / 3600
+        lines.append(f"| {k} | {buckets:,} ({rounds} a worker) | {work:.2f} h | {one} | {total:.2f} h | "
+                     f"{b['peak_tree_gib']:.2f} GiB |")
+    return "\n".join([*lines, "", f"Core-hours of the buckets' work: {core_h:.1f} ({phase1:.1f} s + {b['bucket_s']:.1f} s a "
+                       f"bucket of {per_bucket:,.0f} machines, {b['bucket_rows'][b['bucket']]:,} rows)."])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--machines", type=int, required=True)
@@ -120,7 +153,11 @@ def main() -> None:
     ap.add_argument("--steps", nargs="+", default=["sim", "machines"], choices=["sim", "machines", "bucket"])
     ap.add_argument("--bucket", type=int, default=0, help="the bucket --steps bucket builds")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # the measured process of --steps bucket
+    ap.add_argument("--plan", type=int, help="print a cluster plan for this many machines from --home's results")
     args = ap.parse_args()
+    if args.plan:
+        print(plan(args.home, args.plan))
+        return
     if args.child:
         parts = args.home / "bucket_parts"
         parts.mkdir(exist_ok=True)
