@@ -133,8 +133,9 @@ def plan(home: Path, n: int, workers: tuple[int, ...] = (8, 32, 128)) -> str:
         w = json.loads(whole.read_text())
         tail = max(w["wall_s"] - len(b["bucket_rows"]) * (phase1 + b["bucket_s"]), 0.0) * n / b["machines"]
     core_h = buckets * (phase1 + b["bucket_s"]) / 3600
-    lines = [f"| workers (1 core each) | buckets | phase 1 + phase 2 | one process (start, combine, merges) | total | "
-             "memory per worker |", "|---|---|---|---|---|---|"]
+    header = ("| workers (1 core each) | buckets | phase 1 + phase 2 | one process (start, combine, merges) | total | "
+              "memory per worker |")
+    lines = [header, "|---|---|---|---|---|---|"]
     for k in workers:
         rounds = math.ceil(buckets / k)
         work = rounds * (phase1 + b["bucket_s"]) / 3600
@@ -142,8 +143,9 @@ def plan(home: Path, n: int, workers: tuple[int, ...] = (8, 32, 128)) -> str:
         total = work + (tail or 0.0) / 3600
         lines.append(f"| {k} | {buckets:,} ({rounds} a worker) | {work:.2f} h | {one} | {total:.2f} h | "
                      f"{b['peak_tree_gib']:.2f} GiB |")
-    return "\n".join([*lines, "", f"Core-hours of the buckets' work: {core_h:.1f} ({phase1:.1f} s + {b['bucket_s']:.1f} s a "
-                       f"bucket of {per_bucket:,.0f} machines, {b['bucket_rows'][b['bucket']]:,} rows)."])
+    cost = (f"Core-hours of the buckets' work: {core_h:.1f} ({phase1:.1f} s + {b['bucket_s']:.1f} s a bucket of "
+            f"{per_bucket:,.0f} machines, {b['bucket_rows'][b['bucket']]:,} rows).")
+    return "\n".join([*lines, "", cost])
 
 
 def main() -> None:
