@@ -256,7 +256,8 @@ def machines(source: str | Path | SourceConfig, as_of: str | datetime | None = N
     store = TwinStore(paths.store_dir())
     staging = store.root / name / "machine" / "parts"  # the lock clears the parts a killed run left
     with publish.locked(staging, f"twins machines {name}"), publish.staged_dir(staging) as parts:
-        behaviour, machine = build_store_machines(folder, when, min_orders, detector, _engine(engine), parts=parts)
+        runner = _engine(engine)
+        behaviour, machine = build_store_machines(folder, when, min_orders, detector, runner, parts=parts)
         if not machine and not behaviour:
             raise ValueError(f"{folder / 'events.parquet'}: before {when:%Y-%m-%d} no machine orders (actor 'machine') "
                              f"and no customer with {min_orders} or more orders; nothing to build (lower --min-orders?)")
@@ -270,9 +271,9 @@ def machines(source: str | Path | SourceConfig, as_of: str | datetime | None = N
                 warnings.warn(f"{name}: {unusable:,} stock readings left out (negative or not a number); see "
                               "unusable_readings in the machine twins", stacklevel=2)
             snaps["machine"] = store.write_parts(machine, name, "machine", when, params={"offers": offers.exists()},
-                                                 id_column="twin_id")
+                                                 id_column="twin_id", engine=runner)
         snaps["behaviour"] = store.write_parts(behaviour, name, "behaviour", when, params={
-            "min_orders": min_orders, "detector": None if detector is None else str(detector)})
+            "min_orders": min_orders, "detector": None if detector is None else str(detector)}, engine=runner)
     return snaps
 
 
