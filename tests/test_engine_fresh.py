@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import operator
 import os
-from pathlib import Path
 
 import pytest
 import polars as pl
