@@ -33,6 +33,11 @@ EXPLORE_FILE = "explore.npz"
 PREFIX = 256
 
 
+def _example(n_items: int) -> list[list[list[int]]]:
+    """Two histories of item indices to trace the graph with (any vocabulary of one item or more)."""
+    return [[[i % n_items for i in basket] for basket in history] for history in ([[0, 1], [2]], [[3], [1, 4], [5]])]
+
+
 def export_nbr_net(estimator: NeuralNextBasket, out_dir: str | Path, *, k: int = 100, name: str = "nbr-net",
                    version: str = "1", metrics: Mapping[str, float] | None = None, run_id: str | None = None,
                    overwrite: bool = False, provenance: Mapping[str, Any] | None = None) -> Path:
@@ -76,7 +81,7 @@ def export_nbr_net(estimator: NeuralNextBasket, out_dir: str | Path, *, k: int =
         npz, explore = Path(tmp) / NEIGHBOURS_FILE, Path(tmp) / EXPLORE_FILE
         index.save(npz)
         np.savez(explore, static=static, norms=norms, rho=np.array(rho), signal=signal)
-        path = export_bundle(graph, inputs([[[0, 1], [2]], [[3], [1, 4], [5]]]), out_dir, manifest,
+        path = export_bundle(graph, inputs(_example(n)), out_dir, manifest,
                              input_names=list(CANDIDATE_INPUTS), output_names=["scores", "user"],
                              dynamic_axes={"positions": {0: "batch", 1: "baskets", 2: "width"},
                                            "items": {0: "batch", 1: "distinct"}, "own_signal": {0: "batch", 1: "distinct"},

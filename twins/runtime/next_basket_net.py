@@ -55,6 +55,20 @@ class NeighbourNextBasketBundle(Bundle):
                               f"{len(self.bound.order)} in {files['explore']}, the vocabulary {n}; the files come "
                               "from different exports. Re-export the bundle")
         self._index = {item: i for i, item in enumerate(self.vocabulary)}
+        self._check_item_slots()
+
+    def _check_item_slots(self) -> None:
+        """The graph reads item ``n - 1``'s row for any index past it (the padding ``n`` included): so candidate
+        ``n`` must score as ``n - 1`` and ``n - 2`` not, or the vocabulary and the graph come from different exports
+        (a wider graph scores ``n`` as an item of its own, a narrower one ``n - 2`` as its last item)."""
+        n = len(self.vocabulary)
+        feeds, _ = candidate_inputs([[[0]]], [np.zeros((2, n), np.float32)], [np.zeros(0, np.int64)],
+                                    [np.zeros(0, np.int64)], n, self.max_baskets)
+        probe = feeds | {"others": np.array([[max(n - 2, 0), n - 1, n]]), "other_signal": np.zeros((1, 3, 2), np.float32)}
+        scores = self.run(probe)["scores"][0, -3:] if self.accepts(probe) else None
+        if scores is None or scores[2] != scores[1] or (n >= 2 and scores[0] == scores[1]):
+            raise BundleError(f"{self.manifest_path}: the vocabulary's {n} items do not match the graph's item rows in "
+                              "model.onnx; the manifest and the model come from different exports. Re-export the bundle")
 
     def _encode(self, history: list[list[str]]) -> list[list[int]]:
         if isinstance(history, str) or any(isinstance(basket, str) for basket in history):
