@@ -92,23 +92,29 @@ class NeighbourNextBasketBundle(Bundle):
     def recommend_one(self, history: list[list[str]], k: int = 10) -> Answer:
         return self.recommend([history], k)[0]
 
+    def _signals(self, rows: list[list[list[int]]]) -> list[np.ndarray]:
+        """Each history's neighbour signal: ``NeighbourIndex.signal`` of its nearest rows."""
+        return [self.neighbours.signal(r) for r in self.neighbours.neighbour_rows(rows)]
+
+    def _choose(self, signals: list[np.ndarray]) -> list[np.ndarray]:
+        """The items ``ExploreBound.choose`` adds to each history's candidates for its signal."""
+        return [self.bound.choose(signal, self.prefix, self.prefix) for signal in signals]
+
     def inputs(self, rows: list[list[list[int]]], signals: list[np.ndarray] | None = None,
                chosen: list[np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """The graph's feeds for histories of item indices and the candidates ``[B, C]`` they score
         (``candidate_inputs``); unless given, the neighbour signals searched and the items ``ExploreBound.choose``
         picks."""
-        if signals is None:
-            signals = [self.neighbours.signal(r) for r in self.neighbours.neighbour_rows(rows)]
-        if chosen is None:
-            chosen = [self.bound.choose(signal, self.prefix, self.prefix) for signal in signals]
+        signals = self._signals(rows) if signals is None else signals
+        chosen = self._choose(signals) if chosen is None else chosen
         prefix = self.bound.order[:self.prefix]
         return candidate_inputs(rows, signals, chosen, [prefix] * len(rows), len(self.vocabulary), self.max_baskets)
 
     def top(self, rows: list[list[list[int]]], k: int) -> list[list[tuple[int, float]]]:
         """Top-``k`` ``(item index, score)`` per history of item indices: candidates scored, then, for a history
         whose bound is not met, a second run with the items that could still beat its k-th best."""
-        signals = [self.neighbours.signal(r) for r in self.neighbours.neighbour_rows(rows)]
-        chosen = [self.bound.choose(signal, self.prefix, self.prefix) for signal in signals]
+        signals = self._signals(rows)
+        chosen = self._choose(signals)
         out: list[list[tuple[int, float]]] = [[] for _ in rows]
         todo = list(range(len(rows)))
         while todo:
