@@ -111,8 +111,8 @@ def fit(families: list[str], name: str, args) -> tuple[ReplenishmentForecaster, 
     markets += [(f, TRAIN_SEED + k) for f in PRIOR for k in range(prior)]
     parts = [market_rows(f, seed, args) for f, seed in markets]
     X, T, Q, cens, bound = (np.concatenate([p[k] for p in parts]) for k in ROWS)
-    model = ReplenishmentForecaster(epochs=args.epochs, members=args.members).fit(X, T, Q, cens, bound)
-    return model, len(X)
+    model = ReplenishmentForecaster(hidden=args.hidden, epochs=args.epochs, members=args.members)
+    return model.fit(X, T, Q, cens, bound), len(X)
 
 
 def at_as_of(family: str, seed: int, n_machines: int, args) -> dict:
@@ -279,6 +279,7 @@ def main() -> None:
     ap.add_argument("--cutoff-step", type=int, default=15, help="days between training cut-offs")
     ap.add_argument("--valid-markets", type=int, default=2, help="validation markets per family")
     ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--hidden", type=int, default=64, help="width of each net's two hidden layers")
     ap.add_argument("--members", type=int, default=3, help="nets averaged (3, as configs/pipelines/sim_replenishment.yaml)")
     ap.add_argument("--futures", type=int, default=10)
     ap.add_argument("--validate", action="store_true", help="the in-fold validation only: no test market is read")
@@ -309,8 +310,8 @@ def main() -> None:
     setting = (f"the fleet chosen on validation among {', '.join(args.fleets)}, exact periods answered by the net or "
                f"by their period as validation chose (T+P: T markets of each other family "
                f"and P of the broad prior, {args.train_machines} machines each, cut-offs every {args.cutoff_step} "
-               f"days), {args.epochs} epochs, {args.members} members, the interval blend chosen on validation "
-               f"among {', '.join(f'{b:g}' for b in args.blends)}")
+               f"days), {args.epochs} epochs, {args.hidden} hidden units, {args.members} members, the interval blend "
+               f"chosen on validation among {', '.join(f'{b:g}' for b in args.blends)}")
     lines = [f"Validation ({setting}; validation markets: seeds {VALID_SEED}..{VALID_SEED + args.valid_markets - 1} "
              f"of {args.machines} machines):", "", *validation_lines(val, chosen), "",
              *interval_lines(intervals, chosen, blend)]
