@@ -61,7 +61,7 @@ def _encode(ids: pl.Series) -> tuple[np.ndarray, pl.Series]:
     if isinstance(strings, pa.ChunkedArray):
         strings = strings.combine_chunks()
     encoded = pc.dictionary_encode(strings)
-    codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    codes = pl.Series(encoded.indices).fill_null(-1).cast(pl.Int64).to_numpy()
     return codes, pl.Series(encoded.dictionary, dtype=pl.String)
 
 
