@@ -650,8 +650,8 @@ class FileParts:
             writer.close()
         if self.rejected is not None:
             self.rejected.close()
-        else:
-            pl.DataFrame(schema={**self.head, **{c.removeprefix("raw:"): pl.String for c in self.raw}}).write_parquet(
+        else:  # no row quarantined: an empty part of the same columns
+            self._rejected(pl.DataFrame(schema=dict.fromkeys([*self.head, *self.raw], pl.Null))).write_parquet(
                 self.quarantine, compression="lz4")
 
 
