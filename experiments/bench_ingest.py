@@ -8,8 +8,10 @@ Every measurement runs in its own process at one thread (``POLARS_MAX_THREADS=1`
 ``/usr/bin/time -v`` (peak RSS). Per log, in the same run: the **polars ceiling** (scan the files, map them onto the
 same typed canonical columns: ids as text, numbers as floats, times parsed in the source's zone to UTC, extra
 columns; sink to Parquet; no validation, no quarantine, no duplicate check, no buckets), twins' validated ingest
-now (with the CPU seconds of each of its passes), the **validation floor** (each file read, validated and marked for
-the quarantine, the rows dropped: no duplicate check, no writes), and twins' ingest at each ``--baseline`` (git refs,
+now (with the CPU seconds of each of its passes), the **bare floor** (``bare_floor``: the cheapest validated ingest
+with an exact copy check found in bare polars, stage by stage, in memory: inputs up to ``FLOOR_BYTES``), the
+**validation floor** (each file read, validated and marked for the quarantine by twins, the rows dropped: no
+duplicate check, no writes), and twins' ingest at each ``--baseline`` (git refs,
 default the commit before the bucketed ingest; its ``twins`` package is extracted with ``git archive`` and imported
 instead of this one). The generated log has the usual dirt
 (returns by 'C' invoice prefix, postage lines, guests, unparsable dates, bad numbers), so validation and quarantine
@@ -27,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +43,8 @@ BASELINES = {"28567d9": "the ingest before the bucketed store (one events file, 
                         "memory, CSVs counted again after the ingest)",
              "c32c553": "the bucketed store before its bucket sort used one integer key and before pass 2 copied only "
                         "the accepted rows' event columns"}
+#: the largest input the bare floor (which holds the whole log in memory) is measured on
+FLOOR_BYTES = 1 << 30
 TWINS_PATH_ENV = "TWINS_BENCH_TWINS"  # a folder holding the ``twins`` package a child imports instead of this one
 
 SOURCE_YAML = """
@@ -118,6 +123,104 @@ def ceiling_frame(cfg) -> pl.LazyFrame:
     return pl.concat(frames, how="diagonal_relaxed")
 
 
+def _floor_columns(raw: pl.DataFrame, m: dict[str, str], cfg) -> pl.DataFrame:
+    """The bare floor's parse of one file (mapping ``m``): canonical columns and the flags its checks read."""
+
+    def ident(canon: str) -> pl.Expr:
+        e = pl.col(m[canon]).cast(pl.String).str.strip_chars()
+        return pl.when(e.str.to_lowercase().is_in(["", *cfg.ids.null_values])).then(None).otherwise(e)
+
+    def number(canon: str) -> tuple[pl.Expr, pl.Expr]:
+        if canon not in m:
+            return pl.lit(None, pl.Float64), pl.lit(False)
+        if raw.schema[m[canon]] != pl.String:
+            return pl.col(m[canon]).cast(pl.Float64), pl.lit(False)
+        e = pl.col(m[canon]).str.strip_chars()
+        return e.cast(pl.Float64, strict=False), (e.str.len_bytes() > 0) & e.cast(pl.Float64, strict=False).is_null()
+
+    t = pl.col(m["event_time"])
+    if raw.schema[m["event_time"]] == pl.String:
+        t = t.str.strip_chars().str.to_datetime(cfg.time.format, strict=False, time_unit="us")
+    t = t.dt.replace_time_zone(cfg.time.timezone, ambiguous="earliest", non_existent="null").dt.convert_time_zone("UTC")
+    (qty, bad_qty), (price, bad_price), (amount, bad_amount) = (number(c) for c in ("quantity", "unit_price", "amount"))
+    prefix = pl.lit(False)
+    if cfg.returns.id_prefix and "basket_id" in m:
+        prefix = pl.col(m["basket_id"]).cast(pl.String).str.starts_with(cfg.returns.id_prefix).fill_null(False)
+    return raw.select(
+        customer_id=ident("customer_id"), item_id=ident("item_id"),
+        basket_id=ident("basket_id") if "basket_id" in m else pl.lit(None, pl.String), event_time=t,
+        quantity=qty, unit_price=price, amount=amount, _bad_qty=bad_qty, _bad_price=bad_price | bad_amount,
+        _bad_time=pl.col(m["event_time"]).is_not_null() & t.is_null(), _prefix=prefix,
+        **{c: pl.col(c) for c in cfg.extra_columns})
+
+
+def bare_floor(cfg, out: Path) -> dict[str, float]:
+    """The floor in bare polars (no twins code; the config is read only for names and limits), each stage eager and
+    timed alone (CPU seconds): ``read`` every file as the ceiling reads it (CSV as text, Parquet typed); ``checks``:
+    what decides a row's quarantine reason (ids stripped, blank or a null token -> missing; numbers and times
+    parsed, a written value that does not parse is bad; returns by sign or id prefix; non-finite, negative, absurd,
+    early, future, excluded items); ``duplicates``: the exact copy check, as cheap as found: a 64-bit hash of each
+    line's raw mapped columns, the hashes that occur twice found by a sort, and only those lines compared by value
+    (``is_first_distinct``: a copy is a line equal to an earlier one, no hash alone decides); ``write``: the
+    accepted rows to Parquet as the ceiling writes them. Returns the stages' CPU seconds and the row counts."""
+    v, cpu, clock = cfg.validation, {}, time.process_time()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        cpu[stage], clock = time.process_time() - clock, time.process_time()
+
+    files = cfg.input_files()
+    raws = [(pl.read_csv(path, separator=cfg.csv.separator, quote_char=cfg.csv.quote_char, infer_schema=False)
+             if path.suffix.lower() != ".parquet" else pl.read_parquet(path)) for path, _ in files]
+    lap("read")
+    not_after = v.not_after or datetime.now(timezone.utc)
+    not_before = v.not_before if v.not_before.tzinfo else v.not_before.replace(tzinfo=timezone.utc)
+    frames = [_floor_columns(raw, cfg.mapping(spec)[0], cfg) for raw, (_, spec) in zip(raws, files)]
+    keys = [sorted({*cfg.mapping(spec)[0].values(), *cfg.extra_columns}) for _, spec in files]
+    events = pl.concat(frames, how="diagonal_relaxed")
+    qty, price, amount = pl.col("quantity"), pl.col("unit_price"), pl.col("amount")
+    negative = (qty < 0).fill_null(False) | (amount < 0).fill_null(False)
+    is_return = pl.col("_prefix") | (negative if cfg.returns.negative_quantity else pl.lit(False))
+    checks = [
+        ("missing_item", pl.col("item_id").is_null()), ("missing_basket", pl.col("basket_id").is_null()),
+        ("unparsable_time", pl.col("_bad_time") | pl.col("event_time").is_null()),
+        ("bad_quantity", pl.col("_bad_qty")), ("missing_quantity", qty.is_null()), ("bad_price", pl.col("_bad_price")),
+        ("missing_price", price.is_null() & amount.is_null()),
+        ("non_finite", pl.any_horizontal([(e.is_nan() | e.is_infinite()).fill_null(False) for e in (qty, price, amount)])),
+        ("negative_value", (price < 0).fill_null(False) | (negative & ~is_return)),
+        ("absurd_quantity", (qty.abs() > v.max_quantity).fill_null(False)),
+        ("absurd_price", (price > v.max_unit_price).fill_null(False)),
+        ("early_event", pl.col("event_time") < pl.lit(not_before)), ("future_event", pl.col("event_time") > pl.lit(not_after)),
+        ("non_product", pl.col("item_id").is_in(cfg.exclude.item_codes)),
+    ]
+    reason = pl.lit(None, pl.String)
+    for name, cond in reversed(checks):
+        reason = pl.when(cond.fill_null(False)).then(pl.lit(name)).otherwise(reason)
+    events = events.with_columns(reason=reason)
+    lap("checks")
+    mapping = [keys.index(k) for k in keys]  # files that map other columns hold no copies of each other's lines
+    hashes = pl.concat([raw.select(pl.struct(*k).hash(7).alias("h")) for raw, k in zip(raws, keys)])["h"]
+    repeated = hashes.sort()
+    repeated = repeated.filter(repeated == repeated.shift(1)).unique()
+    first, candidates = 0, []
+    for raw, k, i in zip(raws, keys, mapping):
+        rows = raw.with_row_index("_line", first).select("_line", *k, pl.lit(i).alias("_mapping"))
+        candidates.append(rows.filter(hashes.slice(first, raw.height).is_in(repeated.implode())))
+        first += raw.height
+    candidates = pl.concat(candidates, how="diagonal_relaxed")
+    copies = candidates.filter(~pl.struct(pl.exclude("_line")).is_first_distinct())["_line"]
+    events = events.with_columns(reason=pl.when(pl.col("reason").is_null() & pl.int_range(pl.len()).is_in(copies.implode()))
+                                 .then(pl.lit("duplicate_line")).otherwise(pl.col("reason")))
+    lap("duplicates")
+    accepted = events.filter(pl.col("reason").is_null()).select(
+        "customer_id", "item_id", "basket_id", "event_time", qty.abs(), price, amount.abs(),
+        pl.when(is_return).then(pl.lit("return")).otherwise(pl.lit("purchase")).alias("event_type"), *cfg.extra_columns)
+    out.mkdir(parents=True)
+    accepted.write_parquet(out / "events.parquet", compression="lz4")
+    lap("write")
+    return {"rows": events.height, "accepted": accepted.height, "copies": copies.len(), **cpu}
+
+
 def child(mode: str, config: str, out: str) -> None:
     """Run one measurement (and nothing else) and print its rows, wall and CPU seconds as JSON."""
     if os.environ.get(TWINS_PATH_ENV):
@@ -136,6 +239,9 @@ def child(mode: str, config: str, out: str) -> None:
         rows, extra = pl.scan_parquet(Path(out) / "events.parquet").select(pl.len()).collect().item(), {}
     elif mode == "validate":
         rows, extra = validate_only(cfg), {}
+    elif mode == "floor":
+        extra = bare_floor(cfg, Path(out))
+        rows = extra.pop("rows")
     else:
         report = ingest(cfg, out)
         rows, extra = report.rows_in, {"accepted": report.accepted, "quarantined": report.quarantined_total,
@@ -207,23 +313,28 @@ def baseline_twins(ref: str, work: Path) -> Path:
     return folder
 
 
-def measure(label: str, config: Path, work: Path, baselines: dict[str, Path], repeat: int = 1) -> dict:
-    """Ceiling, the validation floor, twins now and twins at each of ``baselines`` (ref -> package), on one source:
-    ``repeat`` rounds of all of them in turn, each kept at its fastest round (lowest wall time)."""
-    runs = [("ceiling", None), ("validate", None), ("now", None), *((ref, path) for ref, path in baselines.items())]
+def measure(label: str, config: Path, work: Path, baselines: dict[str, Path], repeat: int = 1,
+            floor: bool = True) -> dict:
+    """Ceiling, the bare floor (with ``floor``), the validation floor, twins now and twins at each of ``baselines``
+    (ref -> package), on one source: ``repeat`` rounds of all of them in turn, each kept at its fastest round (lowest
+    wall time)."""
+    runs = [("ceiling", None), *([("floor", None)] if floor else []), ("validate", None), ("now", None),
+            *((ref, path) for ref, path in baselines.items())]
     best: dict[str, dict] = {}
     for _ in range(repeat):
         for name, path in runs:
-            result = run_child(name if name in ("ceiling", "validate") else "ingest", config, work / "out", path)
+            result = run_child(name if name in ("ceiling", "floor", "validate") else "ingest", config, work / "out", path)
             if name not in best or result["seconds"] < best[name]["seconds"]:
                 best[name] = result
-    row = {"input": label, "ceiling": best["ceiling"], "validate": best["validate"], "now": best["now"],
+    row = {"input": label, "ceiling": best["ceiling"], "floor": best.get("floor"), "validate": best["validate"], "now": best["now"],
            "before": {ref: best[ref] for ref in baselines}}
     now, ceiling = row["now"], row["ceiling"]
     print(f"{label}: ceiling {ceiling['rows_per_s'] / 1e6:.2f} M rows/s, validation floor "
           f"{row['validate']['rows_per_s'] / 1e6:.2f} M, twins {now['rows_per_s'] / 1e6:.2f} M "
           f"({now['rows_per_s'] / ceiling['rows_per_s']:.0%}), peak {now['peak_mib']:.0f} MiB, passes (CPU s) "
           f"{ {k: round(v, 2) for k, v in now['passes'].items()} }"
+          + (f"; bare floor {row['floor']['cpu_s']:.2f} CPU s against the ceiling's {ceiling['cpu_s']:.2f}"
+             if row["floor"] else "")
           + "".join(f"; at {ref} {b['rows_per_s'] / 1e6:.2f} M, peak {b['peak_mib']:.0f} MiB"
                     for ref, b in row["before"].items()), flush=True)
     return row
@@ -283,19 +394,25 @@ def table(rows: list[dict], refs: list[str]) -> list[str]:
 
 
 def floors(rows: list[dict]) -> list[str]:
-    """Where twins' time goes: CPU seconds per million lines of the ceiling, the validation floor and each pass."""
-    head = ["input", "lines", "polars ceiling", "half the ceiling's rate allows", "validation floor",
-            "pass 1: count, hash, find copies", "validation floor + pass 1", "pass 2: validate into bucket parts",
+    """Where the time goes, in CPU seconds per million lines: the ceiling, the bare-polars floor by stage, twins'
+    validation floor and each of twins' passes."""
+    head = ["input", "lines", "polars ceiling", "half the ceiling's rate allows", "bare floor: read", "checks",
+            "exact copies", "read + checks + copies", "write", "bare floor in all", "bare floor's rate / ceiling",
+            "twins validation floor", "pass 1: count, hash, find copies", "pass 2: validate into bucket parts",
             "pass 3: sort, write buckets", "rest", "twins"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         per_m = 1e6 / r["lines"]
-        passes = r["now"]["passes"]
-        first = passes.get("pass 1", 0.0)
-        cells = [r["ceiling"]["cpu_s"], 2 * r["ceiling"]["cpu_s"], r["validate"]["cpu_s"], first,
-                 r["validate"]["cpu_s"] + first, *(passes.get(f"pass {i}", 0.0) for i in (2, 3)),
+        passes, floor, ceiling = r["now"]["passes"], r["floor"], r["ceiling"]["cpu_s"]
+        bare = ["-"] * 7
+        if floor:
+            stages = [floor["read"], floor["checks"], floor["duplicates"],
+                      floor["read"] + floor["checks"] + floor["duplicates"], floor["write"], floor["cpu_s"]]
+            bare = [*(f"{c * per_m:.2f} s" for c in stages), f"**{ceiling / floor['cpu_s']:.0%}**"]
+        after = [r["validate"]["cpu_s"], *(passes.get(f"pass {i}", 0.0) for i in (1, 2, 3)),
                  r["now"]["cpu_s"] - sum(passes.values()), r["now"]["cpu_s"]]
-        out.append("| " + " | ".join([r["input"], f"{r['lines']:,}", *(f"{c * per_m:.2f} s" for c in cells)]) + " |")
+        out.append("| " + " | ".join([r["input"], f"{r['lines']:,}", *(f"{c * per_m:.2f} s" for c in (ceiling, 2 * ceiling)),
+                                      *bare, *(f"{c * per_m:.2f} s" for c in after)]) + " |")
     return out
 
 
@@ -326,15 +443,20 @@ PROTOCOL = ("Each figure is one run in a fresh process at one thread (`POLARS_MA
 
 
 FLOORS = ("Where the time goes, in CPU seconds per million lines of the same runs (process time, so less sensitive to "
-          "the shared machine than wall time): the polars ceiling; the **validation floor** (each file read and "
-          "validated, quarantine reasons set, the rows dropped: what any validated ingest pays before it writes); and "
-          "twins' passes, timed around each engine call: pass 1 counts every file's rows, hashes its lines and finds "
-          "the exact copies (the duplicate check), pass 2 reads and validates again and writes the accepted rows into "
-          "bucket parts (Arrow IPC, LZ4) and the rest into the quarantine, pass 3 reads each bucket's parts, sorts them "
-          "by customer and time and writes the bucket file (Parquet, LZ4); rest: the file schemas, the quarantine's "
-          "concatenation, the hints and the report. Half the ceiling's rate allows twice its CPU time; the validation "
-          "floor plus the duplicate pass is what any ingest that validates and checks copies exactly in separate reads "
-          "pays before it writes a row.")
+          "the shared machine than wall time). The polars ceiling, and half its rate (twice its CPU time). The "
+          "**bare floor**: the cheapest validated ingest found in bare polars, no twins code, each stage eager and timed "
+          "alone (`bare_floor`): read every file as the ceiling does; the checks that decide each row's quarantine "
+          "reason (ids, numbers, times, returns, limits, excluded items); the exact copy check (a 64-bit hash of each "
+          "line's raw mapped columns, hashes seen twice found by one sort, only those lines compared by value); the "
+          "accepted rows written to one Parquet file as the ceiling writes them. It keeps no quarantine, no raw text, "
+          "no buckets and no sort by customer and time, and holds the whole log in memory: what any ingest with these "
+          "checks pays at least; its rate over the ceiling's is the most such an ingest can reach. Then twins: its "
+          "**validation floor** (each file read and validated by twins' expressions, the rows dropped) and its passes, "
+          "timed around each engine call: pass 1 counts every file's rows, hashes its lines and finds the exact copies, "
+          "pass 2 reads and validates again and writes the accepted rows into bucket parts (Arrow IPC, LZ4) and the "
+          "rest into the quarantine, pass 3 reads each bucket's parts, sorts them by customer and time and writes the "
+          "bucket file (Parquet, LZ4); rest: the file schemas, the quarantine's concatenation, the hints and the "
+          "report.")
 
 
 def main() -> None:
@@ -358,15 +480,17 @@ def main() -> None:
             from twins.data.source import load_source
 
             files = load_source(args.source).input_files()
-            big = measure(args.source.parent.name, args.source, work, baselines, args.repeat)
-            gen = [{**big, "lines": big["now"]["rows"], "file_mib": sum(p.stat().st_size for p, _ in files) / 2**20}]
+            size = sum(p.stat().st_size for p, _ in files)
+            big = measure(args.source.parent.name, args.source, work, baselines, args.repeat, size <= FLOOR_BYTES)
+            gen = [{**big, "lines": big["now"]["rows"], "file_mib": size / 2**20}]
         else:
             cj = bench_complete_journey(work)
             gen = bench_generated(args.sizes, work, baselines, args.repeat)
     with tracking.run("bench-ingest", "ingest-throughput", tags={"dataset": str(args.source or "generated")}) as mlflow:
         mlflow.log_params({"sizes": json.dumps(args.sizes), "source": str(args.source), "baselines": json.dumps(refs)})
         for r in gen:
-            for kind, m in [("ceiling", r["ceiling"]), ("validate", r["validate"]), ("now", r["now"]),
+            for kind, m in [("ceiling", r["ceiling"]), *([("floor", r["floor"])] if r["floor"] else []),
+                            ("validate", r["validate"]), ("now", r["now"]),
                             *((f"at_{ref}", m) for ref, m in r["before"].items())]:
                 mlflow.log_metrics({f"{r['input']}_{r['lines']}/{kind}/{k}": m[k]
                                     for k in ("rows_per_s", "rows_per_cpu_s", "peak_mib")})

@@ -185,3 +185,23 @@ def test_the_bucket_sort_key_holds_any_time_span_and_null_times(span_us):
     assert ingest_module.by_customer_and_time(events).equals(expected)
     no_times = events.with_columns(event_time=pl.lit(None, pl.Datetime("us", "UTC")))
     assert ingest_module.by_customer_and_time(no_times).equals(no_times.sort("customer_id", maintain_order=True))
+
+
+def test_bucket_of_is_fnv1a_of_each_id_and_the_sort_orders_ids_by_their_bytes():
+    """The ids are encoded once (distinct ids hashed and ranked, looked up by code): each id's bucket is its own
+    fnv1a modulo n (a guest row in bucket 0), and the bucket sort orders ids as polars does (by their UTF-8 bytes),
+    with empty, non-ASCII and null ids."""
+    from twins.data.events import fnv1a
+
+    rng = np.random.default_rng(11)
+    pool = ["", "a", "B", "ä", "é", "日本", "z\u200b", " x", "10", "9", *(f"c{i}" for i in range(200))]
+    ids = pl.Series("customer_id", [None if i % 9 == 0 else pool[i % len(pool)] for i in rng.integers(0, 10_000, 3000)],
+                    dtype=pl.String)
+    for n in (1, 3, 64):
+        expected = np.where(ids.is_null().to_numpy(), 0, fnv1a(ids) % np.uint64(n))
+        assert bucket_of(ids, n).to_list() == expected.tolist()
+    assert bucket_of(pl.Series([None, None]), 4).to_list() == [0, 0]
+    events = pl.DataFrame({"customer_id": ids, "event_time": pl.Series(rng.integers(0, 5, ids.len()) * 1_000_000)
+                           .cast(pl.Datetime("us", "UTC")), "row": np.arange(ids.len())})
+    expected = events.sort("customer_id", "event_time", nulls_last=True, maintain_order=True)
+    assert ingest_module.by_customer_and_time(events).equals(expected)
