@@ -25,7 +25,8 @@ Each step of each log runs in its own process under ``/usr/bin/time -v`` (its pe
   bucket (``bucket_histories``: one bucket's machines in memory) the training rows of a seeded uniform sample of
   ``REPL_ROWS`` (machine, cut-off) pairs of the pipeline's grid (``pipelines.replenishment`` defaults: cut-offs
   every 5 days from 60 days after the first order to as_of, targets watched 120 days but not past as_of; a pair
-  whose machine has < 3 orders gives no row) and every machine's features at as_of; ``ReplenishmentForecaster``
+  whose machine has < 3 orders gives no row) and every machine's features at as_of (both by ``features_many``:
+  the runtime's features of a block of machines, their seasonal fits solved together); ``ReplenishmentForecaster``
   (default hyper-parameters: 60 epochs, seed 0) on those rows; the export with its parity check; the bundle's graph
   on every machine's features (its largest gap to the network); the bundle's ``forecast`` from raw orders and
   readings for ``N_LATENCY`` machines, one at a time (p50 / p99).
@@ -237,7 +238,7 @@ def replenishment_step(sim: Path) -> dict[str, Any]:
     from twins.models.replenishment_torch import ReplenishmentForecaster
     from twins.runtime import load
     from twins.runtime.replenishment import INPUT, MAX_DAYS
-    from twins.runtime.replenishment_features import features
+    from twins.runtime.replenishment_features import features_many
 
     torch.set_num_threads(1)
     as_of = datetime.fromisoformat(json.loads((sim / "market.json").read_text())["as_of"])
@@ -270,8 +271,7 @@ def replenishment_step(sim: Path) -> dict[str, Any]:
         parts.append(pair_samples(hist, [k for k, _ in picked], [t for _, t in picked], REPL_HORIZON_DAYS, until))
         clock["train_features_s"] += time.perf_counter() - tick
         tick = time.perf_counter()
-        for k, h in hist.items():
-            x = features(h, until)
+        for k, x in zip(hist, features_many(list(hist.values()), [until] * len(hist))):
             if x is not None:
                 now_x.append(x)
                 now_machines.append(k)

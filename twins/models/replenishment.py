@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from twins.data.events import bucket_files
-from twins.runtime.replenishment_features import FEATURES, History, features
+from twins.runtime.replenishment_features import FEATURES, History, features, features_many
 from twins.twin.machine import machine_events, machine_series
 
 DAY_US = 86_400_000_000
@@ -147,24 +147,22 @@ def samples(hist: dict[str, History], machines: list[str], cutoffs: list[float],
 
 def pair_samples(hist: dict[str, History], machines: list[str], cutoffs: list[float], horizon: float,
                  until: float | None = None, cache: dict | None = None) -> Samples:
-    """``samples`` of the (machine, cut-off) pairs ``zip(machines, cutoffs)``, in that order."""
+    """``samples`` of the (machine, cut-off) pairs ``zip(machines, cutoffs)``, in that order; the features of
+    those not in ``cache`` computed together (``features_many``)."""
+    watched = [(m, c, horizon if until is None else min(horizon, until - c)) for m, c in zip(machines, cutoffs)]
+    watched = [(m, c, w) for m, c, w in watched if w > 0]
+    missing = list(dict.fromkeys((m, c) for m, c, _ in watched if cache is None or (m, c) not in cache))
+    new = dict(zip(missing, features_many([hist[m] for m, _ in missing], [c for _, c in missing])))
+    if cache is not None:
+        cache.update(new)
     rows, ids, cuts, targets, bounds = [], [], [], [], []
-    for m, c in zip(machines, cutoffs):
-        h = hist[m]
-        watch = horizon if until is None else min(horizon, until - c)
-        if watch <= 0:
-            continue
-        if cache is None:
-            x = features(h, c)
-        elif (m, c) in cache:
-            x = cache[(m, c)]
-        else:
-            x = cache[(m, c)] = features(h, c)
+    for m, c, watch in watched:
+        x = new[(m, c)] if (m, c) in new else cache[(m, c)]
         if x is not None:
             rows.append(x)
             ids.append(m)
             cuts.append(c)
-            targets.append(next_order(h, c, watch))
+            targets.append(next_order(hist[m], c, watch))
             bounds.append(watch)
     T, Q, cens = (np.array(v) for v in zip(*targets)) if targets else (np.empty(0),) * 3
     return Samples(np.asarray(ids), np.asarray(cuts), np.asarray(rows).reshape(-1, len(FEATURES)), T, Q,

@@ -7,7 +7,7 @@ import numpy as np
 
 from twins.runtime.bundle import Bundle, BundleError, need, need_strings
 from twins.runtime.outlook import _to_us, positive
-from twins.runtime.replenishment_features import FEATURES, History, features
+from twins.runtime.replenishment_features import FEATURES, History, features_many
 
 DAY_US = 86_400_000_000
 INPUT = "features"
@@ -79,12 +79,13 @@ class ReplenishmentBundle(Bundle):
             raise ValueError(f"readings must have one entry per machine ({len(orders)}), got {len(readings)}")
         as_of_us = _to_us(as_of)
         cutoff = as_of_us / DAY_US
-        rows = []
+        hs = []
         for i, o in enumerate(orders):
             try:
-                rows.append(features(history(o, readings[i] if readings is not None else None), cutoff))
+                hs.append(history(o, readings[i] if readings is not None else None))
             except ValueError as error:
                 raise ValueError(f"machine {i}: {error}") from None
+        rows = features_many(hs, [cutoff] * len(hs))
         known = [i for i, x in enumerate(rows) if x is not None]
         X = np.array([rows[i] for i in known], dtype=np.float32).reshape(-1, len(FEATURES))
         raw = self.run({INPUT: X}) if len(known) else {name: np.empty(0, np.float32) for name in LOG_OUTPUTS}

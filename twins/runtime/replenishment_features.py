@@ -15,10 +15,15 @@ Readings come in either kind or both: a usage counter (cumulative units used) an
 stock readings only gets its usage counter from them (``usage_from_stock``: what the stock lost between readings,
 plus the order a refill delivered); one with a counter only has its stock features from the orders (the
 order-up-to identity: what was used since the last order).
+
+``features_many`` computes the features of many (machine, cut-off) pairs at once, as scoring a fleet and building
+training rows do: the same numbers as ``features`` one pair at a time, bit for bit, with the seasonal fits (most
+of a machine's cost) solved as stacks of one shape.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +35,7 @@ HUBER_K = 1.0  # Huber threshold of the seasonal fit, in robust standard deviati
 FEATURE_LIMIT = 1e4  # every feature is clipped to +-this (days and ratios of a machine with almost no usage)
 NEED_TOL = 1e-6  # clock days: a need reached up to rounding counts as reached
 MAX_NEED_DAYS = 3650.0  # projections are capped at ten years of use (a rate near zero)
+BLOCK = 8192  # features_many works through this many (machine, cut-off) pairs at a time (bounded memory)
 WEEKDAY_MIN_ORDERS = 6  # order-only weekday detection needs this many orders: (5/7)^6 = 13 % of all-week machines pass
 FEATURES = ("log_orders", "since_last", "last_gap", "mean_gap", "median_gap", "gap_cv", "log_last_q", "log_median_q",
             "q_cv", "log_rate", "mean_gap_left", "period_left", "has_telemetry", "cover_days", "above_s_days",
@@ -97,6 +103,17 @@ def _median(x: np.ndarray) -> np.ndarray:
     return mid[..., None] if s.ndim > 1 else mid
 
 
+def _mean(x: np.ndarray) -> float:
+    """``np.mean`` of a 1-d array, summed as numpy sums it (the same value) without its per-call overhead."""
+    return x.sum() / len(x)
+
+
+def _std(x: np.ndarray) -> float:
+    """``np.std`` of a 1-d float array, the same way."""
+    d = x - _mean(x)
+    return np.sqrt(np.square(d).sum() / len(x))
+
+
 def _safe_log(x: float) -> float:
     return float(np.log(max(x, 1e-3)))
 
@@ -106,6 +123,10 @@ def weekday(day: np.ndarray) -> np.ndarray:
     return (day + 3) % 7
 
 
+_WEEKDAYS_IN = np.array([[sum((d + r) % 7 < 5 for r in range(n)) for n in range(7)] for d in range(7)], float)
+"""``[first weekday, days]``: Monday-to-Friday days among ``days`` (< 7) consecutive days from the first."""
+
+
 def active_days(start: np.ndarray, end: np.ndarray, weekdays: bool) -> np.ndarray:
     """Days of the machine's clock in ``[start, end)`` (whole day numbers): all of them, or Monday to Friday."""
     start, end = np.asarray(start, np.int64), np.asarray(end, np.int64)
@@ -113,9 +134,7 @@ def active_days(start: np.ndarray, end: np.ndarray, weekdays: bool) -> np.ndarra
     if not weekdays:
         return n.astype(float)
     weeks, rest = np.divmod(n, 7)
-    dow = weekday(start)
-    partial = sum(((rest > r) & ((dow + r) % 7 < 5)).astype(float) for r in range(6))
-    return 5.0 * weeks + partial
+    return 5.0 * weeks + _WEEKDAYS_IN[weekday(start), rest]
 
 
 def day_reached(day0: int, need: float, weekdays: bool) -> int:
@@ -141,48 +160,129 @@ def weekday_clock(order_days: np.ndarray, tel_days: np.ndarray, usage: np.ndarra
         working = (weekday(tel_days[1:]) < 5) & one_day
         if weekend.sum() >= 2 and working.sum() >= 5:
             return bool(_median(step[weekend]) < 0.1 * _median(step[working]))
-    return len(order_days) >= WEEKDAY_MIN_ORDERS and not np.isin(weekday(order_days), (0, 6)).any()
+    if len(order_days) < WEEKDAY_MIN_ORDERS:
+        return False
+    dow = weekday(order_days)
+    return not ((dow == 0) | (dow == 6)).any()
 
 
 def seasonal_rates(mid: np.ndarray, rates: np.ndarray, weights: np.ndarray, at: float) -> np.ndarray:
     """Per row of ``rates [k, n]`` (consumption per clock day over intervals centred at ``mid [n]``): the fitted
     rate at ``at`` and its level without season, as ``[k, 2]``. A weighted ridge regression of the log rate on a
     yearly sine and cosine, Huber-reweighted."""
+    return seasonal_fits([(mid, rates, weights, at)])[0]
+
+
+def seasonal_fits(problems: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, float]]) -> list[np.ndarray]:
+    """``seasonal_rates(*p)`` of each ``(mid, rates, weights, at)`` in ``problems``, the problems of one shape
+    ``[k, n]`` solved as one stack: every product is summed in the order the one-problem code sums it and each
+    matrix goes to the same LAPACK call, so a problem's answer does not depend on the others, bit for bit."""
+    out: list[np.ndarray] = [np.empty(0)] * len(problems)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (_, rates, _, _) in enumerate(problems):
+        groups.setdefault(np.shape(rates), []).append(i)
+    for idx in groups.values():
+        fitted = _seasonal_stack(*(np.stack([np.asarray(problems[i][f], np.float64) for i in idx]) for f in range(4)))
+        for i, f in zip(idx, fitted):
+            out[i] = f
+    return out
+
+
+def _seasonal_stack(mid: np.ndarray, rates: np.ndarray, weights: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """``seasonal_rates`` of ``g`` problems of one shape: ``mid [g, n]``, ``rates [g, k, n]``, ``weights [g, n]``,
+    ``at [g]`` -> ``[g, k, 2]``. A problem stops reweighting when its weights repeat, as on its own."""
     w = 2 * np.pi * mid / YEAR_DAYS
-    X = np.column_stack([np.ones(len(mid)), np.sin(w), np.cos(w)])
+    X = np.stack([np.ones(mid.shape), np.sin(w), np.cos(w)], axis=-1)  # [g, n, 3]
     y = np.log(np.maximum(rates, 1e-9))
-    ridge = np.diag([0.0, SEASON_RIDGE, SEASON_RIDGE]) * weights.mean() + 1e-9 * np.eye(3)
-    ww = np.broadcast_to(weights, y.shape).copy()
+    ridge = np.diag([0.0, SEASON_RIDGE, SEASON_RIDGE]) * weights.mean(axis=1)[:, None, None] + 1e-9 * np.eye(3)
+    ww = np.broadcast_to(weights[:, None, :], y.shape).copy()
+    beta = np.empty(y.shape[:2] + (3,))
+    live = np.arange(len(mid))  # the problems still reweighting
     for _ in range(6):
-        A = np.einsum("kn,ni,nj->kij", ww, X, X) + ridge
-        beta = np.linalg.solve(A, np.einsum("kn,ni,kn->ki", ww, X, y)[..., None])[..., 0]
-        resid = np.abs(y - beta @ X.T)
+        Xl, yl, wl = X[live], y[live], ww[live]
+        A = np.einsum("gkn,gni,gnj->gkij", wl, Xl, Xl) + ridge[live][:, None]
+        b = np.linalg.solve(A, np.einsum("gkn,gni,gkn->gki", wl, Xl, yl)[..., None])[..., 0]
+        beta[live] = b
+        resid = np.abs(yl - b @ Xl.transpose(0, 2, 1))
         scale = 1.4826 * _median(resid) + 1e-9
-        before, ww = ww, weights * np.minimum(1.0, HUBER_K * scale / np.maximum(resid, 1e-12))
-        if np.array_equal(ww, before):  # the next round would give the same beta
+        new = weights[live][:, None, :] * np.minimum(1.0, HUBER_K * scale / np.maximum(resid, 1e-12))
+        ww[live] = new
+        live = live[~(new == wl).all(axis=(1, 2))]  # a problem whose next round would give the same beta stops
+        if not len(live):
             break
     wa = 2 * np.pi * at / YEAR_DAYS
-    return np.exp(np.column_stack([beta @ np.array([1.0, np.sin(wa), np.cos(wa)]), beta[:, 0]]))
+    v = np.stack([np.ones(at.shape), np.sin(wa), np.cos(wa)], axis=-1)
+    return np.exp(np.stack([(beta @ v[:, :, None])[..., 0], beta[..., 0]], axis=-1))
 
 
 def features(h: History, cutoff: float) -> np.ndarray | None:
     """``FEATURES`` of a machine at ``cutoff`` from what happened strictly before it, each within
     ``FEATURE_LIMIT``; None with < 3 orders."""
+    return features_many([h], [cutoff])[0]
+
+
+def features_many(hs: Sequence[History], cutoffs: Sequence[float]) -> list[np.ndarray | None]:
+    """``features(h, c)`` of each pair of ``zip(hs, cutoffs)``, bit for bit, with the seasonal fits of all of them
+    solved together (``seasonal_fits``) rather than a few small solves per machine; the rest is per pair."""
+    out: list[np.ndarray | None] = []
+    for start in range(0, len(hs), BLOCK):
+        heads = [_head(h, c) for h, c in zip(hs[start:start + BLOCK], cutoffs[start:start + BLOCK])]
+        fits = iter(seasonal_fits([p for head in heads if head is not None for p in head.problems]))
+        out += [None if head is None else head.finish([next(fits) for _ in head.problems]) for head in heads]
+    return out
+
+
+@dataclass
+class _Head:
+    """A machine's features at a cut-off up to its seasonal fits: ``values`` (all but the calendar's), what the
+    calendar needs besides, and ``problems`` for ``seasonal_fits`` (the orders' fit, then the readings' if any)."""
+
+    values: list[float]
+    weekdays: bool
+    dow: float
+    problems: list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]
+    q: np.ndarray | None = None
+    last_day: int = 0
+    hour: float = 0.0
+    cutoff: float = 0.0
+    proj: float = 0.0
+
+    def finish(self, fits: list[np.ndarray]) -> np.ndarray:
+        """The features, given the fits of ``problems`` (in their order)."""
+        season = [0.0, 0.0]
+        if not fits:  # under two intervals on the clock: both projections are a mean gap after the last order
+            cycle = cover = self.proj
+        else:
+            fitted = fits[0]
+            if len(fits) > 1:  # readings: the season of the weekly usage, far less noisy than the orders'
+                by_usage = fits[1][0]
+                fitted[:, 0] = fitted[:, 1] * by_usage[0] / by_usage[1]
+            q = self.q
+            need = np.minimum([float(_median(q[1:])) / fitted[0, 0], float(q[-1]) / fitted[1, 0]], MAX_NEED_DAYS)
+            cycle, cover = (day_reached(self.last_day, float(n), self.weekdays) + self.hour - self.cutoff
+                            for n in need)
+            season = [float(np.log(fitted[0, 0] / fitted[0, 1])), float(np.log(fitted[1, 0] / fitted[1, 1]))]
+        calendar = [float(self.weekdays), cycle, cover, *season, np.sin(self.dow), np.cos(self.dow)]
+        return np.clip(np.asarray(self.values + calendar, dtype=np.float64), -FEATURE_LIMIT, FEATURE_LIMIT)
+
+
+def _head(h: History, cutoff: float) -> _Head | None:
+    """``features(h, cutoff)`` up to its seasonal fits; None with < 3 orders."""
     k = np.searchsorted(h.t, cutoff)
     if k < 3:
         return None
     t, q = h.t[:k], h.q[:k]
     gaps = np.diff(t)
     since = cutoff - t[-1]
-    mean_gap, median_gap = gaps.mean(), float(_median(gaps))
+    mean_gap, median_gap = _mean(gaps), float(_median(gaps))
     rate = q[1:].sum() / max(t[-1] - t[0], 1e-6)
     day_gaps = np.round(gaps)
     period = float(_median(day_gaps))
-    periodic = period >= 1 and np.mean((day_gaps % period == 0) & (np.abs(gaps - day_gaps) < 0.1)) >= 0.9
+    periodic = period >= 1 and _mean((day_gaps % period == 0) & (np.abs(gaps - day_gaps) < 0.1)) >= 0.9
     period_left = (period - since % period) if periodic else mean_gap - since
     hours = (t % 1) * 24
-    out = [np.log1p(k), since, gaps[-1], mean_gap, median_gap, gaps.std() / max(mean_gap, 1e-6), _safe_log(q[-1]),
-           _safe_log(float(_median(q))), q.std() / max(q.mean(), 1e-6), _safe_log(rate), mean_gap - since,
+    out = [np.log1p(k), since, gaps[-1], mean_gap, median_gap, _std(gaps) / max(mean_gap, 1e-6), _safe_log(q[-1]),
+           _safe_log(float(_median(q))), _std(q) / max(_mean(q), 1e-6), _safe_log(rate), mean_gap - since,
            period_left]
     j = np.searchsorted(h.tel_t, cutoff)
     if j >= 2 and h.usage[j - 1] <= h.usage[0]:
@@ -200,12 +300,12 @@ def features(h: History, cutoff: float) -> np.ndarray | None:
             used = usage[-1] - np.interp(t[-1], tel_t, usage) + usage_rate * (cutoff - tel_t[-1])
             cover = above = (float(_median(q)) - used) / usage_rate
             gap_q = used / max(float(_median(q)), 1e-6)
-        out += [1.0, cover, above, gap_q, usage_rate / max(rate, 1e-6), float(hours.std()), _safe_log(usage_rate),
+        out += [1.0, cover, above, gap_q, usage_rate / max(rate, 1e-6), float(_std(hours)), _safe_log(usage_rate),
                 recent_rate / usage_rate]
     else:
-        out += [0.0, 0.0, mean_gap - since, 1.0, 1.0, float(hours.std()), _safe_log(rate), 1.0]
+        out += [0.0, 0.0, mean_gap - since, 1.0, 1.0, float(_std(hours)), _safe_log(rate), 1.0]
     out.append(q[-1] / max(rate * gaps[-1], 1e-6))
-    return np.clip(np.asarray(out + _calendar(h, t, q, mean_gap, j, cutoff), dtype=np.float64), -FEATURE_LIMIT, FEATURE_LIMIT)
+    return _calendar(h, t, q, mean_gap, j, cutoff, out)
 
 
 def _stock_position(t: np.ndarray, q: np.ndarray, promised: np.ndarray, tel_t: np.ndarray, stock: np.ndarray,
@@ -224,9 +324,10 @@ def _stock_position(t: np.ndarray, q: np.ndarray, promised: np.ndarray, tel_t: n
     return stock[-1] / usage_rate, (position - s_hat) / usage_rate, (up_to - position) / max(_median(q), 1e-6)
 
 
-def _calendar(h: History, t: np.ndarray, q: np.ndarray, mean_gap: float, j: int, cutoff: float) -> list[float]:
-    """The calendar features (module docstring): clock, the two projections (days from the cut-off; negative:
-    overdue), the seasonal factors and the cut-off's weekday.
+def _calendar(h: History, t: np.ndarray, q: np.ndarray, mean_gap: float, j: int, cutoff: float,
+              values: list[float]) -> _Head:
+    """The calendar features (module docstring) after ``values``, up to their seasonal fits: clock, the two
+    projections (days from the cut-off; negative: overdue), the seasonal factors and the cut-off's weekday.
 
     ``proj_cycle_left``: (s, S) logic, an order replaces what was used since the one before, so the typical
     quantity is used at the rate of the orders that FOLLOW each interval. ``proj_cover_left``: cover logic, an order
@@ -238,28 +339,23 @@ def _calendar(h: History, t: np.ndarray, q: np.ndarray, mean_gap: float, j: int,
     clock = active_days(day[:-1], day[1:], weekdays)
     ok = clock > 0
     if ok.sum() < 2:
-        proj = float(t[-1] + mean_gap - cutoff)
-        return [float(weekdays), proj, proj, 0.0, 0.0, np.sin(dow), np.cos(dow)]
+        return _Head(values, weekdays, dow, [], proj=float(t[-1] + mean_gap - cutoff))
     mid = ((t[:-1] + t[1:]) / 2)[ok]
     at = t[-1] + mean_gap / 2  # half a mean gap after the last order
-    fitted = seasonal_rates(mid, np.stack([q[1:][ok], q[:-1][ok]]) / clock[ok], clock[ok] / clock[ok].mean(), at)
-    by_usage = _usage_season(h, j, at)
-    if by_usage is not None:  # readings: the season of the weekly usage, far less noisy than the orders'
-        fitted[:, 0] = fitted[:, 1] * by_usage[0] / by_usage[1]
-    hour = t[-1] - day[-1]
-    need = np.minimum([float(_median(q[1:])) / fitted[0, 0], float(q[-1]) / fitted[1, 0]], MAX_NEED_DAYS)
-    cycle, cover = (day_reached(int(day[-1]), float(n), weekdays) + hour - cutoff for n in need)
-    return [float(weekdays), cycle, cover, float(np.log(fitted[0, 0] / fitted[0, 1])),
-            float(np.log(fitted[1, 0] / fitted[1, 1])), np.sin(dow), np.cos(dow)]
+    problems = [(mid, np.stack([q[1:][ok], q[:-1][ok]]) / clock[ok], clock[ok] / _mean(clock[ok]), at)]
+    by_usage = _usage_problem(h, j, at)
+    if by_usage is not None:
+        problems.append(by_usage)
+    return _Head(values, weekdays, dow, problems, q=q, last_day=int(day[-1]), hour=t[-1] - day[-1], cutoff=cutoff)
 
 
-def _usage_season(h: History, j: int, at: float) -> np.ndarray | None:
-    """``seasonal_rates`` (rate at ``at``, level) fitted on the weekly usage of the first ``j`` readings; None with
-    fewer than four weeks of them or when over a tenth of their weeks show no usage (a meter that sticks)."""
+def _usage_problem(h: History, j: int, at: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, float] | None:
+    """The ``seasonal_rates`` problem (rate at ``at``, level) of the weekly usage of the first ``j`` readings; None
+    with fewer than four weeks of them or when over a tenth of their weeks show no usage (a meter that sticks)."""
     if j < 2 * RECENT_DAYS + 1:
         return None
     week = np.arange(0, j - 7, 7)
     weekly = (h.usage[week + 7] - h.usage[week]) / np.maximum(h.tel_t[week + 7] - h.tel_t[week], 1e-6)
-    if np.mean(weekly > 0) < 0.9:
+    if _mean(weekly > 0) < 0.9:
         return None
-    return seasonal_rates((h.tel_t[week] + h.tel_t[week + 7]) / 2, weekly[None], np.ones(len(week)), at)[0]
+    return (h.tel_t[week] + h.tel_t[week + 7]) / 2, weekly[None], np.ones(len(week)), at
