@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -632,12 +633,7 @@ class FileParts:
     def _accepted(self, events: pl.DataFrame) -> None:
         if events.is_empty():
             return
-        if self.n == 1:
-            parts = {0: events}
-        else:
-            keyed = events.with_columns(bucket_of(events["customer_id"], self.n).alias(_BUCKET))
-            parts = {b: part for (b,), part in keyed.partition_by(_BUCKET, as_dict=True, include_key=False).items()}
-        for bucket, part in parts.items():
+        for bucket, part in _by_bucket(events, self.n):
             table = part.to_arrow(compat_level=pl.CompatLevel.newest())
             if bucket not in self.writers:
                 (self.events / f"{_BUCKET}={bucket}").mkdir(parents=True)
@@ -653,6 +649,21 @@ class FileParts:
         else:  # no row quarantined: an empty part of the same columns
             self._rejected(pl.DataFrame(schema=dict.fromkeys([*self.head, *self.raw], pl.Null))).write_parquet(
                 self.quarantine, compression="lz4")
+
+
+def _by_bucket(events: pl.DataFrame, n: int) -> Iterator[tuple[int, pl.DataFrame]]:
+    """``events`` split by ``bucket_of(customer_id)``: each non-empty bucket and its rows in their order (one stable
+    sort of the bucket numbers and one gather, then slices: several times cheaper than ``partition_by``)."""
+    if n == 1:
+        yield 0, events
+        return
+    buckets = bucket_of(events["customer_id"], n).to_numpy()
+    grouped = events.rechunk()[pl.Series(np.argsort(buckets, kind="stable"))]  # a gather over chunks costs 2x
+    start = 0
+    for bucket, rows in enumerate(np.bincount(buckets, minlength=n).tolist()):
+        if rows:
+            yield bucket, grouped.slice(start, rows)
+            start += rows
 
 
 def sort_bucket(task: BucketTask) -> dict[str, int]:
