@@ -46,12 +46,17 @@ def spill(raw: pl.LazyFrame, columns: list[str], mapping: int, rank: int, folder
 
 def resolve(folder: Path, partition: int) -> pl.DataFrame:
     """The copies in one partition: ``f`` (file rank), ``r`` (row) and ``overlap`` (the line first appeared in an
-    earlier file, else earlier in the same one). The first occurrence (by file rank, then row) is no copy."""
+    earlier file, else earlier in the same one). The first occurrence (by file rank, then row) is no copy. Only the
+    lines whose ``h1`` occurs twice are looked at, found by one sort of ``h1`` (a hash table over every line,
+    ``is_duplicated``, cost 3-4x as much)."""
     files = sorted(folder.glob(f"*/p={partition}/*.arrow"))
     if not files:
         return pl.DataFrame(schema={"f": pl.Int32, "r": pl.get_index_type(), "overlap": pl.Boolean})
+    lines = pl.read_ipc(files)
+    h1 = lines["h1"].sort()
+    repeated = h1.filter(h1 == h1.shift(1)).unique()
     key = pl.struct(*_HASHES)
-    return (pl.scan_ipc(files).filter(pl.col("h1").is_duplicated()).sort("f", "r")  # candidates first: few
+    return (lines.lazy().filter(pl.col("h1").is_in(repeated.implode())).sort("f", "r")  # candidates first: few
             .with_columns(pl.col("f").first().over(*_HASHES).alias("first_f"), key.is_first_distinct().alias("first"))
             .filter(~pl.col("first")).select("f", "r", (pl.col("first_f") != pl.col("f")).alias("overlap"))
             .collect())
