@@ -133,6 +133,12 @@ def _str(col: str) -> pl.Expr:
 def id_expr(col: str, dtype: pl.DataType, ids: Ids) -> pl.Expr:
     """An id as text: invisible characters removed, blanks stripped; empty, a null value ('nan', 'NULL', 'N/A'...),
     NaN or infinite -> null; with ``normalize_float`` a whole float ('17850.0', or 17850.0 in Parquet) -> '17850'."""
+    return no_id(id_text(col, dtype, ids), ids).alias(col)
+
+
+def id_text(col: str, dtype: pl.DataType, ids: Ids) -> pl.Expr:
+    """``id_expr`` before its ``no_id`` step (computed as a column first, the text is cleaned once: an expression
+    that names it twice, as ``no_id`` does, would clean it twice)."""
     e = pl.col(col)
     if dtype.is_float():
         e = pl.when(e.is_finite()).then(e)
@@ -143,8 +149,13 @@ def id_expr(col: str, dtype: pl.DataType, ids: Ids) -> pl.Expr:
     e = pl.when(e.str.contains(_INVISIBLE)).then(e.str.replace_all(_INVISIBLE, "")).otherwise(e).str.strip_chars()
     if ids.normalize_float:
         e = e.str.replace(_FLOAT_ID, "${1}")
-    no_id = "(?i)^(?:" + "|".join(re.escape(v) for v in ids.null_values) + ")?$"  # or empty
-    return pl.when(e.str.contains(no_id)).then(None).otherwise(e).alias(col)
+    return e.alias(col)
+
+
+def no_id(e: pl.Expr, ids: Ids) -> pl.Expr:
+    """Null where the id text ``e`` is empty or one of ``ids.null_values`` (ignoring case)."""
+    pattern = "(?i)^(?:" + "|".join(re.escape(v) for v in ids.null_values) + ")?$"  # or empty
+    return pl.when(e.str.contains(pattern)).then(None).otherwise(e)
 
 
 def _first_line(fmt: str, cfg: SourceConfig) -> int:
@@ -188,7 +199,7 @@ def canonical_frame(lf: pl.LazyFrame, cfg: SourceConfig, file_idx: int, file_nam
         return _to_float(col, dtype, cfg.csv.decimal_comma and fmt in ("csv", "whitespace"))
 
     def ident(col: str, dtype: pl.DataType) -> pl.Expr:
-        return id_expr(col, dtype, cfg.ids)
+        return id_text(col, dtype, cfg.ids)  # then no_id, on the column
 
     exprs: dict[str, pl.Expr] = {
         "customer_id": mapped_or_const("customer_id", ident),
@@ -208,6 +219,7 @@ def canonical_frame(lf: pl.LazyFrame, cfg: SourceConfig, file_idx: int, file_nam
     lf = lf.with_columns(**exprs, basket_id=ident(m["basket_id"], schema[m["basket_id"]]) if "basket_id" in m
                          else pl.lit(None, pl.String), _order=order,
                          **{f"raw:{col}": pl.col(col) for col in raw_cols})  # as read: text in the quarantine
+    lf = lf.with_columns(**{k: no_id(pl.col(k), cfg.ids) for k in ("customer_id", "item_id", "basket_id") if k in m})
 
     def written(col: str) -> pl.Expr:
         """The source gave a value (blank text is missing)."""
