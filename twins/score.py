@@ -27,13 +27,13 @@ import polars as pl
 
 from twins import paths, publish
 from twins.data.events import baskets_by_customer, bucket_files, bucket_of, scan_events
-from twins.engine import Engine, get_engine
+from twins.engine import Engine, get_engine, worth_a_process
 from twins.evaluate.outlook import purchase_lines
 from twins.models.replenishment import histories, machine_keys, runtime_inputs
 from twins.provenance import check_fitted_before
 from twins.runtime import Bundle, load
 from twins.runtime.bundle import PLAIN_NAME
-from twins.twin.store import TwinStore, merge_sorted_files
+from twins.twin.store import TwinStore, merge_parts
 
 JOB_FILE = "job.json"
 
@@ -159,9 +159,10 @@ def score_store(model: str | Path, source: str, out: str | Path | None = None, *
             if on_chunk:
                 on_chunk(done + sum(sizes[i] for i in todo[:n]), len(ids))
 
-        _engine(engine).map(_score_chunk, [(events_dir, *chunks[n], as_of, task, k, horizon_days, files[n]) for n in todo],
-                            setup=partial(load, str(model)), on_done=progress)
-        _combine(parts, out, files)
+        engine = _engine(engine)
+        engine.map(_score_chunk, [(events_dir, *chunks[n], as_of, task, k, horizon_days, files[n]) for n in todo],
+                   setup=partial(load, str(model)), on_done=progress)
+        _combine(parts, out, files, engine)
     return ScoreReport(out, len(ids), len(chunks), resumed, time.perf_counter() - t0, task, job["model_sha256"])
 
 
@@ -225,9 +226,13 @@ def _publish_file(target: Path, write: Callable[[Path], object]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _combine(parts: Path, out: Path, files: list[Path]) -> None:
-    """Merge the parts (each sorted by ``customer_id``) into a temporary file sorted by ``customer_id``, streamed,
-    rename it over ``out`` and remove the parts."""
-    empty = pl.DataFrame({"customer_id": []}, schema={"customer_id": pl.String})
-    _publish_file(out, lambda tmp: merge_sorted_files(files, "customer_id").sink_parquet(tmp) if files else empty.write_parquet(tmp))
+def _combine(parts: Path, out: Path, files: list[Path], engine: Engine) -> None:
+    """Merge the parts (each sorted by ``customer_id``, a customer in one part) into a temporary file sorted by
+    ``customer_id`` (``twins.twin.store.merge_parts``: streamed by id range; on large parts in a fresh process of
+    ``engine``), rename it over ``out`` and remove the parts."""
+    if files:
+        merge = partial(merge_parts, repeated_ids=True, row_group_size=None)  # machines: rows per customer
+        _publish_file(out, lambda tmp: engine.call(merge, (files, "customer_id", tmp), fresh=worth_a_process(files)))
+    else:
+        _publish_file(out, pl.DataFrame({"customer_id": []}, schema={"customer_id": pl.String}).write_parquet)
     shutil.rmtree(parts)

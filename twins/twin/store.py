@@ -105,32 +105,29 @@ class Snapshot:
             raise TwinNotFound(f"no twin {twin_id!r} in snapshot {self.path}") from None
 
 
-def merge_sorted_files(files: list[Path], key: str) -> pl.LazyFrame:
-    """The rows of Parquet ``files`` (each sorted by ``key``) as one frame sorted by it, by a balanced tree of
-    streaming merges; rows of equal key from one file keep their order."""
-    frames = [pl.scan_parquet(file) for file in files]
-    while len(frames) > 1:
-        pairs = [a.merge_sorted(b, key) for a, b in zip(frames[::2], frames[1::2])]
-        frames = pairs + frames[len(frames) - len(frames) % 2:]
-    return frames[0]
-
-
-#: rows the snapshot merge reads, sorts and hands to the writer at a time
+#: rows the merge reads, sorts and hands to the writer at a time
 MERGE_ROWS = 65_536
+#: rows per row group of a snapshot's file (``twins score`` writes polars' default)
+SNAPSHOT_ROW_GROUP = 16_384
 
 
-def merge_parts(job: tuple[list[Path], str, Path]) -> None:
-    """Write the Parquet ``parts`` (each sorted by ``id_column``, no id in two of them) merged into one file at
-    ``path``, sorted by id (an engine's job). Every part's ids are read and cut at every ``MERGE_ROWS``-th id of
-    them all; each id range (a slice of each part, as each is sorted) is read, sorted and streamed to the writer in
-    turn, so memory holds the ids and one range, not the twins (parts in small row groups are read about once).
-    An id in two parts raises ``ValueError`` before anything is written."""
+def merge_parts(job: tuple[list[Path], str, Path], *, repeated_ids: bool = False,
+                row_group_size: int | None = SNAPSHOT_ROW_GROUP) -> None:
+    """Write the Parquet ``parts`` (one schema, each sorted by ``id_column``) merged into one file at ``path``,
+    sorted by id, rows of one id in their part's order (an engine's job). Every part's ids are read and cut at
+    every ``MERGE_ROWS``-th id of them all; each id range (a slice of each part, as each is sorted) is read, sorted
+    and streamed to the writer in turn, so memory holds the ids and one range, not the rows (parts in small row
+    groups are read about once). An id in two parts, or with ``repeated_ids`` False (snapshots: one row per id)
+    twice in one, raises ``ValueError`` before anything is written. ``row_group_size``: the output's (None:
+    polars' default). Snapshots (``TwinStore.write_parts``) and ``twins score`` merge their parts with it."""
     parts, id_column, path = job
     ids = [pl.read_parquet(part, columns=[id_column])[id_column] for part in parts]
     every = pl.concat(ids).sort()
-    if every.is_duplicated().any():
+    if repeated_ids and pl.concat([part.unique() for part in ids]).is_duplicated().any():
+        raise ValueError(f"parts share {id_column} values; each id's rows must lie in one part")
+    if not repeated_ids and every.is_duplicated().any():
         raise ValueError(f"twins have duplicate {id_column} values; a snapshot needs one row per id")
-    cuts = every.gather_every(MERGE_ROWS)[1:]
+    cuts = every.gather_every(MERGE_ROWS)[1:].unique(maintain_order=True)  # an id's rows never span two ranges
     starts = [[0, *part.search_sorted(cuts, side="left").to_list(), len(part)] for part in ids]
     del ids, every
 
@@ -139,8 +136,8 @@ def merge_parts(job: tuple[list[Path], str, Path]) -> None:
         for r in range(len(cuts) + 1):
             pieces = [pl.scan_parquet(part).slice(s[r], s[r + 1] - s[r]) for part, s in zip(parts, starts)
                       if s[r + 1] > s[r]]
-            if not pieces:  # parts without rows
-                return
+            if not pieces:  # parts without rows, or the first cut at the first id
+                continue
             frame = pl.concat(pieces).collect(engine="in-memory").sort(id_column, maintain_order=True)
             if predicate is not None:
                 frame = frame.filter(predicate)
@@ -152,7 +149,7 @@ def merge_parts(job: tuple[list[Path], str, Path]) -> None:
                 return
 
     merged = register_io_source(ranges, schema=pl.read_parquet_schema(parts[0]))
-    merged.sink_parquet(path, row_group_size=16_384)
+    merged.sink_parquet(path, row_group_size=row_group_size)
 
 
 class TwinStore:
@@ -166,7 +163,7 @@ class TwinStore:
         """Store a new snapshot; LATEST names the snapshot with the newest as_of, LATEST_WRITTEN this one."""
         if twins[id_column].is_duplicated().any():
             raise ValueError(f"twins have duplicate {id_column} values; a snapshot needs one row per id")
-        return self._publish(lambda path: twins.sort(id_column).write_parquet(path, row_group_size=16_384),
+        return self._publish(lambda path: twins.sort(id_column).write_parquet(path, row_group_size=SNAPSHOT_ROW_GROUP),
                              twins.height, twins.schema, source, kind, as_of, params, id_column)
 
     def write_parts(self, parts: list[Path], source: str, kind: str = "customer", as_of: datetime | None = None,
