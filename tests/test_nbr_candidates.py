@@ -48,6 +48,36 @@ def test_bound_holds_and_never_rises_on_random_items():
                        for p in range(n + 1))
 
 
+def test_choose_looks_at_a_run_of_the_order_or_all_items_alike(monkeypatch):
+    """``choose`` over the run of the order the largest lift can reach equals its definition over all items (the
+    items outside the prefix whose key at rho plus their signal term reaches the prefix's bound, the highest
+    ``count``), for sparse and dense signals, every prefix, and with the run always or never used."""
+    import twins.runtime.next_basket_candidates as candidates
+
+    rng = np.random.default_rng(1)
+    for trial in range(40):
+        n = int(rng.integers(1, 80))
+        static = rng.normal(size=n)
+        static[rng.integers(n, size=n // 4)] = 0.5  # ties in the order
+        bound = ExploreBound(static, rng.uniform(0, 1, n), float(rng.uniform(0, 2)), rng.uniform(0, 1, 2))
+        signal = (rng.uniform(0, 1, (2, n)) * (rng.uniform(size=n) < rng.uniform(0, 1))).astype(np.float32)
+        for position in range(n + 1):
+            key = bound._rho_key + bound.signal @ signal
+            key[bound.order[:position]] = -np.inf
+            want = np.flatnonzero(key >= bound.after(position, bound.rho))
+            want = want[key[want] > -np.inf]  # outside the prefix (all of it is once the prefix holds every item)
+            for count in (1, 3, n):
+                expected = set(want.tolist()) if len(want) <= count else None
+                for window in (1, n + 1):  # the run never / always short enough
+                    monkeypatch.setattr(candidates, "WINDOW", window)
+                    got = bound.choose(signal, position, count)
+                    if expected is not None:
+                        assert got.tolist() == sorted(expected), (trial, position, count)
+                    else:  # the count highest keys (ties either way)
+                        assert len(got) == count and set(got) <= set(want.tolist())
+                        assert key[got].min() >= np.sort(key[want])[::-1][count - 1]
+
+
 def test_signal_slopes_bound_the_priors_rise():
     first, second = np.array([[1.0, 2.0, 3.0, -4.0], [0.0, 0.0, -1.0, 2.0]]), np.array([0.5, -2.0])
     assert np.allclose(signal_slopes(first, second, 10.0), [11.29 * (1.5 + 2.0), 11.29 * (2.0 + 4.0)])

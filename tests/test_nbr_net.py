@@ -201,6 +201,28 @@ def test_bundle_refuses_tampered_neighbours(model, tmp_path):
     assert manifest["task"] == "next_basket_net" and NEIGHBOURS_FILE in manifest["files"]
 
 
+def test_index_saved_as_int32_and_older_int64_bundles_answer_alike(model, tmp_path):
+    """A bundle's neighbour index is saved with int32 pointers and indices and held with int64 ones (what the
+    search and the sums index with); one exported before, with int64 arrays, loads as the same numbers and gives
+    the same answers."""
+    path = export_nbr_net(model, tmp_path / "nbr", k=5)
+    with np.load(path / NEIGHBOURS_FILE) as f:
+        arrays = dict(f)
+    assert {arrays[key].dtype for key in ("vec_indptr", "vec_indices", "tgt_indptr", "tgt_indices")} == {np.dtype(np.int32)}
+    new = load(path)
+    assert {a.dtype for a in (*new.neighbours.vectors[:2], *new.neighbours.targets[:2])} == {np.dtype(np.int64)}
+    np.savez(path / NEIGHBOURS_FILE, **{key: a.astype(np.int64) if a.dtype.kind == "i" else a for key, a in arrays.items()})
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["files"][NEIGHBOURS_FILE] = hashlib.sha256((path / NEIGHBOURS_FILE).read_bytes()).hexdigest()
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    old = load(path)
+    for mine, theirs in zip((*new.neighbours.vectors, *new.neighbours.targets),
+                            (*old.neighbours.vectors, *old.neighbours.targets)):
+        assert mine.dtype == theirs.dtype and np.array_equal(mine, theirs)
+    histories, _ = _market(1, 40)
+    assert new.recommend(list(histories.values()), 5) == old.recommend(list(histories.values()), 5)
+
+
 def test_bundle_from_an_older_graph_is_refused_with_the_fix(model, tmp_path):
     """A graph with other inputs (the network before ``items`` was an input) is named, not run into an
     onnxruntime error."""

@@ -80,6 +80,30 @@ def test_blocks_change_nothing(case, monkeypatch):
     assert all(np.array_equal(a, b) for a, b in zip(whole, index.neighbour_rows(queries)))
 
 
+def test_context_sums_dense_or_per_key_and_the_signal_agree_bit_for_bit(case, monkeypatch):
+    """``mean_context`` sums each half densely or per distinct key (``SPARSE_SUMS``), in blocks or not; each way
+    gives the same float32 numbers, and ``signal`` of one history is its row."""
+    _, _, queries, index = case
+    rows = index.neighbour_rows(queries)
+    rows[3] = rows[3][:2]  # a history with fewer neighbours than k
+    monkeypatch.setattr(features, "SPARSE_SUMS", 0)  # every half dense
+    dense = index.mean_context(rows)
+    monkeypatch.setattr(features, "SPARSE_SUMS", 1 << 30)  # every half per distinct key
+    assert np.array_equal(index.mean_context(rows), dense)
+    monkeypatch.setattr(features, "CONTEXT_CELLS", 1)  # one history per block
+    assert np.array_equal(index.mean_context(rows), dense)
+    for r, row in zip(rows, dense):
+        assert np.array_equal(index.signal(r), row.reshape(2, N_ITEMS))
+    assert not dense[-1].any() and not index.signal(np.zeros(0, np.int64)).any()  # no neighbours: zeros
+    want = np.zeros((len(rows), 2, N_ITEMS))  # the definition: the means in float64, then float32
+    for b, r in enumerate(rows):
+        for half, (indptr, indices, data) in enumerate((index.vectors, index.targets)):
+            for user in r:
+                np.add.at(want[b, half], indices[indptr[user]:indptr[user + 1]], data[indptr[user]:indptr[user + 1]])
+            want[b, half] /= max(len(r), 1)
+    assert np.allclose(dense, want.reshape(len(rows), -1).astype(np.float32), rtol=1e-6, atol=0)
+
+
 def _market(n_users: int) -> tuple[dict, dict]:
     rng = np.random.default_rng(0)
     histories = {f"u{u}": [[f"i{j}" for j in rng.integers(0, 30, 3)] for _ in range(rng.integers(2, 6))]

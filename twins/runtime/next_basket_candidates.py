@@ -27,6 +27,9 @@ import numpy as np
 TOLERANCE = 1e-4
 #: the largest |d/dx GELU(x)| (exact GELU, at x = sqrt(2): 1.12890...), rounded up
 GELU_SLOPE = 1.129
+#: ``ExploreBound.choose`` looks at the items of a run of the order instead of all when the run holds at most
+#: ``1 / WINDOW`` of them
+WINDOW = 8
 
 
 def signal_slopes(first: np.ndarray, second: np.ndarray, scale: float) -> np.ndarray:
@@ -57,6 +60,7 @@ class ExploreBound:
         self._max_norm = np.append(np.maximum.accumulate(sorted_norms[::-1])[::-1], 0.0)
         self._min_norm = np.append(np.minimum.accumulate(sorted_norms[::-1])[::-1], 0.0)
         self._rho_key = key
+        self._rising_key = -self._key  # ascending: searchsorted finds where the keys fall below a value
         self._scale = float(np.abs(static).max(initial=0.0)), float(norms.max(initial=0.0))
 
     def after(self, position: int, user_norm: float) -> float:
@@ -74,13 +78,31 @@ class ExploreBound:
         """An upper bound of the score of each item that is not the user's ``[n_items]``."""
         return self.static + user_norm * self.norms + self.signal @ signal
 
-    def choose(self, signal: np.ndarray, position: int, count: int) -> np.ndarray:
+    def choose(self, signal: np.ndarray, position: int, count: int, peak: np.ndarray | None = None) -> np.ndarray:
         """The items outside ``order[:position]`` whose bound at ``|u| = rho`` reaches that prefix's (the signal
-        lifts them), at most the ``count`` highest: scored at first besides the user's items and the prefix."""
-        key = self._rho_key + self.signal @ signal
-        key[self.order[:position]] = -np.inf
-        chosen = np.flatnonzero(key >= self.after(position, self.rho))
-        return chosen if len(chosen) <= count else chosen[np.argpartition(-key[chosen], count - 1)[:count]]
+        lifts them), ascending, or the ``count`` highest when more: scored at first besides the user's items and
+        the prefix. Only the run of the order whose signal-free key lies within the largest lift of that bound
+        (from ``peak``, the signal's largest values ``[2]``; ``signal.max(1)`` unless given) can reach it: when
+        that run is short (at most ``n_items / WINDOW``), only its items are looked at."""
+        if position >= len(self.order):  # no item outside the prefix
+            return np.zeros(0, np.int64)
+        threshold = self.after(position, self.rho)
+        peak = signal.max(1) if peak is None else peak
+        lift = float(peak @ self.signal) * (1 + TOLERANCE) + TOLERANCE  # any item's signal term, rounding included
+        stop = max(position, int(np.searchsorted(self._rising_key, lift - threshold, side="right")))
+        if stop - position <= len(self.order) // WINDOW:
+            items = self.order[position:stop]
+            key = self._rho_key.take(items) + self.signal @ signal.take(items, 1)
+            keep = np.flatnonzero(key >= threshold)
+            chosen = items.take(keep)
+            ascending = np.argsort(chosen)
+            chosen, key = chosen.take(ascending), key.take(keep.take(ascending))
+        else:
+            key = self._rho_key + self.signal @ signal
+            key[self.order[:position]] = -np.inf
+            chosen = np.flatnonzero(key >= threshold)
+            key = key.take(chosen)
+        return chosen if len(chosen) <= count else chosen[np.argpartition(-key, count - 1)[:count]]
 
     def margin(self, threshold: float, user_norm: float) -> float:
         """How far below ``threshold`` a bound must lie to survive the float32 rounding of the scores."""

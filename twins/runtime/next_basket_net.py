@@ -96,9 +96,11 @@ class NeighbourNextBasketBundle(Bundle):
         """Each history's neighbour signal: ``NeighbourIndex.signal`` of its nearest rows."""
         return [self.neighbours.signal(r) for r in self.neighbours.neighbour_rows(rows)]
 
-    def _choose(self, signals: list[np.ndarray]) -> list[np.ndarray]:
-        """The items ``ExploreBound.choose`` adds to each history's candidates for its signal."""
-        return [self.bound.choose(signal, self.prefix, self.prefix) for signal in signals]
+    def _choose(self, signals: list[np.ndarray], peaks: list[np.ndarray] | None = None) -> list[np.ndarray]:
+        """The items ``ExploreBound.choose`` adds to each history's candidates for its signal (and its largest
+        values, when known)."""
+        peaks = [None] * len(signals) if peaks is None else peaks
+        return [self.bound.choose(signal, self.prefix, self.prefix, peak) for signal, peak in zip(signals, peaks)]
 
     def inputs(self, rows: list[list[list[int]]], signals: list[np.ndarray] | None = None,
                chosen: list[np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -114,7 +116,8 @@ class NeighbourNextBasketBundle(Bundle):
         """Top-``k`` ``(item index, score)`` per history of item indices: candidates scored, then, for a history
         whose bound is not met, a second run with the items that could still beat its k-th best."""
         signals = self._signals(rows)
-        chosen = self._choose(signals)
+        peaks = [signal.max(1) for signal in signals]
+        chosen = self._choose(signals, peaks)
         out: list[list[tuple[int, float]]] = [[] for _ in rows]
         todo = list(range(len(rows)))
         while todo:
@@ -127,7 +130,7 @@ class NeighbourNextBasketBundle(Bundle):
                 pick = best(scores, items, k)
                 threshold, norm = float(scores[pick[-1]]), float(np.linalg.norm(user.astype(np.float64)))
                 limit = threshold - self.bound.margin(threshold, norm)
-                if self.bound.outside(self.prefix, norm, signals[i].max(1)) >= limit:
+                if self.bound.outside(self.prefix, norm, peaks[i]) >= limit:
                     bound = self.bound.scores(signals[i], norm)
                     bound[items] = -np.inf
                     missing = np.flatnonzero(bound >= limit)
