@@ -50,6 +50,7 @@ class InputFile(NamedTuple):
     sheet: str | None = None
 
 _ROW_IDX = "_row"  # 0-based record number in its file (source_row is the line number)
+_STRIPPED = "_stripped:"  # canonical_frame's helper columns: number columns' text, stripped once
 #: Characters that never belong in an id: control (Cc) and format (Cf: zero-width space, BOM, soft hyphen...)
 _INVISIBLE = r"[\p{Cc}\p{Cf}]"
 _FLOAT_ID = r"^([+-]?\d+)\.0*$"  # "17850.0", as a spreadsheet or pandas writes an integer id
@@ -96,12 +97,14 @@ class IngestReport:
 DECIMAL_COMMA = r"^[+-]?\d+,\d+$"  # "2,55": what a number with a decimal comma looks like
 
 
-def _to_float(col: str, dtype: pl.DataType, decimal_comma: bool = False) -> pl.Expr:
+def _to_float(col: str, dtype: pl.DataType, decimal_comma: bool = False, stripped: bool = False) -> pl.Expr:
     """Text to float. By default "1,234.50" loses its thousands separators and a decimal comma ("2,50") stays
-    unparsable (bad_*) rather than silently becoming 250; with ``decimal_comma`` "1.234,50" reads 1234.5."""
+    unparsable (bad_*) rather than silently becoming 250; with ``decimal_comma`` "1.234,50" reads 1234.5.
+    ``stripped``: text ``col`` has no surrounding blanks already (a column, so that it is stripped once: an
+    expression naming ``strip_chars`` three times would strip three times)."""
     e = pl.col(col)
     if dtype == pl.String:
-        e = e.str.strip_chars()
+        e = e if stripped else e.str.strip_chars()
         thousands, decimal = (".", ",") if decimal_comma else (",", ".")
         grouped = rf"^[+-]?\d{{1,3}}(\{thousands}\d{{3}})+(\{decimal}\d*)?$"
         e = pl.when(e.str.contains(grouped)).then(e.str.replace_all(thousands, "", literal=True)).otherwise(e)
@@ -195,8 +198,14 @@ def canonical_frame(lf: pl.LazyFrame, cfg: SourceConfig, file_idx: int, file_nam
             return pl.lit(c[canon]).cast(CANONICAL[canon])
         return pl.lit(None, CANONICAL[canon])
 
+    numbers_as_text = {m[k] for k in ("quantity", "unit_price", "amount") if k in m and schema[m[k]] == pl.String}
+    lf = lf.with_columns(**{_STRIPPED + col: pl.col(col).str.strip_chars() for col in numbers_as_text})
+
     def number(col: str, dtype: pl.DataType) -> pl.Expr:
-        return _to_float(col, dtype, cfg.csv.decimal_comma and fmt in ("csv", "whitespace"))
+        decimal_comma = cfg.csv.decimal_comma and fmt in ("csv", "whitespace")
+        if col in numbers_as_text:
+            return _to_float(_STRIPPED + col, dtype, decimal_comma, stripped=True)
+        return _to_float(col, dtype, decimal_comma)
 
     def ident(col: str, dtype: pl.DataType) -> pl.Expr:
         return id_text(col, dtype, cfg.ids)  # then no_id, on the column
@@ -223,6 +232,8 @@ def canonical_frame(lf: pl.LazyFrame, cfg: SourceConfig, file_idx: int, file_nam
 
     def written(col: str) -> pl.Expr:
         """The source gave a value (blank text is missing)."""
+        if col in numbers_as_text:
+            return pl.col(_STRIPPED + col).str.len_bytes() > 0
         if schema[col] == pl.String:
             return pl.col(f"raw:{col}").str.strip_chars().str.len_bytes() > 0
         return pl.col(f"raw:{col}").is_not_null()
@@ -243,7 +254,7 @@ def canonical_frame(lf: pl.LazyFrame, cfg: SourceConfig, file_idx: int, file_nam
         _bad_time=failed("event_time"), _bad_qty=failed("quantity"), _bad_price=failed("unit_price") | failed("amount"),
         _bad_order=(pl.col(f"raw:{cfg.order_column}").is_not_null() & pl.col("_order").is_null()) if cfg.order_column else pl.lit(False),
         _is_return=is_return, _negative_qty=negative_qty,
-    )
+    ).drop([_STRIPPED + col for col in numbers_as_text])
     qty, price, amount = pl.col("quantity"), pl.col("unit_price"), pl.col("amount")
     lf = lf.with_columns(
         event_type=pl.when(pl.col("_is_return")).then(pl.lit("return"))
