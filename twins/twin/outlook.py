@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
 from twins.evaluate.outlook import purchase_days, summarise
-from twins.models.btyd import BetaGeoModel, ConvergenceError, GammaGammaModel, ModifiedBetaGeoModel
 
-CountModel = BetaGeoModel | ModifiedBetaGeoModel
+if TYPE_CHECKING:  # the models import torch: only the fit needs them (a fresh process of outlook_inputs never)
+    from twins.models.btyd import BetaGeoModel, GammaGammaModel, ModifiedBetaGeoModel
+
+    CountModel = BetaGeoModel | ModifiedBetaGeoModel
 
 #: Shrinkage used when the unpenalised BG/NBD is not identified by the data (few customers, no sign of dropout).
 FALLBACK_PENALIZER = 0.01
@@ -47,10 +50,15 @@ def waiting_time_quantile(q: float | np.ndarray, r: float, alpha: float, x: np.n
     return (alpha + T) * ((1.0 - np.asarray(q)) ** (-1.0 / (r + x)) - 1.0)
 
 
-def fit_outlook(summary: pl.DataFrame, count_model: type[CountModel] = BetaGeoModel) -> tuple[CountModel, GammaGammaModel | None]:
-    """Fit a BTYD count model on a calibration summary (``twins.evaluate.outlook.summarise``), with a small
-    penalty when the data leave it unidentified, and Gamma-Gamma on the repeat buyers, with the same penalty when
-    their spend leaves it unidentified (None when they are too few for it)."""
+def fit_outlook(summary: pl.DataFrame, count_model: type[CountModel] | None = None
+                ) -> tuple[CountModel, GammaGammaModel | None]:
+    """Fit a BTYD count model (default ``BetaGeoModel``) on a calibration summary
+    (``twins.evaluate.outlook.summarise``), with a small penalty when the data leave it unidentified, and
+    Gamma-Gamma on the repeat buyers, with the same penalty when their spend leaves it unidentified (None when they
+    are too few for it)."""
+    from twins.models.btyd import BetaGeoModel, ConvergenceError, GammaGammaModel
+
+    count_model = count_model or BetaGeoModel
     x, t_x, T = (summary[c].to_numpy() for c in ("x", "t_x", "T"))
     if not (x > 0).any():
         raise ValueError("no repeat purchases in the calibration period: purchase rates cannot be estimated")
