@@ -43,6 +43,7 @@ CONFIG = "configs/pipelines/tafeng_next_basket.yaml"
 N_LATENCY = 500
 END_TO_END = "end to end (`recommend_one`, onnxruntime)"
 FULL = "before: all items scored, end to end (onnxruntime)"
+CANDIDATES, ALL_ITEMS = "candidates (now)", "all items (before)"  # throughput rows
 WARM_UP = 20
 STEPS = 40  # training batches on a generated log, as experiments.scale_models
 
@@ -159,7 +160,7 @@ def timings(bundle_dir: str, folder: str, batch_sizes: str) -> None:
     encoded = [bundle._encode(h) for h in histories]
     throughput = []
     for size in map(int, batch_sizes.split(",")):
-        for name, fn in (("candidates (now)", lambda b: bundle.top(b, 10)), ("all items (before)", full.top)):
+        for name, fn in ((CANDIDATES, lambda b: bundle.top(b, 10)), (ALL_ITEMS, full.top)):
             started = time.perf_counter()
             for batch in by_shape(encoded, bundle.max_baskets, size):
                 fn([encoded[i] for i in batch])

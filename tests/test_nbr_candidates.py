@@ -178,3 +178,18 @@ def test_nearest_by_a_sampled_threshold_equals_a_stable_sort():
     distance = np.where(np.arange(n) % stride == 0, 1.0 + np.arange(n) / n, 5.0)  # the sample holds the smallest:
     assert (distance <= np.sort(distance[::stride])[2 * k // stride]).sum() < k  # too few within its threshold
     assert _nearest(distance, k).tolist() == np.argsort(distance, kind="stable")[:k].tolist()
+
+
+def test_runtime_speed_reports_what_the_benchmarks_read(wide, tmp_path):
+    """``experiments.next_basket_baselines.neural_notes`` reads the batch-256 throughput of both graphs and the
+    end-to-end latency from ``runtime_speed``: the keys exist and the answers are the estimator's."""
+    from experiments.bench_nbr_runtime import ALL_ITEMS, CANDIDATES, END_TO_END, runtime_speed
+
+    model, test = wide
+    bundle = nbr_net_export.export_nbr_net(model, tmp_path / "nbr", k=10)
+    histories = [h for h in test.values() if h][:40]
+    speed = runtime_speed(bundle, model, histories, batch_sizes=(1, 256))
+    assert speed["top10_equal"] == speed["full_equal"] == len(histories)
+    assert {(CANDIDATES, 256), (ALL_ITEMS, 256)} <= set(speed["throughput"])
+    p50, p99 = speed["stages"][END_TO_END]
+    assert 0 < p50 <= p99
