@@ -196,6 +196,51 @@ def oracle(family: str, seed: int, n_machines: int, n_people: int, machine_ids: 
     return np.minimum(np.median(draws, axis=0), HORIZON)
 
 
+def against_oracle(s: dict, o: np.ndarray, m: dict) -> dict[str, float]:
+    """The oracle's time MAE on market ``m`` and how far the forecaster (``scores``' ``s``) got from naive to it."""
+    mae = replenishment_metrics(o, m["Q"], m["T"], m["Q"], m["censored"], HORIZON)["time_mae"]
+    return {"oracle_mae": mae, "way_to_oracle": (s["naive_mae"] - s["forecaster_mae"]) / max(s["naive_mae"] - mae, 1e-9)}
+
+
+def in_family(args) -> list[str]:
+    """The reference for generalising: each family's test markets scored by two forecasters trained on as many
+    markets, the first fleet of ``--fleets`` (T+P): one without the family (leave-one-family-out: T markets of each
+    other family, as the main table) and one on the family's own training markets (3T of it, seeds 100.., never a
+    test or validation seed), both with P of the prior and exact periods answered by their period. Point forecasts
+    only. The gap is what training across families costs against training in distribution."""
+    per_family, prior = fleet(args.fleets[0])
+    rows = []
+    for held in FAMILIES:
+        others = [f for f in FAMILIES if f != held]
+        models = {"other families": fit(others, args.fleets[0], args),
+                  "the family itself": fit([held], f"{per_family * len(others)}+{prior}", args)}
+        for seed in range(args.seeds):
+            m = at_as_of(held, seed, args.machines, args)
+            o = oracle(held, seed, args.machines, args.people, m["ids"], args.futures)
+            for trained, (model, n_rows) in models.items():
+                s = scores(model.exact_periods(True).predict(m["X"]), m)
+                rows.append({"family": held, "seed": seed, "trained": trained, "train_rows": n_rows, **s,
+                             **against_oracle(s, o, m)})
+                print(rows[-1], flush=True)
+    by = pl.DataFrame(rows).group_by("family", "trained", maintain_order=True).agg(
+        pl.col("best_naive").mode().first(), pl.col("train_rows").first(),
+        *[pl.col(c).mean() for c in ("naive_mae", "forecaster_mae", "oracle_mae", "gain", "way_to_oracle")])
+    lines = [f"Each held-out family's test markets (seeds 0..{args.seeds - 1}, {args.machines} machines, at as_of) "
+             f"scored by two forecasters trained alike ({args.epochs} epochs, {args.hidden} hidden units, "
+             f"{args.members} members, {args.train_machines} machines a training market, cut-offs every "
+             f"{args.cutoff_step} days, exact periods answered by their period, {prior} markets of the broad prior): "
+             f"on {per_family} markets of each other family (leave-one-family-out, the main table's fleet "
+             f"{args.fleets[0]}) or on {per_family * 3} markets of the family itself (training seeds, never its test "
+             f"or validation seeds). Nothing is chosen here. Time MAE in days (censoring-aware, horizon 120), oracle "
+             f"over {args.futures} futures; means over seeds.", "",
+             "| family | trained on | training rows | best naive | naive MAE | forecaster MAE | oracle MAE | "
+             "gain vs naive | way to oracle |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['family']} | {r['trained']} | {r['train_rows']:,} | {r['best_naive']} | {r['naive_mae']:.2f} | "
+              f"{r['forecaster_mae']:.2f} | {r['oracle_mae']:.2f} | {r['gain']:.1%} | {r['way_to_oracle']:.1%} |"
+              for r in by.iter_rows(named=True)]
+    return lines
+
+
 def evaluate(model: ReplenishmentForecaster, family: str, seed: int, periods: bool, args) -> dict:
     """The held-out family's test market ``seed``: forecaster, best naive, oracle, coverage (also without the
     machines answered by their exact period, when ``periods``) and rate MAPEs."""
@@ -206,9 +251,7 @@ def evaluate(model: ReplenishmentForecaster, family: str, seed: int, periods: bo
     s["clock_share"] = 1 - rest.mean()
     s["coverage_rest"] = coverage(out["time_low"][rest], out["time_high"][rest], m["T"][rest], m["censored"][rest],
                                   HORIZON)
-    o = oracle(family, seed, args.machines, args.people, m["ids"], args.futures)
-    s["oracle_mae"] = replenishment_metrics(o, out["quantity"], m["T"], m["Q"], m["censored"], HORIZON)["time_mae"]
-    s["way_to_oracle"] = (s["naive_mae"] - s["forecaster_mae"]) / max(s["naive_mae"] - s["oracle_mae"], 1e-9)
+    s |= against_oracle(s, oracle(family, seed, args.machines, args.people, m["ids"], args.futures), m)
     past, as_of, truth = m["past"], m["market"].as_of, m["truth"]
     orders = build_machine_twins(past, as_of, MachineTwinParams(use_telemetry=False))
     tele = build_machine_twins(past, as_of).filter(pl.col("source") == "telemetry")
@@ -288,9 +331,20 @@ def main() -> None:
     ap.add_argument("--no-calibrate", action="store_true", help="keep the intervals as trained")
     ap.add_argument("--cache", help="folder for training rows (reuse only with unchanged code)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--in-family", action="store_true",
+                    help="instead: the first fleet trained without each family and on the family itself, side by side")
     ap.add_argument("--no-report", action="store_true")
     args = ap.parse_args()
     set_threads(args.threads)
+    if args.in_family:
+        t0 = time.perf_counter()
+        lines = in_family(args) + ["", f"{time.perf_counter() - t0:.0f} s at {args.threads} thread(s)."]
+        print("\n".join(lines))
+        if not args.no_report:
+            write_section("family_forecasts_in_family", "Machine forecasts: across families against in family",
+                          "TWINS_THREADS=1 python -m experiments.family_forecasts --in-family",
+                          "twins.sim.family (4 families and the broad training prior)", "\n".join(lines))
+        return
     from twins import tracking
 
     t0 = time.perf_counter()

@@ -25,3 +25,14 @@ def test_factor_and_coverage_of_pooled_rows_match_counting_by_hand():
     # a censored row (no order within the horizon) is held once the upper end reaches it
     far = ({k: v[:1] for k, v in out.items()}, np.array([np.nan]), np.array([True]))
     assert _covered([far], 1.0) == 0.0
+
+
+def test_against_oracle_hand_computed():
+    from experiments.family_forecasts import against_oracle
+
+    # one observed next order at day 10, one censored (none within the horizon of 120 days)
+    m = {"T": np.array([10.0, np.nan]), "Q": np.array([1.0, np.nan]), "censored": np.array([False, True])}
+    o = np.array([9.0, 120.0])  # the oracle misses the first by 1 day, holds the censored one at the horizon
+    got = against_oracle({"naive_mae": 4.0, "forecaster_mae": 2.0}, o, m)
+    assert got["oracle_mae"] == pytest.approx(0.5)
+    assert got["way_to_oracle"] == pytest.approx((4 - 2) / (4 - 0.5))
