@@ -107,6 +107,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=CONFIG, help="pipeline config (next_basket pipeline)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
+    ap.add_argument("--section", help="BENCHMARKS.md section to write (default: the data set's; a variant's run "
+                    "goes beside the main table, its overrides in the title)")
     args = ap.parse_args()
     catalog = api.run(args.config, args.overrides)
     source = catalog["source"].name
@@ -148,8 +150,10 @@ def main() -> None:
                  f"0.7 / 7; {paper['n_users']:,} test users): R@10 {paper['recall@10']:.4f}, NDCG@10 {paper['ndcg@10']:.4f}, "
                  f"R@20 {paper['recall@20']:.4f}, NDCG@20 {paper['ndcg@20']:.4f} (published: 0.1301 / 0.1011 / 0.1810 / 0.1206).")
     section, title, data = SECTIONS.get(source, (f"nbr-baselines-{source}", f"Next basket: baselines on {source}", source))
+    if args.section:
+        section, title = args.section, f"{title} ({'; '.join(args.overrides) or 'the config as it is'})"
     command = ("python -m experiments.next_basket_baselines" + ("" if args.config == CONFIG else f" --config {args.config}")
-               + "".join(" --set " + o for o in args.overrides))
+               + "".join(f" --set '{o}'" for o in args.overrides) + (f" --section {args.section}" if args.section else ""))
     write_section(section, title, command, data, body)
     print("\n".join(table))
 

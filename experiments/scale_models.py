@@ -10,7 +10,8 @@ Each step of each log runs in its own process under ``/usr/bin/time -v`` (its pe
   users (>= 2 baskets, the last one the target) split 72/8/20 with seed 0; ``NeuralNextBasket`` (default
   hyper-parameters) on the training users: its setup (vocabulary, neighbour index of at most ``max_users``
   users, examples), ``--steps`` training batches with their features built per batch (``steps_per_epoch``; the
-  epoch's time is projected from them), the neighbour features alone for as many batches, the export (bundle
+  epoch's time is projected from them), as many with a sampled softmax of ``SAMPLED_ITEMS`` items
+  (``sampled_items``), the neighbour features alone for as many batches, the export (bundle
   bytes, ONNX parity checked) and the bundle's top-10 for one test customer (raw history in) p50 / p99 over 500.
 * ``outlook``: the customers' purchase days; at the cut-off 13 weeks before the log's end, the training windows
   counted (``twins.models.outlook_net.count_windows``) and a seeded sample of ``OUTLOOK_ROWS`` of them built
@@ -56,6 +57,7 @@ from experiments.bench_nbr_runtime import times_ms
 from experiments.report import write_section
 
 STEPS = 40
+SAMPLED_ITEMS = 2048  # the nbr step also times training batches with this sampled softmax (sampled_items)
 N_LATENCY = 500
 HORIZON_WEEKS = 13
 OUTLOOK_ROWS = 1_000_000
@@ -123,6 +125,10 @@ def nbr_step(log: Path, steps: int) -> dict[str, Any]:
             "epoch_batches": -(-n_examples // model.batch_size),
             "fit_rss_gib": _rss_gib()}
     out["epoch_projected_s"] = out["step_s"] * out["epoch_batches"]
+    sampled = NeuralNextBasket(seed=0, max_epochs=1, steps_per_epoch=steps, sampled_items=SAMPLED_ITEMS)
+    sampled.fit({u: histories[u] for u in train}, {u: targets[u] for u in train})
+    out["sampled_step_s"] = sampled.history_[0]["train_seconds"] / steps
+    del sampled
     rows = model._indices({u: histories[u] for u in train[:steps * model.batch_size]})
     started = time.perf_counter()
     for s in range(0, len(rows), model.batch_size):
@@ -382,6 +388,8 @@ LOG_ROWS = [
     ("next basket: neighbour index users / non-zeros", "nbr", lambda n: f"{n['index_users']:,} / {n['index_nnz']:,}"),
     ("next basket: one training batch of 128 (s; features built in it)", "nbr", lambda n: f"{n['step_s']:.2f}"),
     ("next basket: of which neighbour features (s)", "nbr", lambda n: f"{n['features_step_s']:.3f}"),
+    (f"next basket: one training batch, sampled softmax of {SAMPLED_ITEMS:,} items (s)", "nbr",
+     lambda n: f"{n['sampled_step_s']:.2f} ({n['sampled_step_s'] * n['epoch_batches'] / 60:,.0f} min an epoch)"),
     ("next basket: one epoch, projected from the batches (min)", "nbr",
      lambda n: f"{n['epoch_projected_s'] / 60:,.0f} ({n['epoch_batches']:,} batches)"),
     ("next basket: peak RSS of the step (GiB)", "nbr", lambda n: f"{n['peak_rss_gib']:.1f}"),

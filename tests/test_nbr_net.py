@@ -284,3 +284,38 @@ def test_forward_under_bf16_autocast(model):
             mixed = model.net_(*inputs)
     assert mixed.shape == plain.shape and torch.isfinite(mixed.float()).all()
     assert (mixed.float().argmax(1) == plain.argmax(1)).float().mean() >= 0.75
+
+
+def test_scores_at_columns_are_the_full_scores_there(model):
+    histories = _market(1, 20)[0]
+    rows = model._indices(histories)
+    inputs = model._inputs(rows, model.neighbours_.context(rows))
+    columns = torch.tensor([0, 3, 4, len(model.items_) - 1])
+    with torch.no_grad():
+        full, some = model.net_(*inputs), model.net_(*inputs, columns=columns)
+    assert some.shape == (20, 4)
+    torch.testing.assert_close(some, full[:, columns], rtol=0, atol=1e-6)
+
+
+def test_sampled_columns_force_targets_and_history_items_and_correct_the_draws():
+    est = NeuralNextBasket(sampled_items=3)
+    y = torch.zeros(2, 10)
+    y[0, 1] = y[1, 7] = 1.0
+    items = torch.tensor([[2, 10, 10], [2, 5, 10]])  # padded with n = 10
+    columns, log_q = est._sampled_columns(np.random.default_rng(0), y, items)
+    forced = {1, 2, 5, 7}
+    drawn = set(np.random.default_rng(0).choice(10, 3, replace=False).tolist())
+    assert columns.tolist() == sorted(forced | drawn)
+    assert log_q.tolist() == pytest.approx([0.0 if c in forced else np.log(3 / 10) for c in columns.tolist()])
+    assert est.set_params(sampled_items=10)._sampled_columns(np.random.default_rng(0), y, items) == (None, 0.0)
+
+
+def test_sampled_softmax_training_learns_and_a_full_sample_is_the_full_softmax():
+    sampled = _fit(sampled_items=8)
+    histories, targets = _market(1, 60)
+    r = evaluate_rankings(sampled.recommend(histories, 2), targets, histories, ks=[2])
+    assert r["recall@2"] > 0.7
+    full, everything = _fit(max_epochs=2), _fit(max_epochs=2, sampled_items=10_000)  # m >= the catalogue
+    assert [h["train_loss"] for h in full.history_] == [h["train_loss"] for h in everything.history_]
+    with pytest.raises(ValueError, match="sampled_items"):
+        _fit(sampled_items=0)

@@ -182,6 +182,7 @@ def test_scale_models_steps_on_a_small_generated_log(tmp_path):
     assert len(baskets) <= 400 and all(len(set(b)) == len(b) for h in baskets.values() for b in h)
     got = nbr_step(tmp_path / "log", steps=1)
     assert got["index_users"] == got["train_users"] > 0 and got["epoch_batches"] >= 1 and got["bundle_bytes"] > 0
+    assert got["sampled_step_s"] > 0  # 300 items: the sampled softmax reaches the catalogue (every item)
     assert 0 < got["context_p50_ms"] <= got["p50_ms"] and got["graph_p50_ms"] > 0
     outlook = outlook_step(tmp_path / "log")
     assert outlook["windows"] >= outlook["fit_rows"] > 0 and outlook["customers"] <= 400

@@ -16,7 +16,8 @@ recall, explore items most of the target):
   embeddings of the basket's items: co-purchase structure the neighbours miss.
 
 Trained with a multinomial log-likelihood over all items (the target basket's items share the probability mass,
-which ranks by expected Recall), on the training users' last baskets and, with ``targets_per_user`` = m > 1, on
+which ranks by expected Recall) or, with ``sampled_items`` = m, a sampled softmax (each batch's target and
+history items and m uniform draws, log-q corrected: a step's cost follows m, not the catalogue), on the training users' last baskets and, with ``targets_per_user`` = m > 1, on
 their m - 1 baskets before the last too, each predicted from the baskets before it (more examples from the same
 training users; no validation or test user is read); the target popularity a training user sees is out of fold
 (its own target never counts, as in ``twins.models.rerank``). The epoch is chosen on the
@@ -69,7 +70,8 @@ class RepeatExploreNet(nn.Module):
     those baskets (padded with ``n_items``; ``twins.runtime.next_basket_features.network_inputs`` builds both),
     ``context`` float32 ``[B, 2 * n_items]``, ``target_popularity`` float32 ``[R, n_items]`` and ``popularity_row``
     int64 ``[B]`` each example's row of it (training passes the out-of-fold counts, a row per fold; without
-    ``popularity_row`` R = B, a row per example; without either, the fitted buffer). Returns ``[B, n_items]``.
+    ``popularity_row`` R = B, a row per example; without either, the fitted buffer). Returns ``[B, n_items]``, or
+    ``[B, C]``, the scores at ``columns`` int64 ``[C]`` (a sampled softmax's items), when given.
 
     The prior MLP is evaluated where its input differs: once per target-popularity row for the items without a
     neighbour signal (most of them), then at the (example, item) pairs with one. The same function as evaluating
@@ -95,8 +97,10 @@ class RepeatExploreNet(nn.Module):
         self.prior = nn.Sequential(nn.Linear(4, 16), nn.GELU(), nn.Linear(16, 1))
 
     def forward(self, baskets: torch.Tensor, items: torch.Tensor, context: torch.Tensor,
-                target_popularity: torch.Tensor | None = None, popularity_row: torch.Tensor | None = None) -> torch.Tensor:
+                target_popularity: torch.Tensor | None = None, popularity_row: torch.Tensor | None = None,
+                columns: torch.Tensor | None = None) -> torch.Tensor:
         b, n = baskets.shape[0], self.n_items
+        at_columns = (lambda x: x) if columns is None else (lambda x: x[..., columns])  # noqa: E731
         tpop_rows = torch.log1p(self.target_popularity[None] if target_popularity is None else target_popularity) / 5.0
         if popularity_row is not None:
             row = popularity_row
@@ -108,14 +112,18 @@ class RepeatExploreNet(nn.Module):
         own = items.clamp(max=n - 1)  # the padding reads item n - 1; its output is dropped
         own_repeat, user = self._own_and_user(baskets, baskets, n, [v.gather(1, own) for v in (
             pop_row.expand(b, n), tpop, neighbours, neighbour_targets)], context.dtype, own)
+        # the rest at the scored columns only (all items, or a training batch's sampled ones)
+        tpop_rows, pop_row, tpop, neighbours, neighbour_targets = map(at_columns, (
+            tpop_rows, pop_row, tpop, neighbours, neighbour_targets))
         silent = torch.zeros_like(tpop_rows)  # no neighbour signal: the prior depends on the item and row alone
         base = self.prior(torch.stack([pop_row.expand_as(tpop_rows), tpop_rows, silent, silent], -1)).squeeze(-1)
         at_b, at_i = ((neighbours != 0) | (neighbour_targets != 0)).nonzero(as_tuple=True)
         signal = self.prior(torch.stack([pop_row[at_i], tpop[at_b, at_i], neighbours[at_b, at_i],
                                          neighbour_targets[at_b, at_i]], -1)).squeeze(-1)
         prior = base[row].index_put((at_b, at_i), signal)
-        repeat = context.new_zeros(b, n + 1).scatter(1, items, own_repeat.to(context.dtype))[:, :n]
-        return repeat + prior + user @ self.embed_out.weight.T + self.bias
+        repeat = at_columns(context.new_zeros(b, n + 1).scatter(1, items, own_repeat.to(context.dtype))[:, :n])
+        out = self.embed_out.weight if columns is None else self.embed_out(columns)
+        return repeat + prior + user @ out.T + at_columns(self.bias)
 
     def candidate_scores(self, positions: torch.Tensor, items: torch.Tensor, own_signal: torch.Tensor,
                          others: torch.Tensor, other_signal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,7 +219,8 @@ class NeuralNextBasket(BaseEstimator):
     def __init__(self, knn: int = 300, within_decay: float = 0.9, group_decay: float = 0.7, group_size: int = 7,
                  dim: int = 64, hidden: int = 64, lr: float = 3e-3, weight_decay: float = 1.0, batch_size: int = 128,
                  max_epochs: int = 12, patience: int = 3, max_baskets: int = 50, targets_per_user: int = 1,
-                 max_users: int = MAX_USERS, steps_per_epoch: int | None = None, seed: int = 0,
+                 max_users: int = MAX_USERS, steps_per_epoch: int | None = None, sampled_items: int | None = None,
+                 seed: int = 0,
                  device: str | None = None, precision: str = "auto", checkpoint_dir: str | None = None,
                  progress: bool = False) -> None:
         self.knn = knn
@@ -229,6 +238,7 @@ class NeuralNextBasket(BaseEstimator):
         self.targets_per_user = targets_per_user
         self.max_users = max_users
         self.steps_per_epoch = steps_per_epoch
+        self.sampled_items = sampled_items
         self.seed = seed
         self.device = device
         self.precision = precision
@@ -256,6 +266,8 @@ class NeuralNextBasket(BaseEstimator):
         by their Recall@10 and stop after ``patience`` epochs without a gain."""
         if self.targets_per_user < 1:
             raise ValueError(f"targets_per_user must be >= 1 (1: the last basket only), got {self.targets_per_user}")
+        if self.sampled_items is not None and self.sampled_items < 1:
+            raise ValueError(f"sampled_items must be >= 1 or None (every item in the softmax), got {self.sampled_items}")
         if self.max_users < 1:
             raise ValueError(f"max_users must be >= 1 (training users in the neighbour index), got {self.max_users}")
         users = [u for u in histories if u in targets and len(targets[u]) > 0]
@@ -311,6 +323,7 @@ class NeuralNextBasket(BaseEstimator):
         while not state["done"] and state["epoch"] < self.max_epochs:
             epoch = state["epoch"]
             order = np.random.default_rng(self.seed * 1000 + epoch).permutation(len(owner))
+            draws = np.random.default_rng([self.seed, 2, epoch, rank])  # the sampled softmax's negatives
             batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
             batches = batches[: max(1, len(batches) // world) * world][rank::world]  # DDP syncs every step
             batches = batches[:self.steps_per_epoch]  # None: all; else an epoch of that many batches (large logs)
@@ -328,9 +341,12 @@ class NeuralNextBasket(BaseEstimator):
                 y = torch.zeros(len(batch), n, device=self.device_)
                 for r, (o, c) in enumerate(examples):
                     y[r, target_rows[o] if c == len(rows[o]) else sorted(set(rows[o][c]))] = 1.0
+                columns, log_q = self._sampled_columns(draws, y, inputs[1]) if self.sampled_items else (None, 0.0)
                 with torch.autocast(self.device_.type, dtype=torch.bfloat16, enabled=amp):
-                    scores = model(*inputs, oof_t, fold_t[torch.as_tensor(batch, device=self.device_)])
-                loss = -(torch.log_softmax(scores.float(), -1) * y).sum(-1).div(y.sum(-1)).mean()
+                    scores = model(*inputs, oof_t, fold_t[torch.as_tensor(batch, device=self.device_)], columns)
+                if columns is not None:
+                    y = y[:, columns]
+                loss = -(torch.log_softmax(scores.float() - log_q, -1) * y).sum(-1).div(y.sum(-1)).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -355,6 +371,24 @@ class NeuralNextBasket(BaseEstimator):
         self.best_epoch_ = state.get("best_epoch", state["epoch"])
         self.popularity_ = popularity
         return self
+
+    def _sampled_columns(self, draws: np.random.Generator, y: torch.Tensor,
+                         items: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | float]:
+        """A batch's sampled softmax: every item of its targets ``y`` and of its users' histories ``items`` (the hard
+        negatives), and ``sampled_items`` drawn uniformly without replacement from the catalogue; with each column's
+        log inclusion probability (0 for the forced ones, log(m / n) for the drawn), subtracted from the scores so
+        the softmax over the columns estimates the one over all items (Jean et al., ACL 2015). ``(None, 0.0)``: every
+        item (when m reaches the catalogue)."""
+        n = y.shape[1]
+        if self.sampled_items >= n:
+            return None, 0.0
+        forced = torch.zeros(n + 1, dtype=torch.bool, device=y.device)
+        forced[items.reshape(-1)] = True
+        forced = forced[:n] | (y > 0).any(0)
+        chosen = forced.clone()
+        chosen[torch.as_tensor(draws.choice(n, self.sampled_items, replace=False), device=y.device)] = True
+        columns = chosen.nonzero().squeeze(1)
+        return columns, torch.where(forced[columns], 0.0, float(np.log(self.sampled_items / n)))
 
     def _examples(self, rows: list[list[list[int]]]) -> tuple[np.ndarray, np.ndarray]:
         """Training examples as ``(owner, cut)``: the history ``rows[owner][:cut]`` and its next basket as the
