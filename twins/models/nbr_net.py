@@ -17,7 +17,8 @@ recall, explore items most of the target):
 
 Trained with a multinomial log-likelihood over all items (the target basket's items share the probability mass,
 which ranks by expected Recall) or, with ``sampled_items`` = m, a sampled softmax (each batch's target and
-history items and m uniform draws, log-q corrected: a step's cost follows m, not the catalogue), on the training users' last baskets and, with ``targets_per_user`` = m > 1, on
+history items and m uniform draws, log-q corrected: a step's cost follows m, not the catalogue), on the training
+users' last baskets and, with ``targets_per_user`` = m > 1, on
 their m - 1 baskets before the last too, each predicted from the baskets before it (more examples from the same
 training users; no validation or test user is read); the target popularity a training user sees is out of fold
 (its own target never counts, as in ``twins.models.rerank``). The epoch is chosen on the
