@@ -342,7 +342,8 @@ def main() -> None:
         print("\n".join(lines))
         if not args.no_report:
             write_section("family_forecasts_in_family", "Machine forecasts: across families against in family",
-                          "TWINS_THREADS=1 python -m experiments.family_forecasts --in-family",
+                          "TWINS_THREADS=1 python -m experiments.family_forecasts --in-family --fleets "
+                          + args.fleets[0] + (" --cache <folder>" if args.cache else ""),
                           "twins.sim.family (4 families and the broad training prior)", "\n".join(lines))
         return
     from twins import tracking
