@@ -2,6 +2,7 @@
 
     TWINS_THREADS=1 python -m experiments.family_forecasts                      # validation, calibration, test table
     TWINS_THREADS=1 python -m experiments.family_forecasts --validate --fleets 2+0 2+4   # validation only
+    TWINS_THREADS=1 python -m experiments.family_forecasts --in-family --fleets 4+12     # against in-family training
     TWINS_THREADS=1 python -m experiments.family_forecasts --machines 60 --train-machines 60 --seeds 1 --epochs 2 \
         --futures 1 --no-report                                                 # a smoke run
 
