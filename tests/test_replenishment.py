@@ -197,6 +197,11 @@ def test_interval_blend_follows_each_series_own_gap_spread(one_thread):
     np.testing.assert_array_equal(half["quantity_high"], net["quantity_high"])
     with pytest.raises(ValueError, match="blend"):
         model.interval_blend(1.5)
+    # training reads the quantiles as trained: the same numbers as log_quantiles while blend and periods are off
+    net0, x = model.interval_blend(0.0).net_, torch.as_tensor(rows.X, dtype=torch.float32)  # members: 1 here
+    with torch.no_grad():
+        for a, b in zip(net0.log_quantiles(x, trained=True), net0.log_quantiles(x)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_clock_days_and_the_day_a_need_is_reached_match_counting_by_hand():

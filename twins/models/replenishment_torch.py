@@ -82,9 +82,14 @@ class ReplenishmentNet(nn.Module):
                                                            + self.blend * torch.log(o.clamp_min(1e-9))), n)
                      for n, o in zip(net, own))
 
-    def log_quantiles(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def log_quantiles(self, x: torch.Tensor, trained: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-space time and quantity quantiles ``[batch, 3]`` each; ``trained``: the time interval as the net
+        learns it, before the options set after the fit (blend, exact periods): fewer steps for training, the same
+        numbers while those options are off."""
         h = self.body((torch.maximum(torch.minimum(x, self.high), self.low) - self.mean) / self.std)
         raw = self.time(h)
+        if trained:
+            return self._quantiles(raw, self.spread[0]), self._quantiles(self.quantity(h), self.spread[1])
         t = self._quantiles(raw, self.spread[0], self._time_gaps(x, raw))
         f = {name: x[:, FEATURES.index(name)] for name in ("log_orders", "gap_cv", "period_left")}
         exact = (self.periods > 0) & (f["log_orders"] >= np.log1p(EXACT_MIN_ORDERS)) & (f["gap_cv"] <= EXACT_GAP_CV)
@@ -177,7 +182,7 @@ class ReplenishmentForecaster(BaseEstimator):
                seed: int) -> float:
         """Pinball-loss training of one member; returns its last batch loss."""
         taus = torch.tensor([(1 - self.interval) / 2, 0.5, (1 + self.interval) / 2], device=self.device_)
-        opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay, foreach=True)
         steps = self.epochs * int(np.ceil(len(x) / self.batch_size))
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=steps)
         g = torch.Generator(device="cpu").manual_seed(seed)
@@ -187,7 +192,7 @@ class ReplenishmentForecaster(BaseEstimator):
             for idx in torch.randperm(len(x), generator=g).split(self.batch_size):
                 idx = idx.to(self.device_)
                 with torch.autocast(self.device_.type, dtype=torch.bfloat16, enabled=amp):
-                    lt, lq = net.log_quantiles(x[idx])
+                    lt, lq = net.log_quantiles(x[idx], trained=True)
                 seen = ~cens[idx]
                 loss = pinball(lt.float(), t[idx], taus, cens[idx]) + pinball(lq[seen].float(), q[idx][seen], taus)
                 opt.zero_grad()
