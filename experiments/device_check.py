@@ -8,11 +8,12 @@ failed check.
 ``--benchmarks`` also writes the table into BENCHMARKS.md ("GPU readiness") and logs the figures to MLflow.
 
 Networks (each through its estimator's own ``fit``, on seeded generated data): the next-basket network
-(``NeuralNextBasket``, with the full softmax and with ``sampled_items``), the neural outlook (``NeuralOutlook``, one member), the replenishment forecaster
-(``ReplenishmentForecaster``) and the emotion classifier with the small encoder (``EmotionClassifier``, dropout 0:
-CPU and CUDA draw different dropout masks), each with ``precision`` ``"fp32"`` or ``"bf16"`` (autocast of every
-training step; the next-basket and emotion estimators' default on CUDA, an option for the outlook and replenishment,
-whose default stays fp32). Compared loss: the last epoch's mean training loss (next basket, emotion),
+(``NeuralNextBasket``, with the full softmax and with ``sampled_items``), the neural outlook (``NeuralOutlook``,
+one member), the replenishment forecaster (``ReplenishmentForecaster``) and the emotion classifier with the small
+encoder (``EmotionClassifier``, dropout 0: CPU and CUDA draw different dropout masks), each with ``precision``
+``"fp32"`` or ``"bf16"`` (autocast of every training step; the next-basket and emotion estimators' default on
+CUDA, an option for the outlook and replenishment, whose default stays fp32). Compared loss: the last epoch's
+mean training loss (next basket, emotion),
 the validation NLL after the last epoch (outlook), the last batch's pinball loss (replenishment). Every run starts
 from the same weights and visits the same batches, so the difference is arithmetic alone:
 

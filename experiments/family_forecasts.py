@@ -231,7 +231,7 @@ def in_family(args) -> list[str]:
              f"{args.members} members, {args.train_machines} machines a training market, cut-offs every "
              f"{args.cutoff_step} days, exact periods answered by their period, {prior} markets of the broad prior): "
              f"on {per_family} markets of each other family (leave-one-family-out, the main table's fleet "
-             f"{args.fleets[0]}) or on {per_family * 3} markets of the family itself (training seeds, never its test "
+             f"{args.fleets[0]}) or on {per_family * (len(FAMILIES) - 1)} markets of the family itself (training seeds, never its test "
              f"or validation seeds). Nothing is chosen here. Time MAE in days (censoring-aware, horizon 120), oracle "
              f"over {args.futures} futures; means over seeds.", "",
              "| family | trained on | training rows | best naive | naive MAE | forecaster MAE | oracle MAE | "

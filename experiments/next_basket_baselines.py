@@ -78,7 +78,7 @@ def tifuknn_paper_split(baskets: dict[str, list[list[str]]]) -> dict[str, float]
 
 def neural_notes(catalog: dict, p: dict) -> str:
     """Training time per epoch, and the exported bundle's latency for one customer (1 thread) and its batch
-    throughput against PyTorch eager on the export seed's test users."""
+    throughput against scoring all items on the export seed's test users."""
     import torch
 
     from experiments.bench_nbr_runtime import ALL_ITEMS, CANDIDATES, END_TO_END, runtime_speed

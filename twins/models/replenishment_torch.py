@@ -87,15 +87,15 @@ class ReplenishmentNet(nn.Module):
         learns it, before the options set after the fit (blend, exact periods): fewer steps for training, the same
         numbers while those options are off."""
         h = self.body((torch.maximum(torch.minimum(x, self.high), self.low) - self.mean) / self.std)
-        raw = self.time(h)
+        raw, q = self.time(h), self._quantiles(self.quantity(h), self.spread[1])
         if trained:
-            return self._quantiles(raw, self.spread[0]), self._quantiles(self.quantity(h), self.spread[1])
+            return self._quantiles(raw, self.spread[0]), q
         t = self._quantiles(raw, self.spread[0], self._time_gaps(x, raw))
         f = {name: x[:, FEATURES.index(name)] for name in ("log_orders", "gap_cv", "period_left")}
         exact = (self.periods > 0) & (f["log_orders"] >= np.log1p(EXACT_MIN_ORDERS)) & (f["gap_cv"] <= EXACT_GAP_CV)
         left = f["period_left"].clamp(0.0, MAX_DAYS)
         clock = torch.log1p(torch.stack([(left - HOUR).clamp_min(0.0), left, left + HOUR], 1))
-        return torch.where(exact[:, None], clock, t), self._quantiles(self.quantity(h), self.spread[1])
+        return torch.where(exact[:, None], clock, t), q
 
     def forward(self, x: torch.Tensor):
         t, q = self.log_quantiles(x)
