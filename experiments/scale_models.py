@@ -8,11 +8,13 @@ Each step of each log runs in its own process under ``/usr/bin/time -v`` (its pe
 * ``nbr``: the log's lines -> each customer's baskets in time order (polars; lines with a null time or quantity or
   a negative price dropped, as ``twins ingest`` quarantines them; a basket is an order), the Reality Check protocol's
   users (>= 2 baskets, the last one the target) split 72/8/20 with seed 0; ``NeuralNextBasket`` (default
-  hyper-parameters) on the training users: its setup (vocabulary, neighbour index of at most ``max_users``
-  users, examples), ``--steps`` training batches with their features built per batch (``steps_per_epoch``; the
-  epoch's time is projected from them), as many with a sampled softmax of ``SAMPLED_ITEMS`` items
-  (``sampled_items``), the neighbour features alone for as many batches, the export (bundle
-  bytes, ONNX parity checked) and the bundle's top-10 for one test customer (raw history in) p50 / p99 over 500.
+  hyper-parameters but the full softmax, ``sampled_items=None``) on the training users: its setup (vocabulary,
+  neighbour index of at most ``max_users`` users, examples), ``--steps`` training batches with their features
+  built per batch (``steps_per_epoch``; the epoch's time is projected from them), the neighbour features alone for
+  as many batches, the export (bundle bytes, ONNX parity checked) and the bundle's top-10 for one test customer
+  (raw history in) p50 / p99 over 500.
+* ``nbr_auto``: the same users and ``NeuralNextBasket`` with every default (``sampled_items="auto"``) in a process
+  of its own: what it chose, its setup and ``--steps`` batches (the epoch projected), its peak RSS.
 * ``outlook``: the customers' purchase days; at the cut-off 13 weeks before the log's end, the training windows
   counted (``twins.models.outlook_net.count_windows``) and a seeded sample of ``OUTLOOK_ROWS`` of them built
   (``training_windows(max_rows=...)``: only the sample is built); ``NeuralOutlook`` with one member for one epoch
@@ -57,14 +59,13 @@ from experiments.bench_nbr_runtime import times_ms
 from experiments.report import write_section
 
 STEPS = 40
-SAMPLED_ITEMS = 2048  # the nbr step also times training batches with this sampled softmax (sampled_items)
 N_LATENCY = 500
 HORIZON_WEEKS = 13
 OUTLOOK_ROWS = 1_000_000
 CHUNK = 65_536  # rows a bundle's graph scores at once
 REPL_ROWS = 100_000
 REPL_HORIZON_DAYS, REPL_STEP_DAYS, REPL_WARMUP_DAYS = 120.0, 5.0, 60.0  # pipelines.replenishment's defaults
-MODELS = ("nbr", "outlook", "replenishment")
+MODELS = ("nbr", "nbr_auto", "outlook", "replenishment")
 EXPERIMENT = "scale-models"
 
 
@@ -114,7 +115,7 @@ def nbr_step(log: Path, steps: int) -> dict[str, Any]:
     split = split_users(histories, 0)
     out["baskets_s"], out["baskets_rss_gib"] = time.perf_counter() - started, _rss_gib()
     train = split["train"]
-    model = NeuralNextBasket(seed=0, max_epochs=1, steps_per_epoch=steps)
+    model = NeuralNextBasket(seed=0, max_epochs=1, steps_per_epoch=steps, sampled_items=None)
     started = time.perf_counter()
     model.fit({u: histories[u] for u in train}, {u: targets[u] for u in train})
     fit_s, trained_s = time.perf_counter() - started, model.history_[0]["train_seconds"]
@@ -125,10 +126,6 @@ def nbr_step(log: Path, steps: int) -> dict[str, Any]:
             "epoch_batches": -(-n_examples // model.batch_size),
             "fit_rss_gib": _rss_gib()}
     out["epoch_projected_s"] = out["step_s"] * out["epoch_batches"]
-    sampled = NeuralNextBasket(seed=0, max_epochs=1, steps_per_epoch=steps, sampled_items=SAMPLED_ITEMS)
-    sampled.fit({u: histories[u] for u in train}, {u: targets[u] for u in train})
-    out["sampled_step_s"] = sampled.history_[0]["train_seconds"] / steps
-    del sampled
     rows = model._indices({u: histories[u] for u in train[:steps * model.batch_size]})
     started = time.perf_counter()
     for s in range(0, len(rows), model.batch_size):
@@ -154,6 +151,25 @@ def nbr_step(log: Path, steps: int) -> dict[str, Any]:
             out[f"{name}p50_ms"], out[f"{name}p99_ms"] = float(np.percentile(times, 50)), float(np.percentile(times, 99))
     out["n_latency"] = len(test)
     return out
+
+
+def nbr_auto_step(log: Path, steps: int) -> dict[str, Any]:
+    """The default ``NeuralNextBasket`` (``sampled_items="auto"``) alone: what it chose, its batches and peak."""
+    import torch
+
+    from twins.evaluate.next_basket import split_history_target, split_users
+    from twins.models.nbr_net import NeuralNextBasket
+
+    torch.set_num_threads(1)
+    histories, targets, _ = split_history_target(load_baskets(log))
+    train = split_users(histories, 0)["train"]
+    model = NeuralNextBasket(seed=0, max_epochs=1, steps_per_epoch=steps)
+    started = time.perf_counter()
+    model.fit({u: histories[u] for u in train}, {u: targets[u] for u in train})
+    fit_s, trained_s = time.perf_counter() - started, model.history_[0]["train_seconds"]
+    batches = -(-len(train) // model.batch_size)
+    return {"sampled_items": model.sampled_items_ or 0, "items": len(model.items_), "setup_s": fit_s - trained_s,
+            "step_s": trained_s / steps, "epoch_projected_s": trained_s / steps * batches, "epoch_batches": batches}
 
 
 def outlook_step(log: Path) -> dict[str, Any]:
@@ -312,7 +328,9 @@ def replenishment_step(sim: Path) -> dict[str, Any]:
     return out
 
 
-STEP_FUNCTIONS = {"nbr": lambda path, args: nbr_step(path, args.steps), "outlook": lambda path, args: outlook_step(path),
+STEP_FUNCTIONS = {"nbr": lambda path, args: nbr_step(path, args.steps),
+                  "nbr_auto": lambda path, args: nbr_auto_step(path, args.steps),
+                  "outlook": lambda path, args: outlook_step(path),
                   "replenishment": lambda path, args: replenishment_step(path)}
 
 
@@ -388,11 +406,14 @@ LOG_ROWS = [
     ("next basket: neighbour index users / non-zeros", "nbr", lambda n: f"{n['index_users']:,} / {n['index_nnz']:,}"),
     ("next basket: one training batch of 128 (s; features built in it)", "nbr", lambda n: f"{n['step_s']:.2f}"),
     ("next basket: of which neighbour features (s)", "nbr", lambda n: f"{n['features_step_s']:.3f}"),
-    (f"next basket: one training batch, sampled softmax of {SAMPLED_ITEMS:,} items (s)", "nbr",
-     lambda n: f"{n['sampled_step_s']:.2f} ({n['sampled_step_s'] * n['epoch_batches'] / 60:,.0f} min an epoch)"),
     ("next basket: one epoch, projected from the batches (min)", "nbr",
      lambda n: f"{n['epoch_projected_s'] / 60:,.0f} ({n['epoch_batches']:,} batches)"),
     ("next basket: peak RSS of the step (GiB)", "nbr", lambda n: f"{n['peak_rss_gib']:.1f}"),
+    ("next basket, default `sampled_items='auto'`: what it chose", "nbr_auto",
+     lambda n: f"{n['sampled_items']:,} of {n['items']:,} items" if n["sampled_items"] else "every item"),
+    ("next basket, default: setup / one training batch (s); an epoch, projected (min)", "nbr_auto",
+     lambda n: f"{n['setup_s']:.0f} / {n['step_s']:.2f}; {n['epoch_projected_s'] / 60:,.0f}"),
+    ("next basket, default: peak RSS of its own step (GiB)", "nbr_auto", lambda n: f"{n['peak_rss_gib']:.1f}"),
     ("next basket: bundle (model.onnx + neighbours.npz + manifest)", "nbr",
      lambda n: f"{_size(n['bundle_bytes'])} ({_size(n['onnx_bytes'])} + {_size(n['neighbours_bytes'])})"),
     ("next basket: export with parity check (s)", "nbr", lambda n: f"{n['export_s']:.0f}"),
@@ -488,7 +509,7 @@ def main() -> None:
     from twins import tracking
 
     models = args.models.split(",")
-    inputs = {"nbr": args.logs, "outlook": args.outlook_logs or args.logs, "replenishment": args.sims}
+    inputs = {"nbr": args.logs, "nbr_auto": args.logs, "outlook": args.outlook_logs or args.logs, "replenishment": args.sims}
     logs = sorted(dict.fromkeys([*args.logs, *(args.outlook_logs or [])]),
                   key=lambda g: json.loads((g / "manifest.json").read_text())["customers"])
     results: dict[str, dict[str, Any]] = {}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from twins.evaluate.metrics import evaluate_rankings
-from twins.models.nbr_net import NeuralNextBasket
+from twins.models.nbr_net import AUTO_SAMPLED_ITEMS, AUTO_SHARE, NeuralNextBasket
 from twins.models.nbr_net_export import NEIGHBOURS_FILE, export_nbr_net
 from twins.models.tifuknn import TIFUKNN
 from twins.runtime import BundleError, NeighbourNextBasketBundle, load
@@ -299,6 +299,7 @@ def test_scores_at_columns_are_the_full_scores_there(model):
 
 def test_sampled_columns_force_targets_and_history_items_and_correct_the_draws():
     est = NeuralNextBasket(sampled_items=3)
+    est.sampled_items_ = 3  # as fit resolves it
     y = torch.zeros(2, 10)
     y[0, 1] = y[1, 7] = 1.0
     items = torch.tensor([[2, 10, 10], [2, 5, 10]])  # padded with n = 10
@@ -307,7 +308,29 @@ def test_sampled_columns_force_targets_and_history_items_and_correct_the_draws()
     drawn = set(np.random.default_rng(0).choice(10, 3, replace=False).tolist())
     assert columns.tolist() == sorted(forced | drawn)
     assert log_q.tolist() == pytest.approx([0.0 if c in forced else np.log(3 / 10) for c in columns.tolist()])
-    assert est.set_params(sampled_items=10)._sampled_columns(np.random.default_rng(0), y, items) == (None, 0.0)
+    est.sampled_items_ = 10
+    assert est._sampled_columns(np.random.default_rng(0), y, items) == (None, 0.0)
+
+
+def test_auto_samples_only_where_a_batch_spans_under_a_share_of_a_wide_catalogue():
+    est = NeuralNextBasket(batch_size=4, max_baskets=2)
+    rows = [[[0, 1], [2], [3]], [[4], [5, 6]], [[7]], [[8, 9]]]  # the 2-basket window of user 0 is [2], [3]
+    target_rows = [[10], [11], [12], [13]]
+    owner, cut = np.arange(4), np.array([3, 2, 1, 1])
+    forced = len({2, 3, 4, 5, 6, 7, 8, 9} | {10, 11, 12, 13})  # every example is in the one batch of 4
+    wide = next(n for n in range(int((forced + AUTO_SAMPLED_ITEMS) / AUTO_SHARE) - 2, 10**6)
+                if forced + AUTO_SAMPLED_ITEMS < AUTO_SHARE * n)  # the narrowest catalogue that samples
+    assert est._choose_sampled(rows, target_rows, owner, cut, wide) == AUTO_SAMPLED_ITEMS
+    assert est._choose_sampled(rows, target_rows, owner, cut, wide - 1) is None  # columns at the share: every item
+    assert est._choose_sampled(rows, target_rows, owner, cut, int(AUTO_SAMPLED_ITEMS / AUTO_SHARE)) is None
+    assert est.set_params(sampled_items=None)._choose_sampled(rows, target_rows, owner, cut, wide) is None
+    assert est.set_params(sampled_items=7)._choose_sampled(rows, target_rows, owner, cut, 10) == 7
+
+
+def test_auto_on_a_narrow_catalogue_is_the_full_softmax_bit_for_bit():
+    auto, full = _fit(max_epochs=2), _fit(max_epochs=2, sampled_items=None)
+    assert auto.sampled_items == "auto" and auto.sampled_items_ is None
+    assert [h["train_loss"] for h in auto.history_] == [h["train_loss"] for h in full.history_]
 
 
 def test_sampled_softmax_training_learns_and_a_full_sample_is_the_full_softmax():
@@ -317,5 +340,6 @@ def test_sampled_softmax_training_learns_and_a_full_sample_is_the_full_softmax()
     assert r["recall@2"] > 0.7
     full, everything = _fit(max_epochs=2), _fit(max_epochs=2, sampled_items=10_000)  # m >= the catalogue
     assert [h["train_loss"] for h in full.history_] == [h["train_loss"] for h in everything.history_]
-    with pytest.raises(ValueError, match="sampled_items"):
-        _fit(sampled_items=0)
+    for bad in (0, "some", 2.5, True):
+        with pytest.raises(ValueError, match="sampled_items"):
+            _fit(sampled_items=bad)

@@ -175,14 +175,15 @@ def test_prior_evaluated_sparsely_equals_it_at_every_item():
 @pytest.mark.slow
 def test_scale_models_steps_on_a_small_generated_log(tmp_path):
     from experiments.retail_log import generate
-    from experiments.scale_models import load_baskets, nbr_step, outlook_step
+    from experiments.scale_models import load_baskets, nbr_auto_step, nbr_step, outlook_step
 
     generate(tmp_path / "log", lines=20_000, customers=400, items=300, days=200, fmt="csv", bad_rate=0.01)
     baskets = load_baskets(tmp_path / "log")
     assert len(baskets) <= 400 and all(len(set(b)) == len(b) for h in baskets.values() for b in h)
     got = nbr_step(tmp_path / "log", steps=1)
     assert got["index_users"] == got["train_users"] > 0 and got["epoch_batches"] >= 1 and got["bundle_bytes"] > 0
-    assert got["sampled_step_s"] > 0  # 300 items: the sampled softmax reaches the catalogue (every item)
+    auto = nbr_auto_step(tmp_path / "log", steps=1)
+    assert auto["sampled_items"] == 0 and auto["items"] == got["items"] and auto["step_s"] > 0  # 300 items: every one
     assert 0 < got["context_p50_ms"] <= got["p50_ms"] and got["graph_p50_ms"] > 0
     outlook = outlook_step(tmp_path / "log")
     assert outlook["windows"] >= outlook["fit_rows"] > 0 and outlook["customers"] <= 400

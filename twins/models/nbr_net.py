@@ -17,7 +17,8 @@ recall, explore items most of the target):
 
 Trained with a multinomial log-likelihood over all items (the target basket's items share the probability mass,
 which ranks by expected Recall) or, with ``sampled_items`` = m, a sampled softmax (each batch's target and
-history items and m uniform draws, log-q corrected: a step's cost follows m, not the catalogue), on the training
+history items and m uniform draws, log-q corrected: a step's cost follows m, not the catalogue; by default "auto":
+sampled where that cuts a step's columns to under a fifth of a wide catalogue, ``AUTO_SHARE``), on the training
 users' last baskets and, with ``targets_per_user`` = m > 1, on
 their m - 1 baskets before the last too, each predicted from the baskets before it (more examples from the same
 training users; no validation or test user is read); the target popularity a training user sees is out of fold
@@ -38,6 +39,7 @@ from __future__ import annotations
 import time
 from itertools import chain
 from collections.abc import Hashable, Mapping, Sequence
+from numbers import Integral
 from pathlib import Path
 from typing import Self
 
@@ -61,6 +63,13 @@ RESUME_IGNORES = ("max_epochs", "patience", "device", "precision", "checkpoint_d
 #: 13,858 users and Complete Journey's 2,469, so their models are unchanged; neighbours.npz is 10 MiB at 20,000
 #: users of ~28 items each (experiments.scale_models), whatever the number of customers
 MAX_USERS = 20_000
+#: ``sampled_items="auto"``: a sampled softmax of this many drawn items when a batch's columns (its targets, its
+#: users' history items and the draws, averaged over ``AUTO_PROBES`` seeded batches of training examples) are under
+#: ``AUTO_SHARE`` of the catalogue, else every item. A step's cost follows its columns: at 11 % of 50k items, 1.61 ->
+#: 0.43 s a batch (experiments.scale_models); nearer the catalogue's width sampling saves too little to give up the
+#: exact loss. A cost rule, set from costs alone: every Ta-Feng version (12k items or fewer: 40-90 %) and Complete
+#: Journey (27 % of ~60k) keep every item, as their reported models did; the generated 50k-item log samples (11 %).
+AUTO_SAMPLED_ITEMS, AUTO_SHARE, AUTO_PROBES = 2048, 0.2, 8
 
 
 class RepeatExploreNet(nn.Module):
@@ -220,7 +229,7 @@ class NeuralNextBasket(BaseEstimator):
     def __init__(self, knn: int = 300, within_decay: float = 0.9, group_decay: float = 0.7, group_size: int = 7,
                  dim: int = 64, hidden: int = 64, lr: float = 3e-3, weight_decay: float = 1.0, batch_size: int = 128,
                  max_epochs: int = 12, patience: int = 3, max_baskets: int = 50, targets_per_user: int = 1,
-                 max_users: int = MAX_USERS, steps_per_epoch: int | None = None, sampled_items: int | None = None,
+                 max_users: int = MAX_USERS, steps_per_epoch: int | None = None, sampled_items: int | str | None = "auto",
                  seed: int = 0,
                  device: str | None = None, precision: str = "auto", checkpoint_dir: str | None = None,
                  progress: bool = False) -> None:
@@ -267,8 +276,10 @@ class NeuralNextBasket(BaseEstimator):
         by their Recall@10 and stop after ``patience`` epochs without a gain."""
         if self.targets_per_user < 1:
             raise ValueError(f"targets_per_user must be >= 1 (1: the last basket only), got {self.targets_per_user}")
-        if self.sampled_items is not None and self.sampled_items < 1:
-            raise ValueError(f"sampled_items must be >= 1 or None (every item in the softmax), got {self.sampled_items}")
+        if not (self.sampled_items in (None, "auto") or (isinstance(self.sampled_items, Integral)
+                                                          and not isinstance(self.sampled_items, bool) and self.sampled_items >= 1)):
+            raise ValueError(f"sampled_items must be an integer >= 1, None (every item in the softmax) or 'auto' (by "
+                             f"the catalogue's width), got {self.sampled_items!r}")
         if self.max_users < 1:
             raise ValueError(f"max_users must be >= 1 (training users in the neighbour index), got {self.max_users}")
         users = [u for u in histories if u in targets and len(targets[u]) > 0]
@@ -299,6 +310,7 @@ class NeuralNextBasket(BaseEstimator):
         sizes = np.bincount(fold, minlength=n_folds)
         oof = (total - fold_counts) * (len(users) / np.maximum(len(users) - sizes, 1))[:, None]
         owner, cut = self._examples(rows)
+        self.sampled_items_ = self._choose_sampled(rows, target_rows, owner, cut, n)
 
         self.net_ = RepeatExploreNet(n, self.dim, self.hidden).to(self.device_)
         self.net_.log_popularity.copy_(torch.as_tensor(np.log1p(popularity), dtype=torch.float32))
@@ -342,7 +354,7 @@ class NeuralNextBasket(BaseEstimator):
                 y = torch.zeros(len(batch), n, device=self.device_)
                 for r, (o, c) in enumerate(examples):
                     y[r, target_rows[o] if c == len(rows[o]) else sorted(set(rows[o][c]))] = 1.0
-                columns, log_q = self._sampled_columns(draws, y, inputs[1]) if self.sampled_items else (None, 0.0)
+                columns, log_q = self._sampled_columns(draws, y, inputs[1]) if self.sampled_items_ else (None, 0.0)
                 with torch.autocast(self.device_.type, dtype=torch.bfloat16, enabled=amp):
                     scores = model(*inputs, oof_t, fold_t[torch.as_tensor(batch, device=self.device_)], columns)
                 if columns is not None:
@@ -373,6 +385,26 @@ class NeuralNextBasket(BaseEstimator):
         self.popularity_ = popularity
         return self
 
+    def _choose_sampled(self, rows: list[list[list[int]]], target_rows: list[list[int]], owner: np.ndarray,
+                        cut: np.ndarray, n: int) -> int | None:
+        """``sampled_items`` as fitted (``sampled_items_``): as given, or for "auto" ``AUTO_SAMPLED_ITEMS`` when
+        the columns of ``AUTO_PROBES`` seeded batches of examples (their histories' last ``max_baskets`` baskets and
+        targets, plus the draws) average under ``AUTO_SHARE`` of the ``n`` items, else None (every item)."""
+        if self.sampled_items != "auto":
+            return self.sampled_items
+        if AUTO_SAMPLED_ITEMS >= AUTO_SHARE * n:
+            return None
+        probe = np.random.default_rng([self.seed, 3])
+        forced = []
+        for _ in range(AUTO_PROBES):
+            batch = probe.choice(len(owner), min(self.batch_size, len(owner)), replace=False)
+            seen: set[int] = set()
+            for o, c in zip(owner[batch].tolist(), cut[batch].tolist()):
+                seen.update(chain.from_iterable(rows[o][max(0, c - self.max_baskets):c]))
+                seen.update(target_rows[o] if c == len(rows[o]) else rows[o][c])
+            forced.append(len(seen))
+        return AUTO_SAMPLED_ITEMS if float(np.mean(forced)) + AUTO_SAMPLED_ITEMS < AUTO_SHARE * n else None
+
     def _sampled_columns(self, draws: np.random.Generator, y: torch.Tensor,
                          items: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | float]:
         """A batch's sampled softmax: every item of its targets ``y`` and of its users' histories ``items`` (the hard
@@ -381,15 +413,15 @@ class NeuralNextBasket(BaseEstimator):
         the softmax over the columns estimates the one over all items (Jean et al., ACL 2015). ``(None, 0.0)``: every
         item (when m reaches the catalogue)."""
         n = y.shape[1]
-        if self.sampled_items >= n:
+        if self.sampled_items_ >= n:
             return None, 0.0
         forced = torch.zeros(n + 1, dtype=torch.bool, device=y.device)
         forced[items.reshape(-1)] = True
         forced = forced[:n] | (y > 0).any(0)
         chosen = forced.clone()
-        chosen[torch.as_tensor(draws.choice(n, self.sampled_items, replace=False), device=y.device)] = True
+        chosen[torch.as_tensor(draws.choice(n, self.sampled_items_, replace=False), device=y.device)] = True
         columns = chosen.nonzero().squeeze(1)
-        return columns, torch.where(forced[columns], 0.0, float(np.log(self.sampled_items / n)))
+        return columns, torch.where(forced[columns], 0.0, float(np.log(self.sampled_items_ / n)))
 
     def _examples(self, rows: list[list[list[int]]]) -> tuple[np.ndarray, np.ndarray]:
         """Training examples as ``(owner, cut)``: the history ``rows[owner][:cut]`` and its next basket as the
