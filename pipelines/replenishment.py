@@ -1,7 +1,8 @@
 """Replenishment pipeline: a machine-order log -> next-order forecasts of every machine -> ONNX bundle.
 
 Protocol (DESIGN §4, replenishment, on a time split): the forecaster (``twins.models.replenishment_torch``) learns
-from every machine's history at cut-offs every ``cutoff_step_days`` before ``params.cutoff``, its targets watched
+from every machine's history at cut-offs every ``cutoff_step_days`` before ``params.cutoff`` (a seeded sample of
+``max_training_rows`` of these (machine, cut-off) pairs when there are more), its targets watched
 up to the cut-off only (a later order is censored there); it is scored, beside the naive baselines (last and mean
 interval, Croston, TSB, (s, S) inference), on each machine with 3 or more orders before the cut-off: its next order
 within ``horizon_days`` after it, censoring-aware (``twins.evaluate.replenishment``). Then it is refitted on every
@@ -24,7 +25,7 @@ from twins.data.ingest import IngestReport
 from twins.data.source import SourceConfig
 from twins.evaluate.replenishment import coverage, replenishment_metrics
 from twins.models.replenishment import (EPOCH, UNUSABLE, History, Samples, baseline_predictions, histories,
-                                       runtime_inputs, samples)
+                                       pair_samples, runtime_inputs, sample_pairs, samples)
 from twins.models.replenishment_torch import ReplenishmentForecaster
 from twins.pipeline import Pipeline, node
 from twins.provenance import last_event, provenance
@@ -35,7 +36,8 @@ TAGS = {"protocol": "replenishment: train before the cut-off (targets censored t
 MODEL = "forecaster"
 DAY_S = 86_400
 DEFAULTS: dict[str, Any] = {"cutoff": None, "horizon_days": 120.0, "cutoff_step_days": 5, "warmup_days": 60,
-                            "forecaster": {}, "export": True, "detector": None, "detector_threshold": 0.5}
+                            "max_training_rows": 200_000, "forecaster": {}, "export": True, "detector": None,
+                            "detector_threshold": 0.5}
 
 
 def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -45,6 +47,10 @@ def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
     for key in ("horizon_days", "cutoff_step_days"):
         if not float(p[key]) > 0:
             raise ValueError(f"params.{key} must be > 0, got {p[key]}")
+    rows = p["max_training_rows"]
+    if rows is not None and not (isinstance(rows, int) and not isinstance(rows, bool) and rows >= 1):
+        raise ValueError(f"params.max_training_rows must be a whole number >= 1 (or null: every (machine, cut-off) "
+                         f"pair), got {rows!r}")
     check_hyper_parameters(ReplenishmentForecaster, p["forecaster"], "forecaster")
     return p
 
@@ -98,10 +104,14 @@ def feature_cache(hist: dict[str, History]) -> dict:
 
 def _training_rows(hist: dict[str, History], until: float, p: dict[str, Any], cache: dict | None = None) -> Samples:
     """Every machine at cut-offs every ``cutoff_step_days`` from ``warmup_days`` after the first order to ``until``,
-    targets watched up to ``until`` only."""
+    targets watched up to ``until`` only; with more (machine, cut-off) pairs than ``max_training_rows``, a seeded
+    uniform sample of that many (``sample_pairs``), so a large fleet's features and fit stay bounded."""
     start = min(float(h.t[0]) for h in hist.values()) + float(p["warmup_days"])
-    cuts = list(np.arange(start, until, float(p["cutoff_step_days"])))
-    rows = samples(hist, list(hist), cuts, float(p["horizon_days"]), until=until, cache=cache)
+    cuts = np.arange(start, until, float(p["cutoff_step_days"]))
+    machines = list(hist)
+    m, c = sample_pairs(len(machines), len(cuts), p["max_training_rows"], seed=0)
+    rows = pair_samples(hist, [machines[i] for i in m], cuts[c].tolist(), float(p["horizon_days"]), until=until,
+                        cache=cache)
     if len(rows.T) == 0:
         raise ValueError(f"no training row before {EPOCH + timedelta(days=until):%Y-%m-%d}: no machine has 3 orders "
                          f"by then, {p['warmup_days']} days after the first order; choose a later cut-off")

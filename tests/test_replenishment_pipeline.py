@@ -58,6 +58,7 @@ def test_replenishment_pipeline_evaluates_exports_and_tracks(market_log):
     ("params.cutoff=2025-05-15", "runs past the data"),
     ("params.forecaster={depth: 3}", "depth"),
     ("params.horizon_days=0", "params.horizon_days must be > 0"),
+    ("params.max_training_rows=0", "params.max_training_rows must be a whole number >= 1"),
 ])
 def test_replenishment_pipeline_parameter_errors(market_log, override, words):
     out = CliRunner().invoke(app, ["run", str(market_log / "repl.yaml"), "--set", override])
@@ -72,3 +73,30 @@ def test_a_log_without_machine_orders_is_refused_clearly(market_log):
     (market_log / "people.yaml").write_text(text.replace("name: mini_log", "name: people_log"))
     out = CliRunner().invoke(app, ["run", str(market_log / "repl.yaml"), "--set", "source=people.yaml"])
     assert out.exit_code == 2 and "no machine orders" in out.output and "actor: machine" in out.output
+
+
+def test_training_rows_are_every_pair_up_to_the_cap_and_a_seeded_sample_of_the_cap_beyond():
+    import numpy as np
+
+    from pipelines.replenishment import _training_rows
+    from twins.models.replenishment import History, samples
+
+    rng = np.random.default_rng(0)
+    hist = {}
+    for k in range(30):
+        t = 20_000.0 + np.cumsum(rng.uniform(5, 15, 30))
+        hist[f"m{k}"] = History(t, rng.uniform(20, 40, 30), np.full(30, 3.0))
+    until, p = 20_200.0, {"warmup_days": 30, "cutoff_step_days": 5, "horizon_days": 60.0}
+    cuts = list(np.arange(min(h.t[0] for h in hist.values()) + 30, until, 5.0))
+    every = samples(hist, list(hist), cuts, 60.0, until=until)
+    pairs = len(hist) * len(cuts)
+    for cap in (None, pairs):
+        got = _training_rows(hist, until, p | {"max_training_rows": cap})
+        assert np.array_equal(got.X, every.X) and np.array_equal(got.machine, every.machine)
+        assert np.array_equal(got.T, every.T, equal_nan=True) and np.array_equal(got.bound, every.bound)
+    some = _training_rows(hist, until, p | {"max_training_rows": 100})
+    again = _training_rows(hist, until, p | {"max_training_rows": 100})
+    assert 0 < len(some.T) <= 100 and np.array_equal(some.X, again.X)
+    index = {(m, c): i for i, (m, c) in enumerate(zip(every.machine, every.cutoff))}
+    rows = [index[(m, c)] for m, c in zip(some.machine, some.cutoff)]  # each sampled row is that pair's full row
+    assert np.array_equal(some.X, every.X[rows]) and np.array_equal(some.T, every.T[rows], equal_nan=True)
