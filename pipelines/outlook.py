@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from twins import api, paths
-from twins.data.events import scan_events
+from twins.data.events import bucket_files, bucket_of, scan_events
 from twins.data.ingest import IngestReport
 from twins.data.source import SourceConfig
 from twins.evaluate.outlook import (COUNT_BY, SPEND, outlook_metrics, persistence, purchase_days, purchase_lines, rate_extrapolation,
@@ -269,10 +269,11 @@ def fit_for_export(days: pl.DataFrame, as_of: datetime | None, params: dict[str,
     return out
 
 
-def raw_histories(source: SourceConfig, before: datetime, customers: list[str]) -> list[list[tuple]]:
+def raw_histories(source: SourceConfig, before: datetime, customers: list[str], bucket: int | None = None) -> list[list[tuple]]:
     """Each customer's lines before ``before`` as a caller of the runtime sends them: (time, amount), returns
-    negative (``twins.evaluate.outlook.purchase_lines``)."""
-    events = scan_events(paths.events_dir(source.name)).filter(pl.col("event_time") < pl.lit(before, pl.Datetime("us", "UTC")))
+    negative (``twins.evaluate.outlook.purchase_lines``); ``bucket``: read that bucket of the event store only."""
+    events = scan_events(paths.events_dir(source.name), bucket=bucket).filter(
+        pl.col("event_time") < pl.lit(before, pl.Datetime("us", "UTC")))
     by_id = purchase_lines(events.filter(pl.col("customer_id").is_in(customers)))
     return [by_id.get(c, []) for c in customers]
 
@@ -280,16 +281,17 @@ def raw_histories(source: SourceConfig, before: datetime, customers: list[str]) 
 def export_bundles(source: SourceConfig, days: pl.DataFrame, fitted: dict[str, Any], params: dict[str, Any],
                    attributes: dict[str, dict]) -> dict[str, str]:
     """Write the ONNX bundles (``$TWINS_HOME/models/<source>-outlook[-net]``) and check that each, fed every scored
-    customer's raw purchase days, gives the model's expected purchases, spend and P(>= 1 purchase) (rtol 1e-6)."""
+    customer's raw purchase days, gives the model's expected purchases, spend and P(>= 1 purchase) (rtol 1e-6).
+    The raw lines are read bucket by bucket of the event store (a customer's all lie in one), so memory holds one
+    bucket's lines as the runtime takes them, not the whole log's; the bundles' answers are kept as columns."""
     from twins.models.outlook_export import export_neural_outlook, export_outlook
     from twins.runtime import load
 
     p = resolve_params(params)
     when, summary, horizon = fitted["as_of"], fitted["summary"], float(p["horizon_days"])
-    histories = raw_histories(source, when, summary["customer_id"].to_list())
     before = scan_events(paths.events_dir(source.name)).filter(pl.col("event_time") < pl.lit(when, pl.Datetime("us", "UTC")))
     fitted_on = provenance(source.name, last_event(before))  # the manifests' data_source, data_until
-    bundles: dict[str, str] = {}
+    bundles, wanted = {}, {}
     for name in p["export"]:
         out = paths.models_dir() / f"{source.name}-outlook{BUNDLE_SUFFIX[name]}"
         if name == "bgnbd":
@@ -298,26 +300,41 @@ def export_bundles(source: SourceConfig, days: pl.DataFrame, fitted: dict[str, A
                             predict_outlook(summary, counts, gg, horizon / 7.0)[:3]))
             export_outlook(counts, gg, out, horizon_days=horizon, name=out.name, overwrite=True, spend=p["spend"],
                            provenance=fitted_on, count_by=p["count_by"])
-            got = load(out).score(histories, when)
         elif name == "seasonal_bgnbd":
             model = fitted["seasonal_bgnbd"]
             want = dict(zip(("expected_purchases", "expected_spend", "p_any_purchase"), fitted["seasonal_bgnbd_answers"]))
             export_outlook(model.counts_, model.spend_, out, horizon_days=horizon, name=out.name, overwrite=True,
                            spend=p["spend"], calendar=model.calendar_, provenance=fitted_on, count_by=p["count_by"])
-            got = load(out).score(histories, when)
         else:
             model = fitted["neural"]
             want = model.predict(fitted["neural_inputs"][0], horizon_weeks(horizon), *fitted["neural_inputs"][1:])
             export_neural_outlook(model, out, horizon_days=horizon, name=out.name, overwrite=True, spend=p["spend"],
                                   provenance=fitted_on, covariates=fitted["covariates"], count_by=p["count_by"])
-            got = load(out).score(histories, when, attributes=[attributes.get(c) for c in summary["customer_id"]])
+        bundles[name], wanted[name] = out, want
+    loaded = {name: load(out) for name, out in bundles.items()}
+    customers = summary["customer_id"]
+    n_buckets = len(bucket_files(paths.events_dir(source.name)))
+    where = bucket_of(customers, n_buckets).to_numpy()
+    parts: dict[str, list[pl.DataFrame]] = {name: [] for name in bundles}
+    for b in range(n_buckets):
+        rows = np.flatnonzero(where == b)
+        if not len(rows):
+            continue
+        ids = customers.gather(rows).to_list()
+        histories = raw_histories(source, when, ids, bucket=b if n_buckets > 1 else None)
+        for name, bundle in loaded.items():
+            extra = {"attributes": [attributes.get(c) for c in ids]} if name == "neural" else {}
+            got = pl.DataFrame(bundle.score(histories, when, **extra), infer_schema_length=None)
+            parts[name].append(got.with_columns(_row=pl.Series(rows, dtype=pl.Int64)))
+        del histories
+    for name, out in bundles.items():
+        got = pl.concat(parts.pop(name), how="vertical_relaxed").sort("_row").drop("_row")
         for key in ("expected_purchases", "expected_spend", "p_any_purchase"):
-            if not np.allclose([g[key] for g in got], want[key], rtol=1e-6):
+            if not np.allclose(got[key].to_numpy(), wanted[name][key], rtol=1e-6):
                 raise AssertionError(f"{out}: the runtime's {key} differs from the model's: the bundle does not "
                                      "reproduce it")
-        bundles[name] = str(out)
         fitted.setdefault("answers", {})[name] = got
-    return bundles
+    return {name: str(out) for name, out in bundles.items()}
 
 
 def calibration_plot(pred: np.ndarray, actual: np.ndarray, title: str, path: Path) -> Path:
@@ -367,8 +384,8 @@ def write_predictions(source: SourceConfig, holdout: dict[str, Any], fitted: dic
     holdout["table"].write_parquet(files["holdout"])
     answers = fitted.get("answers", {})
     table = fitted["summary"].select("customer_id").with_columns(as_of=pl.lit(fitted["as_of"], pl.Datetime("us", "UTC")))
-    for name, rows in answers.items():
-        frame = pl.DataFrame(rows).drop("horizon_days")
+    for name, answered in answers.items():
+        frame = answered.drop("horizon_days")
         table = table.with_columns(frame.rename({c: f"{name}_{c}" for c in frame.columns}))
     table.write_parquet(files["predictions"])
     print(f"outlook: per-customer predictions written: {files['holdout']}, {files['predictions']}", flush=True)

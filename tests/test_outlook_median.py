@@ -65,6 +65,23 @@ def test_median_is_the_half_quantile_of_the_distribution():
     assert abs(median[3] - mean[3]) < 2 and median[1] == 0 < mean[1]
 
 
+def test_quantiles_in_blocks_of_rows_are_those_of_one_block(monkeypatch):
+    """Rows go in blocks of similar means (memory bounded by the block, not customers x the largest count); a row's
+    quantile does not depend on its block: tiny blocks give the answers of one block, bit for bit."""
+    import twins.models.btyd as btyd
+
+    rng = np.random.default_rng(3)
+    x = rng.poisson(rng.gamma(0.5, 8, 400)).astype(float)
+    T = rng.uniform(20, 80, 400)
+    t_x = T * rng.uniform(0, 1, 400) * (x > 0)
+    for model in (BetaGeoModel.from_params(PARAMS, device="cpu"), ModifiedBetaGeoModel.from_params(PARAMS, device="cpu")):
+        for q in (0.1, 0.5, 0.9):
+            whole = model.quantile_purchases(q, 39.0, x, t_x, T)
+            monkeypatch.setattr(btyd, "BLOCK_ELEMENTS", 300)  # a few rows per block, one for the heaviest
+            assert np.array_equal(model.quantile_purchases(q, 39.0, x, t_x, T), whole)
+            monkeypatch.undo()
+
+
 def test_seasonal_model_answers_the_median_in_calendar_time():
     """SeasonalBetaGeoModel with the generating calendar: its median is BG/NBD's median over the warped horizon
     (the calendar's integral of the rate over the 26 weeks after the cut-off), not over 26 plain weeks."""

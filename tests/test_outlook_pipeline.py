@@ -120,3 +120,27 @@ def test_outlook_pipeline_for_the_analyst(shop, twins_home, capsys):
     assert preds["neural_expected_purchases"].is_finite().all()
     printed = capsys.readouterr().out
     assert "outlook: training the neural outlook" in printed and "trained once" in printed
+
+
+def test_the_bundles_are_checked_bucket_by_bucket_and_each_answer_is_its_customers(shop, twins_home):
+    """On a store of several buckets the runtime check reads one bucket's raw lines at a time; the per-customer
+    predictions still line up with their customers: each equals the bundle's answer from that customer's lines."""
+    import polars as pl
+
+    from pipelines.outlook import raw_histories
+    from twins.data.events import bucket_files
+    from twins.data.source import load_source
+
+    (shop / "shop.yaml").write_text((shop / "shop.yaml").read_text() + "buckets: 3\n")
+    catalog = api.run(shop / "outlook.yaml", ["params.models=[bgnbd, neural]", "params.covariates=[segment]"])
+    assert len(bucket_files(twins_home / "events" / "shop")) == 3
+    preds = pl.read_parquet(catalog["predictions"]["predictions"])
+    assert preds["customer_id"].to_list() == catalog["fitted"]["summary"]["customer_id"].to_list()
+    when, some = catalog["fitted"]["as_of"], preds["customer_id"].to_list()[::17]
+    histories = raw_histories(load_source(shop / "shop.yaml"), when, some)
+    segments = pl.read_csv(shop / "customers.csv", schema_overrides={"size": pl.String})
+    segment = dict(zip(segments["customer"], segments["segment"]))
+    for name, extra in (("bgnbd", {}), ("neural", {"attributes": [{"segment": segment.get(c)} if c in segment else None
+                                                                    for c in some]})):
+        got = [a["expected_purchases"] for a in load(catalog["bundles"][name]).score(histories, when, **extra)]
+        assert preds.filter(pl.col("customer_id").is_in(some))[f"{name}_expected_purchases"].to_list() == got

@@ -508,10 +508,28 @@ class _BetaGeo(_MaximumLikelihood):
 
     def quantile_purchases(self, q: float, t: ArrayLike, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> Output:
         """The q-quantile of the number of purchases in (T, T + t] given the history: the smallest k with
-        P(X <= k) >= q (``q`` = 0.5: the median, the point forecast that minimises the expected absolute error)."""
+        P(X <= k) >= q (``q`` = 0.5: the median, the point forecast that minimises the expected absolute error).
+        Rows in blocks of about ``BLOCK_ELEMENTS`` (rows x counts) elements, so memory does not follow the
+        customers times the largest count; a row's answer does not depend on its block."""
         if not 0 < q < 1:
             raise ValueError(f"q must be in (0, 1), got {q}")
-        largest_mean = float(torch.as_tensor(self.expected_purchases(t, x, t_x, T)).max())
+        x_, t_x_, T_, t_ = self._history(x=x, t_x=t_x, T=T, t=t)
+        means = torch.as_tensor(self.expected_purchases(t_, x_, t_x_, T_))
+        order = torch.argsort(means)  # blocks of similar means: each block's counts follow its own largest
+        width = (4 * means[order]).long() + 17  # counts a row's block needs, non-decreasing
+        quantile = torch.empty_like(x_)
+        start = 0
+        while start < len(x_):
+            ahead = width[start:start + BLOCK_ELEMENTS // 17]
+            fits = torch.arange(1, len(ahead) + 1, device=ahead.device) * ahead <= BLOCK_ELEMENTS
+            rows = order[start:start + max(1, int(fits.sum()))]
+            quantile[rows] = self._quantile_block(q, float(means[rows].max()), t_[rows], x_[rows], t_x_[rows], T_[rows])
+            start += len(rows)
+        return _output(quantile, t, x, t_x, T)
+
+    def _quantile_block(self, q: float, largest_mean: float, t: torch.Tensor, x: torch.Tensor, t_x: torch.Tensor,
+                        T: torch.Tensor) -> torch.Tensor:
+        """``quantile_purchases`` of some rows, their largest expected count given."""
         max_count = int(4 * largest_mean) + 16
         while True:
             pmf = torch.as_tensor(self.purchase_distribution(t, x, t_x, T, max_count))
@@ -522,8 +540,7 @@ class _BetaGeo(_MaximumLikelihood):
             max_count *= 2
         if not bool(reached.all()):
             raise ValueError(f"the {q} quantile of the count lies above {max_count} for some rows (horizon too long)")
-        quantile = (cdf < q - 1e-12).sum(-1).to(torch.float64)
-        return _output(quantile, t, x, t_x, T)
+        return (cdf < q - 1e-12).sum(-1).to(torch.float64)
 
     def expected_purchases_new(self, t: ArrayLike) -> Output:
         """E[X(t)]: expected repeat purchases in the first t time units of a new customer."""
