@@ -467,7 +467,7 @@ class NeuralOutlook(BaseEstimator):
         for s in range(0, max(len(x), 1), PREDICT_ROWS):
             part = slice(s, s + PREDICT_ROWS)
             ones = np.ones((len(x[part]), CAL_WEEKS))
-            c, sc = (torch.as_tensor(np.asarray(ones if v is None else v[part], np.float64)) for v in (cal, spend_cal))
+            c, sc = (torch.as_tensor(np.array(ones if v is None else v[part], np.float64)) for v in (cal, spend_cal))
             with torch.no_grad():
                 parts.append(scorer(torch.as_tensor(np.asarray(x[part], np.float64)),
                                     torch.full((len(c),), float(horizon_weeks), dtype=torch.float64), c, sc))

@@ -216,12 +216,13 @@ CAL_WEEKS = 261  # weeks of calendar multipliers the neural outlook's graph take
 def calendar_inputs(calendar: Calendar, x: np.ndarray, cutoff_day: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The neural outlook's inputs at a cut-off besides the horizon: the features ``x`` (with the calendar's
     ``past_features`` appended when it is fitted), and ``[rows, CAL_WEEKS]`` count and spend multipliers of the
-    weeks after the cut-off (ones for a flat calendar)."""
+    weeks after the cut-off (ones for a flat calendar); one cut-off, so those two are one row repeated, as
+    read-only views (no memory per row: 4 GiB at a million customers as copies)."""
     rows = len(x)
     if calendar.fitted:
         x = np.concatenate([x, np.tile(calendar.past_features(cutoff_day), (rows, 1))], 1).astype(np.float32)
-    tile = lambda v: np.tile(v, (rows, 1))  # noqa: E731
-    return x, tile(calendar.weekly(cutoff_day, CAL_WEEKS)), tile(calendar.weekly(cutoff_day, CAL_WEEKS, "spend"))
+    repeat = lambda v: np.broadcast_to(v, (rows, len(v)))  # noqa: E731
+    return x, repeat(calendar.weekly(cutoff_day, CAL_WEEKS)), repeat(calendar.weekly(cutoff_day, CAL_WEEKS, "spend"))
 
 
 # --- customer covariates (time-invariant attributes) --------------------------------------------------------------
