@@ -116,16 +116,10 @@ def nbr_step(log: Path, steps: int) -> dict[str, Any]:
     out["baskets_s"], out["baskets_rss_gib"] = time.perf_counter() - started, _rss_gib()
     train = split["train"]
     model = NeuralNextBasket(seed=0, max_epochs=1, steps_per_epoch=steps, sampled_items=None)
-    started = time.perf_counter()
-    model.fit({u: histories[u] for u in train}, {u: targets[u] for u in train})
-    fit_s, trained_s = time.perf_counter() - started, model.history_[0]["train_seconds"]
-    n_examples = len(train)  # targets_per_user 1: one example per training user
+    out |= _fit_batches(model, histories, targets, train, steps)
     out |= {"customers": len(histories), "train_users": len(train), "items": len(model.items_),
             "index_users": model.neighbours_.n_users, "index_nnz": len(model.neighbours_.vectors[1]),
-            "setup_s": fit_s - trained_s, "step_s": trained_s / steps, "steps": steps,
-            "epoch_batches": -(-n_examples // model.batch_size),
-            "fit_rss_gib": _rss_gib()}
-    out["epoch_projected_s"] = out["step_s"] * out["epoch_batches"]
+            "steps": steps, "fit_rss_gib": _rss_gib()}
     rows = model._indices({u: histories[u] for u in train[:steps * model.batch_size]})
     started = time.perf_counter()
     for s in range(0, len(rows), model.batch_size):
@@ -164,12 +158,19 @@ def nbr_auto_step(log: Path, steps: int) -> dict[str, Any]:
     histories, targets, _ = split_history_target(load_baskets(log))
     train = split_users(histories, 0)["train"]
     model = NeuralNextBasket(seed=0, max_epochs=1, steps_per_epoch=steps)
+    timed = _fit_batches(model, histories, targets, train, steps)
+    return timed | {"sampled_items": model.sampled_items_ or 0, "items": len(model.items_)}
+
+
+def _fit_batches(model, histories: dict, targets: dict, train: list, steps: int) -> dict[str, float]:
+    """Fit ``model`` (``steps_per_epoch`` = ``steps``, one epoch) on the training users: its setup, one batch, and
+    the epoch projected from the batches (one example per training user: ``targets_per_user`` 1)."""
     started = time.perf_counter()
     model.fit({u: histories[u] for u in train}, {u: targets[u] for u in train})
     fit_s, trained_s = time.perf_counter() - started, model.history_[0]["train_seconds"]
     batches = -(-len(train) // model.batch_size)
-    return {"sampled_items": model.sampled_items_ or 0, "items": len(model.items_), "setup_s": fit_s - trained_s,
-            "step_s": trained_s / steps, "epoch_projected_s": trained_s / steps * batches, "epoch_batches": batches}
+    return {"setup_s": fit_s - trained_s, "step_s": trained_s / steps, "epoch_batches": batches,
+            "epoch_projected_s": trained_s / steps * batches}
 
 
 def outlook_step(log: Path) -> dict[str, Any]:

@@ -321,7 +321,7 @@ def export_bundles(source: SourceConfig, days: pl.DataFrame, fitted: dict[str, A
         if not len(rows):
             continue
         ids = customers.gather(rows).to_list()
-        histories = raw_histories(source, when, ids, bucket=b if n_buckets > 1 else None)
+        histories = raw_histories(source, when, ids, bucket=b)
         for name, bundle in loaded.items():
             extra = {"attributes": [attributes.get(c) for c in ids]} if name == "neural" else {}
             got = pl.DataFrame(bundle.score(histories, when, **extra), infer_schema_length=None)
